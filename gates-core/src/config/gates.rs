@@ -1,0 +1,352 @@
+//! `quality-gates-config.json`: the seed schema
+//! `environments.<env>.quality_gates.<gate>.{threshold, window_minutes, action}`
+//! plus `placeholders`, with optional fields for what the seeds leave open.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{duration_from_value, find_placeholders, parse_json, read_file, ConfigError, Placeholder};
+
+/// What happens when a gate is violated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
+pub enum Action {
+    /// Roll back to this deploy's verified backup.
+    #[serde(rename = "auto-rollback", alias = "auto_rollback", alias = "rollback")]
+    AutoRollback,
+    /// Notify once, and once more when it clears.
+    #[serde(rename = "alert", alias = "alert-only", alias = "alert_only")]
+    Alert,
+    /// Evaluated and reported, never acted on: a new gate earns trust first.
+    #[serde(rename = "shadow")]
+    Shadow,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::AutoRollback => "auto-rollback",
+            Action::Alert => "alert",
+            Action::Shadow => "shadow",
+        }
+    }
+}
+
+/// How a gate reads its samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum GateKind {
+    /// Trailing run of failed health checks; violated when longer than threshold.
+    Consecutive,
+    /// Percent of `numerator` over `denominator` from counter deltas across the window.
+    Ratio,
+    /// A percentile (ms) over the window, from histogram-bucket deltas or raw observations.
+    Percentile,
+    /// The latest value against the threshold.
+    Instant,
+    /// A gauge above threshold for the whole window (Prometheus `for:`).
+    Sustained,
+}
+
+/// The figures a gate can read. Names are the config's `metric`/`numerator`/
+/// `denominator` values and the columns of recorded telemetry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    Health,
+    RequestsTotal,
+    HashRequestsTotal,
+    ExtractionFailuresTotal,
+    ErrorsTotal,
+    HashTimeMs,
+    LowConfidenceQueue,
+    MemoryPercent,
+    CpuPercent,
+    DiskPercent,
+}
+
+impl Metric {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Metric::Health => "health",
+            Metric::RequestsTotal => "requests_total",
+            Metric::HashRequestsTotal => "hash_requests_total",
+            Metric::ExtractionFailuresTotal => "extraction_failures_total",
+            Metric::ErrorsTotal => "errors_total",
+            Metric::HashTimeMs => "hash_time_ms",
+            Metric::LowConfidenceQueue => "low_confidence_queue",
+            Metric::MemoryPercent => "memory_percent",
+            Metric::CpuPercent => "cpu_percent",
+            Metric::DiskPercent => "disk_percent",
+        }
+    }
+}
+
+/// One gate as written in the file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGate {
+    pub threshold: f64,
+    #[serde(default)]
+    pub window_minutes: Option<Value>,
+    pub action: Action,
+    #[serde(default)]
+    pub kind: Option<GateKind>,
+    #[serde(default)]
+    pub metric: Option<Metric>,
+    #[serde(default)]
+    pub numerator: Option<Metric>,
+    #[serde(default)]
+    pub denominator: Option<Metric>,
+    #[serde(default)]
+    pub percentile: Option<f64>,
+    #[serde(default)]
+    pub errors_to_violate: Option<u32>,
+    #[serde(default)]
+    pub no_data_to_violate: Option<u32>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// A validated gate, ready for evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GateSpec {
+    pub name: String,
+    pub kind: GateKind,
+    pub metric: Metric,
+    /// Ratio gates only.
+    pub denominator: Option<Metric>,
+    pub threshold: f64,
+    pub window: Duration,
+    pub action: Action,
+    /// Percentile gates: 0 < q < 1.
+    pub quantile: f64,
+    /// Polls in a row whose probe failed before the gate counts as violated (0 = never).
+    pub errors_to_violate: u32,
+    /// Polls in a row with no figure (no traffic) before the gate counts as violated (0 = never).
+    pub no_data_to_violate: u32,
+    pub unit: &'static str,
+    pub description: Option<String>,
+}
+
+/// Defaults: a probe that fails 5 polls in a row leaves us blind for too long
+/// to trust the release; "no traffic" is not a fault, so it never violates.
+pub const DEFAULT_ERRORS_TO_VIOLATE: u32 = 5;
+pub const DEFAULT_NO_DATA_TO_VIOLATE: u32 = 0;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RawGatesEnv {
+    #[serde(default)]
+    pub quality_gates: BTreeMap<String, RawGate>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RawGatesFile {
+    pub environments: BTreeMap<String, RawGatesEnv>,
+    #[serde(default)]
+    pub placeholders: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatesEnv {
+    pub name: String,
+    pub gates: Vec<GateSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatesFile {
+    pub file: PathBuf,
+    pub environments: BTreeMap<String, GatesEnv>,
+    pub placeholders: Vec<Placeholder>,
+}
+
+impl GatesFile {
+    pub fn load(file: &Path) -> Result<GatesFile, ConfigError> {
+        let text = read_file(file)?;
+        Self::parse(file, &text)
+    }
+
+    pub fn parse(file: &Path, text: &str) -> Result<GatesFile, ConfigError> {
+        let raw: RawGatesFile = parse_json(file, text)?;
+        let doc: Value = parse_json(file, text)?;
+        let placeholders = find_placeholders(file, &doc);
+        let mut environments = BTreeMap::new();
+        for (env, raw_env) in &raw.environments {
+            let mut gates = Vec::new();
+            for (name, g) in &raw_env.quality_gates {
+                let path = format!("environments.{env}.quality_gates.{name}");
+                gates.push(validate_gate(file, &path, name, g)?);
+            }
+            environments.insert(env.clone(), GatesEnv { name: env.clone(), gates });
+        }
+        Ok(GatesFile { file: file.to_path_buf(), environments, placeholders })
+    }
+
+    /// The gates of one environment; an unknown one names the known ones.
+    pub fn env(&self, env: &str) -> Result<&GatesEnv, ConfigError> {
+        self.environments.get(env).ok_or_else(|| {
+            ConfigError::new(
+                &self.file,
+                format!("environments.{env}"),
+                format!(
+                    "no quality gates for environment {env:?}; this file defines: {}",
+                    known(self.environments.keys())
+                ),
+            )
+        })
+    }
+
+    /// Refuses production while placeholders are unresolved; elsewhere they
+    /// are returned for the caller to warn about.
+    pub fn check_placeholders(&self, env: &str) -> Result<&[Placeholder], ConfigError> {
+        refuse_placeholders_in_production(env, &self.placeholders)?;
+        Ok(&self.placeholders)
+    }
+}
+
+pub(crate) fn refuse_placeholders_in_production(
+    env: &str,
+    placeholders: &[Placeholder],
+) -> Result<(), ConfigError> {
+    if env == "production" {
+        if let Some(p) = placeholders.first() {
+            return Err(ConfigError::new(
+                &p.file,
+                p.path.clone(),
+                format!(
+                    "unresolved placeholder {:?} ({} in all): resolve every \"Replace with ...\" value before a production run",
+                    p.value,
+                    placeholders.len()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn known<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let v: Vec<&str> = names.map(String::as_str).collect();
+    if v.is_empty() {
+        "(none)".to_string()
+    } else {
+        v.join(", ")
+    }
+}
+
+/// Kind and figures a seed gate name implies, so the seed file needs no more.
+fn defaults_for(name: &str) -> Option<(GateKind, Metric, Option<Metric>, &'static str)> {
+    Some(match name {
+        "health_failures" | "health" => (GateKind::Consecutive, Metric::Health, None, "checks"),
+        "extraction_failure_rate" => (
+            GateKind::Ratio,
+            Metric::ExtractionFailuresTotal,
+            Some(Metric::HashRequestsTotal),
+            "%",
+        ),
+        "error_rate" => (GateKind::Ratio, Metric::ErrorsTotal, Some(Metric::RequestsTotal), "%"),
+        "p95_hash_time" | "p95_latency" => (GateKind::Percentile, Metric::HashTimeMs, None, "ms"),
+        "low_confidence_queue" | "low_confidence_queue_length" => {
+            (GateKind::Instant, Metric::LowConfidenceQueue, None, "items")
+        }
+        "memory_usage" | "memory" => (GateKind::Sustained, Metric::MemoryPercent, None, "%"),
+        "cpu_usage" | "cpu" => (GateKind::Sustained, Metric::CpuPercent, None, "%"),
+        "disk_usage" | "disk" => (GateKind::Sustained, Metric::DiskPercent, None, "%"),
+        _ => return None,
+    })
+}
+
+fn unit_for(kind: GateKind, metric: Metric) -> &'static str {
+    match (kind, metric) {
+        (GateKind::Consecutive, _) => "checks",
+        (GateKind::Ratio, _) => "%",
+        (GateKind::Percentile, _) => "ms",
+        (_, Metric::LowConfidenceQueue) => "items",
+        (_, Metric::MemoryPercent | Metric::CpuPercent | Metric::DiskPercent) => "%",
+        _ => "",
+    }
+}
+
+fn validate_gate(file: &Path, path: &str, name: &str, g: &RawGate) -> Result<GateSpec, ConfigError> {
+    let err = |field: &str, msg: String| ConfigError::new(file, format!("{path}.{field}"), msg);
+    if !g.threshold.is_finite() || g.threshold < 0.0 {
+        return Err(err("threshold", format!("expected a number ≥ 0, found {}", g.threshold)));
+    }
+    let window = match &g.window_minutes {
+        None | Some(Value::Null) => Duration::ZERO,
+        Some(v) => duration_from_value(v, 60.0).map_err(|m| err("window_minutes", m))?,
+    };
+    let defaults = defaults_for(name);
+    let kind = match (g.kind, defaults) {
+        (Some(k), _) => k,
+        (None, Some((k, ..))) => k,
+        (None, None) => {
+            return Err(err(
+                "kind",
+                format!(
+                    "gate {name:?} is not one the seeds name, so it needs \"kind\" (consecutive, ratio, percentile, instant or sustained) and \"metric\""
+                ),
+            ))
+        }
+    };
+    let default_metric = defaults.filter(|d| d.0 == kind).map(|d| d.1);
+    let metric = match (g.metric.or(g.numerator), default_metric, kind) {
+        (Some(m), _, _) => m,
+        (None, Some(m), _) => m,
+        (None, None, GateKind::Consecutive) => Metric::Health,
+        (None, None, GateKind::Percentile) => Metric::HashTimeMs,
+        (None, None, _) => {
+            return Err(err("metric", format!("gate {name:?} of kind {kind:?} needs \"metric\"")))
+        }
+    };
+    let denominator = match kind {
+        GateKind::Ratio => Some(
+            g.denominator
+                .or(defaults.and_then(|d| d.2))
+                .ok_or_else(|| err("denominator", "a ratio gate needs \"denominator\"".into()))?,
+        ),
+        _ => None,
+    };
+    if kind == GateKind::Ratio && g.threshold > 100.0 {
+        return Err(err(
+            "threshold",
+            format!("a rate is a percent (5 means 5 %): expected 0..100, found {}", g.threshold),
+        ));
+    }
+    if kind == GateKind::Consecutive && metric != Metric::Health {
+        return Err(err("metric", "a consecutive gate reads health only".into()));
+    }
+    let quantile = match g.percentile {
+        None => 0.95,
+        Some(p) if p > 0.0 && p < 100.0 => {
+            if p < 1.0 {
+                p
+            } else {
+                p / 100.0
+            }
+        }
+        Some(p) => return Err(err("percentile", format!("expected 0 < percentile < 100, found {p}"))),
+    };
+    if matches!(kind, GateKind::Ratio | GateKind::Percentile) && window.is_zero() {
+        return Err(err(
+            "window_minutes",
+            format!("a {} gate needs a window > 0", if kind == GateKind::Ratio { "rate" } else { "percentile" }),
+        ));
+    }
+    Ok(GateSpec {
+        name: name.to_string(),
+        kind,
+        metric,
+        denominator,
+        threshold: g.threshold,
+        window,
+        action: g.action,
+        quantile,
+        errors_to_violate: g.errors_to_violate.unwrap_or(DEFAULT_ERRORS_TO_VIOLATE),
+        no_data_to_violate: g.no_data_to_violate.unwrap_or(DEFAULT_NO_DATA_TO_VIOLATE),
+        unit: defaults.filter(|d| d.0 == kind).map(|d| d.3).unwrap_or_else(|| unit_for(kind, metric)),
+        description: g.description.clone(),
+    })
+}

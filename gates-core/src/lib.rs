@@ -1,0 +1,20 @@
+//! Shared core of the dhash guarded-rollout toolkit: configuration, telemetry
+//! samples, gate evaluation, the event contract, the environment lock, the
+//! ledger, service control and crash-safe file operations.
+
+pub mod cli;
+pub mod config;
+pub mod duration;
+pub mod event;
+pub mod exit;
+pub mod fsutil;
+pub mod ledger;
+pub mod lock;
+pub mod project;
+pub mod probe;
+pub mod redact;
+pub mod sample;
+pub mod service;
+
+pub use event::{Emitter, Event, Level};
+pub use exit::{Exit, ToolError};

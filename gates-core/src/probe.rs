@@ -1,0 +1,1 @@
+//! Health / metrics / queue probes over HTTP (being built).

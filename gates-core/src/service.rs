@@ -1,0 +1,1 @@
+//! Start, stop and restart of an environment's service (being built).

@@ -1,0 +1,3 @@
+//! Test support shared by the crates' integration tests.
+
+pub mod receiver;

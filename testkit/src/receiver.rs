@@ -1,0 +1,1 @@
+//! Loopback HTTP receivers that record requests (being built).
