@@ -248,12 +248,24 @@ impl Emitter {
 #[derive(Debug, Clone)]
 pub enum Upstream {
     /// A well-formed event; `raw` is the line as read, forwarded unchanged.
-    Event { line_no: usize, raw: String, event: Box<Event> },
+    Event {
+        line_no: usize,
+        raw: String,
+        event: Box<Event>,
+    },
     /// A JSON object that lacks the envelope (a custom jq stage, say): still
     /// forwarded, never acted on.
-    Other { line_no: usize, raw: String, value: Value },
+    Other {
+        line_no: usize,
+        raw: String,
+        value: Value,
+    },
     /// Not a JSON object: reported on stderr by number, not forwarded.
-    Malformed { line_no: usize, raw: String, error: String },
+    Malformed {
+        line_no: usize,
+        raw: String,
+        error: String,
+    },
 }
 
 /// Reads upstream lines from stdin when stdin is not a terminal.
@@ -283,7 +295,9 @@ pub fn read_upstream<R: BufRead>(reader: R) -> impl Iterator<Item = Upstream> {
             }
         };
         line_no += 1;
-        let raw = String::from_utf8_lossy(&bytes).trim_end_matches('\r').to_string();
+        let raw = String::from_utf8_lossy(&bytes)
+            .trim_end_matches('\r')
+            .to_string();
         if raw.trim().is_empty() {
             continue;
         }
@@ -296,8 +310,16 @@ fn parse_line(line_no: usize, raw: String) -> Upstream {
         Ok(Value::Object(map)) => {
             let value = Value::Object(map);
             match serde_json::from_value::<Event>(value.clone()) {
-                Ok(event) => Upstream::Event { line_no, raw, event: Box::new(event) },
-                Err(_) => Upstream::Other { line_no, raw, value },
+                Ok(event) => Upstream::Event {
+                    line_no,
+                    raw,
+                    event: Box::new(event),
+                },
+                Err(_) => Upstream::Other {
+                    line_no,
+                    raw,
+                    value,
+                },
             }
         }
         Ok(other) => Upstream::Malformed {
@@ -305,7 +327,11 @@ fn parse_line(line_no: usize, raw: String) -> Upstream {
             raw,
             error: format!("expected a JSON object, found {}", json_kind(&other)),
         },
-        Err(e) => Upstream::Malformed { line_no, raw, error: e.to_string() },
+        Err(e) => Upstream::Malformed {
+            line_no,
+            raw,
+            error: e.to_string(),
+        },
     }
 }
 
@@ -361,7 +387,10 @@ mod tests {
     struct Buf(Arc<Mutex<Vec<u8>>>);
     impl Write for Buf {
         fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-            self.0.lock().map_err(|_| io::Error::other("poisoned"))?.extend_from_slice(b);
+            self.0
+                .lock()
+                .map_err(|_| io::Error::other("poisoned"))?
+                .extend_from_slice(b);
             Ok(b.len())
         }
         fn flush(&mut self) -> io::Result<()> {
@@ -381,7 +410,9 @@ mod tests {
         );
         let text = String::from_utf8(buf.0.lock().expect("lock").clone()).expect("utf8");
         let v: Value = serde_json::from_str(text.trim()).expect("json");
-        for k in ["ts", "tool", "env", "event", "level", "msg", "path", "bytes"] {
+        for k in [
+            "ts", "tool", "env", "event", "level", "msg", "path", "bytes",
+        ] {
             assert!(v.get(k).is_some(), "missing {k} in {v}");
         }
         assert_eq!(v["level"], "info");
@@ -395,7 +426,9 @@ mod tests {
         let input = b"{\"ts\":\"t\",\"tool\":\"a\",\"env\":\"e\",\"event\":\"x.y\",\"level\":\"info\",\"msg\":\"m\",\"extra\":1}\n\nnot json\n[1,2]\n{\"custom\":true}\n";
         let items: Vec<Upstream> = read_upstream(&input[..]).collect();
         assert_eq!(items.len(), 4);
-        assert!(matches!(&items[0], Upstream::Event { line_no: 1, event, .. } if event.event == "x.y"));
+        assert!(
+            matches!(&items[0], Upstream::Event { line_no: 1, event, .. } if event.event == "x.y")
+        );
         assert!(matches!(&items[1], Upstream::Malformed { line_no: 3, .. }));
         assert!(
             matches!(&items[2], Upstream::Malformed { line_no: 4, error, .. } if error.contains("array"))
@@ -405,11 +438,17 @@ mod tests {
         let buf = Buf::default();
         let em = Emitter::to_writer("t", "e", Box::new(buf.clone()));
         let mut seen = Vec::new();
-        let bad = pump(&em, items.into_iter(), &mut |e: &Event| seen.push(e.event.clone()));
+        let bad = pump(&em, items.into_iter(), &mut |e: &Event| {
+            seen.push(e.event.clone())
+        });
         assert_eq!(bad, 2);
         assert_eq!(seen, vec!["x.y".to_string()]);
         let text = String::from_utf8(buf.0.lock().expect("lock").clone()).expect("utf8");
-        assert_eq!(text.lines().count(), 2, "event and custom object forwarded: {text}");
+        assert_eq!(
+            text.lines().count(),
+            2,
+            "event and custom object forwarded: {text}"
+        );
         assert!(text.contains("\"extra\":1"), "forwarded unchanged: {text}");
     }
 

@@ -22,7 +22,10 @@ pub fn fsync_dir(dir: &Path) -> std::io::Result<()> {
 /// A temporary name beside `path` that no glob of the final names matches:
 /// it starts with a dot and ends with `.partial`.
 pub fn temp_path_for(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
     dir.join(format!(".{name}.{}.partial", std::process::id()))
 }
@@ -34,8 +37,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let tmp = temp_path_for(path);
     let result = (|| -> anyhow::Result<()> {
         let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(bytes).with_context(|| format!("writing {}", tmp.display()))?;
-        f.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
+        f.write_all(bytes)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        f.sync_all()
+            .with_context(|| format!("syncing {}", tmp.display()))?;
         fs::rename(&tmp, path)
             .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
         fsync_dir(dir).with_context(|| format!("syncing {}", dir.display()))?;
@@ -61,9 +66,11 @@ pub fn append_line(path: &Path, line: &str, sync: bool) -> anyhow::Result<()> {
         .append(true)
         .open(path)
         .with_context(|| format!("opening {}", path.display()))?;
-    f.write_all(buf.as_bytes()).with_context(|| format!("appending to {}", path.display()))?;
+    f.write_all(buf.as_bytes())
+        .with_context(|| format!("appending to {}", path.display()))?;
     if sync {
-        f.sync_data().with_context(|| format!("syncing {}", path.display()))?;
+        f.sync_data()
+            .with_context(|| format!("syncing {}", path.display()))?;
     }
     Ok(())
 }
@@ -116,6 +123,9 @@ mod tests {
         let p = d.path().join("l.jsonl");
         append_line(&p, "{\"a\":1}", true).expect("a");
         append_line(&p, "{\"a\":2}\n", false).expect("b");
-        assert_eq!(fs::read_to_string(&p).expect("read"), "{\"a\":1}\n{\"a\":2}\n");
+        assert_eq!(
+            fs::read_to_string(&p).expect("read"),
+            "{\"a\":1}\n{\"a\":2}\n"
+        );
     }
 }

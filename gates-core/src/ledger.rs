@@ -77,14 +77,21 @@ mod tests {
     fn append_read_and_skip_torn_line() {
         let d = tempfile::tempdir().expect("tempdir");
         let l = Ledger::new(d.path().join("ledger.jsonl"));
-        l.append("deploy", serde_json::json!({"from": "a", "to": "b", "result": "healthy"}))
-            .expect("append");
+        l.append(
+            "deploy",
+            serde_json::json!({"from": "a", "to": "b", "result": "healthy"}),
+        )
+        .expect("append");
         fs::write(
             l.path(),
-            format!("{}{{\"kind\":\"dep", fs::read_to_string(l.path()).expect("read")),
+            format!(
+                "{}{{\"kind\":\"dep",
+                fs::read_to_string(l.path()).expect("read")
+            ),
         )
         .expect("torn");
-        l.append("rollback", serde_json::json!({"result": "completed"})).expect("append2");
+        l.append("rollback", serde_json::json!({"result": "completed"}))
+            .expect("append2");
         let (recs, bad) = l.read().expect("read");
         // The torn fragment and the next record share a line: that line is lost, counted.
         assert_eq!(bad, 1);

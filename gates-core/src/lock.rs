@@ -31,7 +31,10 @@ pub struct LockBusy {
 
 fn owner_text(owner: &Option<LockOwner>) -> String {
     match owner {
-        Some(o) => format!(" ({} pid {} on {} as {} since {})", o.tool, o.pid, o.host, o.user, o.since),
+        Some(o) => format!(
+            " ({} pid {} on {} as {} since {})",
+            o.tool, o.pid, o.host, o.user, o.since
+        ),
         None => String::new(),
     }
 }
@@ -64,7 +67,12 @@ impl EnvLock {
                 let mut text = String::new();
                 let _ = file.read_to_string(&mut text);
                 let owner = serde_json::from_str(text.trim()).ok();
-                return Err(LockBusy { env: env.to_string(), path: path.to_path_buf(), owner }.into());
+                return Err(LockBusy {
+                    env: env.to_string(),
+                    path: path.to_path_buf(),
+                    owner,
+                }
+                .into());
             }
             Err(fs::TryLockError::Error(e)) => {
                 return Err(anyhow::anyhow!("cannot lock {}: {e}", path.display()));
@@ -82,7 +90,11 @@ impl EnvLock {
         file.seek(SeekFrom::Start(0))?;
         file.write_all(text.as_bytes())?;
         file.flush()?;
-        Ok(EnvLock { file, path: path.to_path_buf(), env: env.to_string() })
+        Ok(EnvLock {
+            file,
+            path: path.to_path_buf(),
+            env: env.to_string(),
+        })
     }
 
     pub fn env(&self) -> &str {
@@ -107,7 +119,11 @@ pub fn hostname() -> String {
     std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())
-        .or_else(|| fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_string()))
+        .or_else(|| {
+            fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "unknown-host".to_string())
 }
@@ -129,7 +145,10 @@ mod tests {
         let first = EnvLock::acquire(&path, "production", "deploy_dhash").expect("first");
         let err = EnvLock::acquire(&path, "production", "backup_dhash").expect_err("busy");
         let busy = err.downcast_ref::<LockBusy>().expect("LockBusy");
-        assert_eq!(busy.owner.as_ref().map(|o| o.tool.as_str()), Some("deploy_dhash"));
+        assert_eq!(
+            busy.owner.as_ref().map(|o| o.tool.as_str()),
+            Some("deploy_dhash")
+        );
         assert!(err.to_string().contains("locked by another run"));
         assert_eq!(crate::exit::exit_for(&err), crate::exit::Exit::Locked);
         drop(first);

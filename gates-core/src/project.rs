@@ -26,7 +26,10 @@ impl Project {
 
     pub fn open(root: &Path) -> Result<Project, ConfigError> {
         let topology = Topology::load(&root.join(TOPOLOGY_FILE))?;
-        Ok(Project { root: topology.root.clone(), topology })
+        Ok(Project {
+            root: topology.root.clone(),
+            topology,
+        })
     }
 
     pub fn env(&self, name: &str) -> Result<&EnvConfig, ConfigError> {
@@ -57,7 +60,10 @@ fn find_root() -> Result<PathBuf, ConfigError> {
         return Err(ConfigError::new(
             &root.join(TOPOLOGY_FILE),
             "",
-            format!("{ROOT_VAR} points at {} but it holds no {TOPOLOGY_FILE}", root.display()),
+            format!(
+                "{ROOT_VAR} points at {} but it holds no {TOPOLOGY_FILE}",
+                root.display()
+            ),
         ));
     }
     let cwd = std::env::current_dir()

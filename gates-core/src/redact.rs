@@ -132,7 +132,10 @@ mod tests {
 
     #[test]
     fn redacts_webhook_url_and_its_path() {
-        let red = r(&[("SLACK_WEBHOOK", "https://hooks.slack.com/services/T0/B0/abcdef")]);
+        let red = r(&[(
+            "SLACK_WEBHOOK",
+            "https://hooks.slack.com/services/T0/B0/abcdef",
+        )]);
         assert_eq!(
             red.redact("POST https://hooks.slack.com/services/T0/B0/abcdef failed"),
             "POST [REDACTED] failed"
@@ -163,6 +166,9 @@ mod tests {
             red.redact("smtp://ops:hunter22@mail.example.com:587/x"),
             "smtp://[REDACTED]@mail.example.com:587/x"
         );
-        assert_eq!(red.redact("http://host:3000/health"), "http://host:3000/health");
+        assert_eq!(
+            red.redact("http://host:3000/health"),
+            "http://host:3000/health"
+        );
     }
 }

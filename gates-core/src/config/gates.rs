@@ -9,7 +9,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{duration_from_value, find_placeholders, parse_json, read_file, ConfigError, Placeholder};
+use super::{
+    duration_from_value, find_placeholders, parse_json, read_file, ConfigError, Placeholder,
+};
 
 /// What happens when a gate is violated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
@@ -180,9 +182,19 @@ impl GatesFile {
                 let path = format!("environments.{env}.quality_gates.{name}");
                 gates.push(validate_gate(file, &path, name, g)?);
             }
-            environments.insert(env.clone(), GatesEnv { name: env.clone(), gates });
+            environments.insert(
+                env.clone(),
+                GatesEnv {
+                    name: env.clone(),
+                    gates,
+                },
+            );
         }
-        Ok(GatesFile { file: file.to_path_buf(), environments, placeholders })
+        Ok(GatesFile {
+            file: file.to_path_buf(),
+            environments,
+            placeholders,
+        })
     }
 
     /// The gates of one environment; an unknown one names the known ones.
@@ -246,7 +258,12 @@ fn defaults_for(name: &str) -> Option<(GateKind, Metric, Option<Metric>, &'stati
             Some(Metric::HashRequestsTotal),
             "%",
         ),
-        "error_rate" => (GateKind::Ratio, Metric::ErrorsTotal, Some(Metric::RequestsTotal), "%"),
+        "error_rate" => (
+            GateKind::Ratio,
+            Metric::ErrorsTotal,
+            Some(Metric::RequestsTotal),
+            "%",
+        ),
         "p95_hash_time" | "p95_latency" => (GateKind::Percentile, Metric::HashTimeMs, None, "ms"),
         "low_confidence_queue" | "low_confidence_queue_length" => {
             (GateKind::Instant, Metric::LowConfidenceQueue, None, "items")
@@ -269,10 +286,18 @@ fn unit_for(kind: GateKind, metric: Metric) -> &'static str {
     }
 }
 
-fn validate_gate(file: &Path, path: &str, name: &str, g: &RawGate) -> Result<GateSpec, ConfigError> {
+fn validate_gate(
+    file: &Path,
+    path: &str,
+    name: &str,
+    g: &RawGate,
+) -> Result<GateSpec, ConfigError> {
     let err = |field: &str, msg: String| ConfigError::new(file, format!("{path}.{field}"), msg);
     if !g.threshold.is_finite() || g.threshold < 0.0 {
-        return Err(err("threshold", format!("expected a number ≥ 0, found {}", g.threshold)));
+        return Err(err(
+            "threshold",
+            format!("expected a number ≥ 0, found {}", g.threshold),
+        ));
     }
     let window = match &g.window_minutes {
         None | Some(Value::Null) => Duration::ZERO,
@@ -298,7 +323,10 @@ fn validate_gate(file: &Path, path: &str, name: &str, g: &RawGate) -> Result<Gat
         (None, None, GateKind::Consecutive) => Metric::Health,
         (None, None, GateKind::Percentile) => Metric::HashTimeMs,
         (None, None, _) => {
-            return Err(err("metric", format!("gate {name:?} of kind {kind:?} needs \"metric\"")))
+            return Err(err(
+                "metric",
+                format!("gate {name:?} of kind {kind:?} needs \"metric\""),
+            ))
         }
     };
     let denominator = match kind {
@@ -312,7 +340,10 @@ fn validate_gate(file: &Path, path: &str, name: &str, g: &RawGate) -> Result<Gat
     if kind == GateKind::Ratio && g.threshold > 100.0 {
         return Err(err(
             "threshold",
-            format!("a rate is a percent (5 means 5 %): expected 0..100, found {}", g.threshold),
+            format!(
+                "a rate is a percent (5 means 5 %): expected 0..100, found {}",
+                g.threshold
+            ),
         ));
     }
     if kind == GateKind::Consecutive && metric != Metric::Health {
@@ -327,12 +358,24 @@ fn validate_gate(file: &Path, path: &str, name: &str, g: &RawGate) -> Result<Gat
                 p / 100.0
             }
         }
-        Some(p) => return Err(err("percentile", format!("expected 0 < percentile < 100, found {p}"))),
+        Some(p) => {
+            return Err(err(
+                "percentile",
+                format!("expected 0 < percentile < 100, found {p}"),
+            ))
+        }
     };
     if matches!(kind, GateKind::Ratio | GateKind::Percentile) && window.is_zero() {
         return Err(err(
             "window_minutes",
-            format!("a {} gate needs a window > 0", if kind == GateKind::Ratio { "rate" } else { "percentile" }),
+            format!(
+                "a {} gate needs a window > 0",
+                if kind == GateKind::Ratio {
+                    "rate"
+                } else {
+                    "percentile"
+                }
+            ),
         ));
     }
     Ok(GateSpec {
@@ -346,7 +389,10 @@ fn validate_gate(file: &Path, path: &str, name: &str, g: &RawGate) -> Result<Gat
         quantile,
         errors_to_violate: g.errors_to_violate.unwrap_or(DEFAULT_ERRORS_TO_VIOLATE),
         no_data_to_violate: g.no_data_to_violate.unwrap_or(DEFAULT_NO_DATA_TO_VIOLATE),
-        unit: defaults.filter(|d| d.0 == kind).map(|d| d.3).unwrap_or_else(|| unit_for(kind, metric)),
+        unit: defaults
+            .filter(|d| d.0 == kind)
+            .map(|d| d.3)
+            .unwrap_or_else(|| unit_for(kind, metric)),
         description: g.description.clone(),
     })
 }

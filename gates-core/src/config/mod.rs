@@ -25,7 +25,11 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(file: &Path, path: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError { file: file.to_path_buf(), path: path.into(), message: message.into() }
+        ConfigError {
+            file: file.to_path_buf(),
+            path: path.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -79,7 +83,11 @@ pub fn find_placeholders(file: &Path, value: &serde_json::Value) -> Vec<Placehol
             }),
             serde_json::Value::Object(m) => {
                 for (k, v) in m {
-                    let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
                     walk(file, v, &p, out);
                 }
             }
@@ -116,6 +124,8 @@ pub(crate) fn duration_from_value(
             }
             _ => crate::duration::parse_duration(s),
         },
-        other => Err(format!("expected a number or a duration string like \"10m\", found {other}")),
+        other => Err(format!(
+            "expected a number or a duration string like \"10m\", found {other}"
+        )),
     }
 }

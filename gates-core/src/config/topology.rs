@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::gates::{known, refuse_placeholders_in_production};
-use super::{duration_from_value, find_placeholders, parse_json, read_file, ConfigError, Placeholder};
+use super::{
+    duration_from_value, find_placeholders, parse_json, read_file, ConfigError, Placeholder,
+};
 use crate::event::Level;
 
 /// How the environment's service is started, stopped and restarted.
@@ -158,7 +160,10 @@ impl MonitorSettings {
                 _ => return phase.every,
             }
         }
-        self.cadence.last().map(|p| p.every).unwrap_or(Duration::from_secs(30))
+        self.cadence
+            .last()
+            .map(|p| p.every)
+            .unwrap_or(Duration::from_secs(30))
     }
 }
 
@@ -284,7 +289,10 @@ impl Topology {
             ConfigError::new(
                 &self.file,
                 format!("environments.{name}"),
-                format!("unknown environment {name:?}; known: {}", known(self.environments.keys())),
+                format!(
+                    "unknown environment {name:?}; known: {}",
+                    known(self.environments.keys())
+                ),
             )
         })
     }
@@ -315,7 +323,11 @@ fn resolve_env(
     e: &RawEnv,
 ) -> Result<EnvConfig, ConfigError> {
     let abs = |p: &str| root.join(p);
-    for (field, url) in [("health_url", &e.health_url), ("metrics_url", &e.metrics_url), ("queue_url", &e.queue_url)] {
+    for (field, url) in [
+        ("health_url", &e.health_url),
+        ("metrics_url", &e.metrics_url),
+        ("queue_url", &e.queue_url),
+    ] {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(ConfigError::new(
                 file,
@@ -324,8 +336,16 @@ fn resolve_env(
             ));
         }
     }
-    if let ServiceControl::Local { bind, start_timeout, stop_timeout } = &e.service {
-        for (field, v) in [("start_timeout", start_timeout), ("stop_timeout", stop_timeout)] {
+    if let ServiceControl::Local {
+        bind,
+        start_timeout,
+        stop_timeout,
+    } = &e.service
+    {
+        for (field, v) in [
+            ("start_timeout", start_timeout),
+            ("stop_timeout", stop_timeout),
+        ] {
             dur(file, &format!("{path}.service.{field}"), v, Duration::ZERO)?;
         }
         if bind.parse::<std::net::SocketAddr>().is_err() {
@@ -340,11 +360,21 @@ fn resolve_env(
     let m = &e.monitor;
     let cadence = match &m.cadence {
         None => vec![
-            CadencePhase { every: Duration::from_secs(30), for_: Some(Duration::from_secs(300)) },
-            CadencePhase { every: Duration::from_secs(120), for_: None },
+            CadencePhase {
+                every: Duration::from_secs(30),
+                for_: Some(Duration::from_secs(300)),
+            },
+            CadencePhase {
+                every: Duration::from_secs(120),
+                for_: None,
+            },
         ],
         Some(phases) if phases.is_empty() => {
-            return Err(ConfigError::new(file, format!("{path}.monitor.cadence"), "expected at least one phase"))
+            return Err(ConfigError::new(
+                file,
+                format!("{path}.monitor.cadence"),
+                "expected at least one phase",
+            ))
         }
         Some(phases) => {
             let mut out = Vec::new();
@@ -353,7 +383,11 @@ fn resolve_env(
                 let every = duration_from_value(&p.every, 1.0)
                     .map_err(|m| ConfigError::new(file, format!("{pp}.every"), m))?;
                 if every.is_zero() {
-                    return Err(ConfigError::new(file, format!("{pp}.every"), "expected an interval > 0"));
+                    return Err(ConfigError::new(
+                        file,
+                        format!("{pp}.every"),
+                        "expected an interval > 0",
+                    ));
                 }
                 let for_ = match &p.for_ {
                     None | Some(Value::Null) => None,
@@ -375,13 +409,28 @@ fn resolve_env(
             Duration::from_secs(if production { 3600 } else { 1800 }),
         )?,
         cadence,
-        probe_timeout: dur(file, &format!("{path}.monitor.probe_timeout"), &m.probe_timeout, Duration::from_secs(5))?,
+        probe_timeout: dur(
+            file,
+            &format!("{path}.monitor.probe_timeout"),
+            &m.probe_timeout,
+            Duration::from_secs(5),
+        )?,
     };
     let h = &e.health;
     let health = HealthPolicy {
         checks_required: h.checks_required.unwrap_or(3).max(1),
-        interval: dur(file, &format!("{path}.health.interval"), &h.interval, Duration::from_secs(2))?,
-        timeout: dur(file, &format!("{path}.health.timeout"), &h.timeout, Duration::from_secs(60))?,
+        interval: dur(
+            file,
+            &format!("{path}.health.interval"),
+            &h.interval,
+            Duration::from_secs(2),
+        )?,
+        timeout: dur(
+            file,
+            &format!("{path}.health.timeout"),
+            &h.timeout,
+            Duration::from_secs(60),
+        )?,
     };
     let n = &e.notifications;
     let log_dir = abs(e.log_dir.as_deref().unwrap_or("monitor_logs"));
@@ -392,16 +441,30 @@ fn resolve_env(
             .map(abs)
             .unwrap_or_else(|| log_dir.join("notification_fallback.jsonl")),
         out_dir: abs(n.out_dir.as_deref().unwrap_or("notifications_out")),
-        quiet_period: dur(file, &format!("{path}.notifications.quiet_period"), &n.quiet_period, Duration::from_secs(600))?,
+        quiet_period: dur(
+            file,
+            &format!("{path}.notifications.quiet_period"),
+            &n.quiet_period,
+            Duration::from_secs(600),
+        )?,
         routes: n.routes.clone().unwrap_or_else(default_routes),
-        timeout: dur(file, &format!("{path}.notifications.timeout"), &n.timeout, Duration::from_secs(20))?,
+        timeout: dur(
+            file,
+            &format!("{path}.notifications.timeout"),
+            &n.timeout,
+            Duration::from_secs(20),
+        )?,
     };
     for (i, r) in notify.routes.iter().enumerate() {
         if !CHANNELS.contains(&r.channel.as_str()) {
             return Err(ConfigError::new(
                 file,
                 format!("{path}.notifications.routes[{i}].channel"),
-                format!("unknown channel {:?}; expected one of {}", r.channel, CHANNELS.join(", ")),
+                format!(
+                    "unknown channel {:?}; expected one of {}",
+                    r.channel,
+                    CHANNELS.join(", ")
+                ),
             ));
         }
     }
@@ -430,11 +493,26 @@ pub const CHANNELS: &[&str] = &["slack", "teams", "discord", "email", "webhook"]
 
 fn default_routes() -> Vec<Route> {
     vec![
-        Route { channel: "slack".into(), min_level: Level::Info },
-        Route { channel: "teams".into(), min_level: Level::Warning },
-        Route { channel: "discord".into(), min_level: Level::Warning },
-        Route { channel: "email".into(), min_level: Level::Critical },
-        Route { channel: "webhook".into(), min_level: Level::Info },
+        Route {
+            channel: "slack".into(),
+            min_level: Level::Info,
+        },
+        Route {
+            channel: "teams".into(),
+            min_level: Level::Warning,
+        },
+        Route {
+            channel: "discord".into(),
+            min_level: Level::Warning,
+        },
+        Route {
+            channel: "email".into(),
+            min_level: Level::Critical,
+        },
+        Route {
+            channel: "webhook".into(),
+            min_level: Level::Info,
+        },
     ]
 }
 
@@ -442,7 +520,11 @@ impl ServiceControl {
     /// Start/stop timeouts of a local service (defaults 30 s / 10 s).
     pub fn timeouts(&self) -> (Duration, Duration) {
         match self {
-            ServiceControl::Local { start_timeout, stop_timeout, .. } => {
+            ServiceControl::Local {
+                start_timeout,
+                stop_timeout,
+                ..
+            } => {
                 let get = |v: &Option<Value>, d: u64| {
                     v.as_ref()
                         .and_then(|v| duration_from_value(v, 1.0).ok())

@@ -1,0 +1,681 @@
+//! Gate evaluation: samples in, decisions out, no I/O. The live monitor and
+//! the offline replay feed the same [`Evaluator`], so a replay of a recorded
+//! run reproduces its decisions exactly.
+//!
+//! Window semantics follow Prometheus:
+//! - a rate over a window is computed from counter increases between the
+//!   newest sample and the newest sample at least one window old (the anchor);
+//!   a counter that goes down (a restarted service) is a reset, and the new
+//!   value counts as the increase, as `increase()` does;
+//! - a percentile over a window comes from histogram-bucket increases, with
+//!   `histogram_quantile`'s linear interpolation inside the bucket, or from
+//!   raw observations where the service exposes no histogram;
+//! - a gauge "over N minutes" must breach on every sample for the whole
+//!   window (`for:`).
+//!
+//! Missing data is its own state: `pending` (the window is not covered yet),
+//! `no-data` (the probe answered but the figure is absent, e.g. no traffic),
+//! `error` (the probe failed). A gate turns `violated` after
+//! `errors_to_violate` errors or `no_data_to_violate` no-data results in a row
+//! (0 = never). A health check that cannot connect is a failed health check.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Action, GateKind, GateSpec, Metric};
+use crate::sample::{Bucket, Health, Metrics, Sample};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    Ok,
+    Pending,
+    NoData,
+    Error,
+    Violated,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Pending => "pending",
+            Status::NoData => "no-data",
+            Status::Error => "error",
+            Status::Violated => "violated",
+        }
+    }
+
+    /// The event name the monitor emits for a decision.
+    pub fn event_name(self) -> &'static str {
+        match self {
+            Status::Ok => "gate.ok",
+            Status::Pending => "gate.pending",
+            Status::NoData => "gate.no-data",
+            Status::Error => "gate.error",
+            Status::Violated => "gate.violated",
+        }
+    }
+}
+
+/// One gate's verdict on one sample, with the measured value and the reason
+/// in words (what every notification about it repeats).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    pub gate: String,
+    pub status: Status,
+    pub value: Option<f64>,
+    pub threshold: f64,
+    pub unit: String,
+    pub window_secs: f64,
+    pub action: Action,
+    pub reason: String,
+    pub t_ms: i64,
+}
+
+/// The counters a ratio gate may read, in a fixed order for the history rows.
+const COUNTERS: [Metric; 4] = [
+    Metric::RequestsTotal,
+    Metric::HashRequestsTotal,
+    Metric::ExtractionFailuresTotal,
+    Metric::ErrorsTotal,
+];
+
+fn counter_index(m: Metric) -> Option<usize> {
+    COUNTERS.iter().position(|c| *c == m)
+}
+
+/// A reset-corrected running total: the sum of increases since the first
+/// sample, so the increase over a window is one subtraction.
+#[derive(Debug, Clone, Copy, Default)]
+struct Corrected {
+    last_raw: Option<f64>,
+    total: f64,
+}
+
+impl Corrected {
+    fn push(&mut self, raw: f64) -> f64 {
+        let inc = match self.last_raw {
+            None => 0.0,
+            Some(prev) if raw >= prev => raw - prev,
+            // A counter that went down restarted from zero: its value is the increase.
+            Some(_) => raw,
+        };
+        self.last_raw = Some(raw);
+        self.total += inc;
+        self.total
+    }
+}
+
+/// One metrics-bearing sample as the windows need it.
+#[derive(Debug, Clone)]
+struct Row {
+    t_ms: i64,
+    counters: [Option<f64>; 4],
+    /// Corrected cumulative bucket totals, with the layout epoch they belong to.
+    buckets: Option<(u64, Vec<Bucket>)>,
+    observations: Option<Vec<f64>>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct GateState {
+    consecutive_errors: u32,
+    consecutive_no_data: u32,
+    /// Sustained gates: when the current run of breaching samples began.
+    breach_since_ms: Option<i64>,
+}
+
+/// Evaluates a set of gates over a stream of samples.
+#[derive(Debug, Clone)]
+pub struct Evaluator {
+    gates: Vec<GateSpec>,
+    states: Vec<GateState>,
+    rows: VecDeque<Row>,
+    counters: [Corrected; 4],
+    bucket_state: Option<(Vec<f64>, Vec<Corrected>)>,
+    bucket_epoch: u64,
+    health_failures: u32,
+    last_health_detail: String,
+    max_window_ms: i64,
+}
+
+impl Evaluator {
+    pub fn new(gates: Vec<GateSpec>) -> Self {
+        let max_window_ms = gates.iter().map(|g| window_ms(g.window)).max().unwrap_or(0);
+        Evaluator {
+            states: vec![GateState::default(); gates.len()],
+            gates,
+            rows: VecDeque::new(),
+            counters: [Corrected::default(); 4],
+            bucket_state: None,
+            bucket_epoch: 0,
+            health_failures: 0,
+            last_health_detail: String::new(),
+            max_window_ms,
+        }
+    }
+
+    pub fn gates(&self) -> &[GateSpec] {
+        &self.gates
+    }
+
+    /// Takes one sample (in time order) and returns one decision per gate.
+    pub fn observe(&mut self, sample: &Sample) -> Vec<Decision> {
+        match &sample.health {
+            Health::Ok => self.health_failures = 0,
+            Health::NotOk { detail } | Health::Error { detail } => {
+                self.health_failures += 1;
+                self.last_health_detail = format!("{}: {detail}", sample.health.label());
+            }
+        }
+        if let Ok(m) = &sample.metrics {
+            self.push_row(sample.t_ms, m);
+        }
+        (0..self.gates.len())
+            .map(|i| self.decide(i, sample))
+            .collect()
+    }
+
+    fn push_row(&mut self, t_ms: i64, m: &Metrics) {
+        let mut counters = [None; 4];
+        for (i, metric) in COUNTERS.iter().enumerate() {
+            counters[i] = m.value(*metric).map(|raw| self.counters[i].push(raw));
+        }
+        let buckets = m
+            .hash_time_buckets
+            .as_ref()
+            .filter(|b| !b.is_empty())
+            .map(|b| {
+                let les: Vec<f64> = b.iter().map(|x| x.le).collect();
+                let same_layout = matches!(&self.bucket_state, Some((l, _)) if *l == les);
+                if !same_layout {
+                    // A new bucket layout cannot be subtracted from the old one:
+                    // windows restart from here.
+                    self.bucket_epoch += 1;
+                    self.bucket_state = Some((les, vec![Corrected::default(); b.len()]));
+                }
+                let (_, state) = self
+                    .bucket_state
+                    .get_or_insert_with(|| (Vec::new(), Vec::new()));
+                let total_went_down = match (state.last().and_then(|c| c.last_raw), b.last()) {
+                    (Some(prev), Some(now)) => now.count < prev,
+                    _ => false,
+                };
+                let corrected = b
+                    .iter()
+                    .zip(state.iter_mut())
+                    .map(|(x, c)| {
+                        if total_went_down {
+                            // A histogram resets as a whole: count every bucket from zero.
+                            c.last_raw = Some(0.0);
+                        }
+                        Bucket {
+                            le: x.le,
+                            count: c.push(x.count),
+                        }
+                    })
+                    .collect();
+                (self.bucket_epoch, corrected)
+            });
+        self.rows.push_back(Row {
+            t_ms,
+            counters,
+            buckets,
+            observations: m.hash_time_ms.clone(),
+        });
+        // Keep exactly one row at or before the oldest cutoff any gate needs.
+        let cutoff = t_ms - self.max_window_ms;
+        while self.rows.len() >= 2 && self.rows[1].t_ms <= cutoff {
+            self.rows.pop_front();
+        }
+    }
+
+    /// The newest row at least `window` older than `now`.
+    fn anchor(&self, now_ms: i64, window: Duration) -> Option<&Row> {
+        let cutoff = now_ms - window_ms(window);
+        let n = self.rows.partition_point(|r| r.t_ms <= cutoff);
+        if n == 0 {
+            None
+        } else {
+            self.rows.get(n - 1)
+        }
+    }
+
+    fn covered_secs(&self, now_ms: i64) -> f64 {
+        self.rows
+            .front()
+            .map(|r| (now_ms - r.t_ms) as f64 / 1000.0)
+            .unwrap_or(0.0)
+    }
+
+    fn decide(&mut self, i: usize, sample: &Sample) -> Decision {
+        let g = self.gates[i].clone();
+        let outcome = match g.kind {
+            GateKind::Consecutive => self.consecutive(&g),
+            _ => match &sample.metrics {
+                Err(e) => Outcome::error(format!("metrics probe failed: {e}")),
+                Ok(m) => match g.kind {
+                    GateKind::Ratio => self.ratio(&g, sample.t_ms),
+                    GateKind::Percentile => self.percentile(&g, sample.t_ms),
+                    GateKind::Instant => instant(&g, m),
+                    GateKind::Sustained => self.sustained(i, &g, m, sample.t_ms),
+                    GateKind::Consecutive => unreachable_consecutive(),
+                },
+            },
+        };
+        if g.kind == GateKind::Sustained
+            && outcome.status != Status::Violated
+            && outcome.status != Status::Pending
+        {
+            self.states[i].breach_since_ms = None;
+        }
+        self.finish(i, &g, outcome, sample.t_ms)
+    }
+
+    /// Turns runs of errors / no-data into violations per the gate's policy.
+    fn finish(&mut self, i: usize, g: &GateSpec, o: Outcome, t_ms: i64) -> Decision {
+        let st = &mut self.states[i];
+        let (status, reason) = match o.status {
+            Status::Error => {
+                st.consecutive_errors += 1;
+                st.consecutive_no_data = 0;
+                let n = st.consecutive_errors;
+                if g.errors_to_violate > 0 && n >= g.errors_to_violate {
+                    (
+                        Status::Violated,
+                        format!(
+                            "{} ({n} polls in a row; violation after {})",
+                            o.reason, g.errors_to_violate
+                        ),
+                    )
+                } else {
+                    (
+                        Status::Error,
+                        format!(
+                            "{} ({n} in a row{})",
+                            o.reason,
+                            limit_text(g.errors_to_violate)
+                        ),
+                    )
+                }
+            }
+            Status::NoData => {
+                st.consecutive_no_data += 1;
+                st.consecutive_errors = 0;
+                let n = st.consecutive_no_data;
+                if g.no_data_to_violate > 0 && n >= g.no_data_to_violate {
+                    (
+                        Status::Violated,
+                        format!(
+                            "{} ({n} polls in a row; violation after {})",
+                            o.reason, g.no_data_to_violate
+                        ),
+                    )
+                } else {
+                    (Status::NoData, o.reason)
+                }
+            }
+            s => {
+                st.consecutive_errors = 0;
+                st.consecutive_no_data = 0;
+                (s, o.reason)
+            }
+        };
+        Decision {
+            gate: g.name.clone(),
+            status,
+            value: o.value,
+            threshold: g.threshold,
+            unit: g.unit.to_string(),
+            window_secs: g.window.as_secs_f64(),
+            action: g.action,
+            reason,
+            t_ms,
+        }
+    }
+
+    fn consecutive(&self, g: &GateSpec) -> Outcome {
+        let n = self.health_failures;
+        let value = Some(f64::from(n));
+        if f64::from(n) > g.threshold {
+            Outcome::new(
+                Status::Violated,
+                value,
+                format!(
+                    "{n} failed health checks in a row, more than {} (last: {})",
+                    fmt_num(g.threshold),
+                    self.last_health_detail
+                ),
+            )
+        } else if n == 0 {
+            Outcome::new(
+                Status::Ok,
+                value,
+                format!(
+                    "health OK (limit: more than {} failures in a row)",
+                    fmt_num(g.threshold)
+                ),
+            )
+        } else {
+            Outcome::new(
+                Status::Ok,
+                value,
+                format!(
+                    "{n} failed health check(s) in a row, not more than {} (last: {})",
+                    fmt_num(g.threshold),
+                    self.last_health_detail
+                ),
+            )
+        }
+    }
+
+    fn pending(&self, g: &GateSpec, now_ms: i64) -> Outcome {
+        Outcome::new(
+            Status::Pending,
+            None,
+            format!(
+                "window not covered yet: {} of telemetry of the {} needed",
+                fmt_secs(self.covered_secs(now_ms)),
+                fmt_secs(g.window.as_secs_f64())
+            ),
+        )
+    }
+
+    fn ratio(&self, g: &GateSpec, now_ms: i64) -> Outcome {
+        let (Some(ni), Some(di)) = (
+            counter_index(g.metric),
+            g.denominator.and_then(counter_index),
+        ) else {
+            return Outcome::no_data(format!("{} cannot be read as a counter", g.metric.as_str()));
+        };
+        let Some(now) = self.rows.back().filter(|r| r.t_ms == now_ms) else {
+            return Outcome::error("no metrics in this poll".into());
+        };
+        let Some(anchor) = self.anchor(now_ms, g.window) else {
+            return self.pending(g, now_ms);
+        };
+        let den_name = g.denominator.map(Metric::as_str).unwrap_or("requests");
+        let (Some(n1), Some(n0), Some(d1), Some(d0)) = (
+            now.counters[ni],
+            anchor.counters[ni],
+            now.counters[di],
+            anchor.counters[di],
+        ) else {
+            return Outcome::no_data(format!(
+                "the service does not report {} and {}",
+                g.metric.as_str(),
+                den_name
+            ));
+        };
+        let (num, den) = (n1 - n0, d1 - d0);
+        let window = fmt_secs(g.window.as_secs_f64());
+        if den <= 0.0 {
+            return Outcome::no_data(format!("no {den_name} in the last {window} (no traffic)"));
+        }
+        let pct = num / den * 100.0;
+        let what = format!(
+            "{} {:.2} % ({} of {} {den_name}) over {window}",
+            g.metric.as_str(),
+            pct,
+            fmt_num(num),
+            fmt_num(den)
+        );
+        compare(g, pct, what)
+    }
+
+    fn percentile(&self, g: &GateSpec, now_ms: i64) -> Outcome {
+        let Some(now) = self.rows.back().filter(|r| r.t_ms == now_ms) else {
+            return Outcome::error("no metrics in this poll".into());
+        };
+        let Some(anchor) = self.anchor(now_ms, g.window) else {
+            return self.pending(g, now_ms);
+        };
+        let window = fmt_secs(g.window.as_secs_f64());
+        let q = g.quantile;
+        let label = format!("p{}", fmt_num(q * 100.0));
+        if let Some((epoch, b1)) = &now.buckets {
+            let Some((e0, b0)) = &anchor.buckets else {
+                return self.pending(g, now_ms);
+            };
+            if e0 != epoch {
+                return Outcome::new(
+                    Status::Pending,
+                    None,
+                    "histogram buckets changed; the window restarts".into(),
+                );
+            }
+            let deltas: Vec<Bucket> = b1
+                .iter()
+                .zip(b0)
+                .map(|(a, b)| Bucket {
+                    le: a.le,
+                    count: a.count - b.count,
+                })
+                .collect();
+            return match histogram_quantile(q, &deltas) {
+                None => Outcome::no_data(format!(
+                    "no hash requests in the last {window} (no traffic)"
+                )),
+                Some(v) => {
+                    let total = deltas.last().map(|b| b.count).unwrap_or(0.0);
+                    compare(g, v, format!("{label} hash time {v:.0} ms over {window} from {} requests (histogram)", fmt_num(total)))
+                }
+            };
+        }
+        // No histogram: raw observations of every row after the anchor.
+        let mut obs: Vec<f64> = Vec::new();
+        let mut any = false;
+        for r in self
+            .rows
+            .iter()
+            .filter(|r| r.t_ms > anchor.t_ms && r.t_ms <= now_ms)
+        {
+            if let Some(o) = &r.observations {
+                any = true;
+                obs.extend(o.iter().copied().filter(|x| x.is_finite()));
+            }
+        }
+        if !any {
+            return Outcome::no_data(
+                "the service reports neither a hash-time histogram nor observations".into(),
+            );
+        }
+        match quantile_linear(q, &mut obs) {
+            None => Outcome::no_data(format!(
+                "no hash requests in the last {window} (no traffic)"
+            )),
+            Some(v) => compare(
+                g,
+                v,
+                format!(
+                    "{label} hash time {v:.0} ms over {window} from {} observations",
+                    obs.len()
+                ),
+            ),
+        }
+    }
+
+    fn sustained(&mut self, i: usize, g: &GateSpec, m: &Metrics, now_ms: i64) -> Outcome {
+        let Some(v) = m.value(g.metric) else {
+            return Outcome::no_data(format!("the service does not report {}", g.metric.as_str()));
+        };
+        let name = g.metric.as_str();
+        if v <= g.threshold {
+            return Outcome::new(
+                Status::Ok,
+                Some(v),
+                format!(
+                    "{name} {} {}, not above {}",
+                    fmt_num(v),
+                    g.unit,
+                    fmt_num(g.threshold)
+                ),
+            );
+        }
+        let since = *self.states[i].breach_since_ms.get_or_insert(now_ms);
+        let lasted = (now_ms - since) as f64 / 1000.0;
+        let needed = g.window.as_secs_f64();
+        if lasted >= needed {
+            Outcome::new(
+                Status::Violated,
+                Some(v),
+                format!(
+                    "{name} {} {} above {} for {} (limit {})",
+                    fmt_num(v),
+                    g.unit,
+                    fmt_num(g.threshold),
+                    fmt_secs(lasted),
+                    fmt_secs(needed)
+                ),
+            )
+        } else {
+            Outcome::new(
+                Status::Pending,
+                Some(v),
+                format!(
+                    "{name} {} {} above {} for {} of the {} that trip the gate",
+                    fmt_num(v),
+                    g.unit,
+                    fmt_num(g.threshold),
+                    fmt_secs(lasted),
+                    fmt_secs(needed)
+                ),
+            )
+        }
+    }
+}
+
+fn unreachable_consecutive() -> Outcome {
+    Outcome::error("internal: consecutive gate routed to metrics".into())
+}
+
+fn instant(g: &GateSpec, m: &Metrics) -> Outcome {
+    let Some(v) = m.value(g.metric) else {
+        return Outcome::no_data(format!("the service does not report {}", g.metric.as_str()));
+    };
+    compare(
+        g,
+        v,
+        format!("{} {} {}", g.metric.as_str(), fmt_num(v), g.unit),
+    )
+}
+
+/// Strictly above the threshold violates: exactly 5 % is not above 5 %.
+fn compare(g: &GateSpec, v: f64, what: String) -> Outcome {
+    if v > g.threshold {
+        Outcome::new(
+            Status::Violated,
+            Some(v),
+            format!(
+                "{what}: above the threshold {} {}",
+                fmt_num(g.threshold),
+                g.unit
+            ),
+        )
+    } else {
+        Outcome::new(
+            Status::Ok,
+            Some(v),
+            format!(
+                "{what}: within the threshold {} {}",
+                fmt_num(g.threshold),
+                g.unit
+            ),
+        )
+    }
+}
+
+/// Prometheus `histogram_quantile` over cumulative bucket counts (`le`
+/// ascending, last +Inf). `None` when there are no observations.
+pub fn histogram_quantile(q: f64, buckets: &[Bucket]) -> Option<f64> {
+    let total = buckets.last()?.count;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let mut prev_le = 0.0;
+    let mut prev_count = 0.0;
+    for b in buckets {
+        if b.count >= rank {
+            if b.le.is_infinite() {
+                // Above the highest finite bound: that bound is all we know.
+                return Some(prev_le);
+            }
+            let in_bucket = b.count - prev_count;
+            if in_bucket <= 0.0 {
+                return Some(b.le);
+            }
+            return Some(prev_le + (b.le - prev_le) * (rank - prev_count) / in_bucket);
+        }
+        prev_le = b.le;
+        prev_count = b.count;
+    }
+    Some(prev_le)
+}
+
+/// Linear-interpolation quantile (numpy/pandas default). Sorts `obs`.
+pub fn quantile_linear(q: f64, obs: &mut [f64]) -> Option<f64> {
+    if obs.is_empty() {
+        return None;
+    }
+    obs.sort_by(f64::total_cmp);
+    let pos = q * (obs.len() - 1) as f64;
+    let lo = pos.floor() as usize;
+    let hi = pos.ceil() as usize;
+    let frac = pos - lo as f64;
+    Some(obs[lo] + (obs[hi] - obs[lo]) * frac)
+}
+
+#[derive(Debug)]
+struct Outcome {
+    status: Status,
+    value: Option<f64>,
+    reason: String,
+}
+
+impl Outcome {
+    fn new(status: Status, value: Option<f64>, reason: String) -> Self {
+        Outcome {
+            status,
+            value,
+            reason,
+        }
+    }
+    fn error(reason: String) -> Self {
+        Outcome::new(Status::Error, None, reason)
+    }
+    fn no_data(reason: String) -> Self {
+        Outcome::new(Status::NoData, None, reason)
+    }
+}
+
+fn window_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn limit_text(n: u32) -> String {
+    if n == 0 {
+        "; never a violation by itself".into()
+    } else {
+        format!("; violation after {n}")
+    }
+}
+
+/// 5, 2.5, 0.333: no trailing zeros.
+pub fn fmt_num(x: f64) -> String {
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        format!("{}", x as i64)
+    } else {
+        let s = format!("{x:.3}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
+fn fmt_secs(s: f64) -> String {
+    if s < 1.0 {
+        return format!("{:.0}ms", s * 1000.0);
+    }
+    humantime::format_duration(Duration::from_secs(s.round() as u64)).to_string()
+}
