@@ -1,1 +1,192 @@
-//! (being built)
+//! monitor_dhash: the T+60 quality-gate watch after a deploy, with automatic
+//! rollback when an `auto-rollback` gate breaks, and the offline replay of
+//! recorded telemetry for threshold tuning. Both feed the same
+//! `gates_core::gates::Evaluator`.
+
+pub mod incident;
+pub mod live;
+pub mod replay;
+pub mod telemetry;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use gates_core::config::GateSpec;
+use gates_core::gates::Decision;
+use gates_core::project::Project;
+use gates_core::{Emitter, Exit};
+use serde_json::json;
+
+pub const TOOL: &str = "monitor_dhash";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DecisionOutput {
+    /// Only when a gate's status changes (and every violation).
+    Changes,
+    /// Every decision of every sample.
+    All,
+    /// Only the final summary.
+    Summary,
+}
+
+/// Watch a deployed dhash release and roll it back when a quality gate breaks.
+#[derive(Debug, Parser)]
+#[command(
+    name = "monitor_dhash",
+    version,
+    after_help = gates_core::exit::EXIT_CODES_HELP,
+    long_about = "Watch a deployed dhash release for the T+60 window: poll health, metrics and the \
+low-confidence queue on the configured cadence (30 s for 5 min, then 120 s), evaluate the quality \
+gates of quality-gates-config.json, and roll back to this deploy's verified backup when an \
+auto-rollback gate is violated. Reads upstream events on stdin (deploy.healthy gives the release \
+and its backup). With --replay, evaluates recorded telemetry instead, as fast as possible."
+)]
+pub struct Args {
+    /// Environment (from environments.json). Defaults to production, as the seeds' monitor does.
+    #[arg(long)]
+    pub env: Option<String>,
+    /// A custom gates file (seed schema) instead of the project's quality-gates-config.json.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Window length: seconds (600) or humantime (45m). Default: the environment's (60m production, 30m staging).
+    #[arg(long, value_parser = gates_core::duration::duration_arg)]
+    pub duration: Option<Duration>,
+    /// Evaluate and report only: never roll back; notifications go to the fallback file only.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// More detail on stderr.
+    #[arg(long, short)]
+    pub verbose: bool,
+    /// The backup to roll back to (default: from stdin's deploy.healthy, else the ledger's last healthy deploy).
+    #[arg(long)]
+    pub backup: Option<PathBuf>,
+    /// Start a new window even if an interrupted one for this release could be continued.
+    #[arg(long)]
+    pub fresh: bool,
+    /// Where to record polled telemetry (CSV). Default: monitor_logs/telemetry_<env>_<ts>.csv.
+    #[arg(long)]
+    pub record: Option<PathBuf>,
+    /// Replay recorded telemetry (CSV or JSON lines) through the gates instead of polling.
+    #[arg(long)]
+    pub replay: Option<PathBuf>,
+    /// Which replay decisions to print as events.
+    #[arg(long, value_enum, default_value = "changes")]
+    pub decisions: DecisionOutput,
+    /// Replay: also write every decision as CSV (t_ms,gate,status,value) to this file.
+    #[arg(long)]
+    pub decisions_csv: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<Exit> {
+    let env_name = args.env.clone().unwrap_or_else(|| "production".to_string());
+    let em = Emitter::stdout(TOOL, &env_name, args.verbose);
+    if args.env.is_none() {
+        em.human("no --env given: monitoring production (the seeds' default)");
+    }
+    let project = Project::discover()?;
+    let gates_file = project.gates(args.config.as_deref())?;
+    let gates = gates_file.env(&env_name)?.gates.clone();
+    if let Some(path) = &args.replay {
+        return replay::run(&em, gates, path, args.decisions, args.decisions_csv.as_deref());
+    }
+    let env = project.env(&env_name)?.clone();
+    for p in gates_file
+        .check_placeholders(&env_name)?
+        .iter()
+        .chain(project.topology.check_placeholders(&env_name)?)
+    {
+        em.human(&format!(
+            "warning: unresolved placeholder {} = {:?} in {}",
+            p.path,
+            p.value,
+            p.file.display()
+        ));
+    }
+    live::run(&project, &env, gates, &args, &em)
+}
+
+/// The JSON fields of a decision event.
+pub fn decision_fields(d: &Decision) -> serde_json::Value {
+    json!({
+        "gate": d.gate,
+        "status": d.status.as_str(),
+        "value": d.value,
+        "threshold": d.threshold,
+        "unit": d.unit,
+        "window_secs": d.window_secs,
+        "action": d.action.as_str(),
+        "reason": d.reason,
+        "sample_ts": ts_of(d.t_ms),
+    })
+}
+
+pub fn ts_of(t_ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(t_ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| t_ms.to_string())
+}
+
+pub fn gates_summary(gates: &[GateSpec]) -> serde_json::Value {
+    serde_json::Value::Array(
+        gates
+            .iter()
+            .map(|g| {
+                json!({
+                    "gate": g.name,
+                    "kind": g.kind,
+                    "threshold": g.threshold,
+                    "unit": g.unit,
+                    "window_secs": g.window.as_secs_f64(),
+                    "action": g.action.as_str(),
+                })
+            })
+            .collect(),
+    )
+}
+
+/// Per-gate counts of each status, the last status and the worst value.
+#[derive(Debug, Default, Clone)]
+pub struct Summary {
+    per_gate: std::collections::BTreeMap<String, GateTally>,
+    pub samples: u64,
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+struct GateTally {
+    ok: u64,
+    pending: u64,
+    no_data: u64,
+    error: u64,
+    violated: u64,
+    last: String,
+    max_value: Option<f64>,
+    first_violation: Option<String>,
+}
+
+impl Summary {
+    pub fn add(&mut self, d: &Decision) {
+        use gates_core::gates::Status::*;
+        let t = self.per_gate.entry(d.gate.clone()).or_default();
+        match d.status {
+            Ok => t.ok += 1,
+            Pending => t.pending += 1,
+            NoData => t.no_data += 1,
+            Error => t.error += 1,
+            Violated => {
+                t.violated += 1;
+                if t.first_violation.is_none() {
+                    t.first_violation = Some(ts_of(d.t_ms));
+                }
+            }
+        }
+        t.last = d.status.as_str().to_string();
+        if let Some(v) = d.value {
+            t.max_value = Some(t.max_value.map_or(v, |m: f64| m.max(v)));
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(&self.per_gate).unwrap_or_default()
+    }
+}

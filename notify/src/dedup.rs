@@ -1,0 +1,89 @@
+//! "Never the same alert twice within the quiet period": the keys of alerts
+//! recently delivered, kept in a small JSON file under the environment's
+//! `log_dir` (`notify_state.json`), rewritten atomically.
+//!
+//! Keys are stored as SHA-256 hex, so no message text (or anything secret in
+//! it) lands in the file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use gates_core::config::EnvConfig;
+
+pub const STATE_FILE: &str = "notify_state.json";
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct State {
+    #[serde(default)]
+    version: u32,
+    /// sha256(key) → when it was last delivered (Unix seconds).
+    #[serde(default)]
+    sent: BTreeMap<String, f64>,
+}
+
+pub fn state_path(env: &EnvConfig) -> PathBuf {
+    env.log_dir.join(STATE_FILE)
+}
+
+pub fn hash_key(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+fn load(path: &Path) -> State {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// When `key` was delivered less than `quiet` ago: how long ago.
+pub fn recently_sent(path: &Path, key: &str, quiet: Duration) -> Option<Duration> {
+    if quiet.is_zero() {
+        return None;
+    }
+    let at = *load(path).sent.get(&hash_key(key))?;
+    let ago = now_secs() - at;
+    (ago >= 0.0 && ago < quiet.as_secs_f64()).then(|| Duration::from_secs_f64(ago))
+}
+
+/// Records that `key` was delivered now; forgets entries older than `quiet`.
+pub fn record(path: &Path, key: &str, quiet: Duration) -> anyhow::Result<()> {
+    let mut state = load(path);
+    let now = now_secs();
+    let keep = quiet.as_secs_f64().max(1.0);
+    state.sent.retain(|_, at| now - *at < keep);
+    state.version = 1;
+    state.sent.insert(hash_key(key), now);
+    let bytes = serde_json::to_vec_pretty(&state)?;
+    gates_core::fsutil::write_atomic(path, &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remembers_within_quiet_period_only() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = d.path().join("logs").join(STATE_FILE);
+        let q = Duration::from_secs(600);
+        assert!(recently_sent(&p, "production|a", q).is_none());
+        record(&p, "production|a", q).expect("record");
+        assert!(recently_sent(&p, "production|a", q).is_some());
+        assert!(recently_sent(&p, "production|b", q).is_none());
+        assert!(recently_sent(&p, "production|a", Duration::ZERO).is_none());
+        let text = std::fs::read_to_string(&p).expect("read");
+        assert!(!text.contains("production|a"), "keys are hashed: {text}");
+    }
+}

@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# One-command guarded rollout of dhash:
+#   pre-deploy validation → timestamped SHA-256 backup → migration dry-run →
+#   deploy (migrations applied, atomic switch, health) → T+60 monitor with
+#   auto-rollback → notifications.
+# A thin pipeline of the workspace's tools; their exit codes are preserved.
+set -euo pipefail
+
+usage() {
+  cat <<'EOF'
+Usage: ./quick-deploy.sh --env ENV [--tag TAG] [--dry-run] [--duration D] [--config GATES.json]
+
+  --env ENV        environment from environments.json (staging, production, ...)
+  --tag TAG        release bundle dist/dhash-TAG to deploy (default: a bundle of
+                   this checkout, built when missing)
+  --dry-run        validate and show every step; change nothing
+  --duration D     monitoring window (seconds or 45m; default: the environment's)
+  --config FILE    custom quality-gates file for the monitor
+
+Exit codes: 0 deployed and every gate held; 1 a step failed (nothing changed
+or it was undone); 2 usage/configuration; 3 a gate was violated and the
+rollback succeeded; 4 the rollback failed (page someone); 75 the environment
+is locked by another run.
+EOF
+}
+
+env_name="" tag="" dry_run=0 duration="" config=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --env) env_name=${2:?--env needs a value}; shift 2 ;;
+    --env=*) env_name=${1#--env=}; shift ;;
+    --tag) tag=${2:?--tag needs a value}; shift 2 ;;
+    --tag=*) tag=${1#--tag=}; shift ;;
+    --dry-run) dry_run=1; shift ;;
+    --duration) duration=${2:?--duration needs a value}; shift 2 ;;
+    --config) config=${2:?--config needs a value}; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "quick-deploy: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
+  esac
+done
+[ -n "$env_name" ] || { echo "quick-deploy: --env is required" >&2; usage >&2; exit 2; }
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+export DHASH_ROOT="${DHASH_ROOT:-$root}"
+profile="${DHASH_PROFILE:-release}"
+bin="${CARGO_TARGET_DIR:-$root/target}/$profile"
+say() { printf '\n==> %s\n' "$*" >&2; }
+
+say "Building the tools ($profile)"
+if command -v cargo >/dev/null 2>&1; then
+  if [ "$profile" = release ]; then
+    cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bins >&2
+  else
+    cargo build --quiet --manifest-path "$root/Cargo.toml" --bins >&2
+  fi
+fi
+for t in backup_dhash deploy_dhash migrate_dhash monitor_dhash notify smoke_tests dhash-service; do
+  [ -x "$bin/$t" ] || { echo "quick-deploy: $bin/$t is missing (is cargo installed?)" >&2; exit 2; }
+done
+
+dist="$DHASH_ROOT/dist"
+if [ -z "$tag" ]; then
+  version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/Cargo.toml" | head -n1)
+  rev=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo local)
+  tag="v${version}-${rev}"
+fi
+if [ ! -d "$dist/dhash-$tag" ]; then
+  say "Building release bundle dist/dhash-$tag"
+  "$bin/dhash-service" bundle --tag "$tag" --out "$dist" >/dev/null
+fi
+
+log_dir="$DHASH_ROOT/monitor_logs"
+mkdir -p "$log_dir"
+stamp=$(date -u +%Y%m%dT%H%M%SZ)
+events="$log_dir/quick-deploy_${env_name}_${stamp}.jsonl"
+
+say "Pre-deploy validation: configuration, placeholders, bundle, lock, disk"
+"$bin/deploy_dhash" --env "$env_name" --tag "$tag" --dry-run >>"$events"
+if "$bin/smoke_tests" --env "$env_name" --quick >>"$events" 2>/dev/null; then
+  echo "pre-deploy smoke: the running release is healthy" >&2
+else
+  echo "pre-deploy smoke: no healthy release is running (a first deploy, or an outage the deploy replaces)" >&2
+fi
+
+say "Migration plan (dry run)"
+"$bin/migrate_dhash" --env "$env_name" --release "$tag" --dry-run >>"$events"
+
+monitor_args=(--env "$env_name")
+[ -n "$duration" ] && monitor_args+=(--duration "$duration")
+[ -n "$config" ] && monitor_args+=(--config "$config")
+
+if [ "$dry_run" -eq 1 ]; then
+  say "Dry run: backup, deploy and monitor plans"
+  "$bin/backup_dhash" --env "$env_name" --dry-run >>"$events"
+  "$bin/notify" --env "$env_name" --level info --message "quick-deploy dry run of $tag to $env_name" --dry-run >>"$events"
+  echo "dry run complete: nothing was changed; events in $events" >&2
+  exit 0
+fi
+
+say "Backup (timestamped, SHA-256 verified)"
+set +e
+"$bin/backup_dhash" --env "$env_name" >>"$events"
+code=$?
+set -e
+if [ "$code" -ne 0 ]; then
+  echo "quick-deploy: the backup failed (exit $code): nothing was deployed" >&2
+  exit "$code"
+fi
+
+say "Deploy $tag, then the T+60 monitor (Ctrl-C stops monitoring; a rerun of monitor_dhash continues the window)"
+set +e
+grep '"event":"backup.verified"' "$events" \
+  | "$bin/deploy_dhash" --env "$env_name" --tag "$tag" --backup-first \
+  | "$bin/monitor_dhash" "${monitor_args[@]}" \
+  | "$bin/notify" --env "$env_name" \
+  >>"$events"
+codes=("${PIPESTATUS[@]}")
+set -e
+deploy_code=${codes[1]} monitor_code=${codes[2]} notify_code=${codes[3]}
+
+say "Summary"
+if command -v jq >/dev/null 2>&1; then
+  jq -r 'select(.event | test("^(backup.verified|deploy.healthy|deploy.failed|gate.violated|rollback.completed|rollback.failed|monitor.completed|incident.created)$"))
+         | "\(.ts)  \(.event)  \(.msg)"' "$events" >&2 || true
+fi
+echo "events: $events" >&2
+[ "$notify_code" -eq 0 ] || echo "warning: notify exited $notify_code (see the fallback file)" >&2
+if [ "$deploy_code" -ne 0 ]; then
+  echo "result: deploy failed (exit $deploy_code)" >&2
+  exit "$deploy_code"
+fi
+case "$monitor_code" in
+  0) echo "result: $tag deployed to $env_name; every quality gate held" >&2 ;;
+  3) echo "result: a quality gate was violated; rolled back to the previous release" >&2 ;;
+  4) echo "result: a quality gate was violated and the ROLLBACK FAILED: page the on-call" >&2 ;;
+  *) echo "result: monitoring ended with exit $monitor_code" >&2 ;;
+esac
+exit "$monitor_code"
