@@ -1,1 +1,691 @@
-//! Start, stop and restart of an environment's service (being built).
+//! Start, stop and restart of an environment's service.
+//!
+//! - [`ServiceControl::Local`]: the reference `dhash-service` of
+//!   `<install_root>/current`, spawned in its own process group with stdin
+//!   closed, stdout and stderr appended to `service.log`, its pid written
+//!   atomically to `service.pid`. Start returns when `/health` answers OK
+//!   (within `start_timeout`) and fails with the last lines of the log when the
+//!   service exits or never gets healthy. Stop sends SIGTERM, waits
+//!   `stop_timeout`, then SIGKILL, but only to a pid whose command line still
+//!   names `dhash-service`: a recycled pid is never signalled.
+//! - [`ServiceControl::Commands`]: the configured shell commands (`sh -c`),
+//!   with `DHASH_ENV`, `DHASH_INSTALL_ROOT`, `DHASH_RELEASE_DIR`,
+//!   `DHASH_DATA_DIR` and `DHASH_DATABASE` set; a non-zero exit is an error
+//!   carrying the command's stderr. Start and restart then wait for `/health`.
+//!
+//! Events: `service.started`, `service.stopped` (through the caller's Emitter).
+
+use std::fs::{self, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::config::{EnvConfig, ServiceControl};
+use crate::event::{Emitter, Level};
+use crate::probe::probe_health;
+use crate::sample::Health;
+
+/// The name a local service's command line must contain before it is signalled.
+pub const SERVICE_BINARY: &str = "dhash-service";
+
+/// How many lines of `service.log` an error quotes.
+const LOG_TAIL_LINES: usize = 20;
+
+/// What [`status`] found.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServiceStatus {
+    /// Local: the pidfile names a live dhash-service. Commands: `/health` answered.
+    pub running: bool,
+    /// Local only: the pid of the running service.
+    pub pid: Option<u32>,
+    /// The release `current` points at (its `release.json` id, else the folder name).
+    pub release: Option<String>,
+    /// One health probe.
+    pub health: Health,
+    /// A sentence for humans (e.g. "stale pidfile: pid 123 is not running").
+    pub detail: String,
+}
+
+/// Starts the service and returns when `/health` answers OK.
+pub fn start(env: &EnvConfig, em: &Emitter) -> anyhow::Result<()> {
+    match &env.service {
+        ServiceControl::Local { bind, .. } => start_local(env, bind, em),
+        ServiceControl::Commands { start, .. } => {
+            let t0 = Instant::now();
+            run_command(env, "start", start)?;
+            wait_ready_commands(env, t0)?;
+            em.emit(
+                "service.started",
+                Level::Info,
+                format!("{} service started ({})", env.name, short(start)),
+                json!({"command": start, "release": current_release(env),
+                       "seconds": secs(t0.elapsed())}),
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Stops the service. Stopping a service that is not running is not an error.
+pub fn stop(env: &EnvConfig, em: &Emitter) -> anyhow::Result<()> {
+    match &env.service {
+        ServiceControl::Local { .. } => stop_local(env, em),
+        ServiceControl::Commands { stop, .. } => {
+            let t0 = Instant::now();
+            run_command(env, "stop", stop)?;
+            em.emit(
+                "service.stopped",
+                Level::Info,
+                format!("{} service stopped ({})", env.name, short(stop)),
+                json!({"command": stop, "seconds": secs(t0.elapsed())}),
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Stop then start (Local, or Commands without a `restart` command), or the
+/// configured `restart` command followed by the wait for `/health`.
+pub fn restart(env: &EnvConfig, em: &Emitter) -> anyhow::Result<()> {
+    match &env.service {
+        ServiceControl::Commands {
+            restart: Some(cmd), ..
+        } => {
+            let t0 = Instant::now();
+            run_command(env, "restart", cmd)?;
+            wait_ready_commands(env, t0)?;
+            em.emit(
+                "service.started",
+                Level::Info,
+                format!("{} service restarted ({})", env.name, short(cmd)),
+                json!({"command": cmd, "restart": true, "release": current_release(env),
+                       "seconds": secs(t0.elapsed())}),
+            );
+            Ok(())
+        }
+        _ => {
+            stop(env, em)?;
+            start(env, em)
+        }
+    }
+}
+
+/// The service's state: pidfile (Local) and one health probe.
+pub fn status(env: &EnvConfig) -> ServiceStatus {
+    let health = probe_health(&env.health_url, env.monitor.probe_timeout);
+    let release = current_release(env);
+    match &env.service {
+        ServiceControl::Local { .. } => {
+            let (pid, detail) = match read_pidfile(&env.pid_file()) {
+                Ok(None) => (None, "not running (no pidfile)".to_string()),
+                Err(e) => (None, format!("{e:#}")),
+                Ok(Some(pid)) => match process_cmdline(pid) {
+                    None => (None, format!("stale pidfile: pid {pid} is not running")),
+                    Some(cmd) if !cmd.contains(SERVICE_BINARY) => (
+                        None,
+                        format!(
+                            "stale pidfile: pid {pid} is now {:?}, not {SERVICE_BINARY}",
+                            short(&cmd)
+                        ),
+                    ),
+                    Some(_) => (Some(pid), format!("running as pid {pid}")),
+                },
+            };
+            ServiceStatus {
+                running: pid.is_some(),
+                pid,
+                release,
+                health,
+                detail,
+            }
+        }
+        ServiceControl::Commands { .. } => {
+            let running = !matches!(health, Health::Error { .. });
+            let detail = format!("health: {}", health.label());
+            ServiceStatus {
+                running,
+                pid: None,
+                release,
+                health,
+                detail,
+            }
+        }
+    }
+}
+
+/// The pid of this environment's running local service, if any.
+pub fn running_pid(env: &EnvConfig) -> Option<u32> {
+    let pid = read_pidfile(&env.pid_file()).ok()??;
+    process_cmdline(pid)
+        .filter(|c| c.contains(SERVICE_BINARY))
+        .map(|_| pid)
+}
+
+/// The id of the release `current` points at: `release.json`'s `id`, else
+/// the folder name.
+pub fn current_release(env: &EnvConfig) -> Option<String> {
+    let link = env.current_link();
+    let from_json = fs::read_to_string(link.join("release.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(str::to_string));
+    from_json.or_else(|| {
+        fs::read_link(&link)
+            .ok()
+            .and_then(|t| t.file_name().map(|n| n.to_string_lossy().to_string()))
+    })
+}
+
+/// The last `n` lines of a log file (empty when unreadable), redacted.
+pub fn log_tail(path: &Path, n: usize) -> String {
+    let Ok(bytes) = fs::read(path) else {
+        return String::new();
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(n)..].join("\n");
+    crate::redact::global().redact(&tail)
+}
+
+// ---------------------------------------------------------------- local
+
+fn start_local(env: &EnvConfig, bind: &str, em: &Emitter) -> anyhow::Result<()> {
+    let (start_timeout, _) = env.service.timeouts();
+    let t0 = Instant::now();
+    let pid_file = env.pid_file();
+    let log_path = env.service_log();
+
+    if let Some(pid) = running_pid(env) {
+        // Already running: fine if it serves the release `current` names.
+        let answer = crate::probe::get(&env.health_url, env.monitor.probe_timeout);
+        let serving = answer
+            .as_ref()
+            .ok()
+            .and_then(|a| a.json().ok())
+            .and_then(|v| {
+                v.get("release")
+                    .and_then(|r| r.as_str())
+                    .map(str::to_string)
+            });
+        if let (Some(serving), Some(current)) = (serving, current_release(env)) {
+            if serving != current {
+                bail!(
+                    "{} service is already running as pid {pid} with release {serving}, but current is {current}; restart it",
+                    env.name
+                );
+            }
+        }
+        let health = match answer {
+            Ok(a) => crate::probe::classify_health(&a),
+            Err(detail) => Health::Error { detail },
+        };
+        return match health {
+            Health::Ok => {
+                em.emit(
+                    "service.started",
+                    Level::Info,
+                    format!("{} service already running as pid {pid}", env.name),
+                    json!({"pid": pid, "bind": bind, "release": current_release(env),
+                           "already_running": true, "seconds": 0.0}),
+                );
+                Ok(())
+            }
+            h => bail!(
+                "{} service is already running as pid {pid} but is not healthy ({}); stop or restart it",
+                env.name,
+                health_text(&h)
+            ),
+        };
+    }
+    // Whatever the pidfile says is stale now (dead or recycled pid).
+    let _ = fs::remove_file(&pid_file);
+
+    let current = env.current_link();
+    let release_dir = fs::canonicalize(&current).with_context(|| {
+        format!(
+            "no release to start: {} does not exist (deploy a release first)",
+            current.display()
+        )
+    })?;
+    let bin = release_dir.join("bin").join(SERVICE_BINARY);
+    if !bin.is_file() {
+        bail!(
+            "no service binary in the current release: {} does not exist",
+            bin.display()
+        );
+    }
+    check_port_free(bind, &pid_file)?;
+    fs::create_dir_all(&env.data_dir)
+        .with_context(|| format!("creating {}", env.data_dir.display()))?;
+    fs::create_dir_all(&env.install_root)
+        .with_context(|| format!("creating {}", env.install_root.display()))?;
+
+    let mut log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let release = current_release(env);
+    let _ = writeln!(
+        log,
+        "--- {} starting {} on {bind} (release {}) ---",
+        crate::event::now_rfc3339(),
+        SERVICE_BINARY,
+        release.as_deref().unwrap_or("?")
+    );
+    let log_err = log
+        .try_clone()
+        .with_context(|| format!("opening {}", log_path.display()))?;
+
+    let mut cmd = Command::new(&bin);
+    cmd.arg("serve")
+        .arg("--bind")
+        .arg(bind)
+        .arg("--database")
+        .arg(&env.database)
+        .arg("--data-dir")
+        .arg(&env.data_dir)
+        .arg("--release-dir")
+        .arg(&release_dir)
+        .current_dir(&env.install_root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(log_err))
+        .process_group(0);
+    strip_secrets(&mut cmd);
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let pid = child.id();
+    if let Err(e) = crate::fsutil::write_atomic(&pid_file, format!("{pid}\n").as_bytes()) {
+        terminate(&mut child);
+        return Err(e.context("writing the pidfile"));
+    }
+
+    let deadline = t0 + start_timeout;
+    loop {
+        if let Some(status) = child.try_wait().context("watching the service process")? {
+            let _ = fs::remove_file(&pid_file);
+            bail!(
+                "{SERVICE_BINARY} exited during start-up ({status}); last lines of {}:\n{}",
+                log_path.display(),
+                log_tail(&log_path, LOG_TAIL_LINES)
+            );
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let last = probe_health(
+            &env.health_url,
+            left.clamp(Duration::from_millis(200), Duration::from_secs(2)),
+        );
+        if last.is_ok() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            terminate(&mut child);
+            let _ = fs::remove_file(&pid_file);
+            bail!(
+                "{SERVICE_BINARY} did not become healthy within {} (last check: {}); stopped it; last lines of {}:\n{}",
+                crate::duration::human(start_timeout),
+                health_text(&last),
+                log_path.display(),
+                log_tail(&log_path, LOG_TAIL_LINES)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Reap the child when it exits, so a long-lived caller (the monitor, a
+    // test) never keeps a zombie that still looks alive to `stop`.
+    std::thread::spawn(move || {
+        let _ = child.wait();
+    });
+    em.emit(
+        "service.started",
+        Level::Info,
+        format!("{} service started as pid {pid} on {bind}", env.name),
+        json!({"pid": pid, "bind": bind, "release": release, "log": log_path,
+               "seconds": secs(t0.elapsed())}),
+    );
+    Ok(())
+}
+
+fn stop_local(env: &EnvConfig, em: &Emitter) -> anyhow::Result<()> {
+    let (_, stop_timeout) = env.service.timeouts();
+    let t0 = Instant::now();
+    let pid_file = env.pid_file();
+    let pid = match read_pidfile(&pid_file) {
+        Ok(Some(pid)) => pid,
+        Ok(None) => {
+            em.emit(
+                "service.stopped",
+                Level::Info,
+                format!("{} service was not running (no pidfile)", env.name),
+                json!({"was_running": false}),
+            );
+            return Ok(());
+        }
+        Err(e) => {
+            let _ = fs::remove_file(&pid_file);
+            em.emit(
+                "service.stopped",
+                Level::Warning,
+                format!("{} service: unreadable pidfile removed ({e:#})", env.name),
+                json!({"was_running": false, "stale_pidfile": true}),
+            );
+            return Ok(());
+        }
+    };
+    match process_cmdline(pid) {
+        None => {
+            let _ = fs::remove_file(&pid_file);
+            em.emit(
+                "service.stopped",
+                Level::Info,
+                format!(
+                    "{} service was not running (stale pidfile: pid {pid} is gone)",
+                    env.name
+                ),
+                json!({"pid": pid, "was_running": false, "stale_pidfile": true}),
+            );
+            return Ok(());
+        }
+        Some(cmd) if !cmd.contains(SERVICE_BINARY) => {
+            let _ = fs::remove_file(&pid_file);
+            em.emit(
+                "service.stopped",
+                Level::Warning,
+                format!(
+                    "{} service was not running: pid {pid} from the pidfile is now {:?}, not {SERVICE_BINARY}; left it alone and removed the stale pidfile",
+                    env.name,
+                    short(&cmd)
+                ),
+                json!({"pid": pid, "was_running": false, "stale_pidfile": true, "recycled_pid": true}),
+            );
+            return Ok(());
+        }
+        Some(_) => {}
+    }
+
+    let npid = pid_of(pid)?;
+    let mut signal = "SIGTERM";
+    if let Err(e) = kill(npid, Signal::SIGTERM) {
+        if e != nix::errno::Errno::ESRCH {
+            bail!("cannot signal pid {pid}: {e}");
+        }
+    }
+    if !wait_gone(pid, stop_timeout) {
+        signal = "SIGKILL";
+        em.emit(
+            "service.stop-escalated",
+            Level::Warning,
+            format!(
+                "{} service pid {pid} ignored SIGTERM for {}; sending SIGKILL",
+                env.name,
+                crate::duration::human(stop_timeout)
+            ),
+            json!({"pid": pid}),
+        );
+        let _ = killpg(npid, Signal::SIGKILL);
+        let _ = kill(npid, Signal::SIGKILL);
+        if !wait_gone(pid, Duration::from_secs(5)) {
+            bail!("pid {pid} is still running after SIGKILL");
+        }
+    }
+    let _ = fs::remove_file(&pid_file);
+    em.emit(
+        "service.stopped",
+        Level::Info,
+        format!("{} service pid {pid} stopped ({signal})", env.name),
+        json!({"pid": pid, "was_running": true, "signal": signal, "seconds": secs(t0.elapsed())}),
+    );
+    Ok(())
+}
+
+fn check_port_free(bind: &str, pid_file: &Path) -> anyhow::Result<()> {
+    match std::net::TcpListener::bind(bind) {
+        Ok(l) => {
+            drop(l);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!(
+            "cannot start: {bind} is already in use by another process (not this environment's service: {} names no running {SERVICE_BINARY}); stop that process or change service.bind in environments.json",
+            pid_file.display()
+        ),
+        Err(e) => bail!("cannot start: cannot bind {bind}: {e}"),
+    }
+}
+
+/// SIGTERM the child's group, then SIGKILL, and reap it.
+fn terminate(child: &mut Child) {
+    let Ok(pid) = pid_of(child.id()) else { return };
+    let _ = killpg(pid, Signal::SIGTERM);
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = killpg(pid, Signal::SIGKILL);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn pid_of(pid: u32) -> anyhow::Result<Pid> {
+    let raw = i32::try_from(pid).ok().filter(|p| *p > 1);
+    match raw {
+        Some(p) => Ok(Pid::from_raw(p)),
+        None => bail!("refusing to signal pid {pid}"),
+    }
+}
+
+fn read_pidfile(path: &Path) -> anyhow::Result<Option<u32>> {
+    let text = match fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(anyhow::anyhow!("reading {}: {e}", path.display())),
+    };
+    match text.trim().parse::<u32>() {
+        Ok(pid) if pid > 1 => Ok(Some(pid)),
+        _ => bail!(
+            "{} does not hold a pid: {:?}",
+            path.display(),
+            short(text.trim())
+        ),
+    }
+}
+
+/// The command line of a live process (`None` when it is gone or a zombie).
+pub fn process_cmdline(pid: u32) -> Option<String> {
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    if Path::new("/proc/self").exists() {
+        let stat = fs::read_to_string(proc_dir.join("stat")).ok()?;
+        // State is the first field after the parenthesised command name.
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next());
+        if matches!(state, Some("Z") | Some("X") | None) {
+            return None;
+        }
+        let raw = fs::read(proc_dir.join("cmdline")).ok()?;
+        let parts: Vec<String> = raw
+            .split(|b| *b == 0)
+            .filter(|p| !p.is_empty())
+            .map(|p| String::from_utf8_lossy(p).to_string())
+            .collect();
+        return Some(parts.join(" "));
+    }
+    // No /proc (macOS, BSD): ask ps.
+    let out = Command::new("ps")
+        .args(["-o", "stat=,command=", "-p", &pid.to_string()])
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let (stat, cmd) = text.split_once(char::is_whitespace)?;
+    if !out.status.success() || stat.starts_with('Z') {
+        return None;
+    }
+    Some(cmd.trim().to_string())
+}
+
+fn wait_gone(pid: u32, timeout: Duration) -> bool {
+    let until = Instant::now() + timeout;
+    loop {
+        if process_cmdline(pid).is_none() {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The service needs no webhook or password: keep them out of its environment
+/// (and so out of anything it might log).
+fn strip_secrets(cmd: &mut Command) {
+    for (name, value) in std::env::vars() {
+        if !crate::redact::Redactor::from_vars([(name.clone(), value)]).is_empty() {
+            cmd.env_remove(name);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- commands
+
+fn run_command(env: &EnvConfig, what: &str, command: &str) -> anyhow::Result<()> {
+    let (start_timeout, stop_timeout) = env.service.timeouts();
+    let timeout = if what == "stop" {
+        stop_timeout
+    } else {
+        start_timeout
+    };
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .env("DHASH_ENV", &env.name)
+        .env("DHASH_INSTALL_ROOT", &env.install_root)
+        .env("DHASH_RELEASE_DIR", env.current_link())
+        .env("DHASH_DATA_DIR", &env.data_dir)
+        .env("DHASH_DATABASE", &env.database)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("running the {what} command `{command}`"))?;
+    // Read the pipes in threads: a command that leaves a background process
+    // holding them must not block us past its own exit.
+    let out = collect(child.stdout.take());
+    let err = collect(child.stderr.take());
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().context("waiting for the command")? {
+            break s;
+        }
+        if t0.elapsed() >= timeout {
+            terminate(&mut child);
+            bail!(
+                "the {what} command `{command}` did not finish within {}; stopped it; stderr: {}",
+                crate::duration::human(timeout),
+                captured(&err)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Give the readers a moment to drain what the command wrote.
+    std::thread::sleep(Duration::from_millis(50));
+    if !status.success() {
+        let stderr = captured(&err);
+        let stdout = captured(&out);
+        bail!(
+            "the {what} command `{command}` failed ({status}): {}",
+            if stderr.is_empty() { stdout } else { stderr }
+        );
+    }
+    Ok(())
+}
+
+fn collect<R: Read + Send + 'static>(pipe: Option<R>) -> Arc<Mutex<Vec<u8>>> {
+    let buf = Arc::new(Mutex::new(Vec::new()));
+    if let Some(mut pipe) = pipe {
+        let sink = Arc::clone(&buf);
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                if let Ok(mut b) = sink.lock() {
+                    b.extend_from_slice(&chunk[..n]);
+                }
+            }
+        });
+    }
+    buf
+}
+
+fn captured(buf: &Arc<Mutex<Vec<u8>>>) -> String {
+    let text = buf
+        .lock()
+        .map(|b| String::from_utf8_lossy(&b).to_string())
+        .unwrap_or_default();
+    let lines: Vec<&str> = text.trim().lines().collect();
+    let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n");
+    crate::redact::global().redact(&tail)
+}
+
+fn wait_ready_commands(env: &EnvConfig, t0: Instant) -> anyhow::Result<()> {
+    let (start_timeout, _) = env.service.timeouts();
+    let deadline = t0 + start_timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let h = probe_health(
+            &env.health_url,
+            left.clamp(Duration::from_millis(200), Duration::from_secs(2)),
+        );
+        if h.is_ok() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "{} service did not become healthy within {} (last check: {})",
+                env.name,
+                crate::duration::human(start_timeout),
+                health_text(&h)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+// ---------------------------------------------------------------- helpers
+
+fn health_text(h: &Health) -> String {
+    match h {
+        Health::Ok => "ok".into(),
+        Health::NotOk { detail } => format!("not ok: {detail}"),
+        Health::Error { detail } => format!("no answer: {detail}"),
+    }
+}
+
+fn secs(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1000.0).round() / 1000.0
+}
+
+fn short(s: &str) -> String {
+    if s.chars().count() > 120 {
+        format!("{}…", s.chars().take(120).collect::<String>())
+    } else {
+        s.to_string()
+    }
+}
