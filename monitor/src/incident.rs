@@ -46,7 +46,10 @@ pub fn render(i: &Incident<'_>) -> String {
             chrono::DateTime::parse_from_rfc3339(a),
             chrono::DateTime::parse_from_rfc3339(b),
         ) {
-            (Ok(a), Ok(b)) => format!("{:.1} minutes from detection to restored service", (b - a).num_milliseconds() as f64 / 60000.0),
+            (Ok(a), Ok(b)) => format!(
+                "{:.1} minutes from detection to restored service",
+                (b - a).num_milliseconds() as f64 / 60000.0
+            ),
             _ => "[unknown]".to_string(),
         },
         _ => "[service not restored]".to_string(),
@@ -57,18 +60,29 @@ pub fn render(i: &Incident<'_>) -> String {
         v.gate,
         v.action.as_str(),
         v.reason,
-        v.value.map(|x| format!("{x:.2}")).unwrap_or_else(|| "n/a".into()),
+        v.value
+            .map(|x| format!("{x:.2}"))
+            .unwrap_or_else(|| "n/a".into()),
         v.threshold,
         v.unit,
         v.window_secs
     );
     for o in i.other_violations {
-        gates.push_str(&format!("- {} ({}): {}\n", o.gate, o.action.as_str(), o.reason));
+        gates.push_str(&format!(
+            "- {} ({}): {}\n",
+            o.gate,
+            o.action.as_str(),
+            o.reason
+        ));
     }
     let notes = if i.notifications.is_empty() {
         "- none".to_string()
     } else {
-        i.notifications.iter().map(|n| format!("- {n}")).collect::<Vec<_>>().join("\n")
+        i.notifications
+            .iter()
+            .map(|n| format!("- {n}"))
+            .collect::<Vec<_>>()
+            .join("\n")
     };
     format!(
         "# Incident Report: Rollback {rollback_time}
@@ -114,7 +128,10 @@ pub fn render(i: &Incident<'_>) -> String {
         release = i.release.unwrap_or("[unknown]"),
         operator = i.operator,
         restored = i.restored_release.unwrap_or("[unknown]"),
-        backup = i.backup.map(|p| p.display().to_string()).unwrap_or_else(|| "[none]".into()),
+        backup = i
+            .backup
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "[none]".into()),
         deploy_started = or_unknown(&t.deploy_started),
         monitoring_started = or_unknown(&t.monitoring_started),
         detected = or_unknown(&t.issue_detected),

@@ -73,7 +73,7 @@ pub struct Args {
     /// Which replay decisions to print as events.
     #[arg(long, value_enum, default_value = "changes")]
     pub decisions: DecisionOutput,
-    /// Replay: also write every decision as CSV (t_ms,gate,status,value) to this file.
+    /// Replay: also write every decision as CSV, one row per sample (t_ms, then <gate>_status, <gate>_value per gate).
     #[arg(long)]
     pub decisions_csv: Option<PathBuf>,
 }
@@ -88,7 +88,13 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
     let gates_file = project.gates(args.config.as_deref())?;
     let gates = gates_file.env(&env_name)?.gates.clone();
     if let Some(path) = &args.replay {
-        return replay::run(&em, gates, path, args.decisions, args.decisions_csv.as_deref());
+        return replay::run(
+            &em,
+            gates,
+            path,
+            args.decisions,
+            args.decisions_csv.as_deref(),
+        );
     }
     let env = project.env(&env_name)?.clone();
     for p in gates_file

@@ -36,7 +36,10 @@ impl Upstream {
             "deploy.started" => self.deploy_started = Some(ev.ts.clone()),
             "deploy.healthy" => {
                 self.deploy_healthy = true;
-                self.release = ev.str_field("release").map(str::to_string).or(self.release.take());
+                self.release = ev
+                    .str_field("release")
+                    .map(str::to_string)
+                    .or(self.release.take());
                 if let Some(b) = ev.str_field("backup") {
                     self.backup = Some(PathBuf::from(b));
                 }
@@ -69,13 +72,6 @@ fn stamp(t_ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(t_ms)
         .map(|t| t.format("%Y%m%dT%H%M%SZ").to_string())
         .unwrap_or_else(|| t_ms.to_string())
-}
-
-/// The release `current` points at, by its folder name.
-fn current_release(env: &EnvConfig) -> Option<String> {
-    std::fs::read_link(env.current_link())
-        .ok()
-        .and_then(|t| t.file_name().map(|n| n.to_string_lossy().to_string()))
 }
 
 fn find_continuation(env: &EnvConfig, release: Option<&str>, now: i64) -> Option<Continuation> {
@@ -129,7 +125,13 @@ struct Watch<'a> {
     notifications: Vec<String>,
 }
 
-pub fn run(project: &Project, env: &EnvConfig, gates: Vec<GateSpec>, args: &Args, em: &Emitter) -> anyhow::Result<Exit> {
+pub fn run(
+    project: &Project,
+    env: &EnvConfig,
+    gates: Vec<GateSpec>,
+    args: &Args,
+    em: &Emitter,
+) -> anyhow::Result<Exit> {
     let mut up = Upstream::default();
     let bad = gates_core::event::pump_stdin(em, |ev| up.take(ev));
     if bad > 0 {
@@ -144,19 +146,39 @@ pub fn run(project: &Project, env: &EnvConfig, gates: Vec<GateSpec>, args: &Args
         );
         return Ok(Exit::Failed);
     }
-    let release = up.release.clone().or_else(|| current_release(env));
+    let release = up
+        .release
+        .clone()
+        .or_else(|| gates_core::service::current_release(env));
     let now = now_ms();
-    let continuation = if args.fresh { None } else { find_continuation(env, release.as_deref(), now) };
+    let continuation = if args.fresh {
+        None
+    } else {
+        find_continuation(env, release.as_deref(), now)
+    };
     let (window_start_ms, duration, recording, log_path) = match &continuation {
-        Some(c) => (c.window_start_ms, c.duration, c.recording.clone(), c.log.clone()),
+        Some(c) => (
+            c.window_start_ms,
+            c.duration,
+            c.recording.clone(),
+            c.log.clone(),
+        ),
         None => (
             now,
             args.duration.unwrap_or(env.monitor.duration),
-            args.record.clone().unwrap_or_else(|| env.log_dir.join(format!("telemetry_{}_{}.csv", env.name, stamp(now)))),
-            env.log_dir.join(format!("dhash_{}_{}.log", env.name, stamp(now))),
+            args.record.clone().unwrap_or_else(|| {
+                env.log_dir
+                    .join(format!("telemetry_{}_{}.csv", env.name, stamp(now)))
+            }),
+            env.log_dir
+                .join(format!("dhash_{}_{}.log", env.name, stamp(now))),
         ),
     };
-    let backup = args.backup.clone().or(up.backup.clone()).or_else(|| ledger_backup(env, release.as_deref()));
+    let backup = args
+        .backup
+        .clone()
+        .or(up.backup.clone())
+        .or_else(|| ledger_backup(env, release.as_deref()));
 
     let mut w = Watch {
         project,
@@ -165,9 +187,14 @@ pub fn run(project: &Project, env: &EnvConfig, gates: Vec<GateSpec>, args: &Args
         dry_run: args.dry_run,
         release: release.clone(),
         backup: backup.clone(),
-        log: HumanLog { path: log_path.clone() },
+        log: HumanLog {
+            path: log_path.clone(),
+        },
         timeline: Timeline {
-            deploy_started: up.deploy_started.clone().or_else(|| ledger_deploy_started(env, release.as_deref())),
+            deploy_started: up
+                .deploy_started
+                .clone()
+                .or_else(|| ledger_deploy_started(env, release.as_deref())),
             monitoring_started: Some(ts_of(window_start_ms)),
             ..Timeline::default()
         },
@@ -212,8 +239,16 @@ pub fn run(project: &Project, env: &EnvConfig, gates: Vec<GateSpec>, args: &Args
         "gates": gates_summary(&gates),
     });
     let msg = match &continuation {
-        Some(_) => format!("continuing the interrupted window of {} until {}", release.as_deref().unwrap_or("the current release"), ts_of(window_end_ms)),
-        None => format!("watching {} for {}", release.as_deref().unwrap_or("the current release"), gates_core::duration::human(duration)),
+        Some(_) => format!(
+            "continuing the interrupted window of {} until {}",
+            release.as_deref().unwrap_or("the current release"),
+            ts_of(window_end_ms)
+        ),
+        None => format!(
+            "watching {} for {}",
+            release.as_deref().unwrap_or("the current release"),
+            gates_core::duration::human(duration)
+        ),
     };
     em.emit("monitor.started", Level::Info, msg.clone(), started_fields);
     w.log.line(&format!("Monitoring started: {msg}"));
@@ -247,7 +282,12 @@ pub fn run(project: &Project, env: &EnvConfig, gates: Vec<GateSpec>, args: &Args
             em.human(&format!("cannot record telemetry: {e:#}"));
         }
         summary.samples += 1;
-        em.emit("monitor.sample", Level::Debug, "poll", sample_fields(&sample));
+        em.emit(
+            "monitor.sample",
+            Level::Debug,
+            "poll",
+            sample_fields(&sample),
+        );
         let decisions = evaluator.observe(&sample);
         if let Some(exit) = w.handle(&decisions, &mut summary) {
             break exit;
@@ -257,22 +297,42 @@ pub fn run(project: &Project, env: &EnvConfig, gates: Vec<GateSpec>, args: &Args
             break Outcome::Completed;
         }
         let elapsed = Duration::from_millis(u64::try_from(t - window_start_ms).unwrap_or(0));
-        let interval = i64::try_from(env.monitor.interval_at(elapsed).as_millis()).unwrap_or(i64::MAX);
+        let interval =
+            i64::try_from(env.monitor.interval_at(elapsed).as_millis()).unwrap_or(i64::MAX);
         sched_ms = (sched_ms + interval).max(t).min(window_end_ms);
         sleep_until(sched_ms, &stop);
     };
 
     let (exit, state, result, level) = match &outcome {
         Outcome::Completed => (Exit::Ok, "completed", "passed", Level::Info),
-        Outcome::RolledBack => (Exit::GateRolledBack, "completed", "rolled-back", Level::Critical),
-        Outcome::RollbackFailed => (Exit::RollbackFailed, "completed", "rollback-failed", Level::Critical),
+        Outcome::RolledBack => (
+            Exit::GateRolledBack,
+            "completed",
+            "rolled-back",
+            Level::Critical,
+        ),
+        Outcome::RollbackFailed => (
+            Exit::RollbackFailed,
+            "completed",
+            "rollback-failed",
+            Level::Critical,
+        ),
         Outcome::Interrupted => (Exit::Failed, "interrupted", "interrupted", Level::Warning),
     };
     let msg = match &outcome {
-        Outcome::Completed => "monitoring window completed: every auto-rollback gate held".to_string(),
-        Outcome::RolledBack => "a quality gate was violated and the release was rolled back".to_string(),
-        Outcome::RollbackFailed => "a quality gate was violated and the rollback FAILED: manual intervention required".to_string(),
-        Outcome::Interrupted => "monitoring interrupted before the window ended; a restart continues it".to_string(),
+        Outcome::Completed => {
+            "monitoring window completed: every auto-rollback gate held".to_string()
+        }
+        Outcome::RolledBack => {
+            "a quality gate was violated and the release was rolled back".to_string()
+        }
+        Outcome::RollbackFailed => {
+            "a quality gate was violated and the rollback FAILED: manual intervention required"
+                .to_string()
+        }
+        Outcome::Interrupted => {
+            "monitoring interrupted before the window ended; a restart continues it".to_string()
+        }
     };
     em.emit(
         "monitor.completed",
@@ -314,13 +374,17 @@ fn sample_fields(s: &gates_core::sample::Sample) -> Value {
     m.insert("health".into(), json!(s.health.label()));
     match &s.health {
         gates_core::sample::Health::Ok => {}
-        gates_core::sample::Health::NotOk { detail } | gates_core::sample::Health::Error { detail } => {
+        gates_core::sample::Health::NotOk { detail }
+        | gates_core::sample::Health::Error { detail } => {
             m.insert("health_detail".into(), json!(detail));
         }
     }
     match &s.metrics {
         Ok(x) => {
-            m.insert("metrics".into(), serde_json::to_value(x).unwrap_or_default());
+            m.insert(
+                "metrics".into(),
+                serde_json::to_value(x).unwrap_or_default(),
+            );
         }
         Err(e) => {
             m.insert("metrics_error".into(), json!(e));
@@ -340,38 +404,70 @@ impl Watch<'_> {
                 (Status::Violated, _) | (Status::Error, _) => Level::Warning,
                 (Status::Ok | Status::Pending | Status::NoData, _) => Level::Info,
             };
-            self.em.emit(d.status.event_name(), level, d.reason.clone(), decision_fields(d));
-            let value = d.value.map(|v| format!("{v:.2}")).unwrap_or_else(|| "n/a".into());
+            self.em.emit(
+                d.status.event_name(),
+                level,
+                d.reason.clone(),
+                decision_fields(d),
+            );
+            let value = d
+                .value
+                .map(|v| format!("{v:.2}"))
+                .unwrap_or_else(|| "n/a".into());
             if d.status == Status::Violated {
                 self.log.line(&format!(
                     "Quality gate failed: {} ({}) value={value} threshold={} {}: {}",
-                    d.gate, d.action.as_str(), d.threshold, d.unit, d.reason
+                    d.gate,
+                    d.action.as_str(),
+                    d.threshold,
+                    d.unit,
+                    d.reason
                 ));
             } else {
-                self.log.line(&format!("Quality gate {}: {} value={value}: {}", d.gate, d.status.as_str(), d.reason));
+                self.log.line(&format!(
+                    "Quality gate {}: {} value={value}: {}",
+                    d.gate,
+                    d.status.as_str(),
+                    d.reason
+                ));
             }
+            // The guards record state: an alert is sent when it becomes active,
+            // and a resolved notice only for an alert that was active.
             match (d.action, d.status) {
-                (Action::AutoRollback, Status::Violated) => {
-                    if rollback_cause.is_none() {
-                        rollback_cause = Some(d);
-                    }
+                (Action::AutoRollback, Status::Violated) if rollback_cause.is_none() => {
+                    rollback_cause = Some(d);
                 }
-                (Action::Alert, Status::Violated) => {
-                    if self.alerts_active.insert(d.gate.clone()) {
-                        self.ledger_gate(d);
-                        self.notify(Level::Warning, &format!("Quality gate alert: {} ({})", d.gate, self.env.name), d, &format!("alert:{}", d.gate));
-                    }
+                (Action::Alert, Status::Violated) if self.alerts_active.insert(d.gate.clone()) => {
+                    self.ledger_gate(d);
+                    self.notify(
+                        Level::Warning,
+                        &format!("Quality gate alert: {} ({})", d.gate, self.env.name),
+                        d,
+                        &format!("alert:{}", d.gate),
+                    );
                 }
-                (Action::Alert, Status::Ok) => {
-                    if self.alerts_active.remove(&d.gate) {
-                        self.em.emit("gate.resolved", Level::Info, format!("{} is back within its threshold", d.gate), decision_fields(d));
-                        self.log.line(&format!("Quality gate {} resolved: {}", d.gate, d.reason));
-                        self.ledger_gate(d);
-                        self.notify(Level::Info, &format!("Resolved: {} ({})", d.gate, self.env.name), d, &format!("resolved:{}", d.gate));
-                    }
+                (Action::Alert, Status::Ok) if self.alerts_active.remove(&d.gate) => {
+                    self.em.emit(
+                        "gate.resolved",
+                        Level::Info,
+                        format!("{} is back within its threshold", d.gate),
+                        decision_fields(d),
+                    );
+                    self.log
+                        .line(&format!("Quality gate {} resolved: {}", d.gate, d.reason));
+                    self.ledger_gate(d);
+                    self.notify(
+                        Level::Info,
+                        &format!("Resolved: {} ({})", d.gate, self.env.name),
+                        d,
+                        &format!("resolved:{}", d.gate),
+                    );
                 }
                 (Action::Shadow, Status::Violated) => {
-                    self.log.line(&format!("Quality gate {} (shadow) would have failed; not acted on", d.gate));
+                    self.log.line(&format!(
+                        "Quality gate {} (shadow) would have failed; not acted on",
+                        d.gate
+                    ));
                 }
                 _ => {}
             }
@@ -390,8 +486,17 @@ impl Watch<'_> {
                 format!("dry run: {} would have rolled back the release", cause.gate),
                 decision_fields(&cause),
             );
-            self.log.line(&format!("Dry run: rollback skipped for {}", cause.gate));
-            self.notify(Level::Critical, &format!("[dry run] Quality gate failed: {} ({})", cause.gate, self.env.name), &cause, &format!("rollback:{}", cause.gate));
+            self.log
+                .line(&format!("Dry run: rollback skipped for {}", cause.gate));
+            self.notify(
+                Level::Critical,
+                &format!(
+                    "[dry run] Quality gate failed: {} ({})",
+                    cause.gate, self.env.name
+                ),
+                &cause,
+                &format!("rollback:{}", cause.gate),
+            );
             return None;
         }
         Some(self.roll_back(&cause, &others))
@@ -405,7 +510,8 @@ impl Watch<'_> {
             m.insert("dry_run".into(), json!(self.dry_run));
         }
         if let Err(e) = self.env.ledger().append("gate", f) {
-            self.em.human(&format!("cannot append to the ledger: {e:#}"));
+            self.em
+                .human(&format!("cannot append to the ledger: {e:#}"));
         }
     }
 
@@ -419,28 +525,59 @@ impl Watch<'_> {
         self.send(level, title, &d.reason, fields, key);
     }
 
-    fn send(&mut self, level: Level, title: &str, message: &str, fields: Map<String, Value>, key: &str) {
+    fn send(
+        &mut self,
+        level: Level,
+        title: &str,
+        message: &str,
+        fields: Map<String, Value>,
+        key: &str,
+    ) {
         let n = dhash_notify::Notification {
             level,
             title: title.to_string(),
             message: message.to_string(),
             fields,
-            dedup_key: Some(format!("{}:{}:{}", self.env.name, self.release.as_deref().unwrap_or("-"), key)),
+            dedup_key: Some(format!(
+                "{}:{}:{}",
+                self.env.name,
+                self.release.as_deref().unwrap_or("-"),
+                key
+            )),
         };
-        let report = dhash_notify::send(self.env, &n, &dhash_notify::NotifyOptions { dry_run: self.dry_run }, self.em);
+        let report = dhash_notify::send(
+            self.env,
+            &n,
+            &dhash_notify::NotifyOptions {
+                dry_run: self.dry_run,
+            },
+            self.em,
+        );
         for c in &report.sent {
-            self.notifications.push(format!("{title}: delivered to {c}"));
+            self.notifications
+                .push(format!("{title}: delivered to {c}"));
         }
         for (c, why) in &report.fallback {
-            self.notifications.push(format!("{title}: {c} undelivered ({why}); written to {}", self.env.notify.fallback_file.display()));
+            self.notifications.push(format!(
+                "{title}: {c} undelivered ({why}); written to {}",
+                self.env.notify.fallback_file.display()
+            ));
         }
     }
 
     fn roll_back(&mut self, cause: &Decision, others: &[Decision]) -> Outcome {
         self.timeline.issue_detected = Some(ts_of(cause.t_ms));
         self.timeline.rollback_initiated = Some(gates_core::event::now_rfc3339());
-        let title = format!("Quality gate failed: {} ({}) — rolling back", cause.gate, self.env.name);
-        self.notify(Level::Critical, &title, cause, &format!("rollback:{}", cause.gate));
+        let title = format!(
+            "Quality gate failed: {} ({}) — rolling back",
+            cause.gate, self.env.name
+        );
+        self.notify(
+            Level::Critical,
+            &title,
+            cause,
+            &format!("rollback:{}", cause.gate),
+        );
         let reason = format!("quality gate {} violated: {}", cause.gate, cause.reason);
         let result = acquire(self.env, self.em).and_then(|lock| {
             let opts = dhash_rollback::RollbackOptions {
@@ -474,7 +611,13 @@ impl Watch<'_> {
                 f.insert("restored_release".into(), json!(report.release));
                 f.insert("gate".into(), json!(cause.gate));
                 f.insert("reason".into(), json!(cause.reason));
-                self.send(Level::Critical, &format!("Rollback completed ({})", self.env.name), &msg, f, "rollback-completed");
+                self.send(
+                    Level::Critical,
+                    &format!("Rollback completed ({})", self.env.name),
+                    &msg,
+                    f,
+                    "rollback-completed",
+                );
                 self.backup = Some(report.backup.clone());
                 (Outcome::RolledBack, report.release, None)
             }
@@ -484,7 +627,13 @@ impl Watch<'_> {
                 let mut f = Map::new();
                 f.insert("gate".into(), json!(cause.gate));
                 f.insert("error".into(), json!(format!("{e:#}")));
-                self.send(Level::Critical, &format!("ROLLBACK FAILED ({}): page the on-call", self.env.name), &msg, f, "rollback-failed");
+                self.send(
+                    Level::Critical,
+                    &format!("ROLLBACK FAILED ({}): page the on-call", self.env.name),
+                    &msg,
+                    f,
+                    "rollback-failed",
+                );
                 (Outcome::RollbackFailed, None, Some(format!("{e:#}")))
             }
         };
@@ -504,9 +653,17 @@ impl Watch<'_> {
         let text = gates_core::redact::global().redact(&text);
         match fsutil::write_atomic(&path, text.as_bytes()) {
             Ok(()) => {
-                self.em.emit("incident.created", Level::Info, format!("incident record {}", path.display()), json!({"path": path.display().to_string()}));
+                self.em.emit(
+                    "incident.created",
+                    Level::Info,
+                    format!("incident record {}", path.display()),
+                    json!({"path": path.display().to_string()}),
+                );
             }
-            Err(e) => self.em.human(&format!("cannot write the incident record {}: {e:#}", path.display())),
+            Err(e) => self.em.human(&format!(
+                "cannot write the incident record {}: {e:#}",
+                path.display()
+            )),
         }
         outcome
     }
@@ -519,7 +676,10 @@ fn acquire(env: &EnvConfig, em: &Emitter) -> anyhow::Result<EnvLock> {
     loop {
         match env.lock(TOOL) {
             Ok(l) => return Ok(l),
-            Err(e) if e.downcast_ref::<gates_core::lock::LockBusy>().is_some() && Instant::now() < deadline => {
+            Err(e)
+                if e.downcast_ref::<gates_core::lock::LockBusy>().is_some()
+                    && Instant::now() < deadline =>
+            {
                 em.debug(&format!("waiting for the environment lock: {e:#}"));
                 std::thread::sleep(Duration::from_millis(500));
             }
@@ -547,6 +707,10 @@ fn ledger_deploy_started(env: &EnvConfig, release: Option<&str>) -> Option<Strin
         .iter()
         .rev()
         .find(|r| release.is_none() || r.get("release").and_then(Value::as_str) == release)
-        .and_then(|r| r.get("started_at").or_else(|| r.get("ts")).and_then(Value::as_str))
+        .and_then(|r| {
+            r.get("started_at")
+                .or_else(|| r.get("ts"))
+                .and_then(Value::as_str)
+        })
         .map(str::to_string)
 }

@@ -34,7 +34,11 @@ pub fn run(
         None => None,
     };
     if let Some(out) = csv_out.as_mut() {
-        writeln!(out, "t_ms,gate,status,value")?;
+        let mut header = String::from("t_ms");
+        for g in &gates {
+            header.push_str(&format!(",{0}_status,{0}_value", g.name));
+        }
+        writeln!(out, "{header}")?;
     }
     let mut ev = Evaluator::new(gates);
     let mut summary = Summary::default();
@@ -52,12 +56,17 @@ pub fn run(
         }
         prev_t = sample.t_ms;
         summary.samples += 1;
-        for d in ev.observe(&sample) {
-            summary.add(&d);
-            if let Some(out) = csv_out.as_mut() {
+        let decisions = ev.observe(&sample);
+        if let Some(out) = csv_out.as_mut() {
+            write!(out, "{}", sample.t_ms)?;
+            for d in &decisions {
                 let v = d.value.map(|v| v.to_string()).unwrap_or_default();
-                writeln!(out, "{},{},{},{}", d.t_ms, d.gate, d.status.as_str(), v)?;
+                write!(out, ",{},{v}", d.status.as_str())?;
             }
+            writeln!(out)?;
+        }
+        for d in decisions {
+            summary.add(&d);
             let changed = last.insert(d.gate.clone(), d.status) != Some(d.status);
             let show = match output {
                 DecisionOutput::All => true,
@@ -65,8 +74,17 @@ pub fn run(
                 DecisionOutput::Summary => false,
             };
             if show {
-                let level = if d.status == Status::Violated { Level::Warning } else { Level::Info };
-                em.emit(d.status.event_name(), level, d.reason.clone(), decision_fields(&d));
+                let level = if d.status == Status::Violated {
+                    Level::Warning
+                } else {
+                    Level::Info
+                };
+                em.emit(
+                    d.status.event_name(),
+                    level,
+                    d.reason.clone(),
+                    decision_fields(&d),
+                );
             }
         }
     }

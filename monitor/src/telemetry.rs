@@ -178,13 +178,17 @@ impl Recorder {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        let fresh = std::fs::metadata(path).map(|m| m.len() == 0).unwrap_or(true);
+        let fresh = std::fs::metadata(path)
+            .map(|m| m.len() == 0)
+            .unwrap_or(true);
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
             .with_context(|| format!("opening {}", path.display()))?;
-        let mut out = csv::WriterBuilder::new().has_headers(false).from_writer(file);
+        let mut out = csv::WriterBuilder::new()
+            .has_headers(false)
+            .from_writer(file);
         if fresh {
             out.write_record(HEADER)?;
             out.flush()?;
@@ -204,10 +208,16 @@ impl Recorder {
 /// Reads a recording (CSV with the header above, or JSON lines), streaming:
 /// memory stays bounded by one row whatever the file size. Errors name the
 /// file and line.
-pub fn read_samples(path: &Path) -> anyhow::Result<Box<dyn Iterator<Item = anyhow::Result<Sample>>>> {
+pub fn read_samples(
+    path: &Path,
+) -> anyhow::Result<Box<dyn Iterator<Item = anyhow::Result<Sample>>>> {
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut reader = BufReader::with_capacity(1 << 20, file);
-    let first = reader.fill_buf()?.iter().copied().find(|b| !b.is_ascii_whitespace());
+    let first = reader
+        .fill_buf()?
+        .iter()
+        .copied()
+        .find(|b| !b.is_ascii_whitespace());
     let name = path.display().to_string();
     if first == Some(b'{') {
         return Ok(Box::new(read_jsonl(reader, name)));
@@ -215,7 +225,10 @@ pub fn read_samples(path: &Path) -> anyhow::Result<Box<dyn Iterator<Item = anyho
     Ok(Box::new(read_csv(reader, name)?))
 }
 
-fn read_jsonl<R: Read>(reader: BufReader<R>, name: String) -> impl Iterator<Item = anyhow::Result<Sample>> {
+fn read_jsonl<R: Read>(
+    reader: BufReader<R>,
+    name: String,
+) -> impl Iterator<Item = anyhow::Result<Sample>> {
     reader.lines().enumerate().filter_map(move |(i, line)| {
         let line = match line {
             Ok(l) => l,
@@ -235,11 +248,19 @@ fn read_csv<R: Read + 'static>(
     reader: BufReader<R>,
     name: String,
 ) -> anyhow::Result<impl Iterator<Item = anyhow::Result<Sample>>> {
-    let mut rdr = csv::ReaderBuilder::new().has_headers(true).from_reader(reader);
-    let headers = rdr.headers().with_context(|| format!("{name}: reading the header"))?.clone();
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_reader(reader);
+    let headers = rdr
+        .headers()
+        .with_context(|| format!("{name}: reading the header"))?
+        .clone();
     for required in ["t_ms", "health"] {
         if !headers.iter().any(|h| h == required) {
-            bail!("{name}: line 1: the header lacks the column {required:?} (expected {})", HEADER.join(","));
+            bail!(
+                "{name}: line 1: the header lacks the column {required:?} (expected {})",
+                HEADER.join(",")
+            );
         }
     }
     Ok(rdr.into_deserialize::<Row>().map(move |r| {
@@ -249,14 +270,17 @@ fn read_csv<R: Read + 'static>(
         })
         .and_then(|row| {
             let t = row.t_ms;
-            row.to_sample().map_err(|e| anyhow!("{name}: sample at t_ms {t}: {e}"))
+            row.to_sample()
+                .map_err(|e| anyhow!("{name}: sample at t_ms {t}: {e}"))
         })
     }))
 }
 
 /// Writes samples as CSV (used by tests and the benchmark generator).
 pub fn write_csv(out: impl Write, samples: impl IntoIterator<Item = Sample>) -> anyhow::Result<()> {
-    let mut w = csv::WriterBuilder::new().has_headers(false).from_writer(out);
+    let mut w = csv::WriterBuilder::new()
+        .has_headers(false)
+        .from_writer(out);
     w.write_record(HEADER)?;
     for s in samples {
         w.serialize(Row::from_sample(&s))?;

@@ -42,13 +42,17 @@ struct Setup {
 
 fn post_image(base: &str, seed: u8) -> i64 {
     let resp = post_png(&format!("{base}/api/dhash/hash"), &gradient_png(seed));
-    resp["id"].as_i64().unwrap_or_else(|| panic!("no id in {resp}"))
+    resp["id"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no id in {resp}"))
 }
 
 /// A 16x16 gradient: decodable, with contrast (not low-confidence).
 fn gradient_png(seed: u8) -> Vec<u8> {
     let img = image::GrayImage::from_fn(16, 16, |x, y| {
-        image::Luma([((x * 16) as u8).wrapping_add(seed).wrapping_mul(if y % 2 == 0 { 1 } else { 3 })])
+        image::Luma([((x * 16) as u8)
+            .wrapping_add(seed)
+            .wrapping_mul(if y % 2 == 0 { 1 } else { 3 })])
     });
     let mut buf = std::io::Cursor::new(Vec::new());
     img.write_to(&mut buf, image::ImageFormat::Png).unwrap();
@@ -58,18 +62,31 @@ fn gradient_png(seed: u8) -> Vec<u8> {
 fn post_png(url: &str, body: &[u8]) -> Value {
     use std::io::Write;
     let mut child = Command::new("curl")
-        .args(["-s", "-X", "POST", "--data-binary", "@-", "-H", "Content-Type: image/png", url])
+        .args([
+            "-s",
+            "-X",
+            "POST",
+            "--data-binary",
+            "@-",
+            "-H",
+            "Content-Type: image/png",
+            url,
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .expect("curl");
     child.stdin.take().unwrap().write_all(body).unwrap();
     let out = child.wait_with_output().unwrap();
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 fn health(tp: &TestProject, env: &str) -> Value {
-    let out = Command::new("curl").args(["-s", &format!("{}/health", tp.base_url(env))]).output().expect("curl");
+    let out = Command::new("curl")
+        .args(["-s", &format!("{}/health", tp.base_url(env))])
+        .output()
+        .expect("curl");
     serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
 }
 
@@ -80,14 +97,28 @@ fn setup() -> Setup {
     let good = tp.install_and_start(env, &v1);
     let base = tp.base_url(env);
     let stored_ids = (0..5).map(|i| post_image(&base, i * 7)).collect();
-    let out = tp.cmd("backup_dhash").args(["--env", env]).output().expect("backup");
-    assert!(out.status.success(), "backup failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = tp
+        .cmd("backup_dhash")
+        .args(["--env", env])
+        .output()
+        .expect("backup");
+    assert!(
+        out.status.success(),
+        "backup failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let backup = events(&out.stdout)
         .into_iter()
         .find(|e| e["event"] == "backup.verified")
         .and_then(|e| e["path"].as_str().map(PathBuf::from))
         .expect("backup.verified with a path");
-    Setup { tp, env, good, backup, stored_ids }
+    Setup {
+        tp,
+        env,
+        good,
+        backup,
+        stored_ids,
+    }
 }
 
 fn deploy_bad(s: &Setup, faults: &[(&str, &str)]) -> String {
@@ -96,13 +127,33 @@ fn deploy_bad(s: &Setup, faults: &[(&str, &str)]) -> String {
     s.tp.install_and_start(s.env, &bad)
 }
 
-fn load(tp: &TestProject, env: &str, secs: u32) -> Child {
-    tp.cmd("dhash-service")
-        .args(["load", "--url", &tp.base_url(env), "--rate", "30", "--duration", &format!("{secs}s")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("load driver")
+/// The load driver, stopped (and reaped) when dropped.
+struct Load(Child);
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn load(tp: &TestProject, env: &str, secs: u32) -> Load {
+    Load(
+        tp.cmd("dhash-service")
+            .args([
+                "load",
+                "--url",
+                &tp.base_url(env),
+                "--rate",
+                "30",
+                "--duration",
+                &format!("{secs}s"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("load driver"),
+    )
 }
 
 fn monitor(tp: &TestProject, args: &[&str]) -> Command {
@@ -129,19 +180,36 @@ fn assert_rolled_back(s: &Setup, out: &Output, gate: &str) {
     assert_eq!(out.status.code(), Some(3), "{}", describe(out));
     let violated = find(&evs, "gate.violated");
     assert!(
-        violated.iter().any(|e| e["gate"] == gate && e["action"] == "auto-rollback"),
+        violated
+            .iter()
+            .any(|e| e["gate"] == gate && e["action"] == "auto-rollback"),
         "no auto-rollback violation of {gate}: {}",
         describe(out)
     );
     let v = violated.iter().find(|e| e["gate"] == gate).unwrap();
-    assert!(v["reason"].as_str().unwrap_or("").len() > 10, "a reason in words: {v}");
-    assert!(!find(&evs, "rollback.completed").is_empty(), "{}", describe(out));
-    assert_eq!(health(&s.tp, s.env)["release"], s.good.as_str(), "v1 serves again");
+    assert!(
+        v["reason"].as_str().unwrap_or("").len() > 10,
+        "a reason in words: {v}"
+    );
+    assert!(
+        !find(&evs, "rollback.completed").is_empty(),
+        "{}",
+        describe(out)
+    );
+    assert_eq!(
+        health(&s.tp, s.env)["release"],
+        s.good.as_str(),
+        "v1 serves again"
+    );
     // Every hash stored before the deploy is still there.
     let db = s.tp.env(s.env).database;
     let conn = rusqlite::Connection::open(&db).unwrap();
     for id in &s.stored_ids {
-        let n: i64 = conn.query_row("SELECT COUNT(*) FROM hashes WHERE id = ?1", [id], |r| r.get(0)).unwrap();
+        let n: i64 = conn
+            .query_row("SELECT COUNT(*) FROM hashes WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .unwrap();
         assert_eq!(n, 1, "hash {id} survived the rollback");
     }
     let log_dir = s.tp.env(s.env).log_dir;
@@ -151,32 +219,70 @@ fn assert_rolled_back(s: &Setup, out: &Output, gate: &str) {
         .find(|e| e.file_name().to_string_lossy().starts_with("incident_"))
         .expect("an incident record");
     let text = std::fs::read_to_string(incident.path()).unwrap();
-    assert!(text.contains("# Incident Report: Rollback") && text.contains(gate) && text.contains("## Timeline"), "{text}");
+    assert!(
+        text.contains("# Incident Report: Rollback")
+            && text.contains(gate)
+            && text.contains("## Timeline"),
+        "{text}"
+    );
     let log = std::fs::read_dir(&log_dir)
         .unwrap()
         .filter_map(|e| e.ok())
-        .find(|e| e.file_name().to_string_lossy().starts_with(&format!("dhash_{}_", s.env)))
+        .find(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("dhash_{}_", s.env))
+        })
         .expect("a monitor log");
     let log = std::fs::read_to_string(log.path()).unwrap();
-    assert!(log.contains("Quality gate failed") && log.contains(gate), "{log}");
+    assert!(
+        log.contains("Quality gate failed") && log.contains(gate),
+        "{log}"
+    );
 }
 
 #[test]
 fn healthy_release_runs_the_whole_window_and_exits_0() {
     let s = setup();
     let gates = fast_gates(&s.tp, s.env, "auto-rollback", json!({}));
-    let mut l = load(&s.tp, s.env, 6);
+    let l = load(&s.tp, s.env, 6);
     let started = Instant::now();
-    let out = monitor(&s.tp, &["--env", s.env, "--config", gates.to_str().unwrap(), "--duration", "6"]).output().unwrap();
-    let _ = l.wait();
+    let out = monitor(
+        &s.tp,
+        &[
+            "--env",
+            s.env,
+            "--config",
+            gates.to_str().unwrap(),
+            "--duration",
+            "6",
+        ],
+    )
+    .output()
+    .unwrap();
+    drop(l);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    assert!(started.elapsed() >= Duration::from_secs(6), "ran the whole window");
+    assert!(
+        started.elapsed() >= Duration::from_secs(6),
+        "ran the whole window"
+    );
     let evs = events(&out.stdout);
-    assert!(find(&evs, "monitor.sample").len() >= 5, "1-second cadence: {}", describe(&out));
+    assert!(
+        find(&evs, "monitor.sample").len() >= 5,
+        "1-second cadence: {}",
+        describe(&out)
+    );
     let done = find(&evs, "monitor.completed");
     assert_eq!(done.len(), 1);
     assert_eq!(done[0]["result"], "passed");
-    assert!(done[0]["gates"]["extraction_failure_rate"]["ok"].as_u64().unwrap() >= 1, "{}", done[0]);
+    assert!(
+        done[0]["gates"]["extraction_failure_rate"]["ok"]
+            .as_u64()
+            .unwrap()
+            >= 1,
+        "{}",
+        done[0]
+    );
     assert!(find(&evs, "gate.violated").is_empty(), "{}", describe(&out));
 }
 
@@ -185,9 +291,23 @@ fn extraction_failures_trip_and_roll_back() {
     let s = setup();
     deploy_bad(&s, &[("failure_fraction", "0.5")]);
     let gates = fast_gates(&s.tp, s.env, "auto-rollback", json!({}));
-    let mut l = load(&s.tp, s.env, 20);
-    let out = monitor(&s.tp, &["--env", s.env, "--config", gates.to_str().unwrap(), "--duration", "30", "--backup", s.backup.to_str().unwrap()]).output().unwrap();
-    let _ = l.kill();
+    let l = load(&s.tp, s.env, 20);
+    let out = monitor(
+        &s.tp,
+        &[
+            "--env",
+            s.env,
+            "--config",
+            gates.to_str().unwrap(),
+            "--duration",
+            "30",
+            "--backup",
+            s.backup.to_str().unwrap(),
+        ],
+    )
+    .output()
+    .unwrap();
+    drop(l);
     assert_rolled_back(&s, &out, "extraction_failure_rate");
 }
 
@@ -196,9 +316,23 @@ fn slow_hashing_trips_p95_and_rolls_back() {
     let s = setup();
     deploy_bad(&s, &[("hash_latency_ms", "400")]);
     let gates = fast_gates(&s.tp, s.env, "auto-rollback", json!({}));
-    let mut l = load(&s.tp, s.env, 20);
-    let out = monitor(&s.tp, &["--env", s.env, "--config", gates.to_str().unwrap(), "--duration", "30", "--backup", s.backup.to_str().unwrap()]).output().unwrap();
-    let _ = l.kill();
+    let l = load(&s.tp, s.env, 20);
+    let out = monitor(
+        &s.tp,
+        &[
+            "--env",
+            s.env,
+            "--config",
+            gates.to_str().unwrap(),
+            "--duration",
+            "30",
+            "--backup",
+            s.backup.to_str().unwrap(),
+        ],
+    )
+    .output()
+    .unwrap();
+    drop(l);
     assert_rolled_back(&s, &out, "p95_hash_time");
 }
 
@@ -207,7 +341,21 @@ fn low_confidence_flood_trips_the_queue_gate_and_rolls_back() {
     let s = setup();
     deploy_bad(&s, &[("low_confidence_flood", "1500")]);
     let gates = fast_gates(&s.tp, s.env, "auto-rollback", json!({}));
-    let out = monitor(&s.tp, &["--env", s.env, "--config", gates.to_str().unwrap(), "--duration", "20", "--backup", s.backup.to_str().unwrap()]).output().unwrap();
+    let out = monitor(
+        &s.tp,
+        &[
+            "--env",
+            s.env,
+            "--config",
+            gates.to_str().unwrap(),
+            "--duration",
+            "20",
+            "--backup",
+            s.backup.to_str().unwrap(),
+        ],
+    )
+    .output()
+    .unwrap();
     assert_rolled_back(&s, &out, "low_confidence_queue");
 }
 
@@ -216,15 +364,35 @@ fn a_crashed_release_trips_health_and_rolls_back() {
     let s = setup();
     deploy_bad(&s, &[]);
     let gates = fast_gates(&s.tp, s.env, "auto-rollback", json!({}));
-    let child = monitor(&s.tp, &["--env", s.env, "--config", gates.to_str().unwrap(), "--duration", "30", "--backup", s.backup.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = monitor(
+        &s.tp,
+        &[
+            "--env",
+            s.env,
+            "--config",
+            gates.to_str().unwrap(),
+            "--duration",
+            "30",
+            "--backup",
+            s.backup.to_str().unwrap(),
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     std::thread::sleep(Duration::from_secs(2));
     // The new release dies: kill -9 its process.
-    let pid: i32 = std::fs::read_to_string(s.tp.env(s.env).pid_file()).unwrap().trim().parse().unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let pid: i32 = std::fs::read_to_string(s.tp.env(s.env).pid_file())
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     let out = child.wait_with_output().unwrap();
     assert_rolled_back(&s, &out, "health_failures");
 }
@@ -235,23 +403,54 @@ fn an_alert_gate_notifies_once_and_never_rolls_back() {
     let v2 = deploy_bad(&s, &[("failure_fraction", "0.5")]);
     let gates = fast_gates(&s.tp, s.env, "alert", json!({}));
     let hook = Receiver::start(vec![Reply::status(200)]);
-    let mut l = load(&s.tp, s.env, 10);
-    let out = monitor(&s.tp, &["--env", s.env, "--config", gates.to_str().unwrap(), "--duration", "10"])
-        .env("WEBHOOK_URL", hook.url())
-        .output()
-        .unwrap();
-    let _ = l.kill();
+    let l = load(&s.tp, s.env, 10);
+    let out = monitor(
+        &s.tp,
+        &[
+            "--env",
+            s.env,
+            "--config",
+            gates.to_str().unwrap(),
+            "--duration",
+            "10",
+        ],
+    )
+    .env("WEBHOOK_URL", hook.url())
+    .output()
+    .unwrap();
+    drop(l);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let evs = events(&out.stdout);
     let violations = find(&evs, "gate.violated");
-    assert!(violations.iter().filter(|e| e["gate"] == "extraction_failure_rate").count() >= 2, "violated on several polls: {}", describe(&out));
-    assert!(find(&evs, "rollback.started").is_empty(), "alert gates never roll back");
+    assert!(
+        violations
+            .iter()
+            .filter(|e| e["gate"] == "extraction_failure_rate")
+            .count()
+            >= 2,
+        "violated on several polls: {}",
+        describe(&out)
+    );
+    assert!(
+        find(&evs, "rollback.started").is_empty(),
+        "alert gates never roll back"
+    );
     let alerts: Vec<_> = hook
         .requests()
         .into_iter()
-        .filter(|r| r.body_text().contains("extraction_failure_rate") && r.body_text().contains("alert"))
+        .filter(|r| {
+            r.body_text().contains("extraction_failure_rate") && r.body_text().contains("alert")
+        })
         .collect();
-    assert_eq!(alerts.len(), 1, "one alert, not one per poll: {:?}", hook.requests().iter().map(|r| r.body_text()).collect::<Vec<_>>());
+    assert_eq!(
+        alerts.len(),
+        1,
+        "one alert, not one per poll: {:?}",
+        hook.requests()
+            .iter()
+            .map(|r| r.body_text())
+            .collect::<Vec<_>>()
+    );
     assert_eq!(health(&s.tp, s.env)["release"], v2.as_str());
 }
 
@@ -260,15 +459,40 @@ fn dry_run_never_rolls_back() {
     let s = setup();
     let v2 = deploy_bad(&s, &[("low_confidence_flood", "1500")]);
     let gates = fast_gates(&s.tp, s.env, "auto-rollback", json!({}));
-    let out = monitor(&s.tp, &["--env", s.env, "--config", gates.to_str().unwrap(), "--duration", "4", "--dry-run"]).output().unwrap();
+    let out = monitor(
+        &s.tp,
+        &[
+            "--env",
+            s.env,
+            "--config",
+            gates.to_str().unwrap(),
+            "--duration",
+            "4",
+            "--dry-run",
+        ],
+    )
+    .output()
+    .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let evs = events(&out.stdout);
     assert!(!find(&evs, "gate.violated").is_empty());
-    assert!(!find(&evs, "monitor.rollback-skipped").is_empty(), "{}", describe(&out));
+    assert!(
+        !find(&evs, "monitor.rollback-skipped").is_empty(),
+        "{}",
+        describe(&out)
+    );
     assert!(find(&evs, "rollback.started").is_empty());
-    assert_eq!(health(&s.tp, s.env)["release"], v2.as_str(), "the release stays");
-    let fallback = std::fs::read_to_string(s.tp.env(s.env).notify.fallback_file).unwrap_or_default();
-    assert!(fallback.contains("low_confidence_queue"), "dry-run notifications land in the fallback file: {fallback}");
+    assert_eq!(
+        health(&s.tp, s.env)["release"],
+        v2.as_str(),
+        "the release stays"
+    );
+    let fallback =
+        std::fs::read_to_string(s.tp.env(s.env).notify.fallback_file).unwrap_or_default();
+    assert!(
+        fallback.contains("low_confidence_queue"),
+        "dry-run notifications land in the fallback file: {fallback}"
+    );
 }
 
 #[test]
@@ -285,14 +509,35 @@ fn a_hanging_metrics_endpoint_does_not_stall_the_cadence() {
     });
     let gates = fast_gates(&tp, env, "alert", json!({}));
     let started = Instant::now();
-    let out = monitor(&tp, &["--env", env, "--config", gates.to_str().unwrap(), "--duration", "6"]).output().unwrap();
+    let out = monitor(
+        &tp,
+        &[
+            "--env",
+            env,
+            "--config",
+            gates.to_str().unwrap(),
+            "--duration",
+            "6",
+        ],
+    )
+    .output()
+    .unwrap();
     let took = started.elapsed();
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(took < Duration::from_secs(10), "bounded: {took:?}");
     let evs = events(&out.stdout);
     let samples = find(&evs, "monitor.sample");
-    assert!(samples.len() >= 4, "polls went on: {} in {took:?}", samples.len());
-    assert!(samples.iter().all(|s| s["metrics_error"].is_string() && s["health"] == "ok"), "{samples:?}");
+    assert!(
+        samples.len() >= 4,
+        "polls went on: {} in {took:?}",
+        samples.len()
+    );
+    assert!(
+        samples
+            .iter()
+            .all(|s| s["metrics_error"].is_string() && s["health"] == "ok"),
+        "{samples:?}"
+    );
     assert!(!find(&evs, "gate.error").is_empty());
 }
 
@@ -303,7 +548,14 @@ fn a_killed_monitor_continues_its_window_when_restarted() {
     let v1 = tp.bundle("v1", &[]);
     tp.install_and_start(env, &v1);
     let gates = fast_gates(&tp, env, "auto-rollback", json!({}));
-    let args = ["--env", env, "--config", gates.to_str().unwrap(), "--duration", "10"];
+    let args = [
+        "--env",
+        env,
+        "--config",
+        gates.to_str().unwrap(),
+        "--duration",
+        "10",
+    ];
     let started = Instant::now();
     let mut first = monitor(&tp, &args).stdout(Stdio::piped()).spawn().unwrap();
     std::thread::sleep(Duration::from_secs(4));
@@ -317,7 +569,10 @@ fn a_killed_monitor_continues_its_window_when_restarted() {
     let st = find(&evs, "monitor.started");
     assert_eq!(st[0]["continued"], true, "{}", describe(&out));
     assert_eq!(st[0]["window_start"], first_start, "same window");
-    assert!(total < Duration::from_secs(14), "the window was not started over: {total:?}");
+    assert!(
+        total < Duration::from_secs(14),
+        "the window was not started over: {total:?}"
+    );
     let done = find(&evs, "monitor.completed");
     // Samples of the first run count in the summary of the continued window.
     assert!(done[0]["samples"].as_u64().unwrap() >= 8, "{}", done[0]);
@@ -329,15 +584,58 @@ fn replaying_a_live_recording_reproduces_its_decisions_exactly() {
     deploy_bad(&s, &[("failure_fraction", "0.04")]);
     let gates = fast_gates(&s.tp, s.env, "shadow", json!({}));
     let rec = s.tp.root().join("live.csv");
-    let mut l = load(&s.tp, s.env, 8);
-    let live = monitor(&s.tp, &["--env", s.env, "--config", gates.to_str().unwrap(), "--duration", "7", "--record", rec.to_str().unwrap()]).output().unwrap();
-    let _ = l.kill();
+    let l = load(&s.tp, s.env, 8);
+    let live = monitor(
+        &s.tp,
+        &[
+            "--env",
+            s.env,
+            "--config",
+            gates.to_str().unwrap(),
+            "--duration",
+            "7",
+            "--record",
+            rec.to_str().unwrap(),
+        ],
+    )
+    .output()
+    .unwrap();
+    drop(l);
     assert_eq!(live.status.code(), Some(0), "{}", describe(&live));
-    let replay = monitor(&s.tp, &["--env", s.env, "--config", gates.to_str().unwrap(), "--replay", rec.to_str().unwrap(), "--decisions", "all"]).output().unwrap();
+    let replay = monitor(
+        &s.tp,
+        &[
+            "--env",
+            s.env,
+            "--config",
+            gates.to_str().unwrap(),
+            "--replay",
+            rec.to_str().unwrap(),
+            "--decisions",
+            "all",
+        ],
+    )
+    .output()
+    .unwrap();
     assert_eq!(replay.status.code(), Some(0), "{}", describe(&replay));
-    let key = |e: &Value| (e["sample_ts"].to_string(), e["gate"].to_string(), e["status"].to_string(), e["value"].to_string(), e["reason"].to_string());
+    let key = |e: &Value| {
+        (
+            e["sample_ts"].to_string(),
+            e["gate"].to_string(),
+            e["status"].to_string(),
+            e["value"].to_string(),
+            e["reason"].to_string(),
+        )
+    };
     let pick = |out: &Output| -> Vec<_> {
-        events(&out.stdout).iter().filter(|e| e["event"].as_str().unwrap_or("").starts_with("gate.") && e["event"] != "gate.resolved").map(key).collect()
+        events(&out.stdout)
+            .iter()
+            .filter(|e| {
+                e["event"].as_str().unwrap_or("").starts_with("gate.")
+                    && e["event"] != "gate.resolved"
+            })
+            .map(key)
+            .collect()
     };
     let (a, b) = (pick(&live), pick(&replay));
     assert!(a.len() >= 5 * 5, "enough decisions: {}", a.len());
@@ -348,8 +646,20 @@ fn replaying_a_live_recording_reproduces_its_decisions_exactly() {
 fn replay_reports_a_malformed_recording_by_line() {
     let tp = TestProject::new();
     let bad = tp.root().join("bad.csv");
-    std::fs::write(&bad, format!("{}\n1000,ok,,,1,1,0,0,0,10,1,1,,\n2000,maybe,,,1,1,0,0,0,10,1,1,,\n", monitor_header())).unwrap();
-    let out = monitor(&tp, &["--env", "production", "--replay", bad.to_str().unwrap()]).output().unwrap();
+    std::fs::write(
+        &bad,
+        format!(
+            "{}\n1000,ok,,,1,1,0,0,0,10,1,1,,\n2000,maybe,,,1,1,0,0,0,10,1,1,,\n",
+            monitor_header()
+        ),
+    )
+    .unwrap();
+    let out = monitor(
+        &tp,
+        &["--env", "production", "--replay", bad.to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.csv") && err.contains("maybe"), "{err}");
@@ -362,10 +672,18 @@ fn monitor_header() -> String {
 #[test]
 fn invalid_arguments_exit_2() {
     let tp = TestProject::new();
-    for args in [vec!["--env", "staging", "--duration", "soon"], vec!["--bogus"], vec!["--env", "nowhere"]] {
+    for args in [
+        vec!["--env", "staging", "--duration", "soon"],
+        vec!["--bogus"],
+        vec!["--env", "nowhere"],
+    ] {
         let out = monitor(&tp, &args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
     }
     let out = monitor(&tp, &["--env", "nowhere"]).output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("known: production, staging"), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("known: production, staging"),
+        "{}",
+        describe(&out)
+    );
 }

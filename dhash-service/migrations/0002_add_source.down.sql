@@ -1,0 +1,2 @@
+-- Reverts 0002_add_source.
+ALTER TABLE hashes DROP COLUMN source;

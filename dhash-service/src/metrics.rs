@@ -1,0 +1,341 @@
+//! Counters, the hash-time histogram and their two renderings (JSON for jq
+//! and the monitor, Prometheus text exposition format 0.0.4).
+//!
+//! What is counted (all cumulative since the service started):
+//! - `requests_total`: every request to an `/api/` endpoint (hash and queue
+//!   status), whatever its outcome; `/health` and `/metrics` are not counted,
+//!   so probes do not dilute the error rate.
+//! - `hash_requests_total`: `POST /api/dhash/hash` requests that got an answer
+//!   from the hashing pipeline (200, 422 or 500); a body over the limit (413)
+//!   or a full work queue (503) is not a hash attempt.
+//! - `extraction_failures_total`: 422 answers (undecodable or empty input,
+//!   and the `failure_fraction` fault).
+//! - `errors_total`: 5xx answers on `/api/` endpoints (database errors, the
+//!   `error_fraction` fault, a full work queue).
+//! - `rejected_total`: 413 answers (body over the limit).
+//! - `low_confidence_total`: hashes that joined the low-confidence queue.
+//! - `hash_time_ms`: the time of each hash attempt (200 and 422), from reading
+//!   the body to the answer, injected latency included.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use serde_json::{json, Value};
+
+/// Upper bounds (ms) of the hash-time histogram; +Inf follows.
+pub const BUCKETS_MS: [f64; 10] = [
+    5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 5000.0,
+];
+
+#[derive(Default)]
+struct Hist {
+    /// Non-cumulative counts per bucket; index 10 is +Inf.
+    counts: [u64; 11],
+    count: u64,
+    sum_ms: f64,
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    pub requests_total: AtomicU64,
+    pub hash_requests_total: AtomicU64,
+    pub extraction_failures_total: AtomicU64,
+    pub errors_total: AtomicU64,
+    pub rejected_total: AtomicU64,
+    pub low_confidence_total: AtomicU64,
+    hist: Mutex<Hist>,
+}
+
+/// A consistent copy of the counters and the histogram.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub requests_total: u64,
+    pub hash_requests_total: u64,
+    pub extraction_failures_total: u64,
+    pub errors_total: u64,
+    pub rejected_total: u64,
+    pub low_confidence_total: u64,
+    /// Cumulative counts per bound of [`BUCKETS_MS`], then +Inf.
+    pub cumulative: [u64; 11],
+    pub count: u64,
+    pub sum_ms: f64,
+}
+
+/// Figures read at render time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gauges {
+    pub release: String,
+    pub schema_version: i64,
+    pub uptime_seconds: f64,
+    pub low_confidence_queue: Option<i64>,
+    pub oldest_age_seconds: Option<f64>,
+    pub cpu_percent: Option<f64>,
+    pub memory_rss_bytes: Option<u64>,
+    pub memory_percent: Option<f64>,
+    pub data_dir_bytes: u64,
+    pub disk_percent: Option<f64>,
+    pub faults: Vec<&'static str>,
+}
+
+pub fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records one hash time.
+    pub fn observe_ms(&self, ms: f64) {
+        let idx = BUCKETS_MS
+            .iter()
+            .position(|&le| ms <= le)
+            .unwrap_or(BUCKETS_MS.len());
+        if let Ok(mut h) = self.hist.lock() {
+            h.counts[idx] += 1;
+            h.count += 1;
+            h.sum_ms += ms;
+        }
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let (counts, count, sum_ms) = match self.hist.lock() {
+            Ok(h) => (h.counts, h.count, h.sum_ms),
+            Err(_) => ([0; 11], 0, 0.0),
+        };
+        let mut cumulative = [0u64; 11];
+        let mut acc = 0;
+        for (i, c) in counts.iter().enumerate() {
+            acc += c;
+            cumulative[i] = acc;
+        }
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Snapshot {
+            requests_total: g(&self.requests_total),
+            hash_requests_total: g(&self.hash_requests_total),
+            extraction_failures_total: g(&self.extraction_failures_total),
+            errors_total: g(&self.errors_total),
+            rejected_total: g(&self.rejected_total),
+            low_confidence_total: g(&self.low_confidence_total),
+            cumulative,
+            count,
+            sum_ms,
+        }
+    }
+}
+
+fn r3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+/// The JSON document of `GET /metrics`.
+pub fn render_json(s: &Snapshot, g: &Gauges) -> Value {
+    let mut buckets: Vec<Value> = BUCKETS_MS
+        .iter()
+        .zip(s.cumulative.iter())
+        .map(|(le, c)| json!({"le": *le as u64, "count": c}))
+        .collect();
+    buckets.push(json!({"le": "+Inf", "count": s.cumulative[10]}));
+    json!({
+        "release": g.release,
+        "schema_version": g.schema_version,
+        "uptime_seconds": r3(g.uptime_seconds),
+        "requests_total": s.requests_total,
+        "hash_requests_total": s.hash_requests_total,
+        "extraction_failures_total": s.extraction_failures_total,
+        "errors_total": s.errors_total,
+        "rejected_total": s.rejected_total,
+        "low_confidence_total": s.low_confidence_total,
+        "hash_time_ms": {"buckets": buckets, "count": s.count, "sum": r3(s.sum_ms)},
+        "low_confidence_queue": g.low_confidence_queue,
+        "process": {
+            "cpu_percent": g.cpu_percent,
+            "memory_rss_bytes": g.memory_rss_bytes,
+            "memory_percent": g.memory_percent,
+        },
+        "disk": {"data_dir_bytes": g.data_dir_bytes, "disk_percent": g.disk_percent},
+        "faults": g.faults,
+    })
+}
+
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The same figures in the Prometheus text exposition format (0.0.4).
+pub fn render_prometheus(s: &Snapshot, g: &Gauges) -> String {
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: Option<f64>| {
+        if let Some(v) = value {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
+            ));
+        }
+    };
+    metric(
+        "dhash_requests_total",
+        "counter",
+        "Requests to /api/ endpoints.",
+        Some(s.requests_total as f64),
+    );
+    metric(
+        "dhash_hash_requests_total",
+        "counter",
+        "Hash attempts.",
+        Some(s.hash_requests_total as f64),
+    );
+    metric(
+        "dhash_extraction_failures_total",
+        "counter",
+        "Hash requests whose input could not be decoded (422).",
+        Some(s.extraction_failures_total as f64),
+    );
+    metric(
+        "dhash_errors_total",
+        "counter",
+        "5xx answers on /api/ endpoints.",
+        Some(s.errors_total as f64),
+    );
+    metric(
+        "dhash_rejected_total",
+        "counter",
+        "Bodies over the size limit (413).",
+        Some(s.rejected_total as f64),
+    );
+    metric(
+        "dhash_low_confidence_total",
+        "counter",
+        "Hashes that joined the low-confidence queue.",
+        Some(s.low_confidence_total as f64),
+    );
+    metric(
+        "dhash_low_confidence_queue",
+        "gauge",
+        "Items in the low-confidence review queue.",
+        g.low_confidence_queue.map(|v| v as f64),
+    );
+    metric(
+        "dhash_uptime_seconds",
+        "gauge",
+        "Seconds since the service started.",
+        Some(r3(g.uptime_seconds)),
+    );
+    metric(
+        "dhash_process_cpu_percent",
+        "gauge",
+        "Process CPU use (100 = one core).",
+        g.cpu_percent,
+    );
+    metric(
+        "dhash_process_memory_rss_bytes",
+        "gauge",
+        "Resident memory of the process.",
+        g.memory_rss_bytes.map(|v| v as f64),
+    );
+    metric(
+        "dhash_process_memory_percent",
+        "gauge",
+        "Resident memory as % of RAM.",
+        g.memory_percent,
+    );
+    metric(
+        "dhash_data_dir_bytes",
+        "gauge",
+        "Bytes of files in the data dir.",
+        Some(g.data_dir_bytes as f64),
+    );
+    metric(
+        "dhash_disk_percent",
+        "gauge",
+        "Used % of the data dir's file system.",
+        g.disk_percent,
+    );
+    out.push_str("# HELP dhash_hash_time_ms Time to answer a hash request (ms).\n");
+    out.push_str("# TYPE dhash_hash_time_ms histogram\n");
+    for (le, c) in BUCKETS_MS.iter().zip(s.cumulative.iter()) {
+        out.push_str(&format!("dhash_hash_time_ms_bucket{{le=\"{le}\"}} {c}\n"));
+    }
+    out.push_str(&format!(
+        "dhash_hash_time_ms_bucket{{le=\"+Inf\"}} {}\n",
+        s.cumulative[10]
+    ));
+    out.push_str(&format!("dhash_hash_time_ms_sum {}\n", r3(s.sum_ms)));
+    out.push_str(&format!("dhash_hash_time_ms_count {}\n", s.count));
+    out.push_str("# HELP dhash_build_info The serving release.\n# TYPE dhash_build_info gauge\n");
+    out.push_str(&format!(
+        "dhash_build_info{{release=\"{}\",schema_version=\"{}\"}} 1\n",
+        esc(&g.release),
+        g.schema_version
+    ));
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn gauges() -> Gauges {
+        Gauges {
+            release: "v1-abcdef01".into(),
+            schema_version: 2,
+            uptime_seconds: 1.5,
+            low_confidence_queue: Some(3),
+            oldest_age_seconds: None,
+            cpu_percent: Some(1.0),
+            memory_rss_bytes: Some(1000),
+            memory_percent: Some(0.1),
+            data_dir_bytes: 10,
+            disk_percent: Some(50.0),
+            faults: vec![],
+        }
+    }
+
+    #[test]
+    fn histogram_is_cumulative_and_ends_at_inf() {
+        let m = Metrics::new();
+        for ms in [1.0, 5.0, 7.0, 300.0, 9000.0] {
+            m.observe_ms(ms);
+        }
+        let s = m.snapshot();
+        assert_eq!(s.cumulative[0], 2, "1 and 5 are ≤ 5");
+        assert_eq!(s.cumulative[1], 3);
+        assert_eq!(s.cumulative[6], 4, "300 ≤ 500");
+        assert_eq!(s.cumulative[10], 5);
+        let j = render_json(&s, &gauges());
+        let b = j["hash_time_ms"]["buckets"].as_array().unwrap();
+        assert_eq!(b.len(), 11);
+        assert_eq!(b[0], json!({"le": 5, "count": 2}));
+        assert_eq!(b[10], json!({"le": "+Inf", "count": 5}));
+        assert_eq!(j["hash_time_ms"]["count"], 5);
+        assert_eq!(j["hash_time_ms"]["sum"], 9313.0);
+    }
+
+    #[test]
+    fn prometheus_text_has_types_and_buckets() {
+        let m = Metrics::new();
+        m.observe_ms(12.0);
+        inc(&m.requests_total);
+        let t = render_prometheus(&m.snapshot(), &gauges());
+        assert!(
+            t.contains("# TYPE dhash_requests_total counter\ndhash_requests_total 1\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("dhash_hash_time_ms_bucket{le=\"25\"} 1\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("dhash_hash_time_ms_bucket{le=\"+Inf\"} 1\n"),
+            "{t}"
+        );
+        assert!(t.contains("dhash_low_confidence_queue 3\n"), "{t}");
+        assert!(
+            t.contains("dhash_build_info{release=\"v1-abcdef01\",schema_version=\"2\"} 1"),
+            "{t}"
+        );
+    }
+}
