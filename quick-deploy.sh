@@ -25,15 +25,21 @@ EOF
 }
 
 env_name="" tag="" dry_run=0 duration="" config=""
+value() {
+  if [ $# -lt 2 ] || [ -z "$2" ]; then
+    echo "quick-deploy: $1 needs a value" >&2
+    exit 2
+  fi
+}
 while [ $# -gt 0 ]; do
   case "$1" in
-    --env) env_name=${2:?--env needs a value}; shift 2 ;;
+    --env) value "$@"; env_name=$2; shift 2 ;;
     --env=*) env_name=${1#--env=}; shift ;;
-    --tag) tag=${2:?--tag needs a value}; shift 2 ;;
+    --tag) value "$@"; tag=$2; shift 2 ;;
     --tag=*) tag=${1#--tag=}; shift ;;
     --dry-run) dry_run=1; shift ;;
-    --duration) duration=${2:?--duration needs a value}; shift 2 ;;
-    --config) config=${2:?--config needs a value}; shift 2 ;;
+    --duration) value "$@"; duration=$2; shift 2 ;;
+    --config) value "$@"; config=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "quick-deploy: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
   esac
@@ -46,8 +52,8 @@ profile="${DHASH_PROFILE:-release}"
 bin="${CARGO_TARGET_DIR:-$root/target}/$profile"
 say() { printf '\n==> %s\n' "$*" >&2; }
 
-say "Building the tools ($profile)"
-if command -v cargo >/dev/null 2>&1; then
+if [ "${DHASH_NO_BUILD:-0}" != 1 ] && command -v cargo >/dev/null 2>&1; then
+  say "Building the tools ($profile)"
   if [ "$profile" = release ]; then
     cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bins >&2
   else

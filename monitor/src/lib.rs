@@ -85,9 +85,13 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
         em.human("no --env given: monitoring production (the seeds' default)");
     }
     let project = Project::discover()?;
-    let gates_file = project.gates(args.config.as_deref())?;
-    let gates = gates_file.env(&env_name)?.gates.clone();
     if let Some(path) = &args.replay {
+        // Replay needs only the gates: recorded telemetry may come from any host.
+        let gates = project
+            .gates(args.config.as_deref())?
+            .env(&env_name)?
+            .gates
+            .clone();
         return replay::run(
             &em,
             gates,
@@ -97,6 +101,8 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
         );
     }
     let env = project.env(&env_name)?.clone();
+    let gates_file = project.gates(args.config.as_deref())?;
+    let gates = gates_file.env(&env_name)?.gates.clone();
     for p in gates_file
         .check_placeholders(&env_name)?
         .iter()

@@ -137,6 +137,8 @@ impl Drop for Load {
     }
 }
 
+/// Valid and low-confidence images only: an undecodable one is an extraction
+/// failure, which is what the faulty bundles add.
 fn load(tp: &TestProject, env: &str, secs: u32) -> Load {
     Load(
         tp.cmd("dhash-service")
@@ -146,6 +148,8 @@ fn load(tp: &TestProject, env: &str, secs: u32) -> Load {
                 &tp.base_url(env),
                 "--rate",
                 "30",
+                "--mix",
+                "valid=90,low=10,bad=0",
                 "--duration",
                 &format!("{secs}s"),
             ])

@@ -1,1 +1,923 @@
-//! (being built)
+//! `rollback_dhash`: verify a backup, restore it, prove health.
+//!
+//! Order of work (each step is recorded first in `<install_root>/rollback.journal`,
+//! written atomically, so a rerun after `kill -9` at any point resumes and ends
+//! with the backup's state fully restored):
+//!
+//! 1. choose the backup (the journal's, `--backup`, or the newest of the
+//!    environment that verifies) and refuse one of another environment;
+//! 2. extract it into `<install_root>/.rollback.partial/`, verifying the
+//!    sidecar, every entry name and every manifest hash on the way (nothing of
+//!    the environment is touched yet);
+//! 3. stop the service;
+//! 4. move the data dir into `<quarantine>/<ts>/data` and the restored data in;
+//! 5. install the backup's release into `releases/<id>` (or check the one there);
+//! 6. switch `current` atomically, then move the replaced release into the quarantine;
+//! 7. start the service, require `health.checks_required` consecutive OK checks,
+//!    run the post-rollback smoke tests.
+//!
+//! The replaced state stays in `<install_root>/quarantine/<ts>/` for
+//! root-cause analysis (never under `backups/`, where the seeds' glob looks).
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context};
+use dhash_backup::{ExtractOptions, Manifest};
+use gates_core::config::EnvConfig;
+use gates_core::exit::Exit;
+use gates_core::fsutil;
+use gates_core::lock::EnvLock;
+use gates_core::project::Project;
+use gates_core::{Emitter, Level, ToolError};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+pub const TOOL: &str = "rollback_dhash";
+/// File name of the journal under the install root.
+pub const JOURNAL: &str = "rollback.journal";
+/// The extraction folder under the install root.
+pub const STAGE: &str = ".rollback.partial";
+
+#[derive(Debug, Clone, Default)]
+pub struct RollbackOptions {
+    /// The backup to restore; None: the newest of the environment that verifies.
+    pub backup: Option<PathBuf>,
+    /// Emergency: restore without checksum verification (warned loudly, recorded).
+    pub skip_validation: bool,
+    /// Verify and report what would be done; change nothing.
+    pub dry_run: bool,
+    /// Why (e.g. the violated gate); recorded in events and the ledger.
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RollbackReport {
+    pub backup: PathBuf,
+    pub release: Option<String>,
+    /// From the start of the rollback to the last required OK health check (0 for a dry run).
+    pub seconds_to_healthy: f64,
+    /// None when the smoke tests did not run (dry run).
+    pub smoke_passed: Option<bool>,
+}
+
+/// Where a rollback is; each step is journaled before it is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Step {
+    Extracting,
+    Stopping,
+    RestoringData,
+    InstallingRelease,
+    Switching,
+    Starting,
+    Verifying,
+}
+
+/// `<install_root>/rollback.journal`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Journal {
+    pub version: u32,
+    pub env: String,
+    pub backup: PathBuf,
+    pub sha256: Option<String>,
+    pub release: Option<String>,
+    /// The manifest's database entry (`data/...`).
+    pub database: Option<String>,
+    /// The release `current` pointed at before the rollback.
+    pub previous_release: Option<String>,
+    pub stage: PathBuf,
+    pub quarantine: PathBuf,
+    pub step: Step,
+    pub started_at: String,
+    pub reason: Option<String>,
+    pub skip_validation: bool,
+    pub pid: u32,
+}
+
+pub fn journal_path(env: &EnvConfig) -> PathBuf {
+    env.install_root.join(JOURNAL)
+}
+
+/// The journal of an interrupted rollback, if any.
+pub fn pending(env: &EnvConfig) -> anyhow::Result<Option<Journal>> {
+    let path = journal_path(env);
+    match fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .with_context(|| format!("the rollback journal {} is not valid", path.display())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(anyhow!("reading {}: {e}", path.display())),
+    }
+}
+
+fn write_journal(env: &EnvConfig, j: &Journal) -> anyhow::Result<()> {
+    let text = serde_json::to_vec_pretty(j)?;
+    fsutil::write_atomic(&journal_path(env), &text).context("writing the rollback journal")
+}
+
+fn set_step(env: &EnvConfig, j: &mut Journal, step: Step) -> anyhow::Result<()> {
+    j.step = step;
+    write_journal(env, j)
+}
+
+/// What is about to happen, for a confirmation prompt.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub env: String,
+    pub backup: PathBuf,
+    pub manifest: Manifest,
+    pub previous_release: Option<String>,
+    pub resumed: bool,
+}
+
+/// Rolls `env` back to a backup (see the crate docs). The caller holds the lock.
+pub fn rollback(
+    project: &Project,
+    env: &EnvConfig,
+    lock: &EnvLock,
+    opts: &RollbackOptions,
+    em: &Emitter,
+) -> anyhow::Result<RollbackReport> {
+    rollback_with(project, env, lock, opts, em, &mut |_| Ok(true))
+}
+
+fn failed(e: anyhow::Error) -> anyhow::Error {
+    ToolError::new(Exit::Failed, e).into()
+}
+
+fn abs(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+fn same_path(a: &Path, b: &Path) -> bool {
+    match (fs::canonicalize(a), fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => abs(a) == abs(b),
+    }
+}
+
+/// The release `current` points at (folder name), if any.
+fn current_release_id(env: &EnvConfig) -> Option<String> {
+    let target = fs::read_link(env.current_link()).ok()?;
+    target
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_string)
+}
+
+/// Like [`rollback`], with `confirm` asked (after verification, before anything
+/// is touched) whether to go ahead; `Ok(false)` cancels (exit 1, nothing changed).
+pub fn rollback_with(
+    project: &Project,
+    env: &EnvConfig,
+    lock: &EnvLock,
+    opts: &RollbackOptions,
+    em: &Emitter,
+    confirm: &mut dyn FnMut(&Prepared) -> anyhow::Result<bool>,
+) -> anyhow::Result<RollbackReport> {
+    if lock.env() != env.name {
+        bail!(
+            "internal error: the lock held is for {:?}, not {:?}",
+            lock.env(),
+            env.name
+        );
+    }
+    let started = Instant::now();
+
+    // 1. Which backup: an interrupted rollback's first.
+    let journal = match pending(env) {
+        Ok(j) => j,
+        Err(e) => {
+            em.emit(
+                "rollback.journal-invalid",
+                Level::Warning,
+                format!("{e:#}; starting a fresh rollback"),
+                json!({"path": journal_path(env)}),
+            );
+            None
+        }
+    };
+    let resume = match (&journal, &opts.backup) {
+        (Some(j), None) => Some(j.clone()),
+        (Some(j), Some(b)) if same_path(&j.backup, b) => Some(j.clone()),
+        (Some(j), Some(b)) => {
+            em.emit(
+                "rollback.superseded",
+                Level::Warning,
+                format!(
+                    "an interrupted rollback to {} is superseded by the requested {}",
+                    j.backup.display(),
+                    b.display()
+                ),
+                json!({"interrupted": j.backup, "backup": b}),
+            );
+            None
+        }
+        (None, _) => None,
+    };
+    let backup = match (&resume, &opts.backup) {
+        (Some(j), _) => j.backup.clone(),
+        (None, Some(b)) => abs(b),
+        (None, None) => dhash_backup::newest_verified(env, em).map_err(failed)?,
+    };
+    let reason = opts
+        .reason
+        .clone()
+        .or_else(|| resume.as_ref().and_then(|j| j.reason.clone()));
+    let skip_validation =
+        opts.skip_validation || resume.as_ref().is_some_and(|j| j.skip_validation);
+    em.emit(
+        "rollback.started",
+        Level::Warning,
+        format!(
+            "{}rolling {} back to {}",
+            if resume.is_some() {
+                "resuming an interrupted rollback: "
+            } else {
+                ""
+            },
+            env.name,
+            backup.display()
+        ),
+        json!({"backup": backup, "reason": reason, "resumed": resume.is_some(),
+               "skip_validation": skip_validation, "dry_run": opts.dry_run}),
+    );
+    if skip_validation {
+        em.emit(
+            "rollback.validation-skipped",
+            Level::Critical,
+            format!(
+                "--skip-validation: restoring {} WITHOUT checksum verification (sidecar and manifest hashes are not checked)",
+                backup.display()
+            ),
+            json!({"backup": backup}),
+        );
+    }
+
+    // Another environment's backup is refused before any real work.
+    if !backup.is_file() {
+        let msg = format!("the backup {} does not exist", backup.display());
+        em.emit(
+            "rollback.refused",
+            Level::Error,
+            msg.clone(),
+            json!({"backup": backup}),
+        );
+        return Err(failed(anyhow!(msg)));
+    }
+    let peek = match dhash_backup::read_manifest(&backup) {
+        Ok(m) => m,
+        Err(e) => {
+            em.emit(
+                "rollback.refused",
+                Level::Error,
+                format!(
+                    "{} is not a usable backup; nothing was changed: {e:#}",
+                    backup.display()
+                ),
+                json!({"backup": backup, "error": format!("{e:#}")}),
+            );
+            return Err(failed(e));
+        }
+    };
+    if peek.env != env.name {
+        let right = dhash_backup::newest_verified(env, &Emitter::sink(TOOL, &env.name))
+            .map(|p| {
+                format!(
+                    "the newest verified backup of {} is {}",
+                    env.name,
+                    p.display()
+                )
+            })
+            .unwrap_or_else(|_| format!("there is no verified backup of {}", env.name));
+        let msg = format!(
+            "refusing: {} is a backup of {:?}, not {:?}; {right}",
+            backup.display(),
+            peek.env,
+            env.name
+        );
+        em.emit(
+            "rollback.refused",
+            Level::Error,
+            msg.clone(),
+            json!({"backup": backup, "manifest_env": peek.env}),
+        );
+        return Err(failed(anyhow!(msg)));
+    }
+
+    if opts.dry_run {
+        return dry_run(env, &backup, skip_validation, em);
+    }
+
+    // 2. Extract + verify into the stage (the environment is untouched).
+    let stage = env.install_root.join(STAGE);
+    let mut j = match resume {
+        Some(j) if j.step > Step::Extracting && stage.is_dir() => {
+            em.human(&format!("resuming at step {:?}", j.step));
+            j
+        }
+        prior => {
+            let quarantine = prior
+                .as_ref()
+                .map(|j| j.quarantine.clone())
+                .unwrap_or_else(|| env.quarantine_dir().join(dhash_backup::timestamp_now()));
+            let mut j = Journal {
+                version: 1,
+                env: env.name.clone(),
+                backup: backup.clone(),
+                sha256: None,
+                release: peek.release.clone(),
+                database: peek.database.clone(),
+                previous_release: prior
+                    .as_ref()
+                    .and_then(|j| j.previous_release.clone())
+                    .or_else(|| current_release_id(env)),
+                stage: stage.clone(),
+                quarantine,
+                // A resumed run that lost its stage keeps its step: the
+                // environment is already touched.
+                step: prior.as_ref().map_or(Step::Extracting, |j| j.step),
+                started_at: gates_core::event::now_rfc3339(),
+                reason: reason.clone(),
+                skip_validation,
+                pid: std::process::id(),
+            };
+            extract_stage(env, &mut j, em)?;
+            j
+        }
+    };
+    let manifest = dhash_backup::read_manifest(&backup).map_err(failed)?;
+    em.emit(
+        "rollback.verified",
+        Level::Info,
+        format!(
+            "{} {} (release {}, schema {}, created {})",
+            backup.display(),
+            if skip_validation {
+                "extracted WITHOUT verification"
+            } else {
+                "verified and extracted"
+            },
+            manifest.release.as_deref().unwrap_or("none"),
+            manifest
+                .schema_version
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "none".into()),
+            manifest.created_at
+        ),
+        json!({"backup": backup, "sha256": j.sha256, "release": manifest.release,
+               "schema_version": manifest.schema_version, "created_at": manifest.created_at,
+               "files": manifest.files.len(), "bytes": manifest.total_bytes(),
+               "skip_validation": skip_validation}),
+    );
+    dhash_backup::crash_point("rollback-extracted");
+
+    let prepared = Prepared {
+        env: env.name.clone(),
+        backup: backup.clone(),
+        manifest: manifest.clone(),
+        previous_release: j.previous_release.clone(),
+        resumed: j.step > Step::Extracting,
+    };
+    match confirm(&prepared) {
+        Ok(true) => {}
+        Ok(false) => {
+            if j.step <= Step::Extracting {
+                discard_stage(env, &j);
+            }
+            return Err(failed(anyhow!("rollback cancelled; nothing was changed")));
+        }
+        Err(e) => {
+            if j.step <= Step::Extracting {
+                discard_stage(env, &j);
+            }
+            return Err(e);
+        }
+    }
+
+    // 3.-6. The swap. From here on the environment is touched: failures are exit 4.
+    if let Err(e) = swap(env, &mut j, em) {
+        return Err(fail(env, &j, em, started, e, "restore"));
+    }
+
+    // 7. Start, prove health, smoke.
+    let healthy = (|| -> anyhow::Result<(f64, Option<bool>)> {
+        set_step(env, &mut j, Step::Starting)?;
+        gates_core::service::start(env, em).context("starting the service")?;
+        dhash_backup::crash_point("rollback-started");
+        set_step(env, &mut j, Step::Verifying)?;
+        gates_core::probe::wait_healthy(env, &env.health, em).context("waiting for health")?;
+        let seconds = started.elapsed().as_secs_f64();
+        let smoke = dhash_smoke::run(
+            project,
+            env,
+            &dhash_smoke::SmokeOptions {
+                mode: dhash_smoke::SmokeMode::PostRollback,
+                dry_run: false,
+            },
+            em,
+        )
+        .context("running the post-rollback smoke tests")?;
+        if !smoke.passed {
+            let failed: Vec<String> = smoke
+                .failed()
+                .map(|c| format!("{}: {}", c.name, c.detail))
+                .collect();
+            bail!("post-rollback smoke tests failed: {}", failed.join("; "));
+        }
+        Ok((seconds, Some(true)))
+    })();
+    let (seconds, smoke_passed) = match healthy {
+        Ok(x) => x,
+        Err(e) => {
+            // The restore itself is complete on disk: a rerun would not help.
+            let _ = fs::remove_file(journal_path(env));
+            discard_stage(env, &j);
+            return Err(fail(env, &j, em, started, e, "health"));
+        }
+    };
+
+    let _ = fs::remove_file(journal_path(env));
+    discard_stage(env, &j);
+    let report = RollbackReport {
+        backup: backup.clone(),
+        release: manifest.release.clone(),
+        seconds_to_healthy: seconds,
+        smoke_passed,
+    };
+    ledger(env, em, &j, "completed", Some(seconds), None);
+    em.emit(
+        "rollback.completed",
+        Level::Info,
+        format!(
+            "{} rolled back to {} (release {}) and healthy after {seconds:.1}s",
+            env.name,
+            backup.display(),
+            manifest.release.as_deref().unwrap_or("unchanged")
+        ),
+        json!({"backup": backup, "release": manifest.release, "previous_release": j.previous_release,
+               "schema_version": manifest.schema_version, "seconds_to_healthy": seconds,
+               "smoke_passed": smoke_passed, "quarantine": j.quarantine, "reason": j.reason,
+               "skip_validation": j.skip_validation}),
+    );
+    Ok(report)
+}
+
+fn fail(
+    env: &EnvConfig,
+    j: &Journal,
+    em: &Emitter,
+    started: Instant,
+    e: anyhow::Error,
+    stage: &str,
+) -> anyhow::Error {
+    let msg = format!("{e:#}");
+    ledger(env, em, j, "failed", None, Some(&msg));
+    let resumable = journal_path(env).exists();
+    em.emit(
+        "rollback.failed",
+        Level::Critical,
+        format!(
+            "rollback of {} to {} failed during {stage}: {msg}{}",
+            env.name,
+            j.backup.display(),
+            if resumable {
+                " (rerun rollback_dhash to resume)"
+            } else {
+                ""
+            }
+        ),
+        json!({"backup": j.backup, "release": j.release, "step": j.step, "error": msg,
+               "quarantine": j.quarantine, "resumable": resumable,
+               "seconds": started.elapsed().as_secs_f64()}),
+    );
+    ToolError::new(Exit::RollbackFailed, e).into()
+}
+
+fn ledger(
+    env: &EnvConfig,
+    em: &Emitter,
+    j: &Journal,
+    result: &str,
+    seconds: Option<f64>,
+    error: Option<&str>,
+) {
+    let rec = json!({"env": env.name, "backup": j.backup, "release": j.release, "from": j.previous_release,
+                     "result": result, "reason": j.reason, "skip_validation": j.skip_validation,
+                     "seconds_to_healthy": seconds, "quarantine": j.quarantine, "error": error});
+    if let Err(e) = env.ledger().append("rollback", rec) {
+        em.emit(
+            "ledger.failed",
+            Level::Warning,
+            format!("could not record the rollback in the ledger: {e:#}"),
+            json!({}),
+        );
+    }
+}
+
+fn discard_stage(env: &EnvConfig, j: &Journal) {
+    let _ = fs::remove_dir_all(&j.stage);
+    let _ = fsutil::fsync_dir(&env.install_root);
+}
+
+/// Step 2: a fresh extraction into the stage.
+fn extract_stage(env: &EnvConfig, j: &mut Journal, em: &Emitter) -> anyhow::Result<()> {
+    fs::create_dir_all(&env.install_root)
+        .with_context(|| format!("creating {}", env.install_root.display()))
+        .map_err(failed)?;
+    if j.stage.exists() {
+        fs::remove_dir_all(&j.stage)
+            .with_context(|| format!("removing the old stage {}", j.stage.display()))
+            .map_err(failed)?;
+    }
+    em.debug(&format!(
+        "extracting {} into {}",
+        j.backup.display(),
+        j.stage.display()
+    ));
+    let extracted = dhash_backup::extract(
+        &j.backup,
+        &j.stage,
+        &ExtractOptions {
+            skip_validation: j.skip_validation,
+        },
+    );
+    let extracted = match extracted {
+        Ok(x) => x,
+        Err(e) => {
+            discard_stage(env, j);
+            if j.step > Step::Extracting {
+                // An interrupted rollback had already touched the environment.
+                let e = e.context(format!("verifying {} again to resume", j.backup.display()));
+                return Err(fail(env, j, em, Instant::now(), e, "extraction"));
+            }
+            // Nothing was touched (the journal is written only once the swap begins).
+            em.emit(
+                "rollback.refused",
+                Level::Error,
+                format!(
+                    "{} does not verify; nothing was changed: {e:#}",
+                    j.backup.display()
+                ),
+                json!({"backup": j.backup, "error": format!("{e:#}")}),
+            );
+            return Err(failed(
+                e.context(format!("verifying {}", j.backup.display())),
+            ));
+        }
+    };
+    if extracted.manifest.env != env.name {
+        discard_stage(env, j);
+        return Err(failed(anyhow!(
+            "refusing: {} is a backup of {:?}, not {:?}",
+            j.backup.display(),
+            extracted.manifest.env,
+            env.name
+        )));
+    }
+    j.sha256 = extracted.sha256.clone();
+    j.release = extracted.manifest.release.clone();
+    j.database = extracted.manifest.database.clone();
+    fsutil::fsync_dir(&env.install_root).map_err(|e| failed(e.into()))?;
+    Ok(())
+}
+
+/// Moves `src` to `dst` (a rename; across filesystems a copy, then the source
+/// is removed). `dst` must not exist.
+fn move_path(src: &Path, dst: &Path) -> anyhow::Result<()> {
+    if let Some(parent) = dst.parent() {
+        fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    match fs::rename(src, dst) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(18) => {
+            // EXDEV: copy to a temporary name, rename it in place, remove the source.
+            let tmp = fsutil::temp_path_for(dst);
+            let _ = fs::remove_dir_all(&tmp);
+            copy_tree(src, &tmp)
+                .with_context(|| format!("copying {} to {}", src.display(), tmp.display()))?;
+            fs::rename(&tmp, dst)
+                .with_context(|| format!("renaming {} to {}", tmp.display(), dst.display()))?;
+            if src.is_dir() {
+                fs::remove_dir_all(src)
+            } else {
+                fs::remove_file(src)
+            }
+            .with_context(|| format!("removing {}", src.display()))?;
+        }
+        Err(e) => {
+            return Err(anyhow!(
+                "moving {} to {}: {e}",
+                src.display(),
+                dst.display()
+            ))
+        }
+    }
+    if let Some(parent) = dst.parent() {
+        fsutil::fsync_dir(parent).with_context(|| format!("syncing {}", parent.display()))?;
+    }
+    if let Some(parent) = src.parent() {
+        let _ = fsutil::fsync_dir(parent);
+    }
+    Ok(())
+}
+
+fn copy_tree(src: &Path, dst: &Path) -> anyhow::Result<()> {
+    let meta = fs::symlink_metadata(src)?;
+    if meta.is_dir() {
+        fs::create_dir_all(dst)?;
+        for e in fs::read_dir(src)? {
+            let e = e?;
+            copy_tree(&e.path(), &dst.join(e.file_name()))?;
+        }
+    } else if meta.file_type().is_symlink() {
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(fs::read_link(src)?, dst)?;
+    } else {
+        fs::copy(src, dst)?;
+        fs::File::open(dst)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// A free name in the quarantine (`name`, `name.1`, ...).
+fn quarantine_slot(q: &Path, name: &str) -> PathBuf {
+    let first = q.join(name);
+    if !first.exists() {
+        return first;
+    }
+    (1..)
+        .map(|i| q.join(format!("{name}.{i}")))
+        .find(|p| !p.exists())
+        .unwrap_or(first)
+}
+
+/// Whether the installed release folder holds exactly the backup's files.
+fn release_matches(dir: &Path, id: &str, manifest_files: &[dhash_backup::FileEntry]) -> bool {
+    let prefix = format!("release/{id}/");
+    let mut expected = 0usize;
+    for f in manifest_files {
+        let Some(rel) = f.path.strip_prefix(&prefix) else {
+            continue;
+        };
+        expected += 1;
+        match dhash_backup::sha256_file(&dir.join(rel)) {
+            Ok(h) if h == f.sha256 => {}
+            _ => return false,
+        }
+    }
+    let mut count = 0usize;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else {
+            return false;
+        };
+        for e in rd.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(_) => count += 1,
+                Err(_) => return false,
+            }
+        }
+    }
+    count == expected
+}
+
+/// Steps 3-6, each idempotent given what is on disk, so a rerun redoes or
+/// skips what an interrupted run did.
+fn swap(env: &EnvConfig, j: &mut Journal, em: &Emitter) -> anyhow::Result<()> {
+    // 3. Stop. The journal is written for the first time here: from now on
+    // a rerun resumes this rollback.
+    if j.step < Step::Stopping {
+        set_step(env, j, Step::Stopping)?;
+    }
+    let q = j.quarantine.clone();
+    fs::create_dir_all(&q).with_context(|| format!("creating the quarantine {}", q.display()))?;
+    let info = q.join("rollback.json");
+    if !info.exists() {
+        fsutil::write_atomic(
+            &info,
+            &serde_json::to_vec_pretty(&json!({
+                "env": env.name, "backup": j.backup, "reason": j.reason,
+                "previous_release": j.previous_release, "restored_release": j.release,
+                "started_at": j.started_at,
+                "note": "state replaced by a rollback, kept for root-cause analysis",
+            }))?,
+        )?;
+    }
+
+    gates_core::service::stop(env, em).context("stopping the service")?;
+    dhash_backup::crash_point("rollback-stopped");
+
+    // 4. Data: the live folder into the quarantine, the restored one in.
+    if j.step < Step::RestoringData {
+        set_step(env, j, Step::RestoringData)?;
+    }
+    let staged_data = j.stage.join("data");
+    if staged_data.is_dir() {
+        if env.data_dir.exists() {
+            let slot = quarantine_slot(&q, "data");
+            move_path(&env.data_dir, &slot)?;
+            em.emit(
+                "rollback.quarantined",
+                Level::Info,
+                format!(
+                    "moved the replaced data {} to {}",
+                    env.data_dir.display(),
+                    slot.display()
+                ),
+                json!({"what": "data", "from": env.data_dir, "to": slot}),
+            );
+        }
+        dhash_backup::crash_point("rollback-data-quarantined");
+        move_path(&staged_data, &env.data_dir)?;
+    } else if !env.data_dir.is_dir() {
+        bail!(
+            "neither the staged data nor {} exists: rerun rollback_dhash to extract again",
+            env.data_dir.display()
+        );
+    }
+    place_database(env, j, &q, em)?;
+    dhash_backup::crash_point("rollback-data-restored");
+
+    // 5. The release.
+    let Some(id) = j.release.clone() else {
+        em.emit(
+            "rollback.release-unchanged",
+            Level::Warning,
+            "the backup holds no release (nothing was deployed when it was made): only the data was restored",
+            json!({}),
+        );
+        return Ok(());
+    };
+    if j.step < Step::InstallingRelease {
+        set_step(env, j, Step::InstallingRelease)?;
+    }
+    let staged_release = j.stage.join("release").join(&id);
+    let target = env.releases_dir().join(&id);
+    if staged_release.is_dir() {
+        if target.exists() {
+            let manifest = dhash_backup::read_manifest(&j.backup)?;
+            if release_matches(&target, &id, &manifest.files) {
+                em.debug(&format!(
+                    "{} already holds the backup's release files",
+                    target.display()
+                ));
+            } else {
+                let slot = quarantine_slot(&q.join("releases"), &id);
+                em.emit(
+                    "rollback.quarantined",
+                    Level::Warning,
+                    format!(
+                        "{} differs from the backup's copy: moved to {}",
+                        target.display(),
+                        slot.display()
+                    ),
+                    json!({"what": "release", "from": target, "to": slot}),
+                );
+                move_path(&target, &slot)?;
+                move_path(&staged_release, &target)?;
+            }
+        } else {
+            move_path(&staged_release, &target)?;
+        }
+    } else if !target.is_dir() {
+        bail!(
+            "neither the staged release nor {} exists: rerun rollback_dhash to extract again",
+            target.display()
+        );
+    }
+    dhash_backup::crash_point("rollback-release-installed");
+
+    // 6. Switch, then quarantine the replaced release.
+    if j.step < Step::Switching {
+        set_step(env, j, Step::Switching)?;
+    }
+    fsutil::switch_symlink(&Path::new("releases").join(&id), &env.current_link())?;
+    dhash_backup::crash_point("rollback-switched");
+    if let Some(prev) = j.previous_release.clone().filter(|p| *p != id) {
+        let old = env.releases_dir().join(&prev);
+        if old.is_dir() {
+            let slot = quarantine_slot(&q.join("releases"), &prev);
+            move_path(&old, &slot)?;
+            em.emit(
+                "rollback.quarantined",
+                Level::Info,
+                format!("moved the replaced release {prev} to {}", slot.display()),
+                json!({"what": "release", "release": prev, "from": old, "to": slot}),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// When the environment's database is not at the backup's place inside the
+/// data dir (the topology keeps it elsewhere), move it there.
+fn place_database(env: &EnvConfig, j: &Journal, q: &Path, em: &Emitter) -> anyhow::Result<()> {
+    let Some(db) = j.database.as_deref() else {
+        return Ok(());
+    };
+    let Some(rel) = db.strip_prefix("data/") else {
+        return Ok(());
+    };
+    let restored = env.data_dir.join(rel);
+    if same_path(&restored, &env.database) || !restored.is_file() {
+        return Ok(());
+    }
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let live = PathBuf::from(format!("{}{suffix}", env.database.display()));
+        if live.exists() {
+            let name = live
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("database");
+            move_path(&live, &quarantine_slot(&q.join("database"), name))?;
+        }
+    }
+    move_path(&restored, &env.database)?;
+    em.debug(&format!("database restored to {}", env.database.display()));
+    Ok(())
+}
+
+fn dry_run(
+    env: &EnvConfig,
+    backup: &Path,
+    skip_validation: bool,
+    em: &Emitter,
+) -> anyhow::Result<RollbackReport> {
+    let manifest = if skip_validation {
+        dhash_backup::read_manifest(backup).map_err(failed)?
+    } else {
+        dhash_backup::verify(backup)
+            .map_err(|e| failed(e.context(format!("{} does not verify", backup.display()))))?
+    };
+    em.emit(
+        "rollback.verified",
+        Level::Info,
+        format!("{} verified (dry run)", backup.display()),
+        json!({"backup": backup, "release": manifest.release, "schema_version": manifest.schema_version,
+               "created_at": manifest.created_at, "files": manifest.files.len(),
+               "bytes": manifest.total_bytes(), "skip_validation": skip_validation, "dry_run": true}),
+    );
+    let current = current_release_id(env);
+    let data_files = manifest
+        .files
+        .iter()
+        .filter(|f| f.path.starts_with("data/"))
+        .count();
+    let steps = vec![
+        format!(
+            "extract {} into {}",
+            backup.display(),
+            env.install_root.join(STAGE).display()
+        ),
+        "stop the service".to_string(),
+        format!(
+            "move {} into {}/<timestamp>/data",
+            env.data_dir.display(),
+            env.quarantine_dir().display()
+        ),
+        format!(
+            "restore {data_files} data files into {}",
+            env.data_dir.display()
+        ),
+        match &manifest.release {
+            Some(id) => format!(
+                "install release {id} into {} and switch current to it",
+                env.releases_dir().join(id).display()
+            ),
+            None => "keep the current release (the backup holds none)".to_string(),
+        },
+        match (&current, &manifest.release) {
+            (Some(c), Some(id)) if c != id => {
+                format!("move the replaced release {c} into the quarantine")
+            }
+            _ => "no release to move aside".to_string(),
+        },
+        format!(
+            "start the service and require {} consecutive OK health checks",
+            env.health.checks_required
+        ),
+        "run the post-rollback smoke tests".to_string(),
+    ];
+    em.emit(
+        "rollback.planned",
+        Level::Info,
+        format!(
+            "dry run: would roll {} back to {}; nothing changed",
+            env.name,
+            backup.display()
+        ),
+        json!({"backup": backup, "release": manifest.release, "current_release": current,
+               "data_files": data_files, "steps": steps, "dry_run": true}),
+    );
+    Ok(RollbackReport {
+        backup: backup.to_path_buf(),
+        release: manifest.release,
+        seconds_to_healthy: 0.0,
+        smoke_passed: None,
+    })
+}

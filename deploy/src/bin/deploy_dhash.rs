@@ -1,4 +1,83 @@
-fn main() {
-    eprintln!("not built yet");
-    std::process::exit(1);
+//! deploy_dhash: install a release bundle into an environment with an atomic
+//! switch, migrations, restart and a health wait (switching back on failure).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use dhash_deploy::DeployOptions;
+
+fn after_help() -> String {
+    format!(
+        "Steps: verify the bundle's checksums (release.json) -> take the environment lock ->
+(--backup-first: backup) -> install into <install_root>/releases/<id>/ (temp name +
+rename; skipped when already installed and verified) -> apply pending migrations (the
+new release's) -> switch <install_root>/current atomically -> restart the service ->
+wait for health. If the new release does not become healthy: it is marked failed in
+releases.json (never a switch-back target again), current is switched back to the
+previous release, the migrations this deploy applied are reverted with the new
+release's .down.sql files (or the pre-deploy backup is restored when they cannot run),
+the previous release is restarted and verified, and the exit code is 1 (4 when that
+recovery fails).
+
+Without --tag the newest bundle in dist/ (by release.json created_at) is deployed; the
+choice is printed on stderr. An unknown --tag lists the available ones (exit 2).
+--no-migrate refuses, before anything is switched, a release with pending migrations.
+When pending migrations lack a .down.sql and there is no backup, the deploy refuses
+(use --backup-first). A backup.verified event read on stdin (backup_dhash | deploy_dhash)
+is the rollback point; --backup-first then takes no second backup.
+A deploy killed at any instant leaves current on a complete release; the next run reads
+<install_root>/deploy.journal.json, reports where it stopped and finishes the job.
+--dry-run validates (bundle checksums, config and placeholders, lock, free disk, health
+endpoint, pending migrations) and lists the steps; it changes nothing:
+  deploy_dhash --dry-run --env staging > deploy-dryrun.log 2>&1
+
+Events (stdout, JSON lines): deploy.started, deploy.installed, deploy.switched,
+deploy.healthy (release, from, backup) or deploy.failed; deploy.interrupted,
+deploy.planned (dry run), deploy.pruned; migrate.*, backup.*, service.* of the steps.
+
+{}",
+        gates_core::exit::EXIT_CODES_HELP
+    )
+}
+
+/// Deploys a release bundle (dist/dhash-<tag>/) to an environment.
+#[derive(Debug, Parser)]
+#[command(name = "deploy_dhash", version, after_help = after_help())]
+struct Args {
+    /// Environment (from environments.json), e.g. staging or production.
+    #[arg(long)]
+    env: String,
+    /// The release bundle dist/dhash-<TAG>/ (default: the newest bundle).
+    #[arg(long)]
+    tag: Option<String>,
+    /// Validate and list the steps; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Back up the environment first (while holding the lock), unless a
+    /// backup.verified event arrives on stdin.
+    #[arg(long)]
+    backup_first: bool,
+    /// Do not wait for health after the restart (the release is recorded as unverified).
+    #[arg(long)]
+    skip_health_check: bool,
+    /// Refuse, before switching, when the release has pending migrations.
+    #[arg(long)]
+    no_migrate: bool,
+    /// More detail on stderr.
+    #[arg(long)]
+    verbose: bool,
+}
+
+fn main() -> ExitCode {
+    let a = Args::parse();
+    let opts = DeployOptions {
+        env: a.env,
+        tag: a.tag,
+        dry_run: a.dry_run,
+        backup_first: a.backup_first,
+        skip_health_check: a.skip_health_check,
+        no_migrate: a.no_migrate,
+        verbose: a.verbose,
+    };
+    gates_core::cli::main_entry(dhash_deploy::TOOL, || dhash_deploy::run_tool(&opts))
 }

@@ -1,4 +1,83 @@
-fn main() {
-    eprintln!("not built yet");
-    std::process::exit(1);
+//! migrate_dhash: versioned database migrations of a dhash environment.
+
+use std::process::ExitCode;
+
+use clap::{Parser, ValueEnum};
+use dhash_migrate::{Direction, ToolOptions};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Kind {
+    Forward,
+    Backward,
+}
+
+fn after_help() -> String {
+    format!(
+        "Migrations come from a release's migrations/NNNN_name.up.sql and .down.sql:
+  --release TAG|DIR   dist/dhash-<TAG>/migrations, or a bundle/release folder, or a
+                      migrations folder
+  (none)              the environment's current release (<install_root>/current);
+                      if nothing is deployed yet, the newest bundle in dist/ by
+                      release.json created_at (the choice is printed on stderr)
+
+Each migration runs in one transaction with its schema_migrations row. An applied
+migration whose .up.sql changed since is refused; backward refuses when a
+.down.sql is missing. Both refusals happen before anything runs.
+--type backward without --target reverts one step (the newest applied version).
+--dry-run and --status are read-only (no lock taken, no database created).
+
+Events (stdout, JSON lines): migrate.planned, migrate.applied / migrate.reverted
+(per version), migrate.failed, migrate.completed; migrate.status (per migration,
+with --status). Human progress on stderr, so
+  migrate_dhash --dry-run --env staging > migrate-dryrun.log 2>&1
+gives a readable log with the SQL of every step.
+
+{}",
+        gates_core::exit::EXIT_CODES_HELP
+    )
+}
+
+/// Applies or reverts versioned SQLite migrations from a release bundle.
+#[derive(Debug, Parser)]
+#[command(name = "migrate_dhash", version, after_help = after_help())]
+struct Args {
+    /// Environment (from environments.json), e.g. staging or production.
+    #[arg(long)]
+    env: String,
+    /// Direction.
+    #[arg(long = "type", value_enum, default_value = "forward")]
+    kind: Kind,
+    /// Forward: apply up to this version. Backward: revert every version above it
+    /// (default: one step back).
+    #[arg(long, value_name = "VERSION", value_parser = clap::value_parser!(i64).range(0..))]
+    target: Option<i64>,
+    /// List what would be applied or reverted, with the SQL; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// More detail on stderr (the SQL of each step, paths).
+    #[arg(long)]
+    verbose: bool,
+    /// List applied and pending migrations as JSON lines (migrate.status); change nothing.
+    #[arg(long, conflicts_with_all = ["dry_run", "target"])]
+    status: bool,
+    /// Where the migrations come from: a release tag (dist/dhash-<TAG>) or a folder.
+    #[arg(long, value_name = "TAG|DIR")]
+    release: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let opts = ToolOptions {
+        env: args.env,
+        direction: match args.kind {
+            Kind::Forward => Direction::Forward,
+            Kind::Backward => Direction::Backward,
+        },
+        target: args.target,
+        dry_run: args.dry_run,
+        verbose: args.verbose,
+        status: args.status,
+        release: args.release,
+    };
+    gates_core::cli::main_entry(dhash_migrate::TOOL, || dhash_migrate::run_tool(&opts))
 }

@@ -1,4 +1,145 @@
-fn main() {
-    eprintln!("not built yet");
-    std::process::exit(1);
+//! rollback_dhash: verify a backup, restore it, prove health (N consecutive OK checks) and smoke.
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+
+use clap::Parser;
+use dhash_rollback::{Prepared, RollbackOptions, TOOL};
+use gates_core::exit::{usage_error, Exit, EXIT_CODES_HELP};
+use gates_core::project::Project;
+use gates_core::Emitter;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "rollback_dhash",
+    version,
+    about = "Restore an environment from a verified backup: verify the sidecar and every manifest hash, \
+             stop the service, swap data and release in (the replaced state goes to <install_root>/quarantine/), \
+             start it, require consecutive OK health checks and run the post-rollback smoke tests. \
+             A rerun after an interruption (even kill -9) resumes and completes the restore.",
+    after_help = EXIT_CODES_HELP
+)]
+struct Args {
+    /// Environment (from environments.json), e.g. production or staging.
+    #[arg(long)]
+    env: Option<String>,
+    /// The backup zip to restore (default: the newest backup of the environment that verifies).
+    #[arg(long, value_name = "PATH")]
+    backup: Option<PathBuf>,
+    /// Do not ask for confirmation (required when stdin is not a terminal).
+    #[arg(long)]
+    force: bool,
+    /// EMERGENCY ONLY: restore without checksum verification (sidecar and manifest hashes); recorded in the ledger.
+    #[arg(long)]
+    skip_validation: bool,
+    /// Verify the backup and list what would be done; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Read events on stdin and roll back only on a `gate.violated` event of this environment whose
+    /// action is "auto-rollback" (every event is forwarded to stdout); without one, do nothing (exit 0).
+    /// Success then exits 3 (gate violated, rollback succeeded). Implies consent (no prompt).
+    #[arg(long)]
+    on_violation: bool,
+    /// Why (recorded in events and the ledger).
+    #[arg(long)]
+    reason: Option<String>,
+    /// More detail on stderr.
+    #[arg(long, short)]
+    verbose: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    gates_core::cli::main_entry(TOOL, || run(args))
+}
+
+fn run(args: Args) -> anyhow::Result<Exit> {
+    let Some(env_name) = args.env.as_deref() else {
+        return Err(usage_error("--env is required (e.g. --env production)"));
+    };
+    let interactive = std::io::stdin().is_terminal();
+    if !args.force && !args.dry_run && !args.on_violation && !interactive {
+        return Err(usage_error(
+            "refusing to roll back without --force: stdin is not a terminal, so nobody can confirm. \
+             Add --force (as the runbook does), or --dry-run to see what would happen",
+        ));
+    }
+    let project = Project::discover()?;
+    let env = project.env(env_name)?;
+    let em = Emitter::stdout(TOOL, &env.name, args.verbose);
+
+    let mut reason = args.reason.clone();
+    let mut triggered = false;
+    if args.on_violation {
+        let mut trigger: Option<String> = None;
+        gates_core::event::pump_stdin(&em, |ev| {
+            if trigger.is_none()
+                && ev.event == "gate.violated"
+                && ev.env == env.name
+                && ev.str_field("action") == Some("auto-rollback")
+            {
+                let gate = ev.str_field("gate").unwrap_or("a gate");
+                trigger = Some(format!("{gate} violated: {}", ev.msg));
+            }
+        });
+        match trigger {
+            Some(t) => {
+                em.human(&format!("acting on gate.violated ({t})"));
+                reason = Some(reason.map_or(t.clone(), |r| format!("{r}; {t}")));
+                triggered = true;
+            }
+            None => {
+                let pending = dhash_rollback::pending(env).ok().flatten();
+                if pending.is_none() {
+                    em.human(&format!(
+                        "no gate.violated event with action auto-rollback for {}: nothing to do",
+                        env.name
+                    ));
+                    return Ok(Exit::Ok);
+                }
+                em.human(
+                    "no violation on stdin, but an interrupted rollback is pending: resuming it",
+                );
+            }
+        }
+    }
+
+    let lock = env.lock(TOOL)?;
+    let opts = RollbackOptions {
+        backup: args.backup.clone(),
+        skip_validation: args.skip_validation,
+        dry_run: args.dry_run,
+        reason,
+    };
+    let ask = !(args.force || args.on_violation || args.dry_run);
+    let mut confirm = |p: &Prepared| -> anyhow::Result<bool> {
+        if !ask {
+            return Ok(true);
+        }
+        prompt(p)
+    };
+    dhash_rollback::rollback_with(&project, env, &lock, &opts, &em, &mut confirm)?;
+    if triggered && !args.dry_run {
+        return Ok(Exit::GateRolledBack);
+    }
+    Ok(Exit::Ok)
+}
+
+fn prompt(p: &Prepared) -> anyhow::Result<bool> {
+    let mut err = std::io::stderr();
+    writeln!(
+        err,
+        "About to roll {} back to {}\n  backup release {} (schema {}), created {}\n  current release {}: it and the current data move to the quarantine\n  the service is stopped and restarted",
+        p.env,
+        p.backup.display(),
+        p.manifest.release.as_deref().unwrap_or("none"),
+        p.manifest.schema_version.map(|v| v.to_string()).unwrap_or_else(|| "none".into()),
+        p.manifest.created_at,
+        p.previous_release.as_deref().unwrap_or("none"),
+    )?;
+    write!(err, "Proceed? [y/N] ")?;
+    err.flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    let answer = line.trim().to_ascii_lowercase();
+    Ok(answer == "y" || answer == "yes")
 }

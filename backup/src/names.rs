@@ -1,0 +1,88 @@
+//! Backup file names: `dhash_<env>_<YYYYMMDDTHHMMSSmmmZ>.zip` (UTC, sortable).
+
+/// Length of the timestamp part, e.g. `20261123T093000123Z`.
+pub(crate) const TS_LEN: usize = 19;
+
+/// The current UTC time as a backup timestamp.
+pub fn timestamp_now() -> String {
+    chrono::Utc::now().format("%Y%m%dT%H%M%S%3fZ").to_string()
+}
+
+pub fn backup_file_name(env: &str, ts: &str) -> String {
+    format!("dhash_{env}_{ts}.zip")
+}
+
+pub(crate) fn is_timestamp(ts: &str) -> bool {
+    let b = ts.as_bytes();
+    b.len() == TS_LEN
+        && b[..8].iter().all(u8::is_ascii_digit)
+        && b[8] == b'T'
+        && b[9..18].iter().all(u8::is_ascii_digit)
+        && b[18] == b'Z'
+}
+
+/// Splits `dhash_<env>_<ts>.zip` into `(env, ts)`; None for any other name.
+pub fn parse_backup_name(name: &str) -> Option<(String, String)> {
+    let stem = name.strip_prefix("dhash_")?.strip_suffix(".zip")?;
+    if stem.len() < TS_LEN + 2 {
+        return None;
+    }
+    let (env_us, ts) = stem.split_at(stem.len() - TS_LEN);
+    let env = env_us.strip_suffix('_')?;
+    if env.is_empty() || !is_timestamp(ts) {
+        return None;
+    }
+    Some((env.to_string(), ts.to_string()))
+}
+
+/// Whether `name` is a temporary file of a backup run of `env`:
+/// `.dhash_<env>_<ts>.<anything>.<pid>.partial`. Returns the pid.
+pub(crate) fn parse_partial_name(name: &str, env: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?.strip_suffix(".partial")?;
+    let (rest, pid) = rest.rsplit_once('.')?;
+    let pid: u32 = pid.parse().ok()?;
+    let after = rest.strip_prefix(&format!("dhash_{env}_"))?;
+    let ts = after.get(..TS_LEN)?;
+    if !is_timestamp(ts) || !after[TS_LEN..].starts_with('.') {
+        return None;
+    }
+    Some(pid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_env_prefixes_do_not_collide() {
+        let ts = timestamp_now();
+        assert!(is_timestamp(&ts), "{ts}");
+        let n = backup_file_name("production", &ts);
+        assert_eq!(
+            parse_backup_name(&n),
+            Some(("production".into(), ts.clone()))
+        );
+        assert_eq!(
+            parse_backup_name("dhash_prod_x_20261123T093000123Z.zip"),
+            Some(("prod_x".into(), "20261123T093000123Z".into()))
+        );
+        assert_eq!(parse_backup_name("dhash_production_2026.zip"), None);
+        assert_eq!(
+            parse_backup_name("dhash-production-20261123T093000123Z.zip"),
+            None
+        );
+        let p = ".dhash_prod_20261123T093000123Z.zip.4242.partial";
+        assert_eq!(parse_partial_name(p, "prod"), Some(4242));
+        assert_eq!(
+            parse_partial_name(".dhash_prod_x_20261123T093000123Z.zip.1.partial", "prod"),
+            None
+        );
+        assert_eq!(
+            parse_partial_name(
+                ".dhash_prod_20261123T093000123Z.zip.sha256.7.partial",
+                "prod"
+            ),
+            Some(7)
+        );
+    }
+}

@@ -1,0 +1,507 @@
+//! Verifying and extracting backups. Nothing is trusted: the sidecar hash, the
+//! zip's CRCs, every manifest hash, and every entry name (no absolute paths,
+//! no `..`, no links, no duplicates, only `data/`, `release/`, `config/` and
+//! `manifest.json`) are checked.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::io::{self, BufReader, Read, Write};
+use std::path::{Component, Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context};
+use sha2::{Digest, Sha256};
+
+use crate::{Manifest, FORMAT, MANIFEST};
+
+const BUF: usize = 256 * 1024;
+/// The most a manifest may take (bounded memory on crafted input).
+const MANIFEST_LIMIT: u64 = 256 * 1024 * 1024;
+
+/// SHA-256 of a file, streamed.
+pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
+    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; BUF];
+    loop {
+        let n = match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+fn sidecar_path(zip: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.sha256", zip.display()))
+}
+
+/// Reads `<zip>.sha256` (GNU format `<hex>  <name>` or `<hex> *<name>`):
+/// returns the hex digest and the name it gives.
+pub fn read_sidecar(zip: &Path) -> anyhow::Result<(String, String)> {
+    let path = sidecar_path(zip);
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            bail!(
+                "no sidecar {}: a zip without its sidecar is not a backup",
+                path.display()
+            )
+        }
+        Err(e) => return Err(anyhow!("reading the sidecar {}: {e}", path.display())),
+    };
+    let line = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim_end();
+    let (hex, rest) = line.split_at(line.find(' ').unwrap_or(line.len()));
+    let name = rest
+        .strip_prefix("  ")
+        .or_else(|| rest.strip_prefix(" *"))
+        .unwrap_or("");
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) || name.is_empty() {
+        bail!(
+            "the sidecar {} is not in sha256sum format (\"<64 hex>  <file>\"): {line:?}",
+            path.display()
+        );
+    }
+    Ok((hex.to_ascii_lowercase(), name.to_string()))
+}
+
+/// Checks the sidecar against the zip: it must name this zip and its hash
+/// must match the file's. Returns the hash.
+pub fn verify_sidecar(zip: &Path) -> anyhow::Result<String> {
+    let (expected, named) = read_sidecar(zip)?;
+    let zip_name = zip.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let named_file = Path::new(&named)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    if named_file != zip_name {
+        bail!(
+            "the sidecar of {} names another file ({named})",
+            zip.display()
+        );
+    }
+    let actual = sha256_file(zip)?;
+    if actual != expected {
+        bail!(
+            "checksum mismatch for {}: the sidecar says {expected}, the file hashes to {actual} (corrupt or altered)",
+            zip.display()
+        );
+    }
+    Ok(actual)
+}
+
+/// Whether a zip entry name is acceptable in a backup. `Err` says why not.
+pub fn check_entry_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("empty entry name".into());
+    }
+    if name.contains('\0') {
+        return Err(format!("entry name {name:?} contains a NUL byte"));
+    }
+    if name.contains('\\') {
+        return Err(format!("entry name {name:?} contains a backslash"));
+    }
+    if name.starts_with('/') {
+        return Err(format!("entry {name:?} has an absolute path"));
+    }
+    if name.len() >= 2 && name.as_bytes()[1] == b':' {
+        return Err(format!("entry {name:?} has a drive-letter path"));
+    }
+    let is_dir = name.ends_with('/');
+    let trimmed = name.strip_suffix('/').unwrap_or(name);
+    let comps: Vec<&str> = trimmed.split('/').collect();
+    for c in &comps {
+        match *c {
+            "" => return Err(format!("entry {name:?} has an empty path component")),
+            ".." => return Err(format!("entry {name:?} climbs out of the target with `..`")),
+            "." => return Err(format!("entry {name:?} has a `.` component")),
+            _ => {}
+        }
+    }
+    if trimmed == MANIFEST && !is_dir {
+        return Ok(());
+    }
+    let ok = match comps[0] {
+        "data" | "config" => comps.len() >= 2 || is_dir,
+        "release" => comps.len() >= 3 || is_dir,
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "entry {name:?} is not under data/, release/<id>/ or config/, nor manifest.json"
+        ))
+    }
+}
+
+/// Whether a link at `entry` pointing to `target` stays inside the extraction root.
+fn link_stays_inside(entry: &str, target: &str) -> bool {
+    if target.starts_with('/') || target.contains('\\') || target.contains('\0') {
+        return false;
+    }
+    let mut depth: i64 = entry.trim_end_matches('/').split('/').count() as i64 - 1;
+    for c in Path::new(target).components() {
+        match c {
+            Component::Normal(_) => depth += 1,
+            Component::ParentDir => {
+                depth -= 1;
+                if depth < 0 {
+                    return false;
+                }
+            }
+            Component::CurDir => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// Reads the manifest of a backup without verifying anything (a quick look,
+/// e.g. at its environment before a full verification).
+pub fn read_manifest(path: &Path) -> anyhow::Result<Manifest> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut zip = zip::ZipArchive::new(BufReader::new(file))
+        .with_context(|| format!("{} is not a readable zip", path.display()))?;
+    let entry = zip
+        .by_name(MANIFEST)
+        .map_err(|_| anyhow!("{} has no {MANIFEST}", path.display()))?;
+    let mut text = Vec::new();
+    entry
+        .take(MANIFEST_LIMIT)
+        .read_to_end(&mut text)
+        .context("reading the manifest")?;
+    serde_json::from_slice(&text)
+        .with_context(|| format!("the manifest of {} is not valid", path.display()))
+}
+
+/// Options of [`extract`].
+#[derive(Debug, Clone, Default)]
+pub struct ExtractOptions {
+    /// Emergency: do not check the sidecar nor compare manifest hashes
+    /// (entry names are still checked; the zip's CRCs still are, by the reader).
+    pub skip_validation: bool,
+}
+
+/// The result of [`extract`].
+#[derive(Debug, Clone)]
+pub struct Extracted {
+    pub manifest: Manifest,
+    /// The zip's SHA-256 (None with `skip_validation`).
+    pub sha256: Option<String>,
+    pub files: usize,
+    pub bytes: u64,
+}
+
+/// Verifies a backup: sidecar, zip structure and CRCs, every manifest hash,
+/// safe names. Reads the whole file twice (the sidecar hash runs in parallel).
+pub fn verify(path: &Path) -> anyhow::Result<Manifest> {
+    let (sidecar, scanned) = std::thread::scope(|s| {
+        let h = s.spawn(|| verify_sidecar(path));
+        let scanned = scan(path, None, false);
+        let sidecar = h
+            .join()
+            .unwrap_or_else(|_| Err(anyhow!("the hashing thread panicked")));
+        (sidecar, scanned)
+    });
+    combine(path, sidecar, scanned).map(|(m, _, _, _)| m)
+}
+
+fn combine(
+    path: &Path,
+    sidecar: anyhow::Result<String>,
+    scanned: anyhow::Result<(Manifest, usize, u64)>,
+) -> anyhow::Result<(Manifest, Option<String>, usize, u64)> {
+    match (sidecar, scanned) {
+        (Ok(sha), Ok((m, files, bytes))) => Ok((m, Some(sha), files, bytes)),
+        (Err(e), Ok(_)) => Err(e),
+        (Ok(_), Err(e)) => Err(e.context(format!("{} is not a valid backup", path.display()))),
+        (Err(e), Err(e2)) => Err(e.context(format!("also: {e2:#}"))),
+    }
+}
+
+/// Extracts a backup into the empty (or absent) folder `dest`, verifying as it
+/// goes: on any error `dest` may hold a partial extraction the caller removes.
+/// Entry names are all checked before the first byte is written.
+pub fn extract(path: &Path, dest: &Path, opts: &ExtractOptions) -> anyhow::Result<Extracted> {
+    fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
+    if opts.skip_validation {
+        let (manifest, files, bytes) = scan(path, Some(dest), true)?;
+        return Ok(Extracted {
+            manifest,
+            sha256: None,
+            files,
+            bytes,
+        });
+    }
+    let (sidecar, scanned) = std::thread::scope(|s| {
+        let h = s.spawn(|| verify_sidecar(path));
+        let scanned = scan(path, Some(dest), false);
+        let sidecar = h
+            .join()
+            .unwrap_or_else(|_| Err(anyhow!("the hashing thread panicked")));
+        (sidecar, scanned)
+    });
+    let (manifest, sha256, files, bytes) = combine(path, sidecar, scanned)?;
+    Ok(Extracted {
+        manifest,
+        sha256,
+        files,
+        bytes,
+    })
+}
+
+struct EntryMeta {
+    index: usize,
+    name: String,
+    is_dir: bool,
+    mode: Option<u32>,
+}
+
+/// Reads the zip: checks names and structure, reads the manifest, then streams
+/// every file (to `dest` when given) comparing its hash with the manifest.
+fn scan(
+    path: &Path,
+    dest: Option<&Path>,
+    skip_hashes: bool,
+) -> anyhow::Result<(Manifest, usize, u64)> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut zip = zip::ZipArchive::new(BufReader::with_capacity(BUF, file))
+        .with_context(|| format!("{} is not a readable zip", path.display()))?;
+    if zip.has_duplicate_names() {
+        bail!("the zip has duplicate entry names");
+    }
+
+    // 1. Names and kinds, before anything is written.
+    let mut metas = Vec::with_capacity(zip.len());
+    let mut seen = BTreeSet::new();
+    for i in 0..zip.len() {
+        let entry = zip
+            .by_index_raw(i)
+            .with_context(|| format!("reading entry #{i}"))?;
+        let name = std::str::from_utf8(entry.name_raw())
+            .map_err(|_| anyhow!("entry #{i} has a name that is not UTF-8"))?
+            .to_string();
+        check_entry_name(&name).map_err(|e| anyhow!("unsafe entry: {e}"))?;
+        let key = name.trim_end_matches('/').to_string();
+        if !seen.insert(key) {
+            bail!("the zip has duplicate entry names ({name:?})");
+        }
+        let is_symlink = entry.is_symlink();
+        let is_dir = entry.is_dir();
+        let mode = entry.unix_mode();
+        drop(entry);
+        if is_symlink {
+            let mut target = String::new();
+            zip.by_index(i)?.take(4096).read_to_string(&mut target).ok();
+            if link_stays_inside(&name, &target) {
+                bail!("unsafe entry: {name:?} is a symbolic link (to {target:?}); backups hold regular files only");
+            }
+            bail!(
+                "unsafe entry: {name:?} is a symbolic link to {target:?}, which leaves the target"
+            );
+        }
+        metas.push(EntryMeta {
+            index: i,
+            name,
+            is_dir,
+            mode,
+        });
+    }
+
+    // 2. The manifest.
+    let manifest: Manifest = {
+        let entry = zip
+            .by_name(MANIFEST)
+            .map_err(|_| anyhow!("the zip has no {MANIFEST}"))?;
+        if entry.size() > MANIFEST_LIMIT {
+            bail!("{MANIFEST} is implausibly large ({} bytes)", entry.size());
+        }
+        let mut text = Vec::new();
+        entry
+            .take(MANIFEST_LIMIT)
+            .read_to_end(&mut text)
+            .context("reading the manifest")?;
+        serde_json::from_slice(&text).context("the manifest is not valid")?
+    };
+    if manifest.format > FORMAT {
+        bail!(
+            "the manifest has format {}, newer than this tool reads ({FORMAT}); use a newer backup_dhash",
+            manifest.format
+        );
+    }
+
+    // 3. Zip entries and manifest agree exactly.
+    let mut expected: BTreeMap<&str, &crate::FileEntry> = BTreeMap::new();
+    for f in &manifest.files {
+        check_entry_name(&f.path).map_err(|e| anyhow!("manifest: {e}"))?;
+        if f.path == MANIFEST
+            || f.path.ends_with('/')
+            || expected.insert(f.path.as_str(), f).is_some()
+        {
+            bail!("the manifest lists {:?} twice or as a non-file", f.path);
+        }
+        if let Some(rest) = f.path.strip_prefix("release/") {
+            let id = rest.split('/').next().unwrap_or_default();
+            if manifest.release.as_deref() != Some(id) {
+                bail!(
+                    "manifest entry {:?} is not under the backup's release {:?}",
+                    f.path,
+                    manifest.release
+                );
+            }
+        }
+    }
+    let files: Vec<&EntryMeta> = metas
+        .iter()
+        .filter(|m| !m.is_dir && m.name != MANIFEST)
+        .collect();
+    for m in &files {
+        if !expected.contains_key(m.name.as_str()) {
+            bail!(
+                "the zip holds {:?}, which the manifest does not list",
+                m.name
+            );
+        }
+    }
+    if files.len() != expected.len() {
+        let present: BTreeSet<&str> = files.iter().map(|m| m.name.as_str()).collect();
+        let missing: Vec<&&str> = expected.keys().filter(|k| !present.contains(**k)).collect();
+        bail!("the manifest lists files missing from the zip: {missing:?}");
+    }
+    if let Some(db) = &manifest.database {
+        if !expected.contains_key(db.as_str()) || !db.starts_with("data/") {
+            bail!("the manifest's database {db:?} is not a data/ file of the backup");
+        }
+    }
+
+    // 4. Stream every file: the reader checks the CRC at the end of each entry.
+    let mut buf = vec![0u8; BUF];
+    let mut total = 0u64;
+    let mut dirs = BTreeSet::new();
+    for m in &files {
+        let want = expected[m.name.as_str()];
+        let mut entry = zip
+            .by_index(m.index)
+            .with_context(|| format!("reading {}", m.name))?;
+        let mut out: Option<File> = match dest {
+            Some(d) => {
+                let target = d.join(&m.name);
+                if let Some(parent) = target.parent() {
+                    fs::create_dir_all(parent)
+                        .with_context(|| format!("creating {}", parent.display()))?;
+                    dirs.insert(parent.to_path_buf());
+                }
+                Some(
+                    fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&target)
+                        .with_context(|| format!("creating {}", target.display()))?,
+                )
+            }
+            None => None,
+        };
+        let mut hasher = Sha256::new();
+        let mut bytes = 0u64;
+        loop {
+            let n = match entry.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(anyhow!("{}: {e} (the zip is corrupt)", m.name)),
+            };
+            if !skip_hashes {
+                hasher.update(&buf[..n]);
+            }
+            if let Some(o) = out.as_mut() {
+                o.write_all(&buf[..n])
+                    .with_context(|| format!("writing {}", m.name))?;
+            }
+            bytes += n as u64;
+        }
+        if !skip_hashes {
+            let got = hex::encode(hasher.finalize());
+            if got != want.sha256 || bytes != want.bytes {
+                bail!(
+                    "{}: content does not match the manifest (manifest: {} bytes, sha256 {}; zip: {bytes} bytes, sha256 {got})",
+                    m.name,
+                    want.bytes,
+                    want.sha256
+                );
+            }
+        }
+        if let Some(o) = out.take() {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = want.mode.or(m.mode).unwrap_or(0o644) & 0o777;
+                o.set_permissions(fs::Permissions::from_mode(mode))
+                    .with_context(|| format!("setting the mode of {}", m.name))?;
+            }
+            o.sync_all()
+                .with_context(|| format!("syncing {}", m.name))?;
+        }
+        total += bytes;
+    }
+    if let Some(d) = dest {
+        for sub in ["data", "release", "config"] {
+            fs::create_dir_all(d.join(sub))
+                .with_context(|| format!("creating {}", d.join(sub).display()))?;
+            dirs.insert(d.join(sub));
+        }
+        dirs.insert(d.to_path_buf());
+        for dir in &dirs {
+            gates_core::fsutil::fsync_dir(dir)
+                .with_context(|| format!("syncing {}", dir.display()))?;
+        }
+    }
+    Ok((manifest, files.len(), total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_names() {
+        for ok in [
+            "manifest.json",
+            "data/dhash.sqlite3",
+            "release/v1-abc/bin/x",
+            "config/a.json",
+            "data/",
+            "data/sub/",
+        ] {
+            assert!(check_entry_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "../x",
+            "/abs",
+            "data/../../x",
+            "data/./x",
+            "data//x",
+            "x.txt",
+            "release/only",
+            "C:/x",
+            "data\\x",
+            "",
+            "manifest.json/",
+        ] {
+            assert!(check_entry_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn links() {
+        assert!(link_stays_inside("data/a/link", "../b"));
+        assert!(!link_stays_inside("data/link", "../../etc/passwd"));
+        assert!(!link_stays_inside("data/link", "/etc/passwd"));
+    }
+}

@@ -1,0 +1,712 @@
+//! backup_dhash against real environments: the real binary, the real
+//! service, real SQLite, the system's `sha256sum -c` and `unzip -t`.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::fs;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use testkit::TestProject;
+
+/// Writes a crafted zip at the given path.
+type Maker = Box<dyn Fn(&Path)>;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_backup_dhash"))
+}
+
+fn backup_cmd(tp: &TestProject) -> Command {
+    tp.cmd_path(bin())
+}
+
+fn backups(tp: &TestProject) -> PathBuf {
+    tp.root().join("backups")
+}
+
+#[test]
+fn invalid_arguments_exit_2_and_help_lists_exit_codes() {
+    let tp = TestProject::new();
+    for args in [
+        vec!["--bogus"],
+        vec![],
+        vec!["--env", "nosuch"],
+        vec!["--env", "staging", "--keep", "0"],
+        vec!["--env", "staging", "--list", "--dry-run"],
+    ] {
+        let out = run(backup_cmd(&tp).args(&args));
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", show(&out));
+        assert!(
+            out.stdout.is_empty() || !events(&out).is_empty(),
+            "stdout is JSON lines only"
+        );
+    }
+    let out = run(backup_cmd(&tp).arg("--help"));
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for want in [
+        "--dry-run",
+        "--verify",
+        "--list",
+        "--keep",
+        "Exit codes",
+        "75",
+    ] {
+        assert!(help.contains(want), "help lacks {want}: {help}");
+    }
+}
+
+#[test]
+fn backup_of_running_env_is_consistent_and_passes_the_seed_checks() {
+    let (tp, id) = project_with_release(true);
+    let env = tp.env("staging");
+    let bundle = slim_bundle("v1", &[]);
+    for i in 0..4 {
+        post_image(&tp, "staging", &golden_png(&bundle, i));
+    }
+    let rows_live = db_rows(&env.database);
+    assert!(rows_live["hashes"].len() >= 4);
+
+    let out = run(backup_cmd(&tp).args(["--env", "staging"]));
+    assert!(out.status.success(), "{}", show(&out));
+    let evs = events(&out);
+    let names: Vec<&str> = evs.iter().filter_map(|e| e["event"].as_str()).collect();
+    assert_eq!(
+        names,
+        ["backup.started", "backup.created", "backup.verified"],
+        "{}",
+        show(&out)
+    );
+    let v = event(&evs, "backup.verified").unwrap();
+    let zip = PathBuf::from(v["path"].as_str().unwrap());
+    assert!(zip.is_absolute() && zip.is_file());
+    assert_eq!(zip.parent().unwrap(), backups(&tp));
+    let sha = v["sha256"].as_str().unwrap();
+    assert_eq!(sha.len(), 64);
+    assert_eq!(
+        v["bytes"].as_u64().unwrap(),
+        fs::metadata(&zip).unwrap().len()
+    );
+    assert_eq!(v["release"], id.as_str());
+    assert!(v["files"].as_u64().unwrap() >= 6);
+    for e in &evs {
+        for k in ["ts", "tool", "env", "event", "level", "msg"] {
+            assert!(e.get(k).is_some(), "envelope lacks {k}: {e}");
+        }
+    }
+    let name = zip.file_name().unwrap().to_string_lossy().to_string();
+    assert!(
+        dhash_backup::parse_backup_name(&name).is_some_and(|(e, _)| e == "staging"),
+        "{name}"
+    );
+    let sidecar = fs::read_to_string(format!("{}.sha256", zip.display())).unwrap();
+    assert_eq!(sidecar, format!("{sha}  backups/{name}\n"));
+
+    // The seeds' commands, as written, from the project root.
+    let (ok, text) = seed_verify_latest(tp.root());
+    assert!(ok, "sha256sum -c failed: {text}");
+    assert!(text.contains(": OK"), "{text}");
+    let unzip = Command::new("unzip")
+        .arg("-t")
+        .arg(&zip)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        unzip.status.success(),
+        "unzip -t: {}",
+        String::from_utf8_lossy(&unzip.stdout)
+    );
+
+    // The manifest and the layout.
+    let m = dhash_backup::verify(&zip).expect("verifies");
+    assert_eq!(m.env, "staging");
+    assert_eq!(m.release.as_deref(), Some(id.as_str()));
+    assert_eq!(
+        m.schema_version,
+        Some(2),
+        "the bundle's two migrations are applied"
+    );
+    assert_eq!(m.database.as_deref(), Some("data/dhash.sqlite3"));
+    assert!(!m.tool_version.is_empty() && !m.created_at.is_empty());
+    let paths: Vec<&str> = m.files.iter().map(|f| f.path.as_str()).collect();
+    for want in [
+        "data/dhash.sqlite3".to_string(),
+        format!("release/{id}/release.json"),
+        format!("release/{id}/bin/dhash-service"),
+        "config/environments.json".to_string(),
+        "config/quality-gates-config.json".to_string(),
+    ] {
+        assert!(
+            paths.contains(&want.as_str()),
+            "missing {want} in {paths:?}"
+        );
+    }
+    assert!(
+        !paths
+            .iter()
+            .any(|p| p.ends_with("-wal") || p.ends_with("-shm")),
+        "{paths:?}"
+    );
+
+    // Row-level: the snapshot in the zip equals the live DB at backup time;
+    // release files are byte-identical.
+    let x = tempfile::tempdir().unwrap();
+    let dest = x.path().join("x");
+    dhash_backup::extract(&zip, &dest, &Default::default()).expect("extract");
+    assert_eq!(db_rows(&dest.join("data/dhash.sqlite3")), rows_live);
+    assert_eq!(
+        tree_hashes(&dest.join("release").join(&id)),
+        tree_hashes(&env.current_link())
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(dest.join("release").join(&id).join("bin/dhash-service"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o111, 0o111, "executable bit kept");
+
+    // Ledger and no leftovers.
+    let recs = env.ledger().records("backup").unwrap();
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0]["path"], zip.to_string_lossy().as_ref());
+    assert!(!names_in(&backups(&tp))
+        .iter()
+        .any(|n| n.ends_with(".partial")));
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    names(dir).into_iter().collect()
+}
+
+#[test]
+fn dry_run_reports_counts_and_writes_nothing() {
+    let (tp, id) = project_with_release(false);
+    let env = tp.env("staging");
+    let out = run(backup_cmd(&tp).args(["--env", "staging", "--dry-run"]));
+    assert!(out.status.success(), "{}", show(&out));
+    let evs = events(&out);
+    assert_eq!(evs.len(), 1, "{}", show(&out));
+    let v = &evs[0];
+    assert_eq!(v["event"], "backup.planned");
+    assert!(v["files"].as_u64().unwrap() >= 5);
+    assert!(v["bytes"].as_u64().unwrap() > 0);
+    assert_eq!(v["release"], id.as_str());
+    assert!(!backups(&tp).exists(), "a dry run creates no backup folder");
+    assert!(
+        !env.lock_path().exists(),
+        "a dry run does not even take the lock"
+    );
+}
+
+#[test]
+fn list_and_verify_report_each_backup_and_refuse_corrupt_ones() {
+    let (tp, _) = project_with_release(false);
+    let env = tp.env("staging");
+    let a = make_backup(&tp, "staging");
+    let b = make_backup(&tp, "staging");
+    let c = make_backup(&tp, "staging");
+    flip_bit(&b, None);
+    fs::remove_file(format!("{}.sha256", a.display())).unwrap();
+
+    let out = run(backup_cmd(&tp).args(["--env", "staging", "--list"]));
+    assert!(out.status.success(), "{}", show(&out));
+    let evs = events(&out);
+    let listed: Vec<(String, bool)> = evs
+        .iter()
+        .filter(|e| e["event"] == "backup.listed")
+        .map(|e| {
+            (
+                e["path"].as_str().unwrap().to_string(),
+                e["verified"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, bool)> = vec![
+        (c.to_string_lossy().into(), true),
+        (b.to_string_lossy().into(), false),
+        (a.to_string_lossy().into(), false),
+    ];
+    assert_eq!(listed, want);
+    assert!(
+        evs[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("checksum mismatch"),
+        "{}",
+        evs[1]
+    );
+    assert!(
+        evs[2]["error"].as_str().unwrap().contains("sidecar"),
+        "{}",
+        evs[2]
+    );
+
+    let ok = run(backup_cmd(&tp).arg("--verify").arg(&c));
+    assert!(ok.status.success(), "{}", show(&ok));
+    assert_eq!(events(&ok)[0]["event"], "backup.verified");
+    assert_eq!(events(&ok)[0]["env"], "staging");
+    let bad = run(backup_cmd(&tp).arg("--verify").arg(&b));
+    assert_eq!(bad.status.code(), Some(1), "{}", show(&bad));
+    assert_eq!(events(&bad)[0]["event"], "backup.rejected");
+    let wrong_env = run(backup_cmd(&tp)
+        .args(["--env", "production", "--verify"])
+        .arg(&c));
+    assert_eq!(wrong_env.status.code(), Some(1), "{}", show(&wrong_env));
+
+    // newest_verified: the newest that verifies; none left → an error naming the skipped ones.
+    let em = gates_core::Emitter::sink("t", "staging");
+    assert_eq!(dhash_backup::newest_verified(&env, &em).unwrap(), c);
+    flip_bit(&c, Some(100));
+    let err = format!(
+        "{:#}",
+        dhash_backup::newest_verified(&env, &em).unwrap_err()
+    );
+    for p in [&a, &b, &c] {
+        assert!(
+            err.contains(&p.file_name().unwrap().to_string_lossy().to_string()),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn verification_catches_tampering_and_crafted_zips() {
+    let (tp, _) = project_with_release(false);
+    let root = tp.root().to_path_buf();
+    let good = make_backup(&tp, "staging");
+    let dir = backups(&tp);
+    let copy = |name: &str| -> PathBuf {
+        let p = dir.join(name);
+        fs::copy(&good, &p).unwrap();
+        fs::copy(
+            format!("{}.sha256", good.display()),
+            format!("{}.sha256", p.display()),
+        )
+        .unwrap();
+        write_sidecar(&root, &p);
+        p
+    };
+    let err = |p: &Path| {
+        format!(
+            "{:#}",
+            dhash_backup::verify(p).expect_err("must not verify")
+        )
+    };
+
+    // Bit flip, sidecar untouched.
+    let p = copy("dhash_staging_20000101T000000001Z.zip");
+    flip_bit(&p, None);
+    assert!(err(&p).contains("checksum mismatch"), "{}", err(&p));
+
+    // Edited sidecar (another hash) and a sidecar naming another file.
+    let p = copy("dhash_staging_20000101T000000002Z.zip");
+    fs::write(
+        format!("{}.sha256", p.display()),
+        format!(
+            "{}  backups/{}\n",
+            "0".repeat(64),
+            p.file_name().unwrap().to_string_lossy()
+        ),
+    )
+    .unwrap();
+    assert!(err(&p).contains("checksum mismatch"), "{}", err(&p));
+    let p = copy("dhash_staging_20000101T000000003Z.zip");
+    let text = fs::read_to_string(format!("{}.sha256", p.display())).unwrap();
+    fs::write(
+        format!("{}.sha256", p.display()),
+        text.replace("000000003Z", "000000009Z"),
+    )
+    .unwrap();
+    assert!(err(&p).contains("names another file"), "{}", err(&p));
+
+    // Bit flip inside the data with a matching sidecar: the zip's CRC or the manifest catches it.
+    let p = copy("dhash_staging_20000101T000000004Z.zip");
+    flip_bit(&p, Some(200));
+    write_sidecar(&root, &p);
+    let e = err(&p);
+    assert!(!e.contains("checksum mismatch for"), "{e}");
+
+    // Manifest mismatch: same files, one manifest hash altered, sidecar consistent.
+    let p = dir.join("dhash_staging_20000101T000000005Z.zip");
+    rewrite_manifest(&good, &p, |m| {
+        let f = m["files"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .find(|f| f["path"] == "config/environments.json")
+            .unwrap();
+        f["sha256"] = "ab".repeat(32).into();
+    });
+    write_sidecar(&root, &p);
+    let e = err(&p);
+    assert!(
+        e.contains("config/environments.json") && e.contains("does not match the manifest"),
+        "{e}"
+    );
+
+    // A manifest listing a file the zip lacks.
+    let p = dir.join("dhash_staging_20000101T000000006Z.zip");
+    rewrite_manifest(&good, &p, |m| {
+        m["files"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"path": "data/ghost", "bytes": 1, "sha256": "00"}));
+    });
+    write_sidecar(&root, &p);
+    assert!(err(&p).contains("missing from the zip"), "{}", err(&p));
+
+    // No sidecar at all.
+    let p = dir.join("dhash_staging_20000101T000000007Z.zip");
+    fs::copy(&good, &p).unwrap();
+    assert!(err(&p).contains("no sidecar"), "{}", err(&p));
+
+    // Crafted zips (valid sidecars): traversal, absolute, escaping link, duplicates, foreign top folder.
+    let cases: Vec<(&str, Maker, &str)> = vec![
+        (
+            "08",
+            Box::new(|p: &Path| {
+                craft_zip(
+                    p,
+                    "staging",
+                    &[("data/ok", b"x", false), ("../x", b"evil", false)],
+                )
+            }),
+            "`..`",
+        ),
+        (
+            "09",
+            Box::new(|p: &Path| craft_zip(p, "staging", &[("/abs", b"evil", false)])),
+            "absolute",
+        ),
+        (
+            "10",
+            Box::new(|p: &Path| {
+                craft_zip(p, "staging", &[("data/link", b"../../../etc/passwd", true)])
+            }),
+            "leaves the target",
+        ),
+        (
+            "11",
+            Box::new(|p: &Path| craft_duplicate_zip(p, "staging")),
+            "duplicate",
+        ),
+        (
+            "12",
+            Box::new(|p: &Path| craft_zip(p, "staging", &[("other/x", b"x", false)])),
+            "not under",
+        ),
+        (
+            "13",
+            Box::new(|p: &Path| craft_zip(p, "staging", &[("data/a/../../../x", b"x", false)])),
+            "`..`",
+        ),
+    ];
+    for (n, make, want) in cases {
+        let p = dir.join(format!("dhash_staging_20000101T0000000{n}Z.zip"));
+        make(&p);
+        write_sidecar(&root, &p);
+        let e = err(&p);
+        assert!(e.contains(want), "case {n}: {e}");
+        // Extraction refuses before writing anything, anywhere.
+        let x = tempfile::tempdir().unwrap();
+        let dest = x.path().join("a/b/stage");
+        assert!(dhash_backup::extract(&p, &dest, &Default::default()).is_err());
+        assert!(
+            !x.path().join("x").exists()
+                && !x.path().join("a/x").exists()
+                && !Path::new("/abs").exists()
+        );
+        let out = run(backup_cmd(&tp).arg("--verify").arg(&p));
+        assert_eq!(out.status.code(), Some(1), "case {n}: {}", show(&out));
+    }
+    // The good one still verifies.
+    dhash_backup::verify(&good).expect("good");
+}
+
+/// Copies a backup, altering its manifest.
+fn rewrite_manifest(from: &Path, to: &Path, mut edit: impl FnMut(&mut serde_json::Value)) {
+    use std::io::{Read, Write};
+    let mut src = zip::ZipArchive::new(fs::File::open(from).unwrap()).unwrap();
+    let mut dst = zip::ZipWriter::new(fs::File::create(to).unwrap());
+    for i in 0..src.len() {
+        let mut e = src.by_index(i).unwrap();
+        let name = e.name().unwrap().to_string();
+        let mut buf = Vec::new();
+        e.read_to_end(&mut buf).unwrap();
+        if name == "manifest.json" {
+            let mut m: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+            edit(&mut m);
+            buf = serde_json::to_vec(&m).unwrap();
+        }
+        dst.start_file(name, zip::write::SimpleFileOptions::default())
+            .unwrap();
+        dst.write_all(&buf).unwrap();
+    }
+    dst.finish().unwrap();
+}
+
+#[test]
+fn retention_keeps_the_newest_n_and_never_the_one_just_made() {
+    let (tp, _) = project_with_release(false);
+    let mut made = Vec::new();
+    for _ in 0..3 {
+        made.push(make_backup(&tp, "staging"));
+    }
+    // A production backup in the same folder is not counted nor touched.
+    let prod = tp
+        .root()
+        .join("backups/dhash_production_20000101T000000000Z.zip");
+    fs::write(&prod, b"not mine").unwrap();
+    let out = run(backup_cmd(&tp).args(["--env", "staging", "--keep", "2"]));
+    assert!(out.status.success(), "{}", show(&out));
+    let evs = events(&out);
+    let newest = PathBuf::from(
+        event(&evs, "backup.verified").unwrap()["path"]
+            .as_str()
+            .unwrap(),
+    );
+    let pruned: Vec<&str> = evs
+        .iter()
+        .filter(|e| e["event"] == "backup.pruned")
+        .filter_map(|e| e["path"].as_str())
+        .collect();
+    assert_eq!(pruned.len(), 2, "{}", show(&out));
+    let left = seed_glob(&backups(&tp));
+    assert_eq!(left, vec![prod.clone(), made[2].clone(), newest.clone()]);
+    for p in &made[..2] {
+        assert!(
+            !Path::new(&format!("{}.sha256", p.display())).exists(),
+            "sidecar of a pruned backup removed"
+        );
+    }
+    // --keep 1: only the one just made survives.
+    let out = run(backup_cmd(&tp).args(["--env", "staging", "--keep", "1"]));
+    assert!(out.status.success(), "{}", show(&out));
+    let newest2 = PathBuf::from(
+        event(&events(&out), "backup.verified").unwrap()["path"]
+            .as_str()
+            .unwrap(),
+    );
+    assert_eq!(seed_glob(&backups(&tp)), vec![prod, newest2]);
+}
+
+#[test]
+fn a_pending_rollback_is_not_backed_up() {
+    let (tp, _) = project_with_release(false);
+    let env = tp.env("staging");
+    fs::write(env.install_root.join("rollback.journal"), b"{}").unwrap();
+    let out = run(backup_cmd(&tp).args(["--env", "staging"]));
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("interrupted rollback"),
+        "{}",
+        show(&out)
+    );
+    assert!(seed_glob(&backups(&tp)).is_empty());
+}
+
+#[test]
+fn a_second_run_on_a_locked_environment_exits_75() {
+    let (tp, _) = project_with_release(false);
+    let env = tp.env("staging");
+    let lock =
+        gates_core::lock::EnvLock::acquire(&env.lock_path(), "staging", "deploy_dhash").unwrap();
+    let out = run(backup_cmd(&tp).args(["--env", "staging"]));
+    assert_eq!(out.status.code(), Some(75), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("deploy_dhash"),
+        "names the holder: {}",
+        show(&out)
+    );
+    assert!(seed_glob(&backups(&tp)).is_empty());
+    drop(lock);
+    make_backup(&tp, "staging");
+}
+
+#[test]
+fn write_errors_fail_without_leaving_a_backup() {
+    let (tp, _) = project_with_release(false);
+    let env = tp.env("staging");
+
+    // The backup folder cannot be created (a file is in the way).
+    fs::write(tp.root().join("blocker"), b"a file").unwrap();
+    tp.edit_topology(|t| t["environments"]["staging"]["backup_dir"] = "blocker/backups".into());
+    let out = run(backup_cmd(&tp).args(["--env", "staging"]));
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("blocker"),
+        "{}",
+        show(&out)
+    );
+    tp.edit_topology(|t| t["environments"]["staging"]["backup_dir"] = "backups".into());
+
+    // The disk "fills up" mid-write: a file-size limit (EFBIG) hits while the
+    // zip is written (4 MiB of random data cannot fit in 1 MiB).
+    let mut noise = vec![0u8; 4 << 20];
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    for b in noise.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = (x >> 32) as u8;
+    }
+    fs::write(env.data_dir.join("noise.bin"), &noise).unwrap();
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(r#"trap "" XFSZ; ulimit -f 1024; exec "$0" --env staging"#)
+        .arg(bin())
+        .current_dir(tp.root())
+        .env("DHASH_ROOT", tp.root())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("too large") || err.contains("File too large") || err.contains("writing"),
+        "{err}"
+    );
+    assert!(
+        seed_glob(&backups(&tp)).is_empty(),
+        "no backup left: {:?}",
+        names(&backups(&tp))
+    );
+    assert!(
+        names(&backups(&tp)).is_empty(),
+        "no partial or sidecar left: {:?}",
+        names(&backups(&tp))
+    );
+    // Without the limit it works.
+    make_backup(&tp, "staging");
+}
+
+/// Every file matching `dhash_*.zip` has its sidecar and verifies.
+fn assert_only_good_backups(dir: &Path) {
+    for z in seed_glob(dir) {
+        if z.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("dhash_production")
+        {
+            continue;
+        }
+        dhash_backup::verify(&z)
+            .unwrap_or_else(|e| panic!("{} passes as a backup but: {e:#}", z.display()));
+    }
+}
+
+#[test]
+fn kill_9_during_backup_never_leaves_a_false_backup() {
+    let (tp, _) = project_with_release(false);
+    let env = tp.env("staging");
+    let dir = backups(&tp);
+    // Each run first removes what the previous crash left.
+    for (point, left) in [
+        ("backup-renamed", None),
+        ("backup-snapshot", Some(".sqlite3.")),
+        ("backup-zip-written", Some(".zip.")),
+        ("backup-sidecar-written", Some(".zip.")),
+    ] {
+        let out = run(backup_cmd(&tp)
+            .args(["--env", "staging"])
+            .env("DHASH_TEST_CRASH_AT", point));
+        assert_eq!(out.status.signal(), Some(9), "{point}: {}", show(&out));
+        assert_only_good_backups(&dir);
+        if let Some(frag) = left {
+            let leftovers = names(&dir);
+            assert!(
+                leftovers
+                    .iter()
+                    .any(|n| n.starts_with(".dhash_staging_") && n.contains(frag)),
+                "{point} left {leftovers:?}"
+            );
+        }
+    }
+    // The last crash left a sidecar whose zip never appeared (an orphan) and the partial zip.
+    let orphan = names(&dir)
+        .into_iter()
+        .filter(|n| n.ends_with(".zip.sha256"))
+        .find(|n| !dir.join(n.trim_end_matches(".sha256")).exists());
+    assert!(orphan.is_some(), "{:?}", names(&dir));
+    // Another environment's partial is not this run's business.
+    let foreign = dir.join(".dhash_production_20000101T000000000Z.zip.1.partial");
+    fs::write(&foreign, b"x").unwrap();
+
+    // A real kill -9 in the middle of writing a larger backup.
+    let mut noise = vec![0u8; 48 << 20];
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for b in noise.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = (x >> 32) as u8;
+    }
+    fs::write(env.data_dir.join("big.bin"), &noise).unwrap();
+    drop(noise);
+    let mut child = backup_cmd(&tp)
+        .args(["--env", "staging"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let partial_zip = loop {
+        let found = names(&dir)
+            .into_iter()
+            .find(|n| n.ends_with(".partial") && n.contains(&format!(".zip.{}.", child.id())));
+        if let Some(f) = found {
+            if fs::metadata(dir.join(&f)).map(|m| m.len()).unwrap_or(0) > 1 << 20 {
+                break f;
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no partial zip appeared"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(9));
+    assert!(dir.join(&partial_zip).exists());
+    assert_only_good_backups(&dir);
+
+    // The next run cleans up this environment's leftovers and succeeds.
+    fs::remove_file(env.data_dir.join("big.bin")).unwrap();
+    let out = run(backup_cmd(&tp).args(["--env", "staging"]));
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        events(&out)
+            .iter()
+            .any(|e| e["event"] == "backup.discarded"),
+        "{}",
+        show(&out)
+    );
+    let left = names(&dir);
+    let partials: Vec<&String> = left
+        .iter()
+        .filter(|n| n.ends_with(".partial") || n.contains("-journal"))
+        .collect();
+    assert_eq!(
+        partials,
+        vec![&".dhash_production_20000101T000000000Z.zip.1.partial".to_string()],
+        "{left:?}"
+    );
+    for n in &left {
+        if let Some(z) = n.strip_suffix(".sha256") {
+            assert!(left.contains(z), "orphan sidecar {n} removed: {left:?}");
+        }
+    }
+    assert_only_good_backups(&dir);
+    let (ok, text) = seed_verify_latest(tp.root());
+    assert!(ok, "{text}");
+}

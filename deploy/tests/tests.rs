@@ -1,0 +1,847 @@
+//! deploy_dhash end to end: the real binary, real bundles built by
+//! `dhash-service bundle`, the real service started on a free loopback port,
+//! real SQLite.
+//!
+//! Bundles are built by a stripped copy of the workspace's `dhash-service`
+//! (the same program without debug symbols: `bundle` ships the executable that
+//! runs it), so hashing a bundle costs ~15 MB, not ~90 MB, in debug builds.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use testkit::TestProject;
+
+const BIN: &str = env!("CARGO_BIN_EXE_deploy_dhash");
+
+/// A stripped copy of dhash-service (falls back to the original without `strip`).
+fn service_bin() -> PathBuf {
+    static BIN_PATH: OnceLock<PathBuf> = OnceLock::new();
+    BIN_PATH
+        .get_or_init(|| {
+            let original = testkit::bin_path("dhash-service");
+            let dir = testkit::target_dir().join("deploy-tests");
+            fs::create_dir_all(&dir).expect("mkdir");
+            let out = dir.join("dhash-service");
+            let mtime = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
+            if out.is_file() && mtime(&out) >= mtime(&original) {
+                return out;
+            }
+            let tmp = dir.join(format!(".dhash-service.{}.partial", std::process::id()));
+            let ok = Command::new("strip")
+                .arg("-o")
+                .arg(&tmp)
+                .arg(&original)
+                .status()
+                .is_ok_and(|s| s.success())
+                && fs::rename(&tmp, &out).is_ok();
+            if ok {
+                out
+            } else {
+                original
+            }
+        })
+        .clone()
+}
+
+/// A test project whose services fail fast (short start and health timeouts).
+fn project() -> TestProject {
+    let tp = TestProject::new();
+    tp.edit_topology(|t| {
+        for env in ["staging", "production"] {
+            t["environments"][env]["service"]["start_timeout"] = json!("10s");
+            t["environments"][env]["service"]["stop_timeout"] = json!("3s");
+            t["environments"][env]["health"] =
+                json!({"checks_required": 3, "interval": 0.2, "timeout": "10s"});
+        }
+    });
+    tp
+}
+
+/// A migration (name, up, down) beyond the built-in ones.
+type Extra<'a> = (&'a str, &'a str, Option<&'a str>);
+
+const NOTE: Extra = (
+    "0003_add_note",
+    "ALTER TABLE hashes ADD COLUMN note TEXT;",
+    Some("ALTER TABLE hashes DROP COLUMN note;"),
+);
+const LABELS: Extra = (
+    "0004_create_labels",
+    "CREATE TABLE labels (id INTEGER PRIMARY KEY, hash_id INTEGER, label TEXT);",
+    Some("DROP TABLE labels;"),
+);
+
+/// Builds dist/dhash-<tag>/ with the built-in migrations plus `extra`.
+fn bundle(tp: &TestProject, tag: &str, faults: &[(&str, &str)], extra: &[Extra]) -> PathBuf {
+    let mdir = tp.root().join(format!("migrations-{tag}"));
+    fs::create_dir_all(&mdir).expect("mkdir");
+    let builtin = testkit::workspace_root().join("dhash-service/migrations");
+    for e in fs::read_dir(&builtin).expect("built-in migrations") {
+        let e = e.expect("entry");
+        fs::copy(e.path(), mdir.join(e.file_name())).expect("copy migration");
+    }
+    for (name, up, down) in extra {
+        fs::write(mdir.join(format!("{name}.up.sql")), up).expect("up");
+        if let Some(d) = down {
+            fs::write(mdir.join(format!("{name}.down.sql")), d).expect("down");
+        }
+    }
+    let mut cmd = tp.cmd_path(&service_bin());
+    cmd.args(["bundle", "--tag", tag, "--out"])
+        .arg(tp.root().join("dist"))
+        .arg("--migrations")
+        .arg(&mdir);
+    for (k, v) in faults {
+        cmd.arg("--fault").arg(format!("{k}={v}"));
+    }
+    let out = cmd.output().expect("dhash-service bundle");
+    assert!(
+        out.status.success(),
+        "bundle {tag}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tp.root().join("dist").join(format!("dhash-{tag}"))
+}
+
+fn release_id(bundle: &Path) -> String {
+    let v: Value = serde_json::from_str(
+        &fs::read_to_string(bundle.join("release.json")).expect("release.json"),
+    )
+    .expect("json");
+    v["id"].as_str().expect("id").to_string()
+}
+
+struct Run {
+    status: std::process::ExitStatus,
+    code: i32,
+    events: Vec<Value>,
+    stdout: String,
+    stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        let stdout = String::from_utf8_lossy(&o.stdout).to_string();
+        for l in stdout.lines() {
+            assert!(
+                serde_json::from_str::<Value>(l).is_ok_and(|v| v.is_object()),
+                "stdout line is not a JSON event: {l}"
+            );
+        }
+        Run {
+            status: o.status,
+            code: o.status.code().unwrap_or(-1),
+            events: testkit::events(&o.stdout),
+            stdout,
+            stderr: String::from_utf8_lossy(&o.stderr).to_string(),
+        }
+    }
+}
+
+impl Run {
+    fn of(&self, name: &str) -> Vec<&Value> {
+        self.events.iter().filter(|e| e["event"] == name).collect()
+    }
+    fn one(&self, name: &str) -> &Value {
+        let v = self.of(name);
+        assert_eq!(
+            v.len(),
+            1,
+            "expected one {name} event:\n{}\n{}",
+            self.stdout,
+            self.stderr
+        );
+        v[0]
+    }
+    fn expect(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.code, code,
+            "exit code\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+fn deploy_cmd(tp: &TestProject, args: &[&str]) -> Command {
+    let mut c = tp.cmd_path(Path::new(BIN));
+    c.args(["--env", "staging"]).args(args);
+    c
+}
+
+fn deploy_cmd_env(tp: &TestProject, env: &str, args: &[&str]) -> Run {
+    tp.cmd_path(Path::new(BIN))
+        .args(["--env", env])
+        .args(args)
+        .output()
+        .expect("run deploy_dhash")
+        .into()
+}
+
+fn deploy(tp: &TestProject, args: &[&str]) -> Run {
+    deploy_cmd(tp, args)
+        .output()
+        .expect("run deploy_dhash")
+        .into()
+}
+
+fn health(tp: &TestProject) -> Value {
+    let url = format!("{}/health", tp.base_url("staging"));
+    match gates_core::probe::get(&url, Duration::from_secs(2)) {
+        Ok(a) => a.json().unwrap_or(Value::Null),
+        Err(_) => Value::Null,
+    }
+}
+
+fn db_version(tp: &TestProject) -> Option<i64> {
+    dhash_migrate::current_version(&tp.env("staging").database).expect("schema version")
+}
+
+fn columns(tp: &TestProject, table: &str) -> Vec<String> {
+    let c = rusqlite::Connection::open(tp.env("staging").database).expect("db");
+    let mut s = c
+        .prepare(&format!("PRAGMA table_info({table})"))
+        .expect("pragma");
+    s.query_map([], |r| r.get::<_, String>(1))
+        .expect("query")
+        .map(|r| r.expect("row"))
+        .collect()
+}
+
+fn current_target(tp: &TestProject) -> Option<String> {
+    fs::read_link(tp.env("staging").current_link())
+        .ok()
+        .and_then(|t| t.file_name().map(|n| n.to_string_lossy().to_string()))
+}
+
+fn state(tp: &TestProject) -> Value {
+    let p = tp.env("staging").install_root.join("releases.json");
+    serde_json::from_str(&fs::read_to_string(p).expect("releases.json")).expect("json")
+}
+
+fn ledger(tp: &TestProject, kind: &str) -> Vec<Value> {
+    tp.env("staging").ledger().records(kind).expect("ledger")
+}
+
+/// Every file, folder and link under `dir` with its content hash / target.
+fn tree(dir: &Path) -> BTreeMap<String, String> {
+    fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries {
+            let e = e.expect("entry");
+            let p = e.path();
+            let rel = p.strip_prefix(base).expect("prefix").display().to_string();
+            let ft = e.file_type().expect("type");
+            if ft.is_symlink() {
+                out.insert(
+                    rel,
+                    format!("-> {}", fs::read_link(&p).expect("link").display()),
+                );
+            } else if ft.is_dir() {
+                out.insert(rel.clone(), "dir".into());
+                walk(base, &p, out);
+            } else {
+                let bytes = fs::read(&p).expect("read");
+                out.insert(rel, dhash_migrate::migration::sha256_hex(&bytes));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+#[test]
+fn deploy_v1_then_v2_with_a_schema_change() {
+    let tp = project();
+    let b1 = bundle(&tp, "v1", &[], &[]);
+    let v1 = release_id(&b1);
+
+    // First deploy on an empty environment.
+    let r = deploy(&tp, &["--tag", "v1"]);
+    r.expect(0);
+    let started = r.one("deploy.started");
+    assert_eq!(started["release"], v1.as_str());
+    assert!(started["from"].is_null());
+    r.one("deploy.installed");
+    r.one("deploy.switched");
+    let healthy = r.one("deploy.healthy");
+    assert_eq!(healthy["release"], v1.as_str());
+    assert!(healthy.get("backup").is_some() && healthy.get("from").is_some());
+    let order: Vec<&str> = r
+        .events
+        .iter()
+        .filter_map(|e| e["event"].as_str())
+        .filter(|e| e.starts_with("deploy."))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "deploy.started",
+            "deploy.installed",
+            "deploy.switched",
+            "deploy.healthy"
+        ]
+    );
+    assert_eq!(health(&tp)["release"], v1.as_str());
+    assert_eq!(db_version(&tp), Some(2));
+    assert_eq!(current_target(&tp).as_deref(), Some(v1.as_str()));
+    assert!(!tp
+        .env("staging")
+        .install_root
+        .join("deploy.journal.json")
+        .exists());
+
+    // v2 adds a migration; --no-migrate refuses it before anything changes.
+    let b2 = bundle(&tp, "v2", &[], &[NOTE]);
+    let v2 = release_id(&b2);
+    let r = deploy(&tp, &["--tag", "v2", "--no-migrate"]);
+    r.expect(1);
+    assert!(
+        r.stderr.contains("--no-migrate") && r.stderr.contains("0003_add_note"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !tp.env("staging").releases_dir().join(&v2).exists(),
+        "refused before installing"
+    );
+    assert_eq!(db_version(&tp), Some(2));
+    assert_eq!(health(&tp)["release"], v1.as_str());
+
+    // No --tag: the newest bundle, said on stderr.
+    let r = deploy(&tp, &["--verbose"]);
+    r.expect(0);
+    assert!(
+        r.stderr.contains("newest bundle") && r.stderr.contains("tag v2"),
+        "{}",
+        r.stderr
+    );
+    let h = r.one("deploy.healthy");
+    assert_eq!(h["release"], v2.as_str());
+    assert_eq!(h["from"], v1.as_str());
+    assert_eq!(r.of("migrate.applied").len(), 1);
+    let hj = health(&tp);
+    assert_eq!(hj["release"], v2.as_str());
+    assert_eq!(hj["schema_version"], 3);
+    assert!(columns(&tp, "hashes").contains(&"note".to_string()));
+
+    let deploys = ledger(&tp, "deploy");
+    let last = deploys.last().expect("a deploy record");
+    assert_eq!(last["result"], "healthy");
+    assert_eq!(last["release"], v2.as_str());
+    assert_eq!(last["from"], v1.as_str());
+    assert!(last["who"].is_string() && last["ts"].is_string() && last.get("backup").is_some());
+    assert_eq!(
+        ledger(&tp, "migration").len(),
+        3,
+        "0001, 0002, 0003 recorded"
+    );
+    let st = state(&tp);
+    assert_eq!(st["last_known_good"], v2.as_str());
+    assert_eq!(st["releases"][&v1]["state"], "healthy");
+
+    // Redeploying the current release without the health wait: installed
+    // copy verified and kept, restarted, recorded as unverified.
+    let r = deploy(&tp, &["--tag", "v2", "--skip-health-check"]);
+    r.expect(0);
+    assert_eq!(r.one("deploy.installed")["copied"], false);
+    assert_eq!(r.one("deploy.healthy")["health_checked"], false);
+    assert!(r.of("health.checked").is_empty());
+    assert_eq!(r.one("deploy.started")["switch_back_to"], v1.as_str());
+    assert_eq!(state(&tp)["releases"][&v2]["state"], "unverified");
+    assert_eq!(health(&tp)["release"], v2.as_str());
+}
+
+#[test]
+fn unhealthy_releases_switch_back_and_are_never_targets() {
+    let tp = project();
+    let v1 = release_id(&bundle(&tp, "v1", &[], &[]));
+    deploy(&tp, &["--tag", "v1"]).expect(0);
+    let bad = release_id(&bundle(&tp, "bad", &[("health_fail", "true")], &[NOTE]));
+
+    let r = deploy(&tp, &["--tag", "bad"]);
+    r.expect(1);
+    let failed = r.one("deploy.failed");
+    assert_eq!(failed["release"], bad.as_str());
+    assert_eq!(failed["switched_back_to"], v1.as_str());
+    assert_eq!(
+        r.of("migrate.reverted").len(),
+        1,
+        "the deploy's migration was reverted"
+    );
+    assert_eq!(health(&tp)["release"], v1.as_str(), "v1 keeps serving");
+    assert_eq!(db_version(&tp), Some(2), "schema back to v1's version");
+    assert!(!columns(&tp, "hashes").contains(&"note".to_string()));
+    assert_eq!(current_target(&tp).as_deref(), Some(v1.as_str()));
+    assert_eq!(state(&tp)["releases"][&bad]["state"], "failed");
+    assert_eq!(
+        ledger(&tp, "deploy").last().expect("record")["result"],
+        "failed"
+    );
+
+    // Someone points current at the failed release; the next failing deploy
+    // must still go back to the last known-good one, never to `bad`.
+    gates_core::fsutil::switch_symlink(
+        &Path::new("releases").join(&bad),
+        &tp.env("staging").current_link(),
+    )
+    .expect("switch");
+    let crash = release_id(&bundle(&tp, "crash", &[("crash_at_start", "true")], &[]));
+    let r = deploy(&tp, &["--tag", "crash"]);
+    r.expect(1);
+    assert!(r.stderr.contains("marked failed"), "{}", r.stderr);
+    assert_eq!(r.one("deploy.failed")["switched_back_to"], v1.as_str());
+    assert_eq!(health(&tp)["release"], v1.as_str());
+    assert_eq!(current_target(&tp).as_deref(), Some(v1.as_str()));
+    let st = state(&tp);
+    assert_eq!(st["releases"][&crash]["state"], "failed");
+    assert_eq!(st["last_known_good"], v1.as_str());
+}
+
+#[test]
+fn dry_run_changes_nothing_and_makes_a_readable_log() {
+    let tp = project();
+    let b1 = bundle(&tp, "v1", &[], &[]);
+    let root = tp.env("staging").install_root;
+
+    // Empty environment: nothing is created.
+    let r = deploy(&tp, &["--dry-run"]);
+    r.expect(0);
+    assert!(!root.exists(), "dry run created {}", root.display());
+    let planned = r.one("deploy.planned");
+    assert_eq!(planned["dry_run"], true);
+    assert!(planned["steps"].as_array().expect("steps").len() >= 7);
+    let checks: Vec<&str> = planned["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    for c in ["bundle", "config", "lock", "disk", "health", "migrations"] {
+        assert!(checks.contains(&c), "check {c} in {checks:?}");
+    }
+    assert!(
+        r.stderr.contains("unreachable"),
+        "health reported, not failed: {}",
+        r.stderr
+    );
+
+    // Deployed and serving: the tree stays byte-for-byte the same.
+    deploy(&tp, &["--tag", "v1"]).expect(0);
+    bundle(&tp, "v2", &[("hash_latency_ms", "5")], &[NOTE]);
+    let before = tree(&root);
+    let r = deploy(&tp, &["--dry-run", "--tag", "v2", "--verbose"]);
+    r.expect(0);
+    assert_eq!(tree(&root), before, "the install root changed");
+    let planned = r.one("deploy.planned");
+    assert_eq!(planned["pending_migrations"][0]["version"], 3);
+    assert_eq!(planned["switch_back_to"], release_id(&b1).as_str());
+    assert!(r.stderr.contains("faults enabled"), "{}", r.stderr);
+    assert!(r.of("deploy.started").is_empty() && r.of("deploy.switched").is_empty());
+
+    // The seeds' PR artifact, both streams into one file.
+    let log = tp.root().join("deploy-dryrun.log");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "'{BIN}' --dry-run --env staging > '{}' 2>&1",
+            log.display()
+        ))
+        .current_dir(tp.root())
+        .env("DHASH_ROOT", tp.root())
+        .stdin(Stdio::null())
+        .status()
+        .expect("sh");
+    assert!(status.success());
+    let text = fs::read_to_string(&log).expect("log");
+    assert!(
+        text.contains("step 1:")
+            && text.contains("check bundle")
+            && text.contains("\"deploy.planned\""),
+        "{text}"
+    );
+    assert_eq!(tree(&root), before);
+}
+
+#[test]
+fn tampered_bundle_is_refused_and_nothing_changes() {
+    let tp = project();
+    bundle(&tp, "v1", &[], &[]);
+    deploy(&tp, &["--tag", "v1"]).expect(0);
+    let root = tp.env("staging").install_root;
+
+    // A file edited after bundling.
+    let b2 = bundle(&tp, "v2", &[], &[]);
+    let before = tree(&root);
+    let cfg = b2.join("config.json");
+    let text = fs::read_to_string(&cfg)
+        .expect("config")
+        .replace("\"health_fail\": false", "\"health_fail\": true");
+    fs::write(&cfg, format!("{text}\n")).expect("tamper");
+    let r = deploy(&tp, &["--tag", "v2"]);
+    r.expect(1);
+    assert!(
+        r.stderr.contains("config.json") && r.stderr.contains("nothing was changed"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.of("deploy.started").is_empty());
+    assert_eq!(tree(&root), before, "nothing changed");
+    // The dry run says the same.
+    deploy(&tp, &["--tag", "v2", "--dry-run"]).expect(1);
+
+    // release.json edited to match the edit: the id no longer matches.
+    let mut m: Value =
+        serde_json::from_str(&fs::read_to_string(b2.join("release.json")).expect("m"))
+            .expect("json");
+    m["files"]["config.json"] = json!(dhash_migrate::migration::sha256_hex(
+        &fs::read(&cfg).expect("cfg")
+    ));
+    fs::write(
+        b2.join("release.json"),
+        serde_json::to_string_pretty(&m).expect("enc"),
+    )
+    .expect("write");
+    let r = deploy(&tp, &["--tag", "v2"]);
+    r.expect(1);
+    assert!(
+        r.stderr.contains("does not match its files"),
+        "{}",
+        r.stderr
+    );
+
+    // An extra file slipped in.
+    let b3 = bundle(&tp, "v3", &[], &[]);
+    fs::write(b3.join("bin/helper.sh"), "#!/bin/sh\n").expect("extra");
+    let r = deploy(&tp, &["--tag", "v3"]);
+    r.expect(1);
+    assert!(
+        r.stderr.contains("bin/helper.sh: not listed"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(tree(&root), before, "nothing changed");
+}
+
+#[test]
+fn lock_busy_unknown_tag_and_invalid_arguments() {
+    let tp = project();
+    let r = deploy(&tp, &["--tag", "v1"]);
+    r.expect(2);
+    assert!(r.stderr.contains("available tags: none"), "{}", r.stderr);
+    bundle(&tp, "v1", &[], &[]);
+    bundle(&tp, "v2", &[], &[]);
+    let r = deploy(&tp, &["--tag", "v9"]);
+    r.expect(2);
+    assert!(r.stderr.contains("available tags: v1, v2"), "{}", r.stderr);
+
+    // Another run holds the lock: exit 75, nothing installed.
+    let env = tp.env("staging");
+    let lock = gates_core::lock::EnvLock::acquire(&env.lock_path(), "staging", "deploy_dhash")
+        .expect("lock");
+    let r = deploy(&tp, &["--tag", "v1"]);
+    r.expect(75);
+    assert!(r.stderr.contains("locked by another run"), "{}", r.stderr);
+    assert!(!env.releases_dir().exists());
+    let r = deploy(&tp, &["--tag", "v1", "--dry-run"]);
+    r.expect(75);
+    drop(lock);
+
+    // Unresolved placeholders: production refuses (exit 2, naming the field),
+    // staging warns.
+    tp.edit_topology(|t| t["description"] = json!("Replace with the owner's team name"));
+    let r = deploy_cmd_env(&tp, "production", &["--tag", "v1", "--dry-run"]);
+    r.expect(2);
+    assert!(
+        r.stderr.contains("description") && r.stderr.contains("Replace with"),
+        "{}",
+        r.stderr
+    );
+    let r = deploy_cmd_env(&tp, "production", &["--tag", "v1"]);
+    r.expect(2);
+    assert!(!tp.env("production").install_root.exists());
+    let r = deploy(&tp, &["--tag", "v1", "--dry-run"]);
+    r.expect(0);
+    assert!(r.stderr.contains("unresolved placeholder"), "{}", r.stderr);
+
+    for args in [vec!["--tag"], vec!["--bogus"], vec!["--env", "nowhere"]] {
+        let r = deploy(&tp, &args);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+    }
+    let out = tp
+        .cmd_path(Path::new(BIN))
+        .arg("--dry-run")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2), "--env is required");
+    let out = tp
+        .cmd_path(Path::new(BIN))
+        .arg("--help")
+        .output()
+        .expect("help");
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.trim_end()
+            .ends_with("75  another run holds the environment's lock"),
+        "{help}"
+    );
+}
+
+/// Crashes (SIGKILL) at a named step, then checks `current` is complete.
+fn crash(tp: &TestProject, tag: &str, point: &str) -> Run {
+    let r: Run = deploy_cmd(tp, &["--tag", tag])
+        .env("DHASH_TEST_CRASH_AT", point)
+        .output()
+        .expect("run")
+        .into();
+    assert_eq!(
+        r.status.signal(),
+        Some(9),
+        "killed at {point}:\n{}\n{}",
+        r.stdout,
+        r.stderr
+    );
+    let env = tp.env("staging");
+    let cur = fs::canonicalize(env.current_link()).expect("current resolves");
+    assert_complete(&cur);
+    assert!(
+        env.install_root.join("deploy.journal.json").exists(),
+        "journal left by the crash at {point}"
+    );
+    r
+}
+
+/// `current` is a complete release: every file of its release.json checks
+/// out with the system's `sha256sum -c`.
+fn assert_complete(dir: &Path) {
+    let m: Value =
+        serde_json::from_str(&fs::read_to_string(dir.join("release.json")).expect("release.json"))
+            .expect("json");
+    let list: String = m["files"]
+        .as_object()
+        .expect("files")
+        .iter()
+        .map(|(p, h)| format!("{}  {p}\n", h.as_str().expect("hash")))
+        .collect();
+    let mut child = Command::new("sha256sum")
+        .args(["-c", "--quiet", "-"])
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("sha256sum");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(list.as_bytes())
+        .expect("write");
+    let st = child.wait().expect("wait");
+    assert!(st.success(), "{} is not a complete release", dir.display());
+}
+
+fn rerun(tp: &TestProject, tag: &str, id: &str) {
+    let r = deploy(tp, &["--tag", tag]);
+    r.expect(0);
+    assert_eq!(r.one("deploy.interrupted")["release"], id);
+    assert_eq!(r.one("deploy.healthy")["release"], id);
+    assert_eq!(health(tp)["release"], id);
+    let env = tp.env("staging");
+    assert!(!env.install_root.join("deploy.journal.json").exists());
+    let partials: Vec<String> = fs::read_dir(env.releases_dir())
+        .expect("releases")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(partials.is_empty(), "leftovers: {partials:?}");
+}
+
+#[test]
+fn killed_while_installing_or_after_migrating_then_rerun_finishes() {
+    let tp = project();
+    let v1 = release_id(&bundle(&tp, "v1", &[], &[]));
+    deploy(&tp, &["--tag", "v1"]).expect(0);
+
+    let v2 = release_id(&bundle(&tp, "v2", &[], &[NOTE]));
+    crash(&tp, "v2", "deploy-installing");
+    assert_eq!(current_target(&tp).as_deref(), Some(v1.as_str()));
+    assert!(tp
+        .env("staging")
+        .releases_dir()
+        .join(format!(".{v2}.partial"))
+        .is_dir());
+    assert_eq!(health(&tp)["release"], v1.as_str(), "v1 still serving");
+    rerun(&tp, "v2", &v2);
+    assert_eq!(db_version(&tp), Some(3));
+
+    let v3 = release_id(&bundle(&tp, "v3", &[], &[NOTE, LABELS]));
+    crash(&tp, "v3", "deploy-migrated");
+    assert_eq!(current_target(&tp).as_deref(), Some(v2.as_str()));
+    assert_eq!(db_version(&tp), Some(4));
+    rerun(&tp, "v3", &v3);
+    let deploys = ledger(&tp, "deploy");
+    assert!(deploys
+        .iter()
+        .any(|d| d["result"] == "interrupted" && d["release"] == v3.as_str()));
+}
+
+#[test]
+fn killed_after_switching_or_stopping_then_rerun_finishes() {
+    let tp = project();
+    tp.edit_topology(|t| t["environments"]["staging"]["retention"]["releases"] = json!(2));
+    let v1 = release_id(&bundle(&tp, "v1", &[], &[]));
+    deploy(&tp, &["--tag", "v1"]).expect(0);
+
+    let v2 = release_id(&bundle(&tp, "v2", &[], &[NOTE]));
+    crash(&tp, "v2", "deploy-switched");
+    assert_eq!(current_target(&tp).as_deref(), Some(v2.as_str()));
+    rerun(&tp, "v2", &v2);
+
+    let v3 = release_id(&bundle(&tp, "v3", &[], &[NOTE]));
+    crash(&tp, "v3", "deploy-stopped");
+    assert_eq!(current_target(&tp).as_deref(), Some(v3.as_str()));
+    assert!(
+        health(&tp).is_null(),
+        "the service is down after a crash between stop and start"
+    );
+    rerun(&tp, "v3", &v3);
+
+    // A rerun whose new release then fails switches back to the release that
+    // served before the interrupted deploy.
+    let bad = release_id(&bundle(&tp, "bad", &[("crash_at_start", "true")], &[]));
+    crash(&tp, "bad", "deploy-switched");
+    let r = deploy(&tp, &["--tag", "bad"]);
+    r.expect(1);
+    assert_eq!(r.one("deploy.failed")["switched_back_to"], v3.as_str());
+    assert_eq!(health(&tp)["release"], v3.as_str());
+    let _ = bad;
+
+    // Retention 2: v1 is gone, current and the previous one stay.
+    let left: Vec<String> = testkit_installed(&tp);
+    assert!(!left.contains(&v1), "{left:?}");
+    assert!(left.contains(&v3) && left.contains(&v2), "{left:?}");
+}
+
+fn testkit_installed(tp: &TestProject) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(tp.env("staging").releases_dir())
+        .expect("releases")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn stdin_events_are_forwarded_and_bad_lines_reported() {
+    let tp = project();
+    bundle(&tp, "v1", &[], &[]);
+    let mut child = deploy_cmd(&tp, &["--dry-run"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    {
+        let mut stdin = child.stdin.take().expect("stdin");
+        let ev = json!({"ts": "2026-01-01T00:00:00Z", "tool": "x", "env": "staging", "event": "custom.seen", "level": "info", "msg": "hi"});
+        writeln!(stdin, "{ev}\nnot json").expect("write");
+    }
+    let r: Run = child.wait_with_output().expect("wait").into();
+    r.expect(0);
+    assert_eq!(
+        r.events[0]["event"], "custom.seen",
+        "forwarded first, unchanged"
+    );
+    assert!(r.stderr.contains("stdin line 2"), "{}", r.stderr);
+}
+
+#[test]
+fn backups_are_rollback_points() {
+    let tp = project();
+    let v1 = release_id(&bundle(&tp, "v1", &[], &[]));
+    deploy(&tp, &["--tag", "v1"]).expect(0);
+
+    // backup_dhash | deploy_dhash: the backup.verified event is the rollback point.
+    let v2 = release_id(&bundle(&tp, "v2", &[], &[NOTE]));
+    let backup_bin = testkit::bin_path("backup_dhash");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "'{}' --env staging | '{BIN}' --env staging --tag v2",
+            backup_bin.display()
+        ))
+        .current_dir(tp.root())
+        .env("DHASH_ROOT", tp.root())
+        .stdin(Stdio::null())
+        .output()
+        .expect("pipeline");
+    let r: Run = out.into();
+    r.expect(0);
+    let verified = r.one("backup.verified");
+    assert_eq!(verified["tool"], "backup_dhash", "forwarded unchanged");
+    let path = verified["path"].as_str().expect("path");
+    let healthy = r.one("deploy.healthy");
+    assert_eq!(healthy["release"], v2.as_str());
+    assert_eq!(healthy["backup"], path);
+    assert_eq!(
+        ledger(&tp, "deploy").last().expect("record")["backup"],
+        path
+    );
+
+    // A migration without a down file: refused without a backup, before anything changes.
+    const NODOWN: Extra = (
+        "0004_create_labels",
+        "CREATE TABLE labels (id INTEGER PRIMARY KEY);",
+        None,
+    );
+    let nodown = release_id(&bundle(
+        &tp,
+        "nodown",
+        &[("health_fail", "true")],
+        &[NOTE, NODOWN],
+    ));
+    let r = deploy(&tp, &["--tag", "nodown"]);
+    r.expect(1);
+    assert!(
+        r.stderr.contains("0004_create_labels") && r.stderr.contains("--backup-first"),
+        "{}",
+        r.stderr
+    );
+    assert!(!tp.env("staging").releases_dir().join(&nodown).exists());
+
+    // With --backup-first it goes ahead; the release does not start, the
+    // down migration is missing, so the pre-deploy backup is restored.
+    let r = deploy(&tp, &["--tag", "nodown", "--backup-first"]);
+    r.expect(1);
+    let backup = r.one("backup.verified")["path"]
+        .as_str()
+        .expect("path")
+        .to_string();
+    assert!(Path::new(&backup).is_file());
+    let failed = r.one("deploy.failed");
+    assert_eq!(failed["backup"], backup.as_str());
+    assert!(
+        failed["note"]
+            .as_str()
+            .expect("note")
+            .contains("restored the pre-deploy backup"),
+        "{failed}"
+    );
+    assert_eq!(health(&tp)["release"], v2.as_str());
+    assert_eq!(db_version(&tp), Some(3), "schema back to v2's");
+    assert_eq!(state(&tp)["releases"][&nodown]["state"], "failed");
+    let _ = v1;
+}
