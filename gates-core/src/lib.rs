@@ -15,6 +15,7 @@ pub mod probe;
 pub mod project;
 pub mod redact;
 pub mod sample;
+#[cfg(unix)]
 pub mod service;
 
 pub use event::{Emitter, Event, Level};

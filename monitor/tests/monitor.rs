@@ -290,12 +290,13 @@ fn healthy_release_runs_the_whole_window_and_exits_0() {
     assert!(find(&evs, "gate.violated").is_empty(), "{}", describe(&out));
 }
 
-#[test]
-fn extraction_failures_trip_and_roll_back() {
+/// Deploys a faulty v2 over the healthy v1 and watches it with auto-rollback
+/// gates (under load when `with_load`): `gate` must trip and v1 come back.
+fn trips_and_rolls_back(faults: &[(&str, &str)], with_load: bool, gate: &str) {
     let s = setup();
-    deploy_bad(&s, &[("failure_fraction", "0.5")]);
+    deploy_bad(&s, faults);
     let gates = fast_gates(&s.tp, s.env, "auto-rollback", json!({}));
-    let l = load(&s.tp, s.env, 20);
+    let l = with_load.then(|| load(&s.tp, s.env, 20));
     let out = monitor(
         &s.tp,
         &[
@@ -312,55 +313,30 @@ fn extraction_failures_trip_and_roll_back() {
     .output()
     .unwrap();
     drop(l);
-    assert_rolled_back(&s, &out, "extraction_failure_rate");
+    assert_rolled_back(&s, &out, gate);
+}
+
+#[test]
+fn extraction_failures_trip_and_roll_back() {
+    trips_and_rolls_back(
+        &[("failure_fraction", "0.5")],
+        true,
+        "extraction_failure_rate",
+    );
 }
 
 #[test]
 fn slow_hashing_trips_p95_and_rolls_back() {
-    let s = setup();
-    deploy_bad(&s, &[("hash_latency_ms", "400")]);
-    let gates = fast_gates(&s.tp, s.env, "auto-rollback", json!({}));
-    let l = load(&s.tp, s.env, 20);
-    let out = monitor(
-        &s.tp,
-        &[
-            "--env",
-            s.env,
-            "--config",
-            gates.to_str().unwrap(),
-            "--duration",
-            "30",
-            "--backup",
-            s.backup.to_str().unwrap(),
-        ],
-    )
-    .output()
-    .unwrap();
-    drop(l);
-    assert_rolled_back(&s, &out, "p95_hash_time");
+    trips_and_rolls_back(&[("hash_latency_ms", "400")], true, "p95_hash_time");
 }
 
 #[test]
 fn low_confidence_flood_trips_the_queue_gate_and_rolls_back() {
-    let s = setup();
-    deploy_bad(&s, &[("low_confidence_flood", "1500")]);
-    let gates = fast_gates(&s.tp, s.env, "auto-rollback", json!({}));
-    let out = monitor(
-        &s.tp,
-        &[
-            "--env",
-            s.env,
-            "--config",
-            gates.to_str().unwrap(),
-            "--duration",
-            "20",
-            "--backup",
-            s.backup.to_str().unwrap(),
-        ],
-    )
-    .output()
-    .unwrap();
-    assert_rolled_back(&s, &out, "low_confidence_queue");
+    trips_and_rolls_back(
+        &[("low_confidence_flood", "1500")],
+        false,
+        "low_confidence_queue",
+    );
 }
 
 #[test]
