@@ -61,18 +61,285 @@ impl Status {
 }
 
 /// One gate's verdict on one sample, with the measured value and the reason
-/// in words (what every notification about it repeats).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// (in words through `Display`: what every notification about it repeats).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Decision {
     pub gate: String,
     pub status: Status,
     pub value: Option<f64>,
     pub threshold: f64,
-    pub unit: String,
+    pub unit: &'static str,
     pub window_secs: f64,
     pub action: Action,
-    pub reason: String,
+    pub reason: Reason,
     pub t_ms: i64,
+}
+
+/// Why a gate decided what it did, kept as figures: the words are built only
+/// when somebody reads them, so replaying millions of samples stays cheap.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reason {
+    Health {
+        failures: u32,
+        limit: f64,
+        last: String,
+    },
+    WindowNotCovered {
+        covered_secs: f64,
+        window_secs: f64,
+    },
+    HistogramLayoutChanged,
+    NotACounter(Metric),
+    NoMetricsThisPoll,
+    MetricsProbeFailed(String),
+    NotReported(Metric),
+    NotReportedRatio {
+        metric: Metric,
+        denominator: &'static str,
+    },
+    NoTraffic {
+        what: &'static str,
+        window_secs: f64,
+    },
+    NoHashTimeFigures,
+    /// A measured value against the threshold (strictly above violates).
+    Measured {
+        measure: Measure,
+        threshold: f64,
+        unit: &'static str,
+    },
+    SustainedWithin {
+        metric: Metric,
+        value: f64,
+        unit: &'static str,
+        threshold: f64,
+    },
+    SustainedAbove {
+        metric: Metric,
+        value: f64,
+        unit: &'static str,
+        threshold: f64,
+        lasted_secs: f64,
+        needed_secs: f64,
+    },
+    /// A run of errors or no-data results, with the policy that turns it
+    /// into a violation (limit 0 = never).
+    InARow {
+        inner: Box<Reason>,
+        n: u32,
+        limit: u32,
+        violated: bool,
+    },
+    Internal(&'static str),
+}
+
+/// The figure a [`Reason::Measured`] compares.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Measure {
+    Ratio {
+        metric: Metric,
+        denominator: &'static str,
+        percent: f64,
+        numerator_increase: f64,
+        denominator_increase: f64,
+        window_secs: f64,
+    },
+    Percentile {
+        quantile: f64,
+        value_ms: f64,
+        window_secs: f64,
+        /// Requests in the histogram window, or raw observations.
+        count: f64,
+        from_histogram: bool,
+    },
+    Instant {
+        metric: Metric,
+        value: f64,
+        unit: &'static str,
+    },
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::Health {
+                failures: n,
+                limit,
+                last,
+            } => {
+                let above = f64::from(*n) > *limit;
+                let limit = fmt_num(*limit);
+                if above {
+                    write!(
+                        f,
+                        "{n} failed health checks in a row, more than {limit} (last: {last})"
+                    )
+                } else if *n == 0 {
+                    write!(f, "health OK (limit: more than {limit} failures in a row)")
+                } else {
+                    write!(
+                        f,
+                        "{n} failed health check(s) in a row, not more than {limit} (last: {last})"
+                    )
+                }
+            }
+            Reason::WindowNotCovered {
+                covered_secs,
+                window_secs,
+            } => write!(
+                f,
+                "window not covered yet: {} of telemetry of the {} needed",
+                fmt_secs(*covered_secs),
+                fmt_secs(*window_secs)
+            ),
+            Reason::HistogramLayoutChanged => {
+                f.write_str("histogram buckets changed; the window restarts")
+            }
+            Reason::NotACounter(m) => write!(f, "{} cannot be read as a counter", m.as_str()),
+            Reason::NoMetricsThisPoll => f.write_str("no metrics in this poll"),
+            Reason::MetricsProbeFailed(e) => write!(f, "metrics probe failed: {e}"),
+            Reason::NotReported(m) => write!(f, "the service does not report {}", m.as_str()),
+            Reason::NotReportedRatio {
+                metric,
+                denominator,
+            } => write!(
+                f,
+                "the service does not report {} and {denominator}",
+                metric.as_str()
+            ),
+            Reason::NoTraffic { what, window_secs } => write!(
+                f,
+                "no {what} in the last {} (no traffic)",
+                fmt_secs(*window_secs)
+            ),
+            Reason::NoHashTimeFigures => {
+                f.write_str("the service reports neither a hash-time histogram nor observations")
+            }
+            Reason::Measured {
+                measure,
+                threshold,
+                unit,
+            } => {
+                let (value, what) = match measure {
+                    Measure::Ratio { percent, .. } => (*percent, measure),
+                    Measure::Percentile { value_ms, .. } => (*value_ms, measure),
+                    Measure::Instant { value, .. } => (*value, measure),
+                };
+                let side = if value > *threshold {
+                    "above"
+                } else {
+                    "within"
+                };
+                write!(
+                    f,
+                    "{what}: {side} the threshold {} {unit}",
+                    fmt_num(*threshold)
+                )
+            }
+            Reason::SustainedWithin {
+                metric,
+                value,
+                unit,
+                threshold,
+            } => write!(
+                f,
+                "{} {} {unit}, not above {}",
+                metric.as_str(),
+                fmt_num(*value),
+                fmt_num(*threshold)
+            ),
+            Reason::SustainedAbove {
+                metric,
+                value,
+                unit,
+                threshold,
+                lasted_secs,
+                needed_secs,
+            } => {
+                write!(
+                    f,
+                    "{} {} {unit} above {} for {}",
+                    metric.as_str(),
+                    fmt_num(*value),
+                    fmt_num(*threshold),
+                    fmt_secs(*lasted_secs)
+                )?;
+                if lasted_secs >= needed_secs {
+                    write!(f, " (limit {})", fmt_secs(*needed_secs))
+                } else {
+                    write!(f, " of the {} that trip the gate", fmt_secs(*needed_secs))
+                }
+            }
+            Reason::InARow {
+                inner,
+                n,
+                limit,
+                violated,
+            } => {
+                if *violated {
+                    write!(f, "{inner} ({n} polls in a row; violation after {limit})")
+                } else if *limit == 0 {
+                    write!(f, "{inner} ({n} in a row; never a violation by itself)")
+                } else {
+                    write!(f, "{inner} ({n} in a row; violation after {limit})")
+                }
+            }
+            Reason::Internal(what) => write!(f, "internal: {what}"),
+        }
+    }
+}
+
+impl std::fmt::Display for Measure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Measure::Ratio {
+                metric,
+                denominator,
+                percent,
+                numerator_increase,
+                denominator_increase,
+                window_secs,
+            } => write!(
+                f,
+                "{} {percent:.2} % ({} of {} {denominator}) over {}",
+                metric.as_str(),
+                fmt_num(*numerator_increase),
+                fmt_num(*denominator_increase),
+                fmt_secs(*window_secs)
+            ),
+            Measure::Percentile {
+                quantile,
+                value_ms,
+                window_secs,
+                count,
+                from_histogram,
+            } => {
+                write!(
+                    f,
+                    "p{} hash time {value_ms:.0} ms over {} from {} ",
+                    fmt_num(quantile * 100.0),
+                    fmt_secs(*window_secs),
+                    fmt_num(*count)
+                )?;
+                f.write_str(if *from_histogram {
+                    "requests (histogram)"
+                } else {
+                    "observations"
+                })
+            }
+            Measure::Instant {
+                metric,
+                value,
+                unit,
+            } => write!(f, "{} {} {unit}", metric.as_str(), fmt_num(*value)),
+        }
+    }
+}
+
+impl Serialize for Reason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 /// The counters a ratio gate may read, in a fixed order for the history rows.
@@ -173,9 +440,16 @@ impl Evaluator {
         if let Ok(m) = &sample.metrics {
             self.push_row(sample.t_ms, m);
         }
-        (0..self.gates.len())
-            .map(|i| self.decide(i, sample))
-            .collect()
+        // The specs are moved out while deciding so each gate can be read
+        // while the evaluator's state is updated, without cloning them.
+        let gates = std::mem::take(&mut self.gates);
+        let decisions = gates
+            .iter()
+            .enumerate()
+            .map(|(i, g)| self.decide(i, g, sample))
+            .collect();
+        self.gates = gates;
+        decisions
     }
 
     fn push_row(&mut self, t_ms: i64, m: &Metrics) {
@@ -250,17 +524,16 @@ impl Evaluator {
             .unwrap_or(0.0)
     }
 
-    fn decide(&mut self, i: usize, sample: &Sample) -> Decision {
-        let g = self.gates[i].clone();
+    fn decide(&mut self, i: usize, g: &GateSpec, sample: &Sample) -> Decision {
         let outcome = match g.kind {
-            GateKind::Consecutive => self.consecutive(&g),
+            GateKind::Consecutive => self.consecutive(g),
             _ => match &sample.metrics {
-                Err(e) => Outcome::error(format!("metrics probe failed: {e}")),
+                Err(e) => Outcome::error(Reason::MetricsProbeFailed(e.clone())),
                 Ok(m) => match g.kind {
-                    GateKind::Ratio => self.ratio(&g, sample.t_ms),
-                    GateKind::Percentile => self.percentile(&g, sample.t_ms),
-                    GateKind::Instant => instant(&g, m),
-                    GateKind::Sustained => self.sustained(i, &g, m, sample.t_ms),
+                    GateKind::Ratio => self.ratio(g, sample.t_ms),
+                    GateKind::Percentile => self.percentile(g, sample.t_ms),
+                    GateKind::Instant => instant(g, m),
+                    GateKind::Sustained => self.sustained(i, g, m, sample.t_ms),
                     GateKind::Consecutive => unreachable_consecutive(),
                 },
             },
@@ -271,7 +544,7 @@ impl Evaluator {
         {
             self.states[i].breach_since_ms = None;
         }
-        self.finish(i, &g, outcome, sample.t_ms)
+        self.finish(i, g, outcome, sample.t_ms)
     }
 
     /// Turns runs of errors / no-data into violations per the gate's policy.
@@ -281,38 +554,33 @@ impl Evaluator {
             Status::Error => {
                 st.consecutive_errors += 1;
                 st.consecutive_no_data = 0;
-                let n = st.consecutive_errors;
-                if g.errors_to_violate > 0 && n >= g.errors_to_violate {
-                    (
-                        Status::Violated,
-                        format!(
-                            "{} ({n} polls in a row; violation after {})",
-                            o.reason, g.errors_to_violate
-                        ),
-                    )
+                let (n, limit) = (st.consecutive_errors, g.errors_to_violate);
+                let violated = limit > 0 && n >= limit;
+                let reason = Reason::InARow {
+                    inner: Box::new(o.reason),
+                    n,
+                    limit,
+                    violated,
+                };
+                let status = if violated {
+                    Status::Violated
                 } else {
-                    (
-                        Status::Error,
-                        format!(
-                            "{} ({n} in a row{})",
-                            o.reason,
-                            limit_text(g.errors_to_violate)
-                        ),
-                    )
-                }
+                    Status::Error
+                };
+                (status, reason)
             }
             Status::NoData => {
                 st.consecutive_no_data += 1;
                 st.consecutive_errors = 0;
-                let n = st.consecutive_no_data;
-                if g.no_data_to_violate > 0 && n >= g.no_data_to_violate {
-                    (
-                        Status::Violated,
-                        format!(
-                            "{} ({n} polls in a row; violation after {})",
-                            o.reason, g.no_data_to_violate
-                        ),
-                    )
+                let (n, limit) = (st.consecutive_no_data, g.no_data_to_violate);
+                if limit > 0 && n >= limit {
+                    let reason = Reason::InARow {
+                        inner: Box::new(o.reason),
+                        n,
+                        limit,
+                        violated: true,
+                    };
+                    (Status::Violated, reason)
                 } else {
                     (Status::NoData, o.reason)
                 }
@@ -328,7 +596,7 @@ impl Evaluator {
             status,
             value: o.value,
             threshold: g.threshold,
-            unit: g.unit.to_string(),
+            unit: g.unit,
             window_secs: g.window.as_secs_f64(),
             action: g.action,
             reason,
@@ -338,48 +606,32 @@ impl Evaluator {
 
     fn consecutive(&self, g: &GateSpec) -> Outcome {
         let n = self.health_failures;
-        let value = Some(f64::from(n));
-        if f64::from(n) > g.threshold {
-            Outcome::new(
-                Status::Violated,
-                value,
-                format!(
-                    "{n} failed health checks in a row, more than {} (last: {})",
-                    fmt_num(g.threshold),
-                    self.last_health_detail
-                ),
-            )
-        } else if n == 0 {
-            Outcome::new(
-                Status::Ok,
-                value,
-                format!(
-                    "health OK (limit: more than {} failures in a row)",
-                    fmt_num(g.threshold)
-                ),
-            )
+        let status = if f64::from(n) > g.threshold {
+            Status::Violated
         } else {
-            Outcome::new(
-                Status::Ok,
-                value,
-                format!(
-                    "{n} failed health check(s) in a row, not more than {} (last: {})",
-                    fmt_num(g.threshold),
-                    self.last_health_detail
-                ),
-            )
-        }
+            Status::Ok
+        };
+        let last = if n == 0 {
+            String::new()
+        } else {
+            self.last_health_detail.clone()
+        };
+        let reason = Reason::Health {
+            failures: n,
+            limit: g.threshold,
+            last,
+        };
+        Outcome::new(status, Some(f64::from(n)), reason)
     }
 
     fn pending(&self, g: &GateSpec, now_ms: i64) -> Outcome {
         Outcome::new(
             Status::Pending,
             None,
-            format!(
-                "window not covered yet: {} of telemetry of the {} needed",
-                fmt_secs(self.covered_secs(now_ms)),
-                fmt_secs(g.window.as_secs_f64())
-            ),
+            Reason::WindowNotCovered {
+                covered_secs: self.covered_secs(now_ms),
+                window_secs: g.window.as_secs_f64(),
+            },
         )
     }
 
@@ -388,10 +640,10 @@ impl Evaluator {
             counter_index(g.metric),
             g.denominator.and_then(counter_index),
         ) else {
-            return Outcome::no_data(format!("{} cannot be read as a counter", g.metric.as_str()));
+            return Outcome::no_data(Reason::NotACounter(g.metric));
         };
         let Some(now) = self.rows.back().filter(|r| r.t_ms == now_ms) else {
-            return Outcome::error("no metrics in this poll".into());
+            return Outcome::error(Reason::NoMetricsThisPoll);
         };
         let Some(anchor) = self.anchor(now_ms, g.window) else {
             return self.pending(g, now_ms);
@@ -403,48 +655,53 @@ impl Evaluator {
             now.counters[di],
             anchor.counters[di],
         ) else {
-            return Outcome::no_data(format!(
-                "the service does not report {} and {}",
-                g.metric.as_str(),
-                den_name
-            ));
+            return Outcome::no_data(Reason::NotReportedRatio {
+                metric: g.metric,
+                denominator: den_name,
+            });
         };
         let (num, den) = (n1 - n0, d1 - d0);
-        let window = fmt_secs(g.window.as_secs_f64());
+        let window_secs = g.window.as_secs_f64();
         if den <= 0.0 {
-            return Outcome::no_data(format!("no {den_name} in the last {window} (no traffic)"));
+            return Outcome::no_data(Reason::NoTraffic {
+                what: den_name,
+                window_secs,
+            });
         }
-        let pct = num / den * 100.0;
-        let what = format!(
-            "{} {:.2} % ({} of {} {den_name}) over {window}",
-            g.metric.as_str(),
-            pct,
-            fmt_num(num),
-            fmt_num(den)
-        );
-        compare(g, pct, what)
+        let percent = num / den * 100.0;
+        compare(
+            g,
+            percent,
+            Measure::Ratio {
+                metric: g.metric,
+                denominator: den_name,
+                percent,
+                numerator_increase: num,
+                denominator_increase: den,
+                window_secs,
+            },
+        )
     }
 
     fn percentile(&self, g: &GateSpec, now_ms: i64) -> Outcome {
         let Some(now) = self.rows.back().filter(|r| r.t_ms == now_ms) else {
-            return Outcome::error("no metrics in this poll".into());
+            return Outcome::error(Reason::NoMetricsThisPoll);
         };
         let Some(anchor) = self.anchor(now_ms, g.window) else {
             return self.pending(g, now_ms);
         };
-        let window = fmt_secs(g.window.as_secs_f64());
+        let window_secs = g.window.as_secs_f64();
         let q = g.quantile;
-        let label = format!("p{}", fmt_num(q * 100.0));
+        let no_traffic = Reason::NoTraffic {
+            what: "hash requests",
+            window_secs,
+        };
         if let Some((epoch, b1)) = &now.buckets {
             let Some((e0, b0)) = &anchor.buckets else {
                 return self.pending(g, now_ms);
             };
             if e0 != epoch {
-                return Outcome::new(
-                    Status::Pending,
-                    None,
-                    "histogram buckets changed; the window restarts".into(),
-                );
+                return Outcome::new(Status::Pending, None, Reason::HistogramLayoutChanged);
             }
             let deltas: Vec<Bucket> = b1
                 .iter()
@@ -454,14 +711,20 @@ impl Evaluator {
                     count: a.count - b.count,
                 })
                 .collect();
+            let total = deltas.last().map_or(0.0, |b| b.count);
             return match histogram_quantile(q, &deltas) {
-                None => Outcome::no_data(format!(
-                    "no hash requests in the last {window} (no traffic)"
-                )),
-                Some(v) => {
-                    let total = deltas.last().map(|b| b.count).unwrap_or(0.0);
-                    compare(g, v, format!("{label} hash time {v:.0} ms over {window} from {} requests (histogram)", fmt_num(total)))
-                }
+                None => Outcome::no_data(no_traffic),
+                Some(v) => compare(
+                    g,
+                    v,
+                    Measure::Percentile {
+                        quantile: q,
+                        value_ms: v,
+                        window_secs,
+                        count: total,
+                        from_histogram: true,
+                    },
+                ),
             };
         }
         // No histogram: raw observations of every row after the anchor.
@@ -478,113 +741,86 @@ impl Evaluator {
             }
         }
         if !any {
-            return Outcome::no_data(
-                "the service reports neither a hash-time histogram nor observations".into(),
-            );
+            return Outcome::no_data(Reason::NoHashTimeFigures);
         }
         match quantile_linear(q, &mut obs) {
-            None => Outcome::no_data(format!(
-                "no hash requests in the last {window} (no traffic)"
-            )),
+            None => Outcome::no_data(no_traffic),
             Some(v) => compare(
                 g,
                 v,
-                format!(
-                    "{label} hash time {v:.0} ms over {window} from {} observations",
-                    obs.len()
-                ),
+                Measure::Percentile {
+                    quantile: q,
+                    value_ms: v,
+                    window_secs,
+                    count: obs.len() as f64,
+                    from_histogram: false,
+                },
             ),
         }
     }
 
     fn sustained(&mut self, i: usize, g: &GateSpec, m: &Metrics, now_ms: i64) -> Outcome {
-        let Some(v) = m.value(g.metric) else {
-            return Outcome::no_data(format!("the service does not report {}", g.metric.as_str()));
+        let Some(value) = m.value(g.metric) else {
+            return Outcome::no_data(Reason::NotReported(g.metric));
         };
-        let name = g.metric.as_str();
-        if v <= g.threshold {
-            return Outcome::new(
-                Status::Ok,
-                Some(v),
-                format!(
-                    "{name} {} {}, not above {}",
-                    fmt_num(v),
-                    g.unit,
-                    fmt_num(g.threshold)
-                ),
-            );
+        if value <= g.threshold {
+            let reason = Reason::SustainedWithin {
+                metric: g.metric,
+                value,
+                unit: g.unit,
+                threshold: g.threshold,
+            };
+            return Outcome::new(Status::Ok, Some(value), reason);
         }
         let since = *self.states[i].breach_since_ms.get_or_insert(now_ms);
-        let lasted = (now_ms - since) as f64 / 1000.0;
-        let needed = g.window.as_secs_f64();
-        if lasted >= needed {
-            Outcome::new(
-                Status::Violated,
-                Some(v),
-                format!(
-                    "{name} {} {} above {} for {} (limit {})",
-                    fmt_num(v),
-                    g.unit,
-                    fmt_num(g.threshold),
-                    fmt_secs(lasted),
-                    fmt_secs(needed)
-                ),
-            )
+        let lasted_secs = (now_ms - since) as f64 / 1000.0;
+        let needed_secs = g.window.as_secs_f64();
+        let status = if lasted_secs >= needed_secs {
+            Status::Violated
         } else {
-            Outcome::new(
-                Status::Pending,
-                Some(v),
-                format!(
-                    "{name} {} {} above {} for {} of the {} that trip the gate",
-                    fmt_num(v),
-                    g.unit,
-                    fmt_num(g.threshold),
-                    fmt_secs(lasted),
-                    fmt_secs(needed)
-                ),
-            )
-        }
+            Status::Pending
+        };
+        let reason = Reason::SustainedAbove {
+            metric: g.metric,
+            value,
+            unit: g.unit,
+            threshold: g.threshold,
+            lasted_secs,
+            needed_secs,
+        };
+        Outcome::new(status, Some(value), reason)
     }
 }
 
 fn unreachable_consecutive() -> Outcome {
-    Outcome::error("internal: consecutive gate routed to metrics".into())
+    Outcome::error(Reason::Internal("consecutive gate routed to metrics"))
 }
 
 fn instant(g: &GateSpec, m: &Metrics) -> Outcome {
-    let Some(v) = m.value(g.metric) else {
-        return Outcome::no_data(format!("the service does not report {}", g.metric.as_str()));
+    let Some(value) = m.value(g.metric) else {
+        return Outcome::no_data(Reason::NotReported(g.metric));
     };
-    compare(
-        g,
-        v,
-        format!("{} {} {}", g.metric.as_str(), fmt_num(v), g.unit),
-    )
+    let measure = Measure::Instant {
+        metric: g.metric,
+        value,
+        unit: g.unit,
+    };
+    compare(g, value, measure)
 }
 
 /// Strictly above the threshold violates: exactly 5 % is not above 5 %.
-fn compare(g: &GateSpec, v: f64, what: String) -> Outcome {
-    if v > g.threshold {
-        Outcome::new(
-            Status::Violated,
-            Some(v),
-            format!(
-                "{what}: above the threshold {} {}",
-                fmt_num(g.threshold),
-                g.unit
-            ),
-        )
+fn compare(g: &GateSpec, v: f64, measure: Measure) -> Outcome {
+    let status = if v > g.threshold {
+        Status::Violated
     } else {
-        Outcome::new(
-            Status::Ok,
-            Some(v),
-            format!(
-                "{what}: within the threshold {} {}",
-                fmt_num(g.threshold),
-                g.unit
-            ),
-        )
-    }
+        Status::Ok
+    };
+    let reason = Reason::Measured {
+        measure,
+        threshold: g.threshold,
+        unit: g.unit,
+    };
+    Outcome::new(status, Some(v), reason)
 }
 
 /// Prometheus `histogram_quantile` over cumulative bucket counts (`le`
@@ -632,35 +868,27 @@ pub fn quantile_linear(q: f64, obs: &mut [f64]) -> Option<f64> {
 struct Outcome {
     status: Status,
     value: Option<f64>,
-    reason: String,
+    reason: Reason,
 }
 
 impl Outcome {
-    fn new(status: Status, value: Option<f64>, reason: String) -> Self {
+    fn new(status: Status, value: Option<f64>, reason: Reason) -> Self {
         Outcome {
             status,
             value,
             reason,
         }
     }
-    fn error(reason: String) -> Self {
+    fn error(reason: Reason) -> Self {
         Outcome::new(Status::Error, None, reason)
     }
-    fn no_data(reason: String) -> Self {
+    fn no_data(reason: Reason) -> Self {
         Outcome::new(Status::NoData, None, reason)
     }
 }
 
 fn window_ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-fn limit_text(n: u32) -> String {
-    if n == 0 {
-        "; never a violation by itself".into()
-    } else {
-        format!("; violation after {n}")
-    }
 }
 
 /// 5, 2.5, 0.333: no trailing zeros.

@@ -89,7 +89,9 @@ fn health_two_failures_do_not_trip_a_more_than_two_gate_three_do() {
     assert_eq!((d.status, d.value), (Status::Violated, Some(3.0)));
     assert_eq!(d.action, Action::AutoRollback);
     assert!(
-        d.reason.contains("3 failed health checks in a row"),
+        d.reason
+            .to_string()
+            .contains("3 failed health checks in a row"),
         "{}",
         d.reason
     );
@@ -117,7 +119,11 @@ fn extraction_failure_rate_exactly_five_percent_is_not_above_five() {
     // Next: anchor is t=0 still (t=300 is not 10 min old at t=660): 1010 req, 61 fail → 6.04 %.
     let d = one(&mut ev, &ok(660, metrics(2010.0, 71.0)));
     assert_eq!(d.status, Status::Violated, "{}", d.reason);
-    assert!(d.reason.contains("above the threshold 5 %"), "{}", d.reason);
+    assert!(
+        d.reason.to_string().contains("above the threshold 5 %"),
+        "{}",
+        d.reason
+    );
 }
 
 #[test]
@@ -157,7 +163,7 @@ fn no_traffic_is_no_data_and_never_violates_by_default() {
         let d = one(&mut ev, &ok(t * 60, metrics(5.0, 1.0)));
         if t >= 10 {
             assert_eq!(d.status, Status::NoData, "{}", d.reason);
-            assert!(d.reason.contains("no traffic"), "{}", d.reason);
+            assert!(d.reason.to_string().contains("no traffic"), "{}", d.reason);
         }
     }
 }
@@ -175,7 +181,11 @@ fn failed_metrics_probes_are_errors_then_a_violation_after_the_configured_run() 
     }
     let d = one(&mut ev, &sample(150, Health::Ok, Err("timed out".into())));
     assert_eq!(d.status, Status::Violated, "{}", d.reason);
-    assert!(d.reason.contains("5 polls in a row"), "{}", d.reason);
+    assert!(
+        d.reason.to_string().contains("5 polls in a row"),
+        "{}",
+        d.reason
+    );
 }
 
 #[test]

@@ -171,7 +171,7 @@ struct GateTally {
     no_data: u64,
     error: u64,
     violated: u64,
-    last: String,
+    last: &'static str,
     max_value: Option<f64>,
     first_violation: Option<String>,
 }
@@ -179,7 +179,14 @@ struct GateTally {
 impl Summary {
     pub fn add(&mut self, d: &Decision) {
         use gates_core::gates::Status::*;
-        let t = self.per_gate.entry(d.gate.clone()).or_default();
+        // Looked up before inserting: a replay adds millions of decisions,
+        // and cloning the name for each would dominate.
+        if !self.per_gate.contains_key(&d.gate) {
+            self.per_gate.insert(d.gate.clone(), GateTally::default());
+        }
+        let Some(t) = self.per_gate.get_mut(&d.gate) else {
+            return;
+        };
         match d.status {
             Ok => t.ok += 1,
             Pending => t.pending += 1,
@@ -192,7 +199,7 @@ impl Summary {
                 }
             }
         }
-        t.last = d.status.as_str().to_string();
+        t.last = d.status.as_str();
         if let Some(v) = d.value {
             t.max_value = Some(t.max_value.map_or(v, |m: f64| m.max(v)));
         }

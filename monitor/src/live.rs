@@ -407,7 +407,7 @@ impl Watch<'_> {
             self.em.emit(
                 d.status.event_name(),
                 level,
-                d.reason.clone(),
+                d.reason.to_string(),
                 decision_fields(d),
             );
             let value = d
@@ -522,7 +522,7 @@ impl Watch<'_> {
         }
         fields.insert("env".into(), json!(self.env.name));
         fields.insert("release".into(), json!(self.release));
-        self.send(level, title, &d.reason, fields, key);
+        self.send(level, title, &d.reason.to_string(), fields, key);
     }
 
     fn send(

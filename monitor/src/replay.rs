@@ -1,7 +1,6 @@
 //! `--replay`: recorded telemetry through the same gate code, as fast as the
 //! disk allows, for tuning thresholds on 24–72 h of data.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 
@@ -42,7 +41,7 @@ pub fn run(
     }
     let mut ev = Evaluator::new(gates);
     let mut summary = Summary::default();
-    let mut last: HashMap<String, Status> = HashMap::new();
+    let mut last: Vec<Option<Status>> = vec![None; ev.gates().len()];
     let mut prev_t = i64::MIN;
     for sample in telemetry::read_samples(path)? {
         let sample = sample?;
@@ -65,9 +64,9 @@ pub fn run(
             }
             writeln!(out)?;
         }
-        for d in decisions {
+        for (i, d) in decisions.into_iter().enumerate() {
             summary.add(&d);
-            let changed = last.insert(d.gate.clone(), d.status) != Some(d.status);
+            let changed = last[i].replace(d.status) != Some(d.status);
             let show = match output {
                 DecisionOutput::All => true,
                 DecisionOutput::Changes => changed,
@@ -82,7 +81,7 @@ pub fn run(
                 em.emit(
                     d.status.event_name(),
                     level,
-                    d.reason.clone(),
+                    d.reason.to_string(),
                     decision_fields(&d),
                 );
             }

@@ -3,6 +3,7 @@
 //! written in their shortest round-trip form, so a replay feeds the evaluator
 //! bit-identical samples and reproduces the live decisions exactly.
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
@@ -12,16 +13,19 @@ use gates_core::sample::{Bucket, Health, Metrics, Sample};
 use serde::{Deserialize, Serialize};
 
 /// One CSV row / JSON object. Empty cells are absent figures (no data).
+/// Text cells borrow from the line being read, so a replay does not allocate
+/// for them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Row {
+pub struct Row<'a> {
     pub t_ms: i64,
     /// ok, not-ok or error.
-    pub health: String,
-    #[serde(default)]
-    pub health_detail: Option<String>,
+    #[serde(borrow)]
+    pub health: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub health_detail: Option<Cow<'a, str>>,
     /// Set when the metrics probe failed; the figures are then empty.
-    #[serde(default)]
-    pub metrics_error: Option<String>,
+    #[serde(default, borrow)]
+    pub metrics_error: Option<Cow<'a, str>>,
     #[serde(default)]
     pub requests_total: Option<f64>,
     #[serde(default)]
@@ -39,11 +43,11 @@ pub struct Row {
     #[serde(default)]
     pub disk_percent: Option<f64>,
     /// Cumulative histogram `le:count;le:count;...;inf:count`.
-    #[serde(default)]
-    pub hash_time_buckets: Option<String>,
+    #[serde(default, borrow)]
+    pub hash_time_buckets: Option<Cow<'a, str>>,
     /// Raw observations since the previous row, `a;b;c` (ms).
-    #[serde(default)]
-    pub hash_time_ms: Option<String>,
+    #[serde(default, borrow)]
+    pub hash_time_ms: Option<Cow<'a, str>>,
 }
 
 pub const HEADER: &[&str] = &[
@@ -63,12 +67,12 @@ pub const HEADER: &[&str] = &[
     "hash_time_ms",
 ];
 
-impl Row {
-    pub fn from_sample(s: &Sample) -> Row {
+impl Row<'_> {
+    pub fn from_sample(s: &Sample) -> Row<'static> {
         let (health, health_detail) = match &s.health {
             Health::Ok => ("ok", None),
-            Health::NotOk { detail } => ("not-ok", Some(detail.clone())),
-            Health::Error { detail } => ("error", Some(detail.clone())),
+            Health::NotOk { detail } => ("not-ok", Some(Cow::Owned(detail.clone()))),
+            Health::Error { detail } => ("error", Some(Cow::Owned(detail.clone()))),
         };
         let mut row = Row {
             t_ms: s.t_ms,
@@ -77,7 +81,7 @@ impl Row {
             ..Row::default()
         };
         match &s.metrics {
-            Err(e) => row.metrics_error = Some(e.clone()),
+            Err(e) => row.metrics_error = Some(Cow::Owned(e.clone())),
             Ok(m) => {
                 row.requests_total = m.requests_total;
                 row.hash_requests_total = m.hash_requests_total;
@@ -88,16 +92,13 @@ impl Row {
                 row.cpu_percent = m.cpu_percent;
                 row.disk_percent = m.disk_percent;
                 row.hash_time_buckets = m.hash_time_buckets.as_ref().map(|b| {
-                    b.iter()
-                        .map(|x| format!("{}:{}", x.le, x.count))
-                        .collect::<Vec<_>>()
-                        .join(";")
+                    let cells: Vec<String> =
+                        b.iter().map(|x| format!("{}:{}", x.le, x.count)).collect();
+                    Cow::Owned(cells.join(";"))
                 });
                 row.hash_time_ms = m.hash_time_ms.as_ref().map(|o| {
-                    o.iter()
-                        .map(|x| x.to_string())
-                        .collect::<Vec<_>>()
-                        .join(";")
+                    let cells: Vec<String> = o.iter().map(|x| x.to_string()).collect();
+                    Cow::Owned(cells.join(";"))
                 });
             }
         }
@@ -105,15 +106,20 @@ impl Row {
     }
 
     pub fn to_sample(&self) -> anyhow::Result<Sample> {
-        let detail = || self.health_detail.clone().unwrap_or_default();
-        let health = match self.health.as_str() {
+        let detail = || {
+            self.health_detail
+                .as_deref()
+                .unwrap_or_default()
+                .to_string()
+        };
+        let health = match self.health.as_ref() {
             "ok" => Health::Ok,
             "not-ok" => Health::NotOk { detail: detail() },
             "error" => Health::Error { detail: detail() },
             other => bail!("health must be ok, not-ok or error, found {other:?}"),
         };
         let metrics = match &self.metrics_error {
-            Some(e) if !e.is_empty() => Err(e.clone()),
+            Some(e) if !e.is_empty() => Err(e.to_string()),
             _ => Ok(Metrics {
                 requests_total: self.requests_total,
                 hash_requests_total: self.hash_requests_total,
@@ -263,17 +269,32 @@ fn read_csv<R: Read + 'static>(
             );
         }
     }
-    Ok(rdr.into_deserialize::<Row>().map(move |r| {
-        r.map_err(|e| {
+    // One record buffer for the whole file; each row borrows from it.
+    let mut record = csv::StringRecord::new();
+    Ok(std::iter::from_fn(move || {
+        let read = rdr.read_record(&mut record).map_err(|e| {
             let line = e.position().map(|p| p.line()).unwrap_or(0);
             anyhow!("{name}: line {line}: {e}")
-        })
-        .and_then(|row| {
-            let t = row.t_ms;
-            row.to_sample()
-                .map_err(|e| anyhow!("{name}: sample at t_ms {t}: {e}"))
-        })
+        });
+        match read {
+            Err(e) => Some(Err(e)),
+            Ok(false) => None,
+            Ok(true) => Some(row_sample(&record, &headers, &name)),
+        }
     }))
+}
+
+fn row_sample(
+    record: &csv::StringRecord,
+    headers: &csv::StringRecord,
+    name: &str,
+) -> anyhow::Result<Sample> {
+    let line = record.position().map(|p| p.line()).unwrap_or(0);
+    let row: Row = record
+        .deserialize(Some(headers))
+        .map_err(|e| anyhow!("{name}: line {line}: {e}"))?;
+    row.to_sample()
+        .map_err(|e| anyhow!("{name}: sample at t_ms {}: {e}", row.t_ms))
 }
 
 /// Writes samples as CSV (used by tests and the benchmark generator).
@@ -287,4 +308,62 @@ pub fn write_csv(out: impl Write, samples: impl IntoIterator<Item = Sample>) -> 
     }
     w.flush()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gates_core::sample::Bucket;
+
+    /// Samples whose text needs quoting or escaping, which a borrowed cell
+    /// cannot hold as-is.
+    fn awkward_samples() -> Vec<Sample> {
+        vec![
+            Sample {
+                t_ms: 1_000,
+                health: Health::NotOk {
+                    detail: "HTTP 503: \"db, locked\"\nretry".into(),
+                },
+                metrics: Err("timed out after 2s, \"slow\"".into()),
+            },
+            Sample {
+                t_ms: 2_000,
+                health: Health::Ok,
+                metrics: Ok(Metrics {
+                    requests_total: Some(10.0),
+                    hash_requests_total: Some(9.5),
+                    hash_time_buckets: Some(vec![
+                        Bucket { le: 5.0, count: 3.0 },
+                        Bucket {
+                            le: f64::INFINITY,
+                            count: 9.0,
+                        },
+                    ]),
+                    hash_time_ms: Some(vec![1.25, 0.1]),
+                    ..Metrics::default()
+                }),
+            },
+        ]
+    }
+
+    #[test]
+    fn csv_and_json_lines_read_back_what_was_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let samples = awkward_samples();
+        let csv_path = dir.path().join("t.csv");
+        write_csv(File::create(&csv_path).expect("create"), samples.clone()).expect("write");
+        let json_path = dir.path().join("t.jsonl");
+        let lines: Vec<String> = samples
+            .iter()
+            .map(|s| serde_json::to_string(&Row::from_sample(s)).expect("json"))
+            .collect();
+        std::fs::write(&json_path, lines.join("\n")).expect("write");
+        for path in [&csv_path, &json_path] {
+            let back: Vec<Sample> = read_samples(path)
+                .expect("open")
+                .collect::<anyhow::Result<_>>()
+                .expect("read");
+            assert_eq!(back, samples, "{}", path.display());
+        }
+    }
 }
