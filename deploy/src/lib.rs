@@ -516,38 +516,34 @@ pub fn dry_run(
                 .filter(|m| m.down_sql.is_none())
                 .map(|m| m.label())
                 .collect();
-            if opts.no_migrate {
-                let msg = format!("--no-migrate: {} pending migration(s) ({}); the deploy would refuse before switching", p.len(), labels.join(", "));
-                checks.push(Check {
-                    name: "migrations",
-                    ok: false,
-                    detail: msg.clone(),
-                });
-                block(
-                    &mut fatal,
-                    ToolError::new(Exit::Failed, anyhow!(msg)).into(),
-                );
+            let refusal = if opts.no_migrate {
+                Some(format!("--no-migrate: {} pending migration(s) ({}); the deploy would refuse before switching", p.len(), labels.join(", ")))
             } else if from.is_some()
                 && !lacking.is_empty()
                 && backup.is_none()
                 && !opts.backup_first
             {
-                let msg = format!("{} lack(s) a .down.sql and no backup is taken: the deploy would refuse (use --backup-first)", lacking.join(", "));
-                checks.push(Check {
-                    name: "migrations",
-                    ok: false,
-                    detail: msg.clone(),
-                });
-                block(
-                    &mut fatal,
-                    ToolError::new(Exit::Failed, anyhow!(msg)).into(),
-                );
+                Some(format!("{} lack(s) a .down.sql and no backup is taken: the deploy would refuse (use --backup-first)", lacking.join(", ")))
             } else {
-                checks.push(Check {
+                None
+            };
+            match refusal {
+                Some(msg) => {
+                    checks.push(Check {
+                        name: "migrations",
+                        ok: false,
+                        detail: msg.clone(),
+                    });
+                    block(
+                        &mut fatal,
+                        ToolError::new(Exit::Failed, anyhow!(msg)).into(),
+                    );
+                }
+                None => checks.push(Check {
                     name: "migrations",
                     ok: true,
                     detail: format!("{} pending: {}", p.len(), labels.join(", ")),
-                });
+                }),
             }
             format!(
                 "apply {} migration(s) to {}: {}",

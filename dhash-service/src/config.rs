@@ -18,7 +18,6 @@
 //! - `crash_at_start` (bool): the service checks its database and binds its
 //!   port, then exits 1 with a message on stderr before serving.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::Context;
@@ -197,25 +196,6 @@ impl ServiceConfig {
             .map_err(anyhow::Error::msg)
             .with_context(|| format!("invalid {}", path.display()))?;
         Ok(cfg)
-    }
-}
-
-/// `release.json` of a bundle.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ReleaseInfo {
-    pub id: String,
-    pub tag: String,
-    pub schema_version: i64,
-    pub created_at: String,
-    #[serde(default)]
-    pub files: BTreeMap<String, String>,
-}
-
-impl ReleaseInfo {
-    pub fn load(path: &Path) -> anyhow::Result<ReleaseInfo> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("invalid {}", path.display()))
     }
 }
 

@@ -22,11 +22,12 @@ use gates_core::{Emitter, Exit, Level, ToolError};
 use serde_json::{json, Value};
 use tiny_http::{Header, Method, Request, Response, Server};
 
-use crate::config::{ReleaseInfo, ServiceConfig};
+use crate::config::ServiceConfig;
 use crate::db::{self, DbState, NewHash};
 use crate::dhash;
 use crate::metrics::{self, inc, Gauges, Metrics};
 use crate::procstat::{self, CpuMeter};
+use gates_core::release::ReleaseManifest;
 
 /// Threads that take requests and answer the light endpoints.
 pub const RECEIVERS: usize = 4;
@@ -52,7 +53,7 @@ pub struct ServeOptions {
 }
 
 struct State {
-    release: ReleaseInfo,
+    release: ReleaseManifest,
     config: ServiceConfig,
     db_path: PathBuf,
     data_dir: PathBuf,
@@ -72,8 +73,7 @@ fn fail(msg: impl std::fmt::Display) -> anyhow::Error {
 /// Loads the release, checks the database, binds, and serves until a
 /// termination signal. Start-up problems are errors (exit 1).
 pub fn serve(opts: &ServeOptions, em: &Emitter) -> anyhow::Result<Exit> {
-    let release_file = opts.release_dir.join("release.json");
-    let release = ReleaseInfo::load(&release_file).map_err(|e| {
+    let release = ReleaseManifest::read(&opts.release_dir).map_err(|e| {
         fail(format!(
             "{e:#} (--release-dir must be an installed release bundle)"
         ))

@@ -2,42 +2,13 @@
 //! (`<install_root>/releases/<id>/`): reading their manifest and finding them.
 //! Shared by migrate (where migrations come from) and deploy.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use gates_core::config::EnvConfig;
-use serde::{Deserialize, Serialize};
 
-pub const MANIFEST: &str = "release.json";
+pub use gates_core::release::{ReleaseManifest, MANIFEST};
 pub const BUNDLE_PREFIX: &str = "dhash-";
-
-/// `release.json` of a bundle (unknown fields are ignored).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ReleaseManifest {
-    pub id: String,
-    pub tag: String,
-    pub schema_version: i64,
-    pub created_at: String,
-    #[serde(default)]
-    pub files: BTreeMap<String, String>,
-}
-
-impl ReleaseManifest {
-    pub fn read(dir: &Path) -> anyhow::Result<ReleaseManifest> {
-        let path = dir.join(MANIFEST);
-        let text =
-            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        serde_json::from_str(&text)
-            .with_context(|| format!("{}: not a valid release manifest", path.display()))
-    }
-
-    /// created_at as a timestamp for ordering (unparsable sorts first).
-    pub fn created(&self) -> Option<chrono::DateTime<chrono::FixedOffset>> {
-        chrono::DateTime::parse_from_rfc3339(&self.created_at).ok()
-    }
-}
 
 /// A bundle found in a dist folder.
 #[derive(Debug, Clone)]

@@ -333,7 +333,10 @@ mod tests {
                     requests_total: Some(10.0),
                     hash_requests_total: Some(9.5),
                     hash_time_buckets: Some(vec![
-                        Bucket { le: 5.0, count: 3.0 },
+                        Bucket {
+                            le: 5.0,
+                            count: 3.0,
+                        },
                         Bucket {
                             le: f64::INFINITY,
                             count: 9.0,
