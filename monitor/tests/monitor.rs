@@ -41,7 +41,7 @@ struct Setup {
 }
 
 fn post_image(base: &str, seed: u8) -> i64 {
-    let resp = post_png(&format!("{base}/api/dhash/hash"), &gradient_png(seed));
+    let resp = testkit::post_image(&format!("{base}/api/dhash/hash"), &gradient_png(seed));
     resp["id"]
         .as_i64()
         .unwrap_or_else(|| panic!("no id in {resp}"))
@@ -57,29 +57,6 @@ fn gradient_png(seed: u8) -> Vec<u8> {
     let mut buf = std::io::Cursor::new(Vec::new());
     img.write_to(&mut buf, image::ImageFormat::Png).unwrap();
     buf.into_inner()
-}
-
-fn post_png(url: &str, body: &[u8]) -> Value {
-    use std::io::Write;
-    let mut child = Command::new("curl")
-        .args([
-            "-s",
-            "-X",
-            "POST",
-            "--data-binary",
-            "@-",
-            "-H",
-            "Content-Type: image/png",
-            url,
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("curl");
-    child.stdin.take().unwrap().write_all(body).unwrap();
-    let out = child.wait_with_output().unwrap();
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 fn health(tp: &TestProject, env: &str) -> Value {

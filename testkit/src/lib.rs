@@ -572,3 +572,26 @@ pub fn events(stdout: &[u8]) -> Vec<Value> {
 pub fn pid_alive(pid: u32) -> bool {
     gates_core::service::process_cmdline(pid).is_some()
 }
+
+/// POSTs an image to the service the way an operator would (`curl
+/// --data-binary @-`) and returns the JSON answer.
+pub fn post_image(url: &str, body: &[u8]) -> Value {
+    use std::io::Write;
+    let mut child = Command::new("curl")
+        .args(["-s", "-X", "POST", "--data-binary", "@-"])
+        .args(["-H", "Content-Type: image/png", url])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("running curl");
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(body).expect("writing to curl");
+    }
+    let out = child.wait_with_output().expect("waiting for curl");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "POST {url}: not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}

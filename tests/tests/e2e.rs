@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use serde_json::{json, Value};
 use testkit::receiver::{Receiver, Reply};
@@ -53,33 +53,15 @@ fn health(tp: &TestProject, env: &str) -> Value {
 }
 
 fn post_png(tp: &TestProject, env: &str, seed: u8) -> i64 {
-    use std::io::Write;
     let img = image::GrayImage::from_fn(16, 16, |x, y| {
         image::Luma([((x * 15 + y * 3) as u8).wrapping_add(seed)])
     });
     let mut buf = std::io::Cursor::new(Vec::new());
     img.write_to(&mut buf, image::ImageFormat::Png).unwrap();
-    let mut child = Command::new("curl")
-        .args([
-            "-s",
-            "-X",
-            "POST",
-            "--data-binary",
-            "@-",
-            &format!("{}/api/dhash/hash", tp.base_url(env)),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(buf.get_ref())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = testkit::post_image(
+        &format!("{}/api/dhash/hash", tp.base_url(env)),
+        buf.get_ref(),
+    );
     v["id"].as_i64().unwrap_or_else(|| panic!("no id: {v}"))
 }
 
