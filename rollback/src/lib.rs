@@ -921,3 +921,53 @@ fn dry_run(
         smoke_passed: None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    /// A quarantine or restore across filesystems cannot rename: the tree is
+    /// copied (links kept as links) and the source removed. /dev/shm is a
+    /// tmpfs on Linux, the build folder is not.
+    #[test]
+    fn move_path_across_filesystems_copies_then_removes() {
+        let src_root = tempfile::tempdir_in("/dev/shm").expect("tempdir in /dev/shm");
+        let dst_root =
+            tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).expect("tempdir in the crate");
+        let dev = |p: &Path| fs::metadata(p).expect("metadata").dev();
+        assert_ne!(
+            dev(src_root.path()),
+            dev(dst_root.path()),
+            "this test needs /dev/shm on another filesystem than the source tree"
+        );
+        let src = src_root.path().join("release");
+        fs::create_dir_all(src.join("migrations")).expect("mkdir");
+        fs::write(src.join("release.json"), b"{\"id\":\"r1\"}").expect("write");
+        fs::write(
+            src.join("migrations/0001_init.up.sql"),
+            b"CREATE TABLE t(x);",
+        )
+        .expect("write");
+        std::os::unix::fs::symlink("release.json", src.join("manifest")).expect("symlink");
+
+        let dst = dst_root.path().join("quarantine/release");
+        move_path(&src, &dst).expect("move across filesystems");
+
+        assert!(!src.exists(), "the source is removed");
+        assert_eq!(
+            fs::read(dst.join("migrations/0001_init.up.sql")).expect("read"),
+            b"CREATE TABLE t(x);"
+        );
+        assert_eq!(
+            fs::read_link(dst.join("manifest")).expect("still a link"),
+            Path::new("release.json")
+        );
+        let leftovers: Vec<_> = fs::read_dir(dst_root.path().join("quarantine"))
+            .expect("read_dir")
+            .filter_map(Result::ok)
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(leftovers, vec![std::ffi::OsString::from("release")]);
+    }
+}
