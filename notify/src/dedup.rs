@@ -58,7 +58,10 @@ pub fn recently_sent(path: &Path, key: &str, quiet: Duration) -> Option<Duration
 }
 
 /// Records that `key` was delivered now; forgets entries older than `quiet`.
+/// Concurrent notifiers (a monitor and a hand-run `notify`) serialise on a
+/// lock file, so neither loses the other's key.
 pub fn record(path: &Path, key: &str, quiet: Duration) -> anyhow::Result<()> {
+    let _guard = lock(path)?;
     let mut state = load(path);
     let now = now_secs();
     let keep = quiet.as_secs_f64().max(1.0);
@@ -67,6 +70,26 @@ pub fn record(path: &Path, key: &str, quiet: Duration) -> anyhow::Result<()> {
     state.sent.insert(hash_key(key), now);
     let bytes = serde_json::to_vec_pretty(&state)?;
     gates_core::fsutil::write_atomic(path, &bytes)
+}
+
+/// An exclusive lock on `<state>.lock`, held until the file is dropped.
+fn lock(path: &Path) -> anyhow::Result<std::fs::File> {
+    use anyhow::Context;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock_path = PathBuf::from(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    file.lock()
+        .with_context(|| format!("locking {}", lock_path.display()))?;
+    Ok(file)
 }
 
 #[cfg(test)]
@@ -85,5 +108,28 @@ mod tests {
         assert!(recently_sent(&p, "production|a", Duration::ZERO).is_none());
         let text = std::fs::read_to_string(&p).expect("read");
         assert!(!text.contains("production|a"), "keys are hashed: {text}");
+    }
+
+    #[test]
+    fn concurrent_records_keep_every_key() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = d.path().join(STATE_FILE);
+        let q = Duration::from_secs(600);
+        std::thread::scope(|scope| {
+            for t in 0..8 {
+                let p = &p;
+                scope.spawn(move || {
+                    for i in 0..25 {
+                        record(p, &format!("k{t}-{i}"), q).expect("record");
+                    }
+                });
+            }
+        });
+        for t in 0..8 {
+            for i in 0..25 {
+                let key = format!("k{t}-{i}");
+                assert!(recently_sent(&p, &key, q).is_some(), "{key} was lost");
+            }
+        }
     }
 }
