@@ -580,7 +580,30 @@ fn broken_topology_names_file_and_path() {
         ),
     )
     .expect("commands ok");
-    assert_eq!(ok.env("qa").expect("qa").install_root, Path::new("/srv/a"));
+    let qa = ok.env("qa").expect("qa");
+    assert_eq!(qa.install_root, Path::new("/srv/a"));
+    assert_eq!(
+        qa.service.timeouts(),
+        (Duration::from_secs(60), Duration::from_secs(30)),
+        "commands default timeouts"
+    );
+    let slow = Topology::parse(
+        Path::new("/srv/environments.json"),
+        &base(
+            r#"{"kind":"commands","start":"systemctl start dhash","stop":"systemctl stop dhash","start_timeout":"3m","stop_timeout":45}"#,
+            "http://h/health",
+        ),
+    )
+    .expect("commands with timeouts");
+    assert_eq!(
+        slow.env("qa").expect("qa").service.timeouts(),
+        (Duration::from_secs(180), Duration::from_secs(45))
+    );
+    let e = topo_err(&base(
+        r#"{"kind":"commands","start":"a","stop":"b","start_timeout":"soon"}"#,
+        "http://h/health",
+    ));
+    assert_eq!(e.path, "environments.qa.service.start_timeout", "{e}");
     let e = topo_err(r#"{"environments":{"qa":{"install_root":"a"}}}"#);
     assert!(e.message.contains("missing field"), "{e}");
 }

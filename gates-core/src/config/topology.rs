@@ -34,6 +34,10 @@ pub enum ServiceControl {
         stop: String,
         #[serde(default)]
         restart: Option<String>,
+        #[serde(default)]
+        start_timeout: Option<Value>,
+        #[serde(default)]
+        stop_timeout: Option<Value>,
     },
 }
 
@@ -336,18 +340,14 @@ fn resolve_env(
             ));
         }
     }
-    if let ServiceControl::Local {
-        bind,
-        start_timeout,
-        stop_timeout,
-    } = &e.service
-    {
-        for (field, v) in [
-            ("start_timeout", start_timeout),
-            ("stop_timeout", stop_timeout),
-        ] {
-            dur(file, &format!("{path}.service.{field}"), v, Duration::ZERO)?;
-        }
+    let (start_timeout, stop_timeout) = e.service.timeout_values();
+    for (field, v) in [
+        ("start_timeout", start_timeout),
+        ("stop_timeout", stop_timeout),
+    ] {
+        dur(file, &format!("{path}.service.{field}"), v, Duration::ZERO)?;
+    }
+    if let ServiceControl::Local { bind, .. } = &e.service {
         if bind.parse::<std::net::SocketAddr>().is_err() {
             return Err(ConfigError::new(
                 file,
@@ -517,22 +517,35 @@ fn default_routes() -> Vec<Route> {
 }
 
 impl ServiceControl {
-    /// Start/stop timeouts of a local service (defaults 30 s / 10 s).
+    /// Start (until `/health` answers) and stop timeouts. Defaults: 30 s / 10 s
+    /// for the local service; 60 s / 30 s for commands, as a unit manager
+    /// may take a while. Validated with the file, so a bad value never gets here.
     pub fn timeouts(&self) -> (Duration, Duration) {
+        let (start, stop) = self.timeout_values();
+        let (start_default, stop_default) = match self {
+            ServiceControl::Local { .. } => (30, 10),
+            ServiceControl::Commands { .. } => (60, 30),
+        };
+        let get = |v: &Option<Value>, d: u64| {
+            v.as_ref()
+                .and_then(|v| duration_from_value(v, 1.0).ok())
+                .unwrap_or(Duration::from_secs(d))
+        };
+        (get(start, start_default), get(stop, stop_default))
+    }
+
+    fn timeout_values(&self) -> (&Option<Value>, &Option<Value>) {
         match self {
             ServiceControl::Local {
                 start_timeout,
                 stop_timeout,
                 ..
-            } => {
-                let get = |v: &Option<Value>, d: u64| {
-                    v.as_ref()
-                        .and_then(|v| duration_from_value(v, 1.0).ok())
-                        .unwrap_or(Duration::from_secs(d))
-                };
-                (get(start_timeout, 30), get(stop_timeout, 10))
             }
-            ServiceControl::Commands { .. } => (Duration::from_secs(60), Duration::from_secs(30)),
+            | ServiceControl::Commands {
+                start_timeout,
+                stop_timeout,
+                ..
+            } => (start_timeout, stop_timeout),
         }
     }
 }
