@@ -264,6 +264,16 @@ fn commands_service_control_runs_shell_commands() {
         err.contains("unit dhash not found") && err.contains('3'),
         "{err}"
     );
+
+    // A start command that hangs is stopped at the configured start_timeout.
+    tp.edit_topology(|t| {
+        t["environments"]["staging"]["service"] = json!({"kind": "commands",
+            "start": "sleep 60", "stop": "true", "start_timeout": "1s"});
+    });
+    let t0 = Instant::now();
+    let err = format!("{:#}", service::start(&tp.env("staging"), &em).unwrap_err());
+    assert!(err.contains("did not finish within 1s"), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
 }
 
 // ------------------------------------------------------------ smoke_tests
