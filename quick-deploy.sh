@@ -125,9 +125,11 @@ set -e
 deploy_code=${codes[1]} monitor_code=${codes[2]} notify_code=${codes[3]}
 
 say "Summary"
+# Tools pass upstream events through, so the log holds the backup's events
+# twice (from backup_dhash and through the pipeline): show each once.
 if command -v jq >/dev/null 2>&1; then
   jq -r 'select(.event | test("^(backup.verified|deploy.healthy|deploy.failed|gate.violated|rollback.completed|rollback.failed|monitor.completed|incident.created)$"))
-         | "\(.ts)  \(.event)  \(.msg)"' "$events" >&2 || true
+         | "\(.ts)  \(.event)  \(.msg)"' "$events" | awk '!seen[$0]++' >&2 || true
 fi
 echo "events: $events" >&2
 [ "$notify_code" -eq 0 ] || echo "warning: notify exited $notify_code (see the fallback file)" >&2
