@@ -220,19 +220,14 @@ impl std::fmt::Display for Reason {
                 threshold,
                 unit,
             } => {
-                let (value, what) = match measure {
-                    Measure::Ratio { percent, .. } => (*percent, measure),
-                    Measure::Percentile { value_ms, .. } => (*value_ms, measure),
-                    Measure::Instant { value, .. } => (*value, measure),
-                };
-                let side = if value > *threshold {
+                let side = if measure.value() > *threshold {
                     "above"
                 } else {
                     "within"
                 };
                 write!(
                     f,
-                    "{what}: {side} the threshold {} {unit}",
+                    "{measure}: {side} the threshold {} {unit}",
                     fmt_num(*threshold)
                 )
             }
@@ -285,6 +280,17 @@ impl std::fmt::Display for Reason {
                 }
             }
             Reason::Internal(what) => write!(f, "internal: {what}"),
+        }
+    }
+}
+
+impl Measure {
+    /// The figure compared with the threshold.
+    pub fn value(&self) -> f64 {
+        match self {
+            Measure::Ratio { percent, .. } => *percent,
+            Measure::Percentile { value_ms, .. } => *value_ms,
+            Measure::Instant { value, .. } => *value,
         }
     }
 }
@@ -671,7 +677,6 @@ impl Evaluator {
         let percent = num / den * 100.0;
         compare(
             g,
-            percent,
             Measure::Ratio {
                 metric: g.metric,
                 denominator: den_name,
@@ -716,7 +721,6 @@ impl Evaluator {
                 None => Outcome::no_data(no_traffic),
                 Some(v) => compare(
                     g,
-                    v,
                     Measure::Percentile {
                         quantile: q,
                         value_ms: v,
@@ -747,7 +751,6 @@ impl Evaluator {
             None => Outcome::no_data(no_traffic),
             Some(v) => compare(
                 g,
-                v,
                 Measure::Percentile {
                     quantile: q,
                     value_ms: v,
@@ -805,11 +808,12 @@ fn instant(g: &GateSpec, m: &Metrics) -> Outcome {
         value,
         unit: g.unit,
     };
-    compare(g, value, measure)
+    compare(g, measure)
 }
 
 /// Strictly above the threshold violates: exactly 5 % is not above 5 %.
-fn compare(g: &GateSpec, v: f64, measure: Measure) -> Outcome {
+fn compare(g: &GateSpec, measure: Measure) -> Outcome {
+    let v = measure.value();
     let status = if v > g.threshold {
         Status::Violated
     } else {
