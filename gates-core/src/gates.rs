@@ -697,9 +697,21 @@ impl Evaluator {
         };
         let window_secs = g.window.as_secs_f64();
         let q = g.quantile;
-        let no_traffic = Reason::NoTraffic {
-            what: "hash requests",
-            window_secs,
+        let outcome = |value: Option<f64>, count: f64, from_histogram: bool| match value {
+            None => Outcome::no_data(Reason::NoTraffic {
+                what: "hash requests",
+                window_secs,
+            }),
+            Some(value_ms) => compare(
+                g,
+                Measure::Percentile {
+                    quantile: q,
+                    value_ms,
+                    window_secs,
+                    count,
+                    from_histogram,
+                },
+            ),
         };
         if let Some((epoch, b1)) = &now.buckets {
             let Some((e0, b0)) = &anchor.buckets else {
@@ -717,19 +729,7 @@ impl Evaluator {
                 })
                 .collect();
             let total = deltas.last().map_or(0.0, |b| b.count);
-            return match histogram_quantile(q, &deltas) {
-                None => Outcome::no_data(no_traffic),
-                Some(v) => compare(
-                    g,
-                    Measure::Percentile {
-                        quantile: q,
-                        value_ms: v,
-                        window_secs,
-                        count: total,
-                        from_histogram: true,
-                    },
-                ),
-            };
+            return outcome(histogram_quantile(q, &deltas), total, true);
         }
         // No histogram: raw observations of every row after the anchor.
         let mut obs: Vec<f64> = Vec::new();
@@ -747,19 +747,8 @@ impl Evaluator {
         if !any {
             return Outcome::no_data(Reason::NoHashTimeFigures);
         }
-        match quantile_linear(q, &mut obs) {
-            None => Outcome::no_data(no_traffic),
-            Some(v) => compare(
-                g,
-                Measure::Percentile {
-                    quantile: q,
-                    value_ms: v,
-                    window_secs,
-                    count: obs.len() as f64,
-                    from_histogram: false,
-                },
-            ),
-        }
+        let value = quantile_linear(q, &mut obs);
+        outcome(value, obs.len() as f64, false)
     }
 
     fn sustained(&mut self, i: usize, g: &GateSpec, m: &Metrics, now_ms: i64) -> Outcome {
