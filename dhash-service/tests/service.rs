@@ -201,6 +201,11 @@ impl Fixture {
     fn db(&self) -> PathBuf {
         self.dir.path().join("data/dhash.sqlite3")
     }
+    fn stored_hashes(&self) -> i64 {
+        let conn = rusqlite::Connection::open(self.db()).unwrap();
+        conn.query_row("SELECT COUNT(*) FROM hashes", [], |r| r.get(0))
+            .unwrap()
+    }
     fn data(&self) -> PathBuf {
         self.dir.path().join("data")
     }
@@ -1039,10 +1044,7 @@ fn concurrent_requests_and_health_during_slow_hashing() {
     assert_eq!(m["hash_requests_total"], 20);
     assert_eq!(m["low_confidence_queue"], 4);
     assert_eq!(m["low_confidence_total"], 4);
-    let conn = rusqlite::Connection::open(fx.db()).unwrap();
-    let n: i64 = conn
-        .query_row("SELECT COUNT(*) FROM hashes", [], |r| r.get(0))
-        .unwrap();
+    let n = fx.stored_hashes();
     assert_eq!(n, 20);
 }
 
@@ -1237,10 +1239,7 @@ fn sigterm_finishes_in_flight_requests_and_exits_0() {
     assert_eq!(last["event"], "service.stopped");
     assert_eq!(last["hash_requests_total"], 1);
     // The hash was stored before exit.
-    let conn = rusqlite::Connection::open(fx.db()).unwrap();
-    let n: i64 = conn
-        .query_row("SELECT COUNT(*) FROM hashes", [], |r| r.get(0))
-        .unwrap();
+    let n = fx.stored_hashes();
     assert_eq!(n, 1);
 }
 

@@ -369,4 +369,19 @@ mod tests {
             assert_eq!(back, samples, "{}", path.display());
         }
     }
+
+    #[test]
+    fn a_bad_row_is_named_by_file_and_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("bad.csv");
+        let text = format!(
+            "{}\n1000,ok,,,1,1,0,0,0,10,1,1,,\n2000,ok,,,many,1,0,0,0,10,1,1,,\n",
+            HEADER.join(",")
+        );
+        std::fs::write(&path, text).expect("write");
+        let results: Vec<_> = read_samples(&path).expect("open").collect();
+        assert!(results[0].is_ok());
+        let err = format!("{:#}", results[1].as_ref().expect_err("bad number"));
+        assert!(err.contains("bad.csv: line 3"), "{err}");
+    }
 }

@@ -143,6 +143,16 @@ fn monitor(tp: &TestProject, args: &[&str]) -> Command {
     c
 }
 
+/// `monitor_dhash --env ENV --config GATES --duration SECS EXTRA...`
+fn watch(tp: &TestProject, env: &str, gates: &Path, secs: &str, extra: &[&str]) -> Command {
+    let mut c = tp.cmd_path(Path::new(MONITOR));
+    c.args(["--env", env, "--config"])
+        .arg(gates)
+        .args(["--duration", secs])
+        .args(extra);
+    c
+}
+
 fn find<'a>(evs: &'a [Value], name: &str) -> Vec<&'a Value> {
     evs.iter().filter(|e| e["event"] == name).collect()
 }
@@ -228,19 +238,7 @@ fn healthy_release_runs_the_whole_window_and_exits_0() {
     let gates = fast_gates(&s.tp, s.env, "auto-rollback", json!({}));
     let l = load(&s.tp, s.env, 6);
     let started = Instant::now();
-    let out = monitor(
-        &s.tp,
-        &[
-            "--env",
-            s.env,
-            "--config",
-            gates.to_str().unwrap(),
-            "--duration",
-            "6",
-        ],
-    )
-    .output()
-    .unwrap();
+    let out = watch(&s.tp, s.env, &gates, "6", &[]).output().unwrap();
     drop(l);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(
@@ -274,18 +272,12 @@ fn trips_and_rolls_back(faults: &[(&str, &str)], with_load: bool, gate: &str) {
     deploy_bad(&s, faults);
     let gates = fast_gates(&s.tp, s.env, "auto-rollback", json!({}));
     let l = with_load.then(|| load(&s.tp, s.env, 20));
-    let out = monitor(
+    let out = watch(
         &s.tp,
-        &[
-            "--env",
-            s.env,
-            "--config",
-            gates.to_str().unwrap(),
-            "--duration",
-            "30",
-            "--backup",
-            s.backup.to_str().unwrap(),
-        ],
+        s.env,
+        &gates,
+        "30",
+        &["--backup", s.backup.to_str().unwrap()],
     )
     .output()
     .unwrap();
@@ -321,18 +313,12 @@ fn a_crashed_release_trips_health_and_rolls_back() {
     let s = setup();
     deploy_bad(&s, &[]);
     let gates = fast_gates(&s.tp, s.env, "auto-rollback", json!({}));
-    let child = monitor(
+    let child = watch(
         &s.tp,
-        &[
-            "--env",
-            s.env,
-            "--config",
-            gates.to_str().unwrap(),
-            "--duration",
-            "30",
-            "--backup",
-            s.backup.to_str().unwrap(),
-        ],
+        s.env,
+        &gates,
+        "30",
+        &["--backup", s.backup.to_str().unwrap()],
     )
     .stdout(Stdio::piped())
     .stderr(Stdio::piped())
@@ -361,20 +347,10 @@ fn an_alert_gate_notifies_once_and_never_rolls_back() {
     let gates = fast_gates(&s.tp, s.env, "alert", json!({}));
     let hook = Receiver::start(vec![Reply::status(200)]);
     let l = load(&s.tp, s.env, 10);
-    let out = monitor(
-        &s.tp,
-        &[
-            "--env",
-            s.env,
-            "--config",
-            gates.to_str().unwrap(),
-            "--duration",
-            "10",
-        ],
-    )
-    .env("WEBHOOK_URL", hook.url())
-    .output()
-    .unwrap();
+    let out = watch(&s.tp, s.env, &gates, "10", &[])
+        .env("WEBHOOK_URL", hook.url())
+        .output()
+        .unwrap();
     drop(l);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let evs = events(&out.stdout);
@@ -416,20 +392,9 @@ fn dry_run_never_rolls_back() {
     let s = setup();
     let v2 = deploy_bad(&s, &[("low_confidence_flood", "1500")]);
     let gates = fast_gates(&s.tp, s.env, "auto-rollback", json!({}));
-    let out = monitor(
-        &s.tp,
-        &[
-            "--env",
-            s.env,
-            "--config",
-            gates.to_str().unwrap(),
-            "--duration",
-            "4",
-            "--dry-run",
-        ],
-    )
-    .output()
-    .unwrap();
+    let out = watch(&s.tp, s.env, &gates, "4", &["--dry-run"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let evs = events(&out.stdout);
     assert!(!find(&evs, "gate.violated").is_empty());
@@ -466,19 +431,7 @@ fn a_hanging_metrics_endpoint_does_not_stall_the_cadence() {
     });
     let gates = fast_gates(&tp, env, "alert", json!({}));
     let started = Instant::now();
-    let out = monitor(
-        &tp,
-        &[
-            "--env",
-            env,
-            "--config",
-            gates.to_str().unwrap(),
-            "--duration",
-            "6",
-        ],
-    )
-    .output()
-    .unwrap();
+    let out = watch(&tp, env, &gates, "6", &[]).output().unwrap();
     let took = started.elapsed();
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(took < Duration::from_secs(10), "bounded: {took:?}");
@@ -505,21 +458,16 @@ fn a_killed_monitor_continues_its_window_when_restarted() {
     let v1 = tp.bundle("v1", &[]);
     tp.install_and_start(env, &v1);
     let gates = fast_gates(&tp, env, "auto-rollback", json!({}));
-    let args = [
-        "--env",
-        env,
-        "--config",
-        gates.to_str().unwrap(),
-        "--duration",
-        "10",
-    ];
     let started = Instant::now();
-    let mut first = monitor(&tp, &args).stdout(Stdio::piped()).spawn().unwrap();
+    let mut first = watch(&tp, env, &gates, "10", &[])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_secs(4));
     first.kill().unwrap();
     let first = first.wait_with_output().unwrap();
     let first_start = find(&events(&first.stdout), "monitor.started")[0]["window_start"].clone();
-    let out = monitor(&tp, &args).output().unwrap();
+    let out = watch(&tp, env, &gates, "10", &[]).output().unwrap();
     let total = started.elapsed();
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let evs = events(&out.stdout);
@@ -542,18 +490,12 @@ fn replaying_a_live_recording_reproduces_its_decisions_exactly() {
     let gates = fast_gates(&s.tp, s.env, "shadow", json!({}));
     let rec = s.tp.root().join("live.csv");
     let l = load(&s.tp, s.env, 8);
-    let live = monitor(
+    let live = watch(
         &s.tp,
-        &[
-            "--env",
-            s.env,
-            "--config",
-            gates.to_str().unwrap(),
-            "--duration",
-            "7",
-            "--record",
-            rec.to_str().unwrap(),
-        ],
+        s.env,
+        &gates,
+        "7",
+        &["--record", rec.to_str().unwrap()],
     )
     .output()
     .unwrap();
@@ -619,7 +561,10 @@ fn replay_reports_a_malformed_recording_by_line() {
     .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.csv") && err.contains("maybe"), "{err}");
+    assert!(
+        err.contains("bad.csv") && err.contains("t_ms 2000") && err.contains("maybe"),
+        "{err}"
+    );
 }
 
 fn monitor_header() -> String {

@@ -93,17 +93,21 @@ fn quick_deploy_good_then_bad_rolls_back_to_good() {
     let gates = fast_gates(&tp, env);
     let hook = Receiver::start(vec![Reply::status(200); 200]);
 
+    let quick_deploy = |tag: &str, secs: u32| {
+        shell(
+            &tp,
+            &format!(
+                "./quick-deploy.sh --env {env} --tag {tag} --duration {secs} --config {}",
+                gates.display()
+            ),
+        )
+        .env("WEBHOOK_URL", hook.url())
+        .output()
+        .unwrap()
+    };
+
     // From empty state: the good release, a short window, exit 0.
-    let out = shell(
-        &tp,
-        &format!(
-            "./quick-deploy.sh --env {env} --tag good --duration 4 --config {}",
-            gates.display()
-        ),
-    )
-    .env("WEBHOOK_URL", hook.url())
-    .output()
-    .unwrap();
+    let out = quick_deploy("good", 4);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -114,16 +118,7 @@ fn quick_deploy_good_then_bad_rolls_back_to_good() {
     let stored: Vec<i64> = (0..4).map(|i| post_png(&tp, env, i * 40)).collect();
 
     // The bad release: the monitor trips, rolls back, exit 3.
-    let out = shell(
-        &tp,
-        &format!(
-            "./quick-deploy.sh --env {env} --tag bad --duration 30 --config {}",
-            gates.display()
-        ),
-    )
-    .env("WEBHOOK_URL", hook.url())
-    .output()
-    .unwrap();
+    let out = quick_deploy("bad", 30);
     assert_eq!(
         out.status.code(),
         Some(3),
