@@ -1311,3 +1311,10 @@ fn load_driver_moves_the_counters() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("no request reached"));
 }
+
+/// dHash agreement with Python's `imagehash.dhash` on generated images.
+#[path = "imagehash.rs"]
+mod imagehash;
+/// The service under abusive clients: header and body limits, slow readers.
+#[path = "hardening.rs"]
+mod hardening;
