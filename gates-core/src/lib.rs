@@ -14,6 +14,7 @@ pub mod lock;
 pub mod probe;
 pub mod project;
 pub mod redact;
+pub mod runlog;
 pub mod release;
 pub mod sample;
 #[cfg(unix)]
