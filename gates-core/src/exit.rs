@@ -15,6 +15,12 @@ pub enum Exit {
     GateRolledBack,
     /// 4: a rollback was needed and failed (the page-someone case).
     RollbackFailed,
+    /// 5: the watch ended without evaluating every gate (its window shorter
+    /// than a gate's, or no data): inconclusive, never a pass.
+    Inconclusive,
+    /// 6: the watch ended because its release was replaced (a newer deploy
+    /// or a rollback) before the window closed: nothing was decided.
+    Superseded,
     /// 75: another run holds the environment's lock (EX_TEMPFAIL).
     Locked,
 }
@@ -27,6 +33,8 @@ impl Exit {
             Exit::Usage => 2,
             Exit::GateRolledBack => 3,
             Exit::RollbackFailed => 4,
+            Exit::Inconclusive => 5,
+            Exit::Superseded => 6,
             Exit::Locked => 75,
         }
     }
@@ -39,6 +47,8 @@ pub const EXIT_CODES_HELP: &str = "Exit codes:
   2   usage or configuration error
   3   a quality gate was violated and the rollback succeeded
   4   a rollback was needed and failed (page someone)
+  5   a watch ended inconclusive: some gate was never evaluated (window too short, no data)
+  6   a watch was superseded: its release was replaced before the window closed
   75  another run holds the environment's lock";
 
 /// An error that knows which exit code it maps to. Anything else that reaches
