@@ -100,6 +100,124 @@ pub fn switch_symlink(_target: &Path, link: &Path) -> anyhow::Result<()> {
     )
 }
 
+/// How a file-system object is named in messages: "a FIFO (named pipe)",
+/// "a directory", "a socket", ... ("a regular file" for a plain file).
+pub fn describe_file_type(ft: &fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if ft.is_fifo() {
+            return "a FIFO (named pipe)";
+        }
+        if ft.is_socket() {
+            return "a socket";
+        }
+        if ft.is_char_device() {
+            return "a character device";
+        }
+        if ft.is_block_device() {
+            return "a block device";
+        }
+    }
+    if ft.is_dir() {
+        "a directory"
+    } else if ft.is_symlink() {
+        "a symbolic link"
+    } else if ft.is_file() {
+        "a regular file"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Why `path` cannot be opened as a regular file, from `stat` (never blocks).
+/// `what` names the role, e.g. "the backup"; None when it is a regular file.
+fn not_regular_reason(path: &Path, what: &str) -> Option<String> {
+    match fs::metadata(path) {
+        Ok(m) if m.is_file() => None,
+        Ok(m) => Some(format!(
+            "{what} {} is {}, not a regular file",
+            path.display(),
+            describe_file_type(&m.file_type())
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            match (fs::symlink_metadata(path), fs::read_link(path)) {
+                (Ok(l), Ok(target)) if l.file_type().is_symlink() => Some(format!(
+                    "{what} {} does not exist (it is a symbolic link to {}, which does not exist)",
+                    path.display(),
+                    target.display()
+                )),
+                _ => Some(format!("{what} {} does not exist", path.display())),
+            }
+        }
+        Err(e) => Some(format!("cannot read {what} {}: {e}", path.display())),
+    }
+}
+
+/// Refuses anything but a regular file (symbolic links are followed): a FIFO,
+/// directory, socket or device gets an error saying what the path is, e.g.
+/// "the backup /x.zip is a FIFO (named pipe), not a regular file", and a
+/// missing path "... does not exist". Never blocks (only `stat`). Use
+/// [`open_regular`] to open the file: it closes the check-then-open race.
+pub fn require_regular_file(path: &Path, what: &str) -> anyhow::Result<()> {
+    match not_regular_reason(path, what) {
+        None => Ok(()),
+        Some(why) => Err(anyhow::anyhow!(why)),
+    }
+}
+
+/// Opens `path` for reading if, and only if, it is a regular file (symbolic
+/// links followed), with the messages of [`require_regular_file`]. The open
+/// itself never blocks (`O_NONBLOCK`, so a FIFO without a writer cannot hang
+/// the caller) and the type is checked again with `fstat` on the opened
+/// handle, so a path swapped for a FIFO between the check and the open is
+/// refused too. The returned handle is in ordinary blocking mode.
+pub fn open_regular(path: &Path, what: &str) -> anyhow::Result<File> {
+    if let Some(why) = not_regular_reason(path, what) {
+        anyhow::bail!(why);
+    }
+    let mut opts = OpenOptions::new();
+    opts.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY);
+    }
+    let f = match opts.open(path) {
+        Ok(f) => f,
+        Err(e) => {
+            // Swapped since the check (e.g. ENXIO on a socket): say what it is now.
+            if let Some(why) = not_regular_reason(path, what) {
+                anyhow::bail!(why);
+            }
+            return Err(anyhow::anyhow!(
+                "cannot open {what} {}: {e}",
+                path.display()
+            ));
+        }
+    };
+    let meta = f
+        .metadata()
+        .with_context(|| format!("reading {what} {}", path.display()))?;
+    if !meta.is_file() {
+        anyhow::bail!(
+            "{what} {} is {}, not a regular file",
+            path.display(),
+            describe_file_type(&meta.file_type())
+        );
+    }
+    #[cfg(unix)]
+    {
+        use nix::fcntl::{fcntl, FcntlArg, OFlag};
+        let flags = fcntl(&f, FcntlArg::F_GETFL)
+            .with_context(|| format!("reading the flags of {}", path.display()))?;
+        let flags = OFlag::from_bits_truncate(flags) & !OFlag::O_NONBLOCK;
+        fcntl(&f, FcntlArg::F_SETFL(flags))
+            .with_context(|| format!("setting the flags of {}", path.display()))?;
+    }
+    Ok(f)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,5 +258,72 @@ mod tests {
             fs::read_to_string(&p).expect("read"),
             "{\"a\":1}\n{\"a\":2}\n"
         );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn only_regular_files_open_and_nothing_blocks() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let file = d.path().join("b.zip");
+        fs::write(&file, b"zip").expect("write");
+        let mut f = open_regular(&file, "the backup").expect("regular file opens");
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut f, &mut text).expect("read");
+        assert_eq!(text, "zip");
+        require_regular_file(&file, "the backup").expect("regular");
+
+        let link = d.path().join("alias.zip");
+        std::os::unix::fs::symlink("b.zip", &link).expect("symlink");
+        open_regular(&link, "the backup").expect("a link to a file is followed");
+
+        let fifo = d.path().join("fifo.zip");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .expect("mkfifo");
+        let started = std::time::Instant::now();
+        let e = format!("{:#}", open_regular(&fifo, "the backup").expect_err("fifo"));
+        assert!(e.contains("is a FIFO") && e.contains("fifo.zip"), "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        let e = format!(
+            "{:#}",
+            require_regular_file(&fifo, "the backup").expect_err("fifo")
+        );
+        assert!(e.contains("is a FIFO"), "{e}");
+
+        let e = format!(
+            "{:#}",
+            open_regular(d.path(), "the backup").expect_err("dir")
+        );
+        assert!(e.contains("is a directory"), "{e}");
+
+        let sock = d.path().join("s.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
+        let e = format!(
+            "{:#}",
+            open_regular(&sock, "the backup").expect_err("socket")
+        );
+        assert!(e.contains("is a socket"), "{e}");
+
+        let e = format!(
+            "{:#}",
+            open_regular(&d.path().join("nope.zip"), "the backup").expect_err("missing")
+        );
+        assert!(e.contains("nope.zip does not exist"), "{e}");
+
+        let dangling = d.path().join("dangling.zip");
+        std::os::unix::fs::symlink("gone.zip", &dangling).expect("symlink");
+        let e = format!(
+            "{:#}",
+            open_regular(&dangling, "the backup").expect_err("dangling")
+        );
+        assert!(
+            e.contains("does not exist") && e.contains("gone.zip"),
+            "{e}"
+        );
+
+        let e = format!(
+            "{:#}",
+            open_regular(Path::new("/dev/null"), "the bundle").expect_err("dev")
+        );
+        assert!(e.contains("is a character device"), "{e}");
     }
 }
