@@ -11,16 +11,22 @@ usage() {
 Usage: ./quick-deploy.sh --env ENV [--tag TAG] [--dry-run] [--duration D] [--config GATES.json]
 
   --env ENV        environment from environments.json (staging, production, ...)
-  --tag TAG        release bundle dist/dhash-TAG to deploy (default: a bundle of
-                   this checkout, built when missing)
+  --tag TAG        release to deploy: dist/dhash-TAG, or the git tag TAG built
+                   into one (default: this checkout, bundled when missing)
   --dry-run        validate and show every step; change nothing
   --duration D     monitoring window (seconds or 45m; default: the environment's)
   --config FILE    custom quality-gates file for the monitor
 
+stdout: the JSON lines of every step (backup, deploy, migrate, monitor,
+notify), also kept in monitor_logs/quick-deploy_<env>_<ts>.jsonl; progress
+and the summary go to stderr, so `./quick-deploy.sh --env staging | jq ...`
+works.
+
 Exit codes: 0 deployed and every gate held; 1 a step failed (nothing changed
 or it was undone); 2 usage/configuration; 3 a gate was violated and the
-rollback succeeded; 4 the rollback failed (page someone); 75 the environment
-is locked by another run.
+rollback succeeded; 4 the rollback failed (page someone); 5 deployed but the
+watch was inconclusive (a gate never evaluated); 75 the environment is locked
+by another run.
 EOF
 }
 
@@ -64,24 +70,22 @@ for t in backup_dhash deploy_dhash migrate_dhash monitor_dhash notify smoke_test
   [ -x "$bin/$t" ] || { echo "quick-deploy: $bin/$t is missing (is cargo installed?)" >&2; exit 2; }
 done
 
-dist="$DHASH_ROOT/dist"
-if [ -z "$tag" ]; then
-  version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/Cargo.toml" | head -n1)
-  rev=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo local)
-  tag="v${version}-${rev}"
-fi
-if [ ! -d "$dist/dhash-$tag" ]; then
-  say "Building release bundle dist/dhash-$tag"
-  "$bin/dhash-service" bundle --tag "$tag" --out "$dist" >/dev/null
-fi
-
 log_dir="$DHASH_ROOT/monitor_logs"
 mkdir -p "$log_dir"
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 events="$log_dir/quick-deploy_${env_name}_${stamp}.jsonl"
+: >"$events"
+# stdout carries the steps' JSON lines (like every tool), and the run's file
+# keeps a copy; everything human goes to stderr.
+emit() { tee -a "$events"; }
 
-say "Pre-deploy validation: configuration, placeholders, bundle, lock, disk"
-"$bin/deploy_dhash" --env "$env_name" --tag "$tag" --dry-run >>"$events"
+tag_args=()
+[ -n "$tag" ] && tag_args=(--tag "$tag")
+
+say "Pre-deploy validation: configuration, placeholders, bundle, gates, lock, disk"
+"$bin/deploy_dhash" --env "$env_name" "${tag_args[@]}" --dry-run | emit
+# Informational only (a first deploy has nothing running): kept in the file,
+# not on stdout, so a failed pre-check is not mistaken for the rollout's result.
 if "$bin/smoke_tests" --env "$env_name" --quick >>"$events" 2>/dev/null; then
   echo "pre-deploy smoke: the running release is healthy" >&2
 else
@@ -89,7 +93,7 @@ else
 fi
 
 say "Migration plan (dry run)"
-"$bin/migrate_dhash" --env "$env_name" --release "$tag" --dry-run >>"$events"
+"$bin/migrate_dhash" --env "$env_name" "${tag_args[@]}" --dry-run | emit
 
 monitor_args=(--env "$env_name")
 [ -n "$duration" ] && monitor_args+=(--duration "$duration")
@@ -97,39 +101,42 @@ monitor_args=(--env "$env_name")
 
 if [ "$dry_run" -eq 1 ]; then
   say "Dry run: backup, deploy and monitor plans"
-  "$bin/backup_dhash" --env "$env_name" --dry-run >>"$events"
-  "$bin/notify" --env "$env_name" --level info --message "quick-deploy dry run of $tag to $env_name" --dry-run >>"$events"
+  "$bin/backup_dhash" --env "$env_name" --dry-run | emit
+  "$bin/notify" --env "$env_name" --level info --message "quick-deploy dry run to $env_name" --dry-run | emit
   echo "dry run complete: nothing was changed; events in $events" >&2
   exit 0
 fi
 
 say "Backup (timestamped, SHA-256 verified)"
+backup_events=$(mktemp)
+trap 'rm -f "$backup_events"' EXIT
 set +e
-"$bin/backup_dhash" --env "$env_name" >>"$events"
+"$bin/backup_dhash" --env "$env_name" >"$backup_events"
 code=$?
 set -e
 if [ "$code" -ne 0 ]; then
+  emit <"$backup_events" >/dev/null
+  cat "$backup_events"
   echo "quick-deploy: the backup failed (exit $code): nothing was deployed" >&2
   exit "$code"
 fi
 
-say "Deploy $tag, then the T+60 monitor (Ctrl-C stops monitoring; a rerun of monitor_dhash continues the window)"
+say "Deploy, then the T+60 monitor in the foreground (Ctrl-C stops monitoring; a rerun of monitor_dhash continues the window)"
+# The backup's events enter the pipeline once: deploy takes backup.verified as
+# its rollback point and every stage forwards what it reads.
 set +e
-grep '"event":"backup.verified"' "$events" \
-  | "$bin/deploy_dhash" --env "$env_name" --tag "$tag" --backup-first \
+"$bin/deploy_dhash" --env "$env_name" "${tag_args[@]}" --no-monitor <"$backup_events" \
   | "$bin/monitor_dhash" "${monitor_args[@]}" \
   | "$bin/notify" --env "$env_name" \
-  >>"$events"
+  | emit
 codes=("${PIPESTATUS[@]}")
 set -e
-deploy_code=${codes[1]} monitor_code=${codes[2]} notify_code=${codes[3]}
+deploy_code=${codes[0]} monitor_code=${codes[1]} notify_code=${codes[2]}
 
 say "Summary"
-# Tools pass upstream events through, so the log holds the backup's events
-# twice (from backup_dhash and through the pipeline): show each once.
 if command -v jq >/dev/null 2>&1; then
   jq -r 'select(.event | test("^(backup.verified|deploy.healthy|deploy.failed|gate.violated|rollback.completed|rollback.failed|monitor.completed|incident.created)$"))
-         | "\(.ts)  \(.event)  \(.msg)"' "$events" | awk '!seen[$0]++' >&2 || true
+         | "\(.ts)  \(.event)  \(.msg)"' "$events" >&2 || true
 fi
 echo "events: $events" >&2
 [ "$notify_code" -eq 0 ] || echo "warning: notify exited $notify_code (see the fallback file)" >&2
@@ -138,9 +145,10 @@ if [ "$deploy_code" -ne 0 ]; then
   exit "$deploy_code"
 fi
 case "$monitor_code" in
-  0) echo "result: $tag deployed to $env_name; every quality gate held" >&2 ;;
+  0) echo "result: deployed to $env_name; every quality gate held" >&2 ;;
   3) echo "result: a quality gate was violated; rolled back to the previous release" >&2 ;;
   4) echo "result: a quality gate was violated and the ROLLBACK FAILED: page the on-call" >&2 ;;
+  5) echo "result: deployed, but the watch was inconclusive: some gate was never evaluated (see monitor.completed)" >&2 ;;
   *) echo "result: monitoring ended with exit $monitor_code" >&2 ;;
 esac
 exit "$monitor_code"
