@@ -292,3 +292,12 @@ fn quick_deploy_rejects_bad_arguments() {
         assert_eq!(out.status.code(), Some(2), "{}", describe(args, &out));
     }
 }
+
+/// The runbooks on a fresh clone, nothing built beforehand.
+#[path = "fresh_clone.rs"]
+mod fresh_clone;
+
+/// The standing fault matrix: kill points, concurrent pairs, mutated
+/// configs, hostile archives, with invariants checked after every step.
+#[path = "faults.rs"]
+mod faults;

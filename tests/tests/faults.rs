@@ -1,0 +1,1 @@
+//! The standing fault matrix (filled in by the fault-matrix work).
