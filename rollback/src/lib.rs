@@ -168,6 +168,84 @@ fn current_release_id(env: &EnvConfig) -> Option<String> {
         .map(str::to_string)
 }
 
+/// What a guarded rollback ([`rollback_release`]) did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RollbackOutcome {
+    /// The release was rolled back (or an interrupted rollback finished).
+    Done(RollbackReport),
+    /// Nothing was done: the release asked to be undone is no longer the
+    /// current one (another watcher, a manual rollback or a newer deploy
+    /// got there first). A `rollback.skipped` event and a ledger record say why.
+    Skipped {
+        /// The release the caller asked to undo.
+        release: String,
+        /// What `current` points at instead.
+        current: Option<String>,
+        reason: String,
+    },
+}
+
+/// Whether `current` is `release` (by folder name or by its manifest's id).
+pub fn is_current(env: &EnvConfig, release: &str) -> bool {
+    current_release_id(env).as_deref() == Some(release)
+        || gates_core::service::current_release(env).as_deref() == Some(release)
+}
+
+/// Rolls back `release`, but only while it is still the current one: the
+/// check is made here, under the environment lock the caller holds, so two
+/// actors that saw the same violation (two watchers, a watcher and
+/// `rollback_dhash --on-violation`) undo it once. The second gets
+/// [`RollbackOutcome::Skipped`]. An interrupted rollback of `release`
+/// (its journal names it as the replaced release) is resumed; an
+/// interrupted rollback of another release is finished first, as every
+/// mutating step must, and reported as done.
+pub fn rollback_release(
+    project: &Project,
+    env: &EnvConfig,
+    lock: &EnvLock,
+    opts: &RollbackOptions,
+    release: &str,
+    em: &Emitter,
+) -> anyhow::Result<RollbackOutcome> {
+    if lock.env() != env.name {
+        bail!(
+            "internal error: the lock held is for {:?}, not {:?}",
+            lock.env(),
+            env.name
+        );
+    }
+    let journal = pending(env).ok().flatten();
+    if journal.is_none() && !is_current(env, release) {
+        let current = gates_core::service::current_release(env).or_else(|| current_release_id(env));
+        let reason = format!(
+            "release {release} is no longer the current one (current: {}): it was already rolled back or replaced; nothing was done",
+            current.as_deref().unwrap_or("none")
+        );
+        em.emit(
+            "rollback.skipped",
+            Level::Warning,
+            reason.clone(),
+            json!({"release": release, "current_release": current, "requested_reason": opts.reason}),
+        );
+        let rec = json!({"env": env.name, "release": release, "current": current, "result": "skipped",
+                         "reason": opts.reason, "skipped_because": reason});
+        if let Err(e) = env.ledger().append("rollback", rec) {
+            em.emit(
+                "ledger.failed",
+                Level::Warning,
+                format!("could not record the skipped rollback in the ledger: {e:#}"),
+                json!({}),
+            );
+        }
+        return Ok(RollbackOutcome::Skipped {
+            release: release.to_string(),
+            current,
+            reason,
+        });
+    }
+    rollback(project, env, lock, opts, em).map(RollbackOutcome::Done)
+}
+
 /// Like [`rollback`], with `confirm` asked (after verification, before anything
 /// is touched) whether to go ahead; `Ok(false)` cancels (exit 1, nothing changed).
 pub fn rollback_with(

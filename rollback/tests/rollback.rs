@@ -681,3 +681,67 @@ fn kill_9_during_rollback_then_rerun_restores_fully_late_steps() {
         crash_and_resume(&f, point);
     }
 }
+
+/// Issue 13 #1: a violation is undone once. `--on-violation` with the
+/// release the violation was measured on rolls back only while that release
+/// is current; the same violation again (a second watcher, a replayed
+/// pipeline) is a `rollback.skipped` no-op: no restart, no quarantine.
+#[test]
+fn a_violation_of_a_release_no_longer_current_is_skipped_not_rolled_back_twice() {
+    let f = fixture();
+    let trigger = |release: &str| {
+        ev(
+            "staging",
+            "gate.violated",
+            serde_json::json!({"gate": "low_confidence_queue", "action": "auto-rollback", "release": release}),
+        )
+    };
+    // A violation of a release that is not (or no longer) current: nothing happens.
+    let pid = gates_core::service::running_pid(&f.env);
+    let rows = db_rows(&f.env.database);
+    let out = pipe(
+        &f.tp,
+        &["--env", "staging", "--on-violation"],
+        &format!("{}\n", trigger("v0-long-gone")),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let evs = events(&out);
+    let skipped = event(&evs, "rollback.skipped").unwrap_or_else(|| panic!("{}", show(&out)));
+    assert_eq!(skipped["release"], "v0-long-gone");
+    assert_eq!(skipped["current_release"], f.v2.as_str());
+    assert!(event(&evs, "rollback.started").is_none());
+    assert_untouched(&f, pid, &rows);
+
+    // The real violation of v2 rolls back once...
+    let out = pipe(
+        &f.tp,
+        &["--env", "staging", "--on-violation"],
+        &format!("{}\n", trigger(&f.v2)),
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    assert!(event(&events(&out), "rollback.completed").is_some());
+    let pid = gates_core::service::running_pid(&f.env);
+    let quarantined = fs::read_dir(f.env.quarantine_dir()).unwrap().count();
+    assert_eq!(quarantined, 1);
+
+    // ...and the same violation delivered again is a no-op.
+    let out = pipe(
+        &f.tp,
+        &["--env", "staging", "--on-violation"],
+        &format!("{}\n", trigger(&f.v2)),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let evs = events(&out);
+    let skipped = event(&evs, "rollback.skipped").unwrap_or_else(|| panic!("{}", show(&out)));
+    assert_eq!(skipped["current_release"], f.v1.as_str());
+    assert!(event(&evs, "rollback.started").is_none());
+    assert_eq!(
+        gates_core::service::running_pid(&f.env),
+        pid,
+        "not restarted"
+    );
+    assert_eq!(fs::read_dir(f.env.quarantine_dir()).unwrap().count(), 1);
+    let rec = f.env.ledger().records("rollback").unwrap();
+    let results: Vec<&str> = rec.iter().map(|r| r["result"].as_str().unwrap()).collect();
+    assert_eq!(results, vec!["skipped", "completed", "skipped"]);
+}

@@ -3,7 +3,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 
 use clap::Parser;
-use dhash_rollback::{Prepared, RollbackOptions, TOOL};
+use dhash_rollback::{Prepared, RollbackOptions, RollbackOutcome, TOOL};
 use gates_core::exit::{usage_error, Exit, EXIT_CODES_HELP};
 use gates_core::project::Project;
 use gates_core::Emitter;
@@ -37,6 +37,9 @@ struct Args {
     /// Read events on stdin and roll back only on a `gate.violated` event of this environment whose
     /// action is "auto-rollback" (every event is forwarded to stdout); without one, do nothing (exit 0).
     /// Success then exits 3 (gate violated, rollback succeeded). Implies consent (no prompt).
+    /// When the event names the release it was measured on (`release`) and that release is no
+    /// longer current (another watcher or operator already rolled it back, or a newer deploy
+    /// replaced it), nothing is done: a `rollback.skipped` event says why, exit 0.
     #[arg(long)]
     on_violation: bool,
     /// Why (recorded in events and the ledger).
@@ -69,6 +72,9 @@ fn run(args: Args) -> anyhow::Result<Exit> {
 
     let mut reason = args.reason.clone();
     let mut triggered = false;
+    // The release the violation was measured on (monitor_dhash puts it in
+    // every gate event): the rollback is done only while it is still current.
+    let mut violated_release: Option<String> = None;
     if args.on_violation {
         let mut trigger: Option<String> = None;
         gates_core::event::pump_stdin(&em, |ev| {
@@ -79,6 +85,7 @@ fn run(args: Args) -> anyhow::Result<Exit> {
             {
                 let gate = ev.str_field("gate").unwrap_or("a gate");
                 trigger = Some(format!("{gate} violated: {}", ev.msg));
+                violated_release = ev.str_field("release").map(str::to_string);
             }
         });
         match trigger {
@@ -117,6 +124,12 @@ fn run(args: Args) -> anyhow::Result<Exit> {
         }
         prompt(p)
     };
+    if let (true, false, Some(release)) = (triggered, args.dry_run, violated_release.as_deref()) {
+        return match dhash_rollback::rollback_release(&project, env, &lock, &opts, release, &em)? {
+            RollbackOutcome::Done(_) => Ok(Exit::GateRolledBack),
+            RollbackOutcome::Skipped { .. } => Ok(Exit::Ok),
+        };
+    }
     dhash_rollback::rollback_with(&project, env, &lock, &opts, &em, &mut confirm)?;
     if triggered && !args.dry_run {
         return Ok(Exit::GateRolledBack);
