@@ -17,6 +17,7 @@ pub mod redact;
 pub mod runlog;
 pub mod release;
 pub mod sample;
+pub mod watch;
 #[cfg(unix)]
 pub mod service;
 
