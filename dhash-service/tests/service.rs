@@ -1,20 +1,22 @@
 //! Integration tests: the real `dhash-service` binary, real bundles, a real
 //! SQLite database migrated with the shipped migration SQL, real HTTP.
 //!
-//! Independent dHash derivation (see `src/dhash.rs` for the convention):
-//! - 9×8 images are not resampled (the image crate copies when the size does
-//!   not change), so the expected bits come straight from the pixel grid the
+//! Independent dHash derivation (see `src/dhash.rs` for the convention,
+//! Python's `imagehash.dhash`; `imagehash.rs` compares with that library):
+//! - 9×8 images are not resampled (Pillow copies when the size does not
+//!   change), so the expected bits come straight from the pixel grid the
 //!   test builds: bit `63 - (8 r + c)` is 1 when `p[r][c] < p[r][c+1]`.
 //!   One grid is also checked against a hex literal worked out by hand.
-//! - 18×16 images made of 2×2 blocks: halving with the Triangle filter gives
-//!   output column k the weights 1/8, 3/4, 1/8 over blocks k-1, k, k+1
-//!   (input pixels 2k-1..2k+2 at distances 1.5, 0.5, 0.5, 1.5 from the
-//!   output centre, triangle weights 1/4, 3/4, 3/4, 1/4, normalised; at the
-//!   edges the missing weight is dropped and the rest renormalised), the same
-//!   for rows. The test computes that grid itself and compares the bits whose
-//!   pair differs by at least 3 levels (rounding cannot flip those).
-//! - RGB: gray = (2126 R + 7152 G + 722 B) / 10000 (Rec. 709), checked on a
-//!   9×8 image of saturated colours whose grays are far apart.
+//! - 18×16 images made of 2×2 blocks: the test resizes them to 9×8 itself
+//!   with the textbook Lanczos-3 in floating point ([`lanczos_resize_f64`]:
+//!   support stretched by the downscale factor, weights renormalised where
+//!   the window is cut at the edges, no rounding between the passes). The
+//!   service rounds to 8 bits after each pass as Pillow does, so only the
+//!   bits whose pair differs by at least 3 levels are compared (rounding
+//!   cannot flip those).
+//! - RGB: gray = 0.299 R + 0.587 G + 0.114 B (ITU-R 601-2, Pillow's
+//!   `convert("L")`), checked on a 9×8 image of saturated colours whose
+//!   grays are far apart.
 //! - Large horizontal gradients (PNG and JPEG) must hash to all ones or all
 //!   zeros, whatever the filter details.
 
@@ -370,28 +372,42 @@ fn lcg(seed: u64) -> impl FnMut() -> u8 {
     }
 }
 
-/// Triangle-filter halving of a 2×2-block image, computed independently:
-/// weights 1/8, 3/4, 1/8 over neighbouring blocks, renormalised at edges.
-fn halve_blocks<const N: usize>(v: [f64; N]) -> [f64; N] {
-    let mut out = [0.0; N];
-    for k in 0..N {
-        // Input pixels 2k-1, 2k, 2k+1, 2k+2 with weights 1/4, 3/4, 3/4, 1/4.
-        let mut sum = 0.0;
-        let mut wsum = 0.0;
-        for (i, w) in [
-            (2 * k as i64 - 1, 0.25),
-            (2 * k as i64, 0.75),
-            (2 * k as i64 + 1, 0.75),
-            (2 * k as i64 + 2, 0.25),
-        ] {
-            if i >= 0 && (i as usize) < 2 * N {
-                sum += w * v[i as usize / 2];
-                wsum += w;
+/// Lanczos-3 resize of a gray plane (`plane[y][x]`) to 9×8 in floating
+/// point, written from the textbook definition: output pixel `k` of a side
+/// shrunk by `s = in / out` is centred on input coordinate `(k + 0.5) s`; an
+/// input pixel `i` (centre `i + 0.5`) at distance `d` weighs
+/// `sinc(d / s) sinc(d / 3s)` when `|d / s| < 3`, and the weights are
+/// normalised over the pixels that exist.
+fn lanczos_resize_f64(plane: &[Vec<f64>]) -> [[f64; 9]; 8] {
+    fn weights(n_in: usize, n_out: usize, k: usize) -> Vec<(usize, f64)> {
+        let s = (n_in as f64 / n_out as f64).max(1.0);
+        let centre = (k as f64 + 0.5) * n_in as f64 / n_out as f64;
+        let sinc = |x: f64| {
+            if x == 0.0 {
+                1.0
+            } else {
+                (std::f64::consts::PI * x).sin() / (std::f64::consts::PI * x)
             }
+        };
+        let mut w: Vec<(usize, f64)> = (0..n_in)
+            .map(|i| (i, (i as f64 + 0.5 - centre) / s))
+            .filter(|(_, x)| x.abs() < 3.0)
+            .map(|(i, x)| (i, sinc(x) * sinc(x / 3.0)))
+            .collect();
+        let total: f64 = w.iter().map(|(_, v)| v).sum();
+        for (_, v) in w.iter_mut() {
+            *v /= total;
         }
-        out[k] = sum / wsum;
+        w
     }
-    out
+    let (h, w) = (plane.len(), plane[0].len());
+    let rows: Vec<[f64; 9]> = plane
+        .iter()
+        .map(|row| std::array::from_fn(|k| weights(w, 9, k).iter().map(|&(i, v)| v * row[i]).sum()))
+        .collect();
+    std::array::from_fn(|r| {
+        std::array::from_fn(|c| weights(h, 8, r).iter().map(|&(i, v)| v * rows[i][c]).sum())
+    })
 }
 
 fn hex_bits(h: &str) -> u64 {
@@ -828,7 +844,7 @@ fn dhash_values_match_an_independent_computation_and_are_stable() {
         ));
     }
 
-    // RGB 9×8: saturated colours, gray by Rec. 709.
+    // RGB 9×8: saturated colours, gray by ITU-R 601-2 (Pillow's convert("L")).
     let palette: [[u8; 3]; 6] = [
         [255, 0, 0],
         [0, 255, 0],
@@ -845,8 +861,7 @@ fn dhash_values_match_an_independent_computation_and_are_stable() {
             let c = palette[next() as usize % palette.len()];
             rgb[y][x] = c;
             gray[y][x] =
-                (2126.0 * f64::from(c[0]) + 7152.0 * f64::from(c[1]) + 722.0 * f64::from(c[2]))
-                    / 10000.0;
+                0.299 * f64::from(c[0]) + 0.587 * f64::from(c[1]) + 0.114 * f64::from(c[2]);
         }
     }
     let png = images::png_rgb(9, 8, |x, y| rgb[y as usize][x as usize]);
@@ -880,7 +895,7 @@ fn dhash_values_match_an_independent_computation_and_are_stable() {
         assert_eq!(r.json()["dhash"], want.as_str(), "{name}");
     }
 
-    // 18×16 images of 2×2 blocks: the test's own Triangle halving.
+    // 18×16 images of 2×2 blocks: the test's own floating-point Lanczos.
     for seed in 100..112u64 {
         let mut next = lcg(seed);
         let mut blocks = [[0.0f64; 9]; 8];
@@ -892,19 +907,10 @@ fn dhash_values_match_an_independent_computation_and_are_stable() {
         let png = images::png_gray(18, 16, |x, y| {
             blocks[(y / 2) as usize][(x / 2) as usize] as u8
         });
-        // Horizontal pass per row, then vertical pass per column.
-        let mut h = [[0.0f64; 9]; 8];
-        for r in 0..8 {
-            h[r] = halve_blocks(blocks[r]);
-        }
-        let mut grid = [[0.0f64; 9]; 8];
-        for c in 0..9 {
-            let col: [f64; 8] = std::array::from_fn(|r| h[r][c]);
-            let out = halve_blocks(col);
-            for r in 0..8 {
-                grid[r][c] = out[r];
-            }
-        }
+        let plane: Vec<Vec<f64>> = (0..16)
+            .map(|y| (0..18).map(|x| blocks[y / 2][x / 2]).collect())
+            .collect();
+        let grid = lanczos_resize_f64(&plane);
         let want = hex_bits(&expected_hex(&grid));
         let mut mask = 0u64;
         for r in 0..8 {
