@@ -468,7 +468,10 @@ fn broken_gate_configs_name_file_path_and_expectation() {
         e.path, "environments.production.quality_gates.p95_hash_time.threshold",
         "{e}"
     );
-    assert!(e.message.contains("≥ 0"), "{e}");
+    assert!(
+        e.message.contains("from 0 to 3600000") && e.message.contains("found -1"),
+        "{e}"
+    );
 
     let e = gates_err(
         r#"{"environments":{"production":{"quality_gates":{"p95_hash_time":{"threshold":1,"window_minutes":"soon","action":"alert"}}}}}"#,
@@ -606,4 +609,1203 @@ fn broken_topology_names_file_and_path() {
     assert_eq!(e.path, "environments.qa.service.start_timeout", "{e}");
     let e = topo_err(r#"{"environments":{"qa":{"install_root":"a"}}}"#);
     assert!(e.message.contains("missing field"), "{e}");
+}
+
+// ---------------------------------------------------------------------------
+// Every number range-checked, duplicate keys refused, the shipped profiles.
+
+const GATES_PATH: &str = "/etc/dhash/quality-gates-config.json";
+const TOPO_PATH: &str = "/srv/dhash/environments.json";
+
+fn shipped_json(name: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(repo_file(name)).expect("read shipped file"))
+        .expect("shipped file is JSON")
+}
+
+/// The shipped file with `value` written at the JSON pointer `at` (created
+/// when missing), parsed with `parse`.
+fn mutated<T>(
+    name: &str,
+    at: &str,
+    value: serde_json::Value,
+    parse: impl Fn(&str) -> Result<T, ConfigError>,
+) -> Result<T, ConfigError> {
+    let mut doc = shipped_json(name);
+    let (parent, key) = at.rsplit_once('/').expect("pointer");
+    let slot = doc
+        .pointer_mut(parent)
+        .unwrap_or_else(|| panic!("{parent} in {name}"));
+    match slot {
+        serde_json::Value::Object(m) => {
+            m.insert(key.to_string(), value);
+        }
+        serde_json::Value::Array(a) => a[key.parse::<usize>().expect("index")] = value,
+        other => panic!("{parent} is {other}"),
+    }
+    parse(&serde_json::to_string_pretty(&doc).expect("json"))
+}
+
+fn assert_config_error(e: &ConfigError, file: &str, path: &str, expect: &str, case: &str) {
+    assert_eq!(e.file, Path::new(file), "{case}: {e}");
+    assert_eq!(e.path, path, "{case}: {e}");
+    assert!(
+        e.message.contains(expect),
+        "{case}: expected {expect:?} in: {e}"
+    );
+    let shown = e.to_string();
+    assert!(
+        shown.starts_with(&format!("{file}: {path}: ")),
+        "{case}: the message names file and path: {shown}"
+    );
+    assert_eq!(
+        gates_core::exit::exit_for(&anyhow::Error::new(e.clone())),
+        gates_core::Exit::Usage,
+        "{case}: a config error exits 2"
+    );
+}
+
+#[test]
+fn every_number_in_the_gates_file_is_range_checked() {
+    use serde_json::json;
+    let gate = "/environments/production/quality_gates";
+    let cases: Vec<(String, serde_json::Value, &str, &str)> = vec![
+        // Issue 13 #4: a panic in monitor --replay and deploy --dry-run.
+        (
+            format!("{gate}/p95_hash_time/window_minutes"),
+            json!(1e300),
+            "environments.production.quality_gates.p95_hash_time.window_minutes",
+            "from 0ms to 7days",
+        ),
+        (
+            format!("{gate}/p95_hash_time/window_minutes"),
+            json!("1e300"),
+            "environments.production.quality_gates.p95_hash_time.window_minutes",
+            "from 0ms to 7days",
+        ),
+        (
+            format!("{gate}/p95_hash_time/window_minutes"),
+            json!(10081),
+            "environments.production.quality_gates.p95_hash_time.window_minutes",
+            "from 0ms to 7days",
+        ),
+        (
+            format!("{gate}/p95_hash_time/window_minutes"),
+            json!(-5),
+            "environments.production.quality_gates.p95_hash_time.window_minutes",
+            "from 0ms to 7days",
+        ),
+        (
+            format!("{gate}/p95_hash_time/window_minutes"),
+            json!("400d"),
+            "environments.production.quality_gates.p95_hash_time.window_minutes",
+            "from 0ms to 7days",
+        ),
+        (
+            format!("{gate}/p95_hash_time/window_minutes"),
+            json!("99999999999999999999999y"),
+            "environments.production.quality_gates.p95_hash_time.window_minutes",
+            "from 0ms to 7days",
+        ),
+        (
+            format!("{gate}/p95_hash_time/window_minutes"),
+            json!("NaN"),
+            "environments.production.quality_gates.p95_hash_time.window_minutes",
+            "from 0ms to 7days",
+        ),
+        (
+            format!("{gate}/p95_hash_time/window_minutes"),
+            json!(true),
+            "environments.production.quality_gates.p95_hash_time.window_minutes",
+            "from 0ms to 7days",
+        ),
+        (
+            format!("{gate}/p95_hash_time/threshold"),
+            json!(1e300),
+            "environments.production.quality_gates.p95_hash_time.threshold",
+            "from 0 to 3600000 (milliseconds)",
+        ),
+        (
+            format!("{gate}/extraction_failure_rate/threshold"),
+            json!(100.5),
+            "environments.production.quality_gates.extraction_failure_rate.threshold",
+            "from 0 to 100 (a rate is a percent",
+        ),
+        (
+            format!("{gate}/error_rate/threshold"),
+            json!(-0.1),
+            "environments.production.quality_gates.error_rate.threshold",
+            "from 0 to 100",
+        ),
+        (
+            format!("{gate}/memory_usage/threshold"),
+            json!(150),
+            "environments.production.quality_gates.memory_usage.threshold",
+            "from 0 to 100 (a percent)",
+        ),
+        (
+            format!("{gate}/health_failures/threshold"),
+            json!(1e9),
+            "environments.production.quality_gates.health_failures.threshold",
+            "from 0 to 10000 (failed checks in a row)",
+        ),
+        (
+            format!("{gate}/low_confidence_queue/threshold"),
+            json!(1e300),
+            "environments.production.quality_gates.low_confidence_queue.threshold",
+            "from 0 to 1000000000000",
+        ),
+        (
+            format!("{gate}/p95_hash_time/percentile"),
+            json!(0),
+            "environments.production.quality_gates.p95_hash_time.percentile",
+            "0 < percentile < 100",
+        ),
+        (
+            format!("{gate}/p95_hash_time/percentile"),
+            json!(100),
+            "environments.production.quality_gates.p95_hash_time.percentile",
+            "0 < percentile < 100",
+        ),
+        (
+            format!("{gate}/p95_hash_time/percentile"),
+            json!(1e300),
+            "environments.production.quality_gates.p95_hash_time.percentile",
+            "0 < percentile < 100",
+        ),
+        (
+            format!("{gate}/p95_hash_time/errors_to_violate"),
+            json!(-1),
+            "environments.production.quality_gates.p95_hash_time.errors_to_violate",
+            "from 0 to 10000, found -1",
+        ),
+        (
+            format!("{gate}/p95_hash_time/errors_to_violate"),
+            json!(1e300),
+            "environments.production.quality_gates.p95_hash_time.errors_to_violate",
+            "from 0 to 10000, found 1e+300",
+        ),
+        (
+            format!("{gate}/p95_hash_time/errors_to_violate"),
+            json!(2.5),
+            "environments.production.quality_gates.p95_hash_time.errors_to_violate",
+            "from 0 to 10000, found 2.5",
+        ),
+        (
+            format!("{gate}/p95_hash_time/errors_to_violate"),
+            json!("3"),
+            "environments.production.quality_gates.p95_hash_time.errors_to_violate",
+            "whole number from 0 to 10000",
+        ),
+        (
+            format!("{gate}/p95_hash_time/no_data_to_violate"),
+            json!(10001),
+            "environments.production.quality_gates.p95_hash_time.no_data_to_violate",
+            "from 0 to 10000, found 10001",
+        ),
+        // The optional monitoring section: the same ranges as environments.json.
+        (
+            "/environments/production/monitoring".into(),
+            json!({"duration": 0}),
+            "environments.production.monitoring.duration",
+            "from 1s to 7days",
+        ),
+        (
+            "/environments/production/monitoring".into(),
+            json!({"duration": 1e300}),
+            "environments.production.monitoring.duration",
+            "from 1s to 7days",
+        ),
+        (
+            "/environments/production/monitoring".into(),
+            json!({"duration": "8d"}),
+            "environments.production.monitoring.duration",
+            "from 1s to 7days",
+        ),
+        (
+            "/environments/production/monitoring".into(),
+            json!({"cadence": []}),
+            "environments.production.monitoring.cadence",
+            "at least one phase",
+        ),
+        (
+            "/environments/production/monitoring".into(),
+            json!({"cadence": [{"every": 0}]}),
+            "environments.production.monitoring.cadence[0].every",
+            "from 100ms to 1h",
+        ),
+        (
+            "/environments/production/monitoring".into(),
+            json!({"cadence": [{"every": "30s", "until": "15m"}, {"every": 1e300}]}),
+            "environments.production.monitoring.cadence[1].every",
+            "from 100ms to 1h",
+        ),
+        (
+            "/environments/production/monitoring".into(),
+            json!({"cadence": [{"every": "30s", "until": "15m"}, {"every": "60s", "until": "10m"}]}),
+            "environments.production.monitoring.cadence[1].until",
+            "after the previous phase's end (15m)",
+        ),
+        (
+            "/environments/production/monitoring".into(),
+            json!({"cadence": [{"every": "30s", "until": "15m", "for": "5m"}]}),
+            "environments.production.monitoring.cadence[0]",
+            "not both",
+        ),
+        (
+            "/environments/production/monitoring".into(),
+            json!({"cadence": [{"every": "30s", "until": "1e300"}]}),
+            "environments.production.monitoring.cadence[0].until",
+            "from 100ms to 7days",
+        ),
+        (
+            "/environments/production/monitoring".into(),
+            json!({"cadence": [{"every": "30s"}, {"every": "60s", "until": "1h"}]}),
+            "environments.production.monitoring.cadence[1].until",
+            "never starts",
+        ),
+        (
+            "/environments/production/monitoring".into(),
+            json!({"durration": "4h"}),
+            "environments.production.monitoring.durration",
+            "unknown field `durration`, expected one of `duration`, `cadence`",
+        ),
+        // A misspelt section would be ignored silently: refused instead.
+        (
+            "/environments/production/monitorng".into(),
+            json!({"duration": "4h"}),
+            "environments.production.monitorng",
+            "unknown field `monitorng`, expected one of `quality_gates`, `monitoring`",
+        ),
+    ];
+    for (at, value, path, expect) in cases {
+        let case = format!("{at} = {value}");
+        let e = mutated("quality-gates-config.json", &at, value, |t| {
+            GatesFile::parse(Path::new(GATES_PATH), t)
+        })
+        .expect_err(&case);
+        assert_config_error(&e, GATES_PATH, path, expect, &case);
+    }
+}
+
+#[test]
+fn every_number_in_the_topology_is_range_checked() {
+    use serde_json::json;
+    let p = "/environments/production";
+    let q = "environments.production";
+    let cases: Vec<(String, serde_json::Value, String, &str)> = vec![
+        (
+            format!("{p}/monitor/duration"),
+            json!(1e300),
+            format!("{q}.monitor.duration"),
+            "from 1s to 7days",
+        ),
+        (
+            format!("{p}/monitor/duration"),
+            json!(0),
+            format!("{q}.monitor.duration"),
+            "from 1s to 7days",
+        ),
+        (
+            format!("{p}/monitor/duration"),
+            json!("8d"),
+            format!("{q}.monitor.duration"),
+            "from 1s to 7days",
+        ),
+        (
+            format!("{p}/monitor/duration"),
+            json!(-60),
+            format!("{q}.monitor.duration"),
+            "from 1s to 7days",
+        ),
+        (
+            format!("{p}/monitor/cadence/0/every"),
+            json!(0),
+            format!("{q}.monitor.cadence[0].every"),
+            "from 100ms to 1h",
+        ),
+        (
+            format!("{p}/monitor/cadence/0/every"),
+            json!(1e300),
+            format!("{q}.monitor.cadence[0].every"),
+            "from 100ms to 1h",
+        ),
+        (
+            format!("{p}/monitor/cadence/1/every"),
+            json!("2h"),
+            format!("{q}.monitor.cadence[1].every"),
+            "from 100ms to 1h",
+        ),
+        (
+            format!("{p}/monitor/cadence/0/for"),
+            json!(-1),
+            format!("{q}.monitor.cadence[0].for"),
+            "from 100ms to 7days",
+        ),
+        (
+            format!("{p}/monitor/cadence/0/for"),
+            json!("1e300"),
+            format!("{q}.monitor.cadence[0].for"),
+            "from 100ms to 7days",
+        ),
+        (
+            format!("{p}/monitor/probe_timeout"),
+            json!(0),
+            format!("{q}.monitor.probe_timeout"),
+            "from 100ms to 5m",
+        ),
+        (
+            format!("{p}/monitor/probe_timeout"),
+            json!(1e300),
+            format!("{q}.monitor.probe_timeout"),
+            "from 100ms to 5m",
+        ),
+        (
+            format!("{p}/service/start_timeout"),
+            json!(1e300),
+            format!("{q}.service.start_timeout"),
+            "from 100ms to 1h",
+        ),
+        (
+            format!("{p}/service/stop_timeout"),
+            json!(0),
+            format!("{q}.service.stop_timeout"),
+            "from 100ms to 1h",
+        ),
+        (
+            format!("{p}/service/bind"),
+            json!("127.0.0.1:0"),
+            format!("{q}.service.bind"),
+            "port from 1 to 65535",
+        ),
+        (
+            format!("{p}/service/bind"),
+            json!("127.0.0.1:70000"),
+            format!("{q}.service.bind"),
+            "port from 1 to 65535",
+        ),
+        (
+            format!("{p}/health_url"),
+            json!("http://127.0.0.1:0/health"),
+            format!("{q}.health_url"),
+            "port from 1 to 65535",
+        ),
+        (
+            format!("{p}/metrics_url"),
+            json!("http://127.0.0.1:99999/metrics"),
+            format!("{q}.metrics_url"),
+            "port from 1 to 65535",
+        ),
+        (
+            format!("{p}/queue_url"),
+            json!("http://[::1]:x/q"),
+            format!("{q}.queue_url"),
+            "port from 1 to 65535",
+        ),
+        (
+            format!("{p}/health/checks_required"),
+            json!(0),
+            format!("{q}.health.checks_required"),
+            "from 1 to 100, found 0",
+        ),
+        (
+            format!("{p}/health/checks_required"),
+            json!(1e300),
+            format!("{q}.health.checks_required"),
+            "from 1 to 100, found 1e+300",
+        ),
+        (
+            format!("{p}/health/checks_required"),
+            json!(-3),
+            format!("{q}.health.checks_required"),
+            "from 1 to 100, found -3",
+        ),
+        (
+            format!("{p}/health/checks_required"),
+            json!(2.5),
+            format!("{q}.health.checks_required"),
+            "from 1 to 100, found 2.5",
+        ),
+        (
+            format!("{p}/health/interval"),
+            json!(1e300),
+            format!("{q}.health.interval"),
+            "from 0ms to 5m",
+        ),
+        (
+            format!("{p}/health/interval"),
+            json!(-1),
+            format!("{q}.health.interval"),
+            "from 0ms to 5m",
+        ),
+        (
+            format!("{p}/health/timeout"),
+            json!(0),
+            format!("{q}.health.timeout"),
+            "from 100ms to 1h",
+        ),
+        (
+            format!("{p}/notifications/quiet_period"),
+            json!(1e300),
+            format!("{q}.notifications.quiet_period"),
+            "from 0ms to 7days",
+        ),
+        (
+            format!("{p}/notifications/quiet_period"),
+            json!("-1"),
+            format!("{q}.notifications.quiet_period"),
+            "from 0ms to 7days",
+        ),
+        (
+            format!("{p}/notifications/timeout"),
+            json!(0),
+            format!("{q}.notifications.timeout"),
+            "from 100ms to 10m",
+        ),
+        (
+            format!("{p}/notifications/timeout"),
+            json!("1e300"),
+            format!("{q}.notifications.timeout"),
+            "from 100ms to 10m",
+        ),
+        // Issue 13, weak "Retention": 0 was taken as 1 and pruned 9 backups.
+        (
+            format!("{p}/retention/backups"),
+            json!(0),
+            format!("{q}.retention.backups"),
+            "from 1 to 10000, found 0",
+        ),
+        (
+            format!("{p}/retention/backups"),
+            json!(-1),
+            format!("{q}.retention.backups"),
+            "from 1 to 10000, found -1",
+        ),
+        (
+            format!("{p}/retention/backups"),
+            json!(1e300),
+            format!("{q}.retention.backups"),
+            "from 1 to 10000, found 1e+300",
+        ),
+        (
+            format!("{p}/retention/backups"),
+            json!(10001),
+            format!("{q}.retention.backups"),
+            "from 1 to 10000, found 10001",
+        ),
+        (
+            format!("{p}/retention/backups"),
+            json!("10"),
+            format!("{q}.retention.backups"),
+            "from 1 to 10000, found \"10\"",
+        ),
+        (
+            format!("{p}/retention/releases"),
+            json!(1),
+            format!("{q}.retention.releases"),
+            "from 2 to 1000, found 1",
+        ),
+        (
+            format!("{p}/retention/releases"),
+            json!(0),
+            format!("{q}.retention.releases"),
+            "from 2 to 1000, found 0",
+        ),
+    ];
+    for (at, value, path, expect) in cases {
+        let case = format!("{at} = {value}");
+        let e = mutated("environments.json", &at, value, |t| {
+            Topology::parse(Path::new(TOPO_PATH), t)
+        })
+        .expect_err(&case);
+        assert_config_error(&e, TOPO_PATH, &path, expect, &case);
+    }
+    // The edges themselves are accepted.
+    for (at, value) in [
+        (format!("{p}/retention/backups"), json!(1)),
+        (format!("{p}/retention/backups"), json!(10000)),
+        (format!("{p}/retention/releases"), json!(2)),
+        (format!("{p}/health/checks_required"), json!(100)),
+        (format!("{p}/monitor/duration"), json!("7days")),
+        (format!("{p}/monitor/cadence/0/every"), json!(0.1)),
+        (format!("{p}/service/bind"), json!("127.0.0.1:65535")),
+        (format!("{p}/notifications/quiet_period"), json!(0)),
+    ] {
+        mutated("environments.json", &at, value.clone(), |t| {
+            Topology::parse(Path::new(TOPO_PATH), t)
+        })
+        .unwrap_or_else(|e| panic!("{at} = {value} is in range: {e}"));
+    }
+}
+
+#[test]
+fn retention_zero_in_config_and_keep_zero_share_one_range() {
+    use gates_core::config::limits::{check_backups_keep, RETENTION_BACKUPS};
+    assert_eq!(RETENTION_BACKUPS, 1..=10_000);
+    let flag = check_backups_keep(0).expect_err("--keep 0");
+    let config = mutated(
+        "environments.json",
+        "/environments/production/retention/backups",
+        serde_json::json!(0),
+        |t| Topology::parse(Path::new(TOPO_PATH), t),
+    )
+    .expect_err("retention.backups 0");
+    assert_eq!(flag, config.message, "the flag and the file say the same");
+    assert_eq!(check_backups_keep(1), Ok(1));
+    assert_eq!(check_backups_keep(10_000), Ok(10_000));
+    assert!(check_backups_keep(10_001)
+        .expect_err("too many")
+        .contains("from 1 to 10000"));
+    // The shipped value is read as written, not bumped.
+    let t = Topology::load(&repo_file("environments.json")).expect("topology");
+    assert_eq!(
+        t.env("production").expect("production").retention.backups,
+        10
+    );
+}
+
+fn dup_err_gates(text: &str) -> ConfigError {
+    GatesFile::parse(Path::new(GATES_PATH), text).expect_err("duplicate refused")
+}
+
+#[test]
+fn duplicate_keys_are_refused_at_any_depth_in_both_files() {
+    // Issue 13 #6: two "production" environments; the second used to win.
+    let topo = std::fs::read_to_string(repo_file("environments.json")).expect("read");
+    let doc: serde_json::Value = serde_json::from_str(&topo).expect("json");
+    let prod = serde_json::to_string(&doc["environments"]["production"]).expect("json");
+    let staging = serde_json::to_string(&doc["environments"]["staging"]).expect("json");
+    let twice =
+        format!("{{\"environments\": {{\n\"production\": {prod},\n\"production\": {staging}\n}}}}");
+    let e = Topology::parse(Path::new(TOPO_PATH), &twice).expect_err("refused");
+    assert_config_error(
+        &e,
+        TOPO_PATH,
+        "environments.production",
+        "duplicate key \"production\" in environments (second one at line 3)",
+        "two production keys",
+    );
+
+    // Deeper: inside an array element of the topology.
+    let routes = topo.replacen(
+        "{ \"channel\": \"slack\", \"min_level\": \"info\" }",
+        "{ \"channel\": \"slack\", \"min_level\": \"info\", \"channel\": \"teams\" }",
+        1,
+    );
+    assert_ne!(routes, topo, "the shipped file has a slack route");
+    let e = Topology::parse(Path::new(TOPO_PATH), &routes).expect_err("refused");
+    assert_config_error(
+        &e,
+        TOPO_PATH,
+        "environments.production.notifications.routes[0].channel",
+        "duplicate key \"channel\"",
+        "duplicate in a route",
+    );
+
+    // The gates file: an environment, a gate, a gate's field, the top level.
+    let g = |inner: &str| format!(r#"{{"environments":{{{inner}}}}}"#);
+    let gate = r#""health_failures":{"threshold":2,"window_minutes":5,"action":"auto-rollback"}"#;
+    let cases = [
+        (
+            g(&format!(
+                r#""production":{{"quality_gates":{{{gate}}}}},"production":{{"quality_gates":{{}}}}"#
+            )),
+            "environments.production",
+            "duplicate key \"production\" in environments",
+        ),
+        (
+            g(&format!(
+                r#""production":{{"quality_gates":{{{gate},{gate}}}}}"#
+            )),
+            "environments.production.quality_gates.health_failures",
+            "duplicate key \"health_failures\" in environments.production.quality_gates",
+        ),
+        (
+            g(
+                r#""production":{"quality_gates":{"health_failures":{"threshold":2,"threshold":200,"action":"alert"}}}"#,
+            ),
+            "environments.production.quality_gates.health_failures.threshold",
+            "duplicate key \"threshold\"",
+        ),
+        (
+            r#"{"environments":{},"placeholders":{},"environments":{}}"#.to_string(),
+            "environments",
+            "duplicate key \"environments\" in the top-level object",
+        ),
+        (
+            // An escape that spells the same key is the same key.
+            g(r#""staging":{"quality_gates":{}},"st\u0061ging":{"quality_gates":{}}"#),
+            "environments.staging",
+            "duplicate key \"staging\"",
+        ),
+    ];
+    for (text, path, expect) in cases {
+        let e = dup_err_gates(&text);
+        assert_config_error(&e, GATES_PATH, path, expect, &text);
+    }
+    // The same key in two different objects is no duplicate.
+    GatesFile::parse(
+        Path::new(GATES_PATH),
+        &g(&format!(
+            r#""production":{{"quality_gates":{{{gate}}}}},"staging":{{"quality_gates":{{{gate}}}}}"#
+        )),
+    )
+    .expect("same gate name in two environments");
+}
+
+#[test]
+fn require_env_refuses_a_deploy_whose_watch_could_not_start() {
+    let only_staging = r#"{"environments":{"staging":{"quality_gates":{
+        "health_failures":{"threshold":3,"window_minutes":5,"action":"alert"}}},
+        "qa":{"quality_gates":{}}}}"#;
+    let file = GatesFile::parse(Path::new(GATES_PATH), only_staging).expect("parse");
+    let e = file
+        .require_env("production")
+        .expect_err("no production section");
+    assert_config_error(
+        &e,
+        GATES_PATH,
+        "environments.production",
+        "the post-deploy watch could not start",
+        "missing section",
+    );
+    assert!(e.message.contains("this file defines: qa, staging"), "{e}");
+    let e = file.require_env("qa").expect_err("no gate");
+    assert_config_error(
+        &e,
+        GATES_PATH,
+        "environments.qa.quality_gates",
+        "would check nothing",
+        "empty section",
+    );
+    assert_eq!(file.require_env("staging").expect("staging").gates.len(), 1);
+    // The shipped files have both environments.
+    for name in ["quality-gates-config.json", "quality-gates-mobius.json"] {
+        let f = GatesFile::load(&repo_file(name)).expect(name);
+        for env in ["production", "staging"] {
+            f.require_env(env)
+                .unwrap_or_else(|e| panic!("{name} {env}: {e}"));
+        }
+    }
+}
+
+#[test]
+fn mobius_profile_has_seed_004_triggers_and_phases() {
+    let file = GatesFile::load(&repo_file("quality-gates-mobius.json")).expect("mobius loads");
+    assert!(
+        file.check_placeholders("production").is_ok(),
+        "no unresolved placeholder"
+    );
+    let prod = file.require_env("production").expect("production");
+    let by = |env: &gates_core::config::GatesEnv, n: &str| {
+        env.gates
+            .iter()
+            .find(|g| g.name == n)
+            .cloned()
+            .unwrap_or_else(|| panic!("gate {n} in {}", env.name))
+    };
+    let health = by(prod, "health_failures");
+    assert_eq!(
+        (health.kind, health.threshold, health.action),
+        (GateKind::Consecutive, 2.0, Action::AutoRollback)
+    );
+    let errors = by(prod, "error_rate");
+    assert_eq!(
+        (errors.kind, errors.threshold, errors.window, errors.action),
+        (
+            GateKind::Ratio,
+            10.0,
+            Duration::from_secs(300),
+            Action::AutoRollback
+        )
+    );
+    let p95 = by(prod, "p95_hash_time");
+    assert_eq!(
+        (
+            p95.kind,
+            p95.threshold,
+            p95.window,
+            p95.quantile,
+            p95.action
+        ),
+        (
+            GateKind::Percentile,
+            5000.0,
+            Duration::from_secs(600),
+            0.95,
+            Action::AutoRollback
+        )
+    );
+    let warn = by(prod, "error_rate_warning");
+    assert_eq!((warn.threshold, warn.action), (5.0, Action::Alert));
+
+    // "3+ consecutive": two failures hold, the third violates.
+    let mut ev = Evaluator::new(vec![health]);
+    let down = |t| {
+        sample(
+            t,
+            Health::Error {
+                detail: "refused".into(),
+            },
+            Err("refused".into()),
+        )
+    };
+    assert_eq!(one(&mut ev, &down(0)).status, Status::Ok);
+    assert_eq!(one(&mut ev, &down(30)).status, Status::Ok);
+    assert_eq!(one(&mut ev, &down(60)).status, Status::Violated);
+
+    // "Error rate > 10% for 5+ minutes": exactly 10 % holds, above violates.
+    let m = |req: f64, err: f64| Metrics {
+        requests_total: Some(req),
+        errors_total: Some(err),
+        ..Metrics::default()
+    };
+    let mut ev = Evaluator::new(vec![errors]);
+    assert_eq!(one(&mut ev, &ok(0, m(1000.0, 0.0))).status, Status::Pending);
+    assert_eq!(one(&mut ev, &ok(300, m(2000.0, 100.0))).status, Status::Ok);
+    let d = one(&mut ev, &ok(330, m(2100.0, 111.0)));
+    assert_eq!(d.status, Status::Violated, "{}", d.reason);
+
+    // Phases: 30 s to T+15, 60 s to T+60, 300 s to T+240.
+    let o = file
+        .monitor_override("production")
+        .expect("production monitoring");
+    assert_eq!(o.duration, Some(Duration::from_secs(240 * 60)));
+    let mut env = Topology::load(&repo_file("environments.json"))
+        .expect("topology")
+        .env("production")
+        .expect("production")
+        .clone();
+    assert!(file.apply_monitoring(&mut env));
+    assert_eq!(env.monitor.duration, Duration::from_secs(4 * 3600));
+    let min = |m: u64| Duration::from_secs(m * 60);
+    for (at, every) in [
+        (Duration::ZERO, 30),
+        (min(15) - Duration::from_secs(1), 30),
+        (min(15), 60),
+        (min(60) - Duration::from_secs(1), 60),
+        (min(60), 300),
+        (min(239), 300),
+    ] {
+        assert_eq!(
+            env.monitor.interval_at(at),
+            Duration::from_secs(every),
+            "interval at {at:?}"
+        );
+    }
+
+    // Staging: a looser copy that alerts and never rolls back by itself.
+    let staging = file.require_env("staging").expect("staging");
+    for g in &staging.gates {
+        assert_eq!(g.action, Action::Alert, "{}", g.name);
+        let p = by(prod, &g.name);
+        assert!(g.threshold > p.threshold, "{} looser in staging", g.name);
+        assert!(g.window >= p.window, "{} window", g.name);
+    }
+    let s = file
+        .monitor_override("staging")
+        .expect("staging monitoring");
+    assert_eq!(s.duration, Some(min(60)));
+
+    // The default profile has no override: the topology's watch stays.
+    let default = production_gates();
+    assert!(default.monitor_override("production").is_none());
+    let mut env2 = env.clone();
+    env2.monitor.duration = min(60);
+    assert!(!default.apply_monitoring(&mut env2));
+    assert_eq!(env2.monitor.duration, min(60));
+}
+
+/// Runs a seed's snippet in a folder whose `quality-gates-config.json` is
+/// `profile`, as an operator who copied the profile there would. None when
+/// the interpreter is not installed (a platform without node, say).
+fn run_seed_snippet(profile: &str, program: &str, args: &[&str]) -> Option<String> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(
+        repo_file(profile),
+        dir.path().join("quality-gates-config.json"),
+    )
+    .expect("copy profile");
+    let out = match std::process::Command::new(program)
+        .args(args)
+        .current_dir(dir.path())
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("{program} is not installed: the seed snippet is not run here");
+            return None;
+        }
+        Err(e) => panic!("{program}: {e}"),
+    };
+    assert!(
+        out.status.success(),
+        "{program} on {profile}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Seed 004's "Validate quality gates config" step, verbatim.
+const SEED_004_PYTHON: &str = r#"
+import json
+with open('quality-gates-config.json') as f:
+    config = json.load(f)
+    print('✅ Quality gates config is valid JSON')
+    
+    # Check for placeholders
+    placeholders = config.get('placeholders', {})
+    unresolved = []
+    for key, value in placeholders.items():
+        if 'Replace with' in str(value):
+            unresolved.append(f'{key}: {value}')
+    
+    if unresolved:
+        print('⚠️  Unresolved placeholders:')
+        for item in unresolved:
+            print(f'   - {item}')
+    else:
+        print('✅ All placeholders resolved')
+"#;
+
+/// Seed 003's "Review quality gate thresholds" step, verbatim.
+const SEED_003_NODE: &str = r#"
+const config = require('./quality-gates-config.json');
+const prod = config.environments.production;
+console.log('Current production thresholds:');
+console.log(JSON.stringify(prod.quality_gates, null, 2));
+"#;
+
+#[test]
+fn seed_validation_snippets_run_unchanged_against_both_profiles() {
+    for profile in ["quality-gates-mobius.json", "quality-gates-config.json"] {
+        if let Some(out) = run_seed_snippet(profile, "python3", &["-c", SEED_004_PYTHON]) {
+            assert!(
+                out.contains("✅ Quality gates config is valid JSON"),
+                "{out}"
+            );
+            assert!(out.contains("✅ All placeholders resolved"), "{out}");
+        }
+        if let Some(out) = run_seed_snippet(profile, "node", &["-e", SEED_003_NODE]) {
+            let printed = out
+                .split_once("Current production thresholds:\n")
+                .map(|(_, rest)| rest)
+                .unwrap_or_else(|| panic!("{out}"));
+            let gates: serde_json::Value =
+                serde_json::from_str(printed).expect("node printed JSON");
+            assert_eq!(
+                gates,
+                shipped_json(profile)["environments"]["production"]["quality_gates"],
+                "{profile}"
+            );
+            if profile == "quality-gates-mobius.json" {
+                assert_eq!(gates["error_rate"]["threshold"], 10);
+                assert_eq!(gates["p95_hash_time"]["threshold"], 5000);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Property tests: whatever the input, the loaders answer with a value (a
+// config or a ConfigError naming the file), never a panic; and whatever they
+// accept is within the documented ranges.
+
+mod props {
+    use super::*;
+    use gates_core::config::limits;
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    /// Keys the loaders know, so that generated documents reach deep code.
+    const KEYS: &[&str] = &[
+        "environments",
+        "production",
+        "staging",
+        "quality_gates",
+        "placeholders",
+        "health_failures",
+        "extraction_failure_rate",
+        "error_rate",
+        "p95_hash_time",
+        "low_confidence_queue",
+        "memory_usage",
+        "mystery",
+        "threshold",
+        "window_minutes",
+        "action",
+        "kind",
+        "metric",
+        "numerator",
+        "denominator",
+        "percentile",
+        "errors_to_violate",
+        "no_data_to_violate",
+        "monitoring",
+        "monitor",
+        "duration",
+        "cadence",
+        "every",
+        "for",
+        "until",
+        "probe_timeout",
+        "install_root",
+        "data_dir",
+        "database",
+        "service",
+        "bind",
+        "start_timeout",
+        "stop_timeout",
+        "health_url",
+        "metrics_url",
+        "queue_url",
+        "retention",
+        "backups",
+        "releases",
+        "health",
+        "checks_required",
+        "interval",
+        "timeout",
+        "notifications",
+        "routes",
+        "channel",
+        "min_level",
+        "quiet_period",
+        "description",
+    ];
+
+    /// Strings the loaders give meaning to, and some they must refuse.
+    const STRINGS: &[&str] = &[
+        "",
+        "10m",
+        "90s",
+        "5m 30s",
+        "1e300",
+        "-1",
+        "NaN",
+        "inf",
+        "400d",
+        "7days",
+        "99999999999999999999999y",
+        "auto-rollback",
+        "alert",
+        "shadow",
+        "ratio",
+        "consecutive",
+        "percentile",
+        "instant",
+        "sustained",
+        "health",
+        "errors_total",
+        "requests_total",
+        "hash_time_ms",
+        "memory_percent",
+        "local",
+        "commands",
+        "127.0.0.1:3000",
+        "127.0.0.1:0",
+        "http://127.0.0.1:3000/health",
+        "http://h:99999/x",
+        "https://[::1]:x/",
+        "slack",
+        "info",
+        "critical",
+        "Replace with the channel",
+    ];
+
+    fn leaf() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_filter_map("finite", |x| {
+                serde_json::Number::from_f64(x).map(Value::Number)
+            }),
+            prop_oneof![
+                Just(0.0),
+                Just(0.05),
+                Just(1.0),
+                Just(2.5),
+                Just(100.0),
+                Just(1e300),
+                Just(-1e300),
+                Just(-0.0),
+                Just(1e19)
+            ]
+            .prop_map(|x: f64| serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number)),
+            prop::sample::select(STRINGS).prop_map(Value::from),
+            "[ -~]{0,12}".prop_map(Value::from),
+        ]
+    }
+
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => prop::sample::select(KEYS).prop_map(str::to_string),
+            1 => "[a-z_]{1,8}",
+        ]
+    }
+
+    fn json() -> impl Strategy<Value = Value> {
+        leaf().prop_recursive(5, 96, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                prop::collection::btree_map(key(), inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Every JSON pointer of a document (objects and arrays included).
+    fn pointers(v: &Value, at: String, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    let p = format!("{at}/{}", k.replace('~', "~0").replace('/', "~1"));
+                    out.push(p.clone());
+                    pointers(v, p, out);
+                }
+            }
+            Value::Array(a) => {
+                for (i, v) in a.iter().enumerate() {
+                    let p = format!("{at}/{i}");
+                    out.push(p.clone());
+                    pointers(v, p, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The shipped document with the node at one of its pointers replaced,
+    /// or a key added beside it.
+    fn mutate(name: &str, pick: prop::sample::Index, value: Value, add: Option<String>) -> String {
+        let mut doc = shipped_json(name);
+        let mut all = Vec::new();
+        pointers(&doc, String::new(), &mut all);
+        let at = pick.get(&all).clone();
+        if let Some(slot) = doc.pointer_mut(&at) {
+            match (add, slot) {
+                (Some(k), Value::Object(m)) => {
+                    m.insert(k, value);
+                }
+                (_, slot) => *slot = value,
+            }
+        }
+        serde_json::to_string(&doc).unwrap_or_default()
+    }
+
+    fn check_gates(text: &str) {
+        match GatesFile::parse(Path::new(GATES_PATH), text) {
+            Err(e) => assert_eq!(e.file, Path::new(GATES_PATH)),
+            Ok(f) => {
+                for env in f.environments.values() {
+                    for g in &env.gates {
+                        assert!(g.threshold.is_finite() && g.threshold >= 0.0, "{g:?}");
+                        assert!(limits::GATE_WINDOW.contains(g.window), "{g:?}");
+                        assert!(g.quantile > 0.0 && g.quantile < 1.0, "{g:?}");
+                    }
+                    if let Some(m) = &env.monitoring {
+                        if let Some(d) = m.duration {
+                            assert!(limits::MONITOR_DURATION.contains(d), "{m:?}");
+                        }
+                        for p in m.cadence.iter().flatten() {
+                            assert!(limits::CADENCE_EVERY.contains(p.every), "{m:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn check_topology(text: &str) {
+        match Topology::parse(Path::new(TOPO_PATH), text) {
+            Err(e) => assert_eq!(e.file, Path::new(TOPO_PATH)),
+            Ok(t) => {
+                for env in t.environments.values() {
+                    let m = &env.monitor;
+                    assert!(limits::MONITOR_DURATION.contains(m.duration), "{m:?}");
+                    assert!(limits::PROBE_TIMEOUT.contains(m.probe_timeout), "{m:?}");
+                    assert!(m
+                        .cadence
+                        .iter()
+                        .all(|p| limits::CADENCE_EVERY.contains(p.every)));
+                    let r = &env.retention;
+                    assert!(
+                        limits::RETENTION_BACKUPS.contains(&(r.backups as u64)),
+                        "{r:?}"
+                    );
+                    assert!(
+                        limits::RETENTION_RELEASES.contains(&(r.releases as u64)),
+                        "{r:?}"
+                    );
+                    let h = &env.health;
+                    assert!(limits::HEALTH_CHECKS_REQUIRED.contains(&u64::from(h.checks_required)));
+                    assert!(limits::HEALTH_TIMEOUT.contains(h.timeout), "{h:?}");
+                    assert!(limits::NOTIFY_TIMEOUT.contains(env.notify.timeout));
+                    // Never panics, whatever was written.
+                    let _ = env.service.timeouts();
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let text = String::from_utf8_lossy(&bytes);
+            check_gates(&text);
+            check_topology(&text);
+        }
+
+        #[test]
+        fn arbitrary_json_never_panics(doc in json()) {
+            let text = serde_json::to_string(&doc).expect("json");
+            check_gates(&text);
+            check_topology(&text);
+            // The same under the key the loaders start from.
+            let wrapped = serde_json::json!({"environments": doc}).to_string();
+            check_gates(&wrapped);
+            check_topology(&wrapped);
+        }
+
+        #[test]
+        fn shipped_gates_with_one_field_changed_never_panic(
+            pick in any::<prop::sample::Index>(),
+            value in json(),
+            add in prop::option::of(key()),
+        ) {
+            check_gates(&mutate("quality-gates-config.json", pick, value.clone(), add.clone()));
+            check_gates(&mutate("quality-gates-mobius.json", pick, value, add));
+        }
+
+        #[test]
+        fn shipped_topology_with_one_field_changed_never_panics(
+            pick in any::<prop::sample::Index>(),
+            value in json(),
+            add in prop::option::of(key()),
+        ) {
+            check_topology(&mutate("environments.json", pick, value, add));
+        }
+
+        #[test]
+        fn truncated_shipped_files_are_errors(cut in any::<prop::sample::Index>()) {
+            for name in ["quality-gates-config.json", "environments.json"] {
+                let text = std::fs::read_to_string(repo_file(name)).expect("read");
+                let trimmed = text.trim_end();
+                let mut at = cut.index(trimmed.len());
+                while !trimmed.is_char_boundary(at) {
+                    at -= 1;
+                }
+                let e = if name == "environments.json" {
+                    Topology::parse(Path::new(TOPO_PATH), &trimmed[..at]).map(|_| ())
+                } else {
+                    GatesFile::parse(Path::new(GATES_PATH), &trimmed[..at]).map(|_| ())
+                };
+                prop_assert!(e.is_err(), "{name} cut at {at} must not load");
+            }
+        }
+    }
 }

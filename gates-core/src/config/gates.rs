@@ -9,8 +9,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::limits;
+use super::topology::{parse_cadence, RawCadence};
 use super::{
-    duration_from_value, find_placeholders, parse_json, read_file, ConfigError, Placeholder,
+    duration_in, find_placeholders, number_in, parse_json, read_file, whole_in, CadencePhase,
+    ConfigError, EnvConfig, MonitorSettings, Placeholder,
 };
 
 /// What happens when a gate is violated.
@@ -106,9 +109,9 @@ pub struct RawGate {
     #[serde(default)]
     pub percentile: Option<f64>,
     #[serde(default)]
-    pub errors_to_violate: Option<u32>,
+    pub errors_to_violate: Option<Value>,
     #[serde(default)]
-    pub no_data_to_violate: Option<u32>,
+    pub no_data_to_violate: Option<Value>,
     #[serde(default)]
     pub description: Option<String>,
 }
@@ -140,9 +143,50 @@ pub const DEFAULT_ERRORS_TO_VIOLATE: u32 = 5;
 pub const DEFAULT_NO_DATA_TO_VIOLATE: u32 = 0;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RawGatesEnv {
     #[serde(default)]
     pub quality_gates: BTreeMap<String, RawGate>,
+    /// Optional: overrides the topology's watch length and poll cadence for
+    /// this environment (seed 004's 4-hour, three-phase watch).
+    #[serde(default)]
+    pub monitoring: Option<RawMonitoring>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// `environments.<env>.monitoring` as written: the same `duration` and
+/// `cadence` as `monitor` in environments.json.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMonitoring {
+    #[serde(default)]
+    pub duration: Option<Value>,
+    #[serde(default)]
+    pub cadence: Option<Vec<RawCadence>>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// A gates file's `environments.<env>.monitoring`: what it sets replaces the
+/// topology's `monitor` settings for that environment; what it leaves out
+/// keeps the topology's.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MonitorOverride {
+    pub duration: Option<Duration>,
+    pub cadence: Option<Vec<CadencePhase>>,
+}
+
+impl MonitorOverride {
+    /// Applies the override to an environment's monitor settings.
+    pub fn apply(&self, monitor: &mut MonitorSettings) {
+        if let Some(d) = self.duration {
+            monitor.duration = d;
+        }
+        if let Some(c) = &self.cadence {
+            monitor.cadence = c.clone();
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -156,6 +200,8 @@ pub struct RawGatesFile {
 pub struct GatesEnv {
     pub name: String,
     pub gates: Vec<GateSpec>,
+    /// `environments.<env>.monitoring`, when the file has one.
+    pub monitoring: Option<MonitorOverride>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -182,11 +228,20 @@ impl GatesFile {
                 let path = format!("environments.{env}.quality_gates.{name}");
                 gates.push(validate_gate(file, &path, name, g)?);
             }
+            let monitoring = match &raw_env.monitoring {
+                None => None,
+                Some(m) => Some(validate_monitoring(
+                    file,
+                    &format!("environments.{env}.monitoring"),
+                    m,
+                )?),
+            };
             environments.insert(
                 env.clone(),
                 GatesEnv {
                     name: env.clone(),
                     gates,
+                    monitoring,
                 },
             );
         }
@@ -209,6 +264,51 @@ impl GatesFile {
                 ),
             )
         })
+    }
+
+    /// The gates of an environment about to change: refuses, naming this file
+    /// and `environments.<env>`, when the file has no section for it or the
+    /// section has no gate, because the post-deploy watch could not start (or
+    /// would watch nothing). Deploy's preflight calls this before anything
+    /// changes.
+    pub fn require_env(&self, env: &str) -> Result<&GatesEnv, ConfigError> {
+        let Some(g) = self.environments.get(env) else {
+            return Err(ConfigError::new(
+                &self.file,
+                format!("environments.{env}"),
+                format!(
+                    "no quality gates for environment {env:?} (this file defines: {}): the post-deploy watch could not start, so nothing changes; add environments.{env}.quality_gates here or pass --config with a file that has them",
+                    known(self.environments.keys())
+                ),
+            ));
+        };
+        if g.gates.is_empty() {
+            return Err(ConfigError::new(
+                &self.file,
+                format!("environments.{env}.quality_gates"),
+                format!(
+                    "environment {env:?} has no quality gate: the post-deploy watch would check nothing, so nothing changes; add at least one gate"
+                ),
+            ));
+        }
+        Ok(g)
+    }
+
+    /// `environments.<env>.monitoring` of this file, when it has one.
+    pub fn monitor_override(&self, env: &str) -> Option<&MonitorOverride> {
+        self.environments.get(env)?.monitoring.as_ref()
+    }
+
+    /// Applies this file's `environments.<env>.monitoring` (if any) to the
+    /// environment's monitor settings; true when something was overridden.
+    pub fn apply_monitoring(&self, env: &mut EnvConfig) -> bool {
+        match self.monitor_override(&env.name) {
+            Some(o) => {
+                o.apply(&mut env.monitor);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Refuses production while placeholders are unresolved; elsewhere they
@@ -293,15 +393,16 @@ fn validate_gate(
     g: &RawGate,
 ) -> Result<GateSpec, ConfigError> {
     let err = |field: &str, msg: String| ConfigError::new(file, format!("{path}.{field}"), msg);
-    if !g.threshold.is_finite() || g.threshold < 0.0 {
-        return Err(err(
-            "threshold",
-            format!("expected a number ≥ 0, found {}", g.threshold),
-        ));
-    }
     let window = match &g.window_minutes {
         None | Some(Value::Null) => Duration::ZERO,
-        Some(v) => duration_from_value(v, 60.0).map_err(|m| err("window_minutes", m))?,
+        Some(v) => duration_in(
+            file,
+            &format!("{path}.window_minutes"),
+            v,
+            60.0,
+            "minutes",
+            limits::GATE_WINDOW,
+        )?,
     };
     let defaults = defaults_for(name);
     let kind = match (g.kind, defaults) {
@@ -337,15 +438,19 @@ fn validate_gate(
         ),
         _ => None,
     };
-    if kind == GateKind::Ratio && g.threshold > 100.0 {
-        return Err(err(
-            "threshold",
-            format!(
-                "a rate is a percent (5 means 5 %): expected 0..100, found {}",
-                g.threshold
-            ),
-        ));
-    }
+    let (range, what) = match (kind, metric) {
+        (GateKind::Ratio, _) => (
+            limits::THRESHOLD_PERCENT,
+            " (a rate is a percent: 5 means 5 %)",
+        ),
+        (GateKind::Consecutive, _) => (limits::THRESHOLD_CHECKS, " (failed checks in a row)"),
+        (GateKind::Percentile, Metric::HashTimeMs) => (limits::THRESHOLD_MS, " (milliseconds)"),
+        (_, Metric::MemoryPercent | Metric::CpuPercent | Metric::DiskPercent) => {
+            (limits::THRESHOLD_PERCENT, " (a percent)")
+        }
+        _ => (limits::THRESHOLD_OTHER, ""),
+    };
+    number_in(file, &format!("{path}.threshold"), g.threshold, range, what)?;
     if kind == GateKind::Consecutive && metric != Metric::Health {
         return Err(err("metric", "a consecutive gate reads health only".into()));
     }
@@ -387,12 +492,60 @@ fn validate_gate(
         window,
         action: g.action,
         quantile,
-        errors_to_violate: g.errors_to_violate.unwrap_or(DEFAULT_ERRORS_TO_VIOLATE),
-        no_data_to_violate: g.no_data_to_violate.unwrap_or(DEFAULT_NO_DATA_TO_VIOLATE),
+        errors_to_violate: run_length(
+            file,
+            &format!("{path}.errors_to_violate"),
+            &g.errors_to_violate,
+            DEFAULT_ERRORS_TO_VIOLATE,
+        )?,
+        no_data_to_violate: run_length(
+            file,
+            &format!("{path}.no_data_to_violate"),
+            &g.no_data_to_violate,
+            DEFAULT_NO_DATA_TO_VIOLATE,
+        )?,
         unit: defaults
             .filter(|d| d.0 == kind)
             .map(|d| d.3)
             .unwrap_or_else(|| unit_for(kind, metric)),
         description: g.description.clone(),
     })
+}
+
+fn run_length(
+    file: &Path,
+    path: &str,
+    v: &Option<Value>,
+    default: u32,
+) -> Result<u32, ConfigError> {
+    match v {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => {
+            let n = whole_in(file, path, v, &limits::GATE_RUN_LENGTH)?;
+            u32::try_from(n).map_err(|_| ConfigError::new(file, path, "too large"))
+        }
+    }
+}
+
+fn validate_monitoring(
+    file: &Path,
+    path: &str,
+    m: &RawMonitoring,
+) -> Result<MonitorOverride, ConfigError> {
+    let duration = match &m.duration {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(duration_in(
+            file,
+            &format!("{path}.duration"),
+            v,
+            1.0,
+            "seconds",
+            limits::MONITOR_DURATION,
+        )?),
+    };
+    let cadence = match &m.cadence {
+        None => None,
+        Some(phases) => Some(parse_cadence(file, &format!("{path}.cadence"), phases)?),
+    };
+    Ok(MonitorOverride { duration, cadence })
 }

@@ -2,12 +2,19 @@
 //! quality gates (`quality-gates-config.json`, the seed schema). Every error
 //! names the file, the JSON path of the field and what was expected.
 
+mod dupkeys;
 mod gates;
+pub mod limits;
 mod topology;
 
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-pub use gates::{Action, GateKind, GateSpec, GatesEnv, GatesFile, Metric};
+use serde_json::Value;
+
+pub use gates::{Action, GateKind, GateSpec, GatesEnv, GatesFile, Metric, MonitorOverride};
+pub use limits::DurationRange;
 pub use topology::{
     CadencePhase, EnvConfig, HealthPolicy, MonitorSettings, NotifySettings, Retention, Route,
     ServiceControl, Topology,
@@ -39,6 +46,7 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
     file: &Path,
     text: &str,
 ) -> Result<T, ConfigError> {
+    dupkeys::check(file, text)?;
     let de = &mut serde_json::Deserializer::from_str(text);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -105,27 +113,107 @@ pub fn find_placeholders(file: &Path, value: &serde_json::Value) -> Vec<Placehol
 }
 
 /// Deserializes a duration written as humantime (`"10m"`) or a number in the
-/// unit the field's name gives (`window_minutes: 10`).
-pub(crate) fn duration_from_value(
-    v: &serde_json::Value,
-    unit_secs: f64,
-) -> Result<std::time::Duration, String> {
+/// unit the field's name gives (`window_minutes: 10`). Never panics: `1e300`
+/// minutes is an error value.
+pub(crate) fn duration_from_value(v: &Value, unit_secs: f64) -> Result<Duration, String> {
+    let scaled = |x: f64| -> Result<Duration, String> {
+        if !x.is_finite() || x < 0.0 {
+            return Err(format!("expected a duration ≥ 0, found {x}"));
+        }
+        crate::duration::from_secs_checked(x * unit_secs)
+            .map_err(|_| format!("{x} is too long a duration"))
+    };
     match v {
-        serde_json::Value::Number(n) => match n.as_f64() {
-            Some(x) if x.is_finite() && x >= 0.0 => {
-                Ok(std::time::Duration::from_secs_f64(x * unit_secs))
-            }
-            _ => Err(format!("expected a duration ≥ 0, found {n}")),
+        Value::Number(n) => match n.as_f64() {
+            Some(x) => scaled(x),
+            None => Err(format!("expected a duration ≥ 0, found {n}")),
         },
-        serde_json::Value::String(s) => match s.trim().parse::<f64>() {
+        Value::String(s) => match s.trim().parse::<f64>() {
             // A bare number in a string keeps the field's unit.
-            Ok(x) if x.is_finite() && x >= 0.0 => {
-                Ok(std::time::Duration::from_secs_f64(x * unit_secs))
-            }
-            _ => crate::duration::parse_duration(s),
+            Ok(x) => scaled(x),
+            Err(_) => crate::duration::parse_duration(s),
         },
         other => Err(format!(
             "expected a number or a duration string like \"10m\", found {other}"
         )),
+    }
+}
+
+/// A duration field checked against its allowed range. `unit` names what a
+/// bare number means ("seconds", "minutes").
+pub(crate) fn duration_in(
+    file: &Path,
+    path: &str,
+    v: &Value,
+    unit_secs: f64,
+    unit: &str,
+    range: DurationRange,
+) -> Result<Duration, ConfigError> {
+    let allowed = || {
+        format!(
+            "{} ({unit} as a number, or a string like \"90s\", \"10m\")",
+            range.describe()
+        )
+    };
+    let d = duration_from_value(v, unit_secs)
+        .map_err(|m| ConfigError::new(file, path, format!("{m}; allowed: {}", allowed())))?;
+    if !range.contains(d) {
+        return Err(ConfigError::new(
+            file,
+            path,
+            format!("expected a duration {}, found {v}", allowed()),
+        ));
+    }
+    Ok(d)
+}
+
+/// A whole-number field checked against its allowed range.
+pub(crate) fn whole_in(
+    file: &Path,
+    path: &str,
+    v: &Value,
+    range: &RangeInclusive<u64>,
+) -> Result<u64, ConfigError> {
+    let expected = format!(
+        "expected a whole number from {} to {}",
+        range.start(),
+        range.end()
+    );
+    let n = match v {
+        Value::Number(n) => n.as_u64().or_else(|| {
+            // 10.0 is ten; 1e300 and 2.5 are not whole numbers in range.
+            n.as_f64()
+                .filter(|x| x.fract() == 0.0 && *x >= 0.0 && *x <= u64::MAX as f64 / 2.0)
+                .map(|x| x as u64)
+        }),
+        _ => None,
+    };
+    match n {
+        Some(n) if range.contains(&n) => Ok(n),
+        _ => Err(ConfigError::new(
+            file,
+            path,
+            format!("{expected}, found {v}"),
+        )),
+    }
+}
+
+/// A real-number field checked against its allowed range (NaN and infinities
+/// cannot be written in JSON, but a value computed from one can).
+pub(crate) fn number_in(
+    file: &Path,
+    path: &str,
+    x: f64,
+    (lo, hi): (f64, f64),
+    what: &str,
+) -> Result<f64, ConfigError> {
+    if x.is_finite() && x >= lo && x <= hi {
+        Ok(x)
+    } else {
+        Err(ConfigError::new(
+            file,
+            path,
+            format!("expected a number from {lo} to {hi}{what}, found {x}"),
+        ))
     }
 }

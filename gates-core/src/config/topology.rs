@@ -10,8 +10,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::gates::{known, refuse_placeholders_in_production};
+use super::limits::{self, DurationRange};
 use super::{
-    duration_from_value, find_placeholders, parse_json, read_file, ConfigError, Placeholder,
+    duration_from_value, duration_in, find_placeholders, parse_json, read_file, whole_in,
+    ConfigError, Placeholder,
 };
 use crate::event::Level;
 
@@ -41,12 +43,16 @@ pub enum ServiceControl {
     },
 }
 
+/// One cadence phase as written: poll `every`, for a length (`for`) or up to
+/// a time since the window started (`until`, as seed 004 says "to T+15").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawCadence {
-    every: Value,
+pub struct RawCadence {
+    pub every: Value,
     #[serde(default, rename = "for")]
-    for_: Option<Value>,
+    pub for_: Option<Value>,
+    #[serde(default)]
+    pub until: Option<Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -64,7 +70,7 @@ struct RawMonitor {
 #[serde(deny_unknown_fields)]
 struct RawHealth {
     #[serde(default)]
-    checks_required: Option<u32>,
+    checks_required: Option<Value>,
     #[serde(default)]
     interval: Option<Value>,
     #[serde(default)]
@@ -99,9 +105,9 @@ struct RawNotify {
 #[serde(deny_unknown_fields)]
 struct RawRetention {
     #[serde(default)]
-    backups: Option<usize>,
+    backups: Option<Value>,
     #[serde(default)]
-    releases: Option<usize>,
+    releases: Option<Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -307,15 +313,140 @@ impl Topology {
     }
 }
 
+/// An optional duration in seconds (or humantime), checked against its range.
 fn dur(
     file: &Path,
     path: &str,
     v: &Option<Value>,
     default: Duration,
+    range: DurationRange,
 ) -> Result<Duration, ConfigError> {
     match v {
         None | Some(Value::Null) => Ok(default),
-        Some(v) => duration_from_value(v, 1.0).map_err(|m| ConfigError::new(file, path, m)),
+        Some(v) => duration_in(file, path, v, 1.0, "seconds", range),
+    }
+}
+
+/// An optional whole number checked against its range.
+fn whole(
+    file: &Path,
+    path: &str,
+    v: &Option<Value>,
+    default: u64,
+    range: &std::ops::RangeInclusive<u64>,
+) -> Result<u64, ConfigError> {
+    match v {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => whole_in(file, path, v, range),
+    }
+}
+
+/// Validates cadence phases (`every` with `for` or `until`); `until` values
+/// must grow from phase to phase. Shared by environments.json's
+/// `monitor.cadence` and a gates file's `monitoring.cadence`.
+pub(crate) fn parse_cadence(
+    file: &Path,
+    path: &str,
+    phases: &[RawCadence],
+) -> Result<Vec<CadencePhase>, ConfigError> {
+    if phases.is_empty() {
+        return Err(ConfigError::new(file, path, "expected at least one phase"));
+    }
+    let mut out = Vec::new();
+    // Where the previous phase ended, since the window started.
+    let mut end = Some(Duration::ZERO);
+    for (i, p) in phases.iter().enumerate() {
+        let pp = format!("{path}[{i}]");
+        let every = duration_in(
+            file,
+            &format!("{pp}.every"),
+            &p.every,
+            1.0,
+            "seconds",
+            limits::CADENCE_EVERY,
+        )?;
+        let span = |field: &str, v: &Value| {
+            duration_in(
+                file,
+                &format!("{pp}.{field}"),
+                v,
+                1.0,
+                "seconds",
+                limits::CADENCE_SPAN,
+            )
+        };
+        let for_ = match (&p.for_, &p.until) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    file,
+                    pp,
+                    "give either \"for\" (the phase's length) or \"until\" (its end since the window started), not both",
+                ))
+            }
+            (None | Some(Value::Null), None | Some(Value::Null)) => None,
+            (Some(v), _) => Some(span("for", v)?),
+            (_, Some(v)) => {
+                let until = span("until", v)?;
+                let Some(start) = end else {
+                    return Err(ConfigError::new(
+                        file,
+                        format!("{pp}.until"),
+                        format!("phase {} before it runs to the end of the window, so this phase never starts", i.saturating_sub(1)),
+                    ));
+                };
+                if until <= start {
+                    return Err(ConfigError::new(
+                        file,
+                        format!("{pp}.until"),
+                        format!(
+                            "expected a time after the previous phase's end ({}), found {}",
+                            crate::duration::human(start),
+                            crate::duration::human(until)
+                        ),
+                    ));
+                }
+                Some(until - start)
+            }
+        };
+        end = match (end, for_) {
+            (Some(e), Some(f)) => e.checked_add(f),
+            _ => None,
+        };
+        out.push(CadencePhase { every, for_ });
+    }
+    Ok(out)
+}
+
+/// The port of `http://host:port/...`, when one is written.
+fn url_port(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit('@').next()?;
+    let after_host = match authority.rfind(']') {
+        Some(i) => &authority[i + 1..],
+        None => authority,
+    };
+    after_host.rsplit_once(':').map(|(_, p)| p)
+}
+
+fn check_port(file: &Path, path: &str, port: &str, written: &str) -> Result<(), ConfigError> {
+    let ok = port
+        .parse::<u64>()
+        .ok()
+        .filter(|p| limits::PORT.contains(p))
+        .is_some();
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            file,
+            path,
+            format!(
+                "expected a port from {} to {}, found {port:?} in {written:?}",
+                limits::PORT.start(),
+                limits::PORT.end()
+            ),
+        ))
     }
 }
 
@@ -339,21 +470,40 @@ fn resolve_env(
                 format!("expected an http:// or https:// URL, found {url:?}"),
             ));
         }
+        if let Some(port) = url_port(url) {
+            check_port(file, &format!("{path}.{field}"), port, url)?;
+        }
     }
     let (start_timeout, stop_timeout) = e.service.timeout_values();
     for (field, v) in [
         ("start_timeout", start_timeout),
         ("stop_timeout", stop_timeout),
     ] {
-        dur(file, &format!("{path}.service.{field}"), v, Duration::ZERO)?;
+        dur(
+            file,
+            &format!("{path}.service.{field}"),
+            v,
+            Duration::ZERO,
+            limits::SERVICE_TIMEOUT,
+        )?;
     }
     if let ServiceControl::Local { bind, .. } = &e.service {
+        let bind_path = format!("{path}.service.bind");
         if bind.parse::<std::net::SocketAddr>().is_err() {
+            // A port out of range fails the parse too: say which part is wrong.
+            if let Some((_, port)) = bind.rsplit_once(':') {
+                if port.chars().all(|c| c.is_ascii_digit()) && !port.is_empty() {
+                    check_port(file, &bind_path, port, bind)?;
+                }
+            }
             return Err(ConfigError::new(
                 file,
-                format!("{path}.service.bind"),
+                bind_path,
                 format!("expected an address like 127.0.0.1:3000, found {bind:?}"),
             ));
+        }
+        if let Some((_, port)) = bind.rsplit_once(':') {
+            check_port(file, &bind_path, port, bind)?;
         }
     }
     let production = name == "production";
@@ -369,37 +519,7 @@ fn resolve_env(
                 for_: None,
             },
         ],
-        Some(phases) if phases.is_empty() => {
-            return Err(ConfigError::new(
-                file,
-                format!("{path}.monitor.cadence"),
-                "expected at least one phase",
-            ))
-        }
-        Some(phases) => {
-            let mut out = Vec::new();
-            for (i, p) in phases.iter().enumerate() {
-                let pp = format!("{path}.monitor.cadence[{i}]");
-                let every = duration_from_value(&p.every, 1.0)
-                    .map_err(|m| ConfigError::new(file, format!("{pp}.every"), m))?;
-                if every.is_zero() {
-                    return Err(ConfigError::new(
-                        file,
-                        format!("{pp}.every"),
-                        "expected an interval > 0",
-                    ));
-                }
-                let for_ = match &p.for_ {
-                    None | Some(Value::Null) => None,
-                    Some(v) => Some(
-                        duration_from_value(v, 1.0)
-                            .map_err(|m| ConfigError::new(file, format!("{pp}.for"), m))?,
-                    ),
-                };
-                out.push(CadencePhase { every, for_ });
-            }
-            out
-        }
+        Some(phases) => parse_cadence(file, &format!("{path}.monitor.cadence"), phases)?,
     };
     let monitor = MonitorSettings {
         duration: dur(
@@ -407,6 +527,7 @@ fn resolve_env(
             &format!("{path}.monitor.duration"),
             &m.duration,
             Duration::from_secs(if production { 3600 } else { 1800 }),
+            limits::MONITOR_DURATION,
         )?,
         cadence,
         probe_timeout: dur(
@@ -414,22 +535,33 @@ fn resolve_env(
             &format!("{path}.monitor.probe_timeout"),
             &m.probe_timeout,
             Duration::from_secs(5),
+            limits::PROBE_TIMEOUT,
         )?,
     };
     let h = &e.health;
     let health = HealthPolicy {
-        checks_required: h.checks_required.unwrap_or(3).max(1),
+        checks_required: whole(
+            file,
+            &format!("{path}.health.checks_required"),
+            &h.checks_required,
+            3,
+            &limits::HEALTH_CHECKS_REQUIRED,
+        )?
+        .try_into()
+        .unwrap_or(u32::MAX),
         interval: dur(
             file,
             &format!("{path}.health.interval"),
             &h.interval,
             Duration::from_secs(2),
+            limits::HEALTH_INTERVAL,
         )?,
         timeout: dur(
             file,
             &format!("{path}.health.timeout"),
             &h.timeout,
             Duration::from_secs(60),
+            limits::HEALTH_TIMEOUT,
         )?,
     };
     let n = &e.notifications;
@@ -446,6 +578,7 @@ fn resolve_env(
             &format!("{path}.notifications.quiet_period"),
             &n.quiet_period,
             Duration::from_secs(600),
+            limits::QUIET_PERIOD,
         )?,
         routes: n.routes.clone().unwrap_or_else(default_routes),
         timeout: dur(
@@ -453,6 +586,7 @@ fn resolve_env(
             &format!("{path}.notifications.timeout"),
             &n.timeout,
             Duration::from_secs(20),
+            limits::NOTIFY_TIMEOUT,
         )?,
     };
     for (i, r) in notify.routes.iter().enumerate() {
@@ -468,6 +602,23 @@ fn resolve_env(
             ));
         }
     }
+    let r = &e.retention;
+    let retention = Retention {
+        backups: as_count(whole(
+            file,
+            &format!("{path}.retention.backups"),
+            &r.backups,
+            10,
+            &limits::RETENTION_BACKUPS,
+        )?),
+        releases: as_count(whole(
+            file,
+            &format!("{path}.retention.releases"),
+            &r.releases,
+            5,
+            &limits::RETENTION_RELEASES,
+        )?),
+    };
     Ok(EnvConfig {
         name: name.to_string(),
         install_root: abs(&e.install_root),
@@ -482,11 +633,13 @@ fn resolve_env(
         notify,
         monitor,
         health,
-        retention: Retention {
-            backups: e.retention.backups.unwrap_or(10).max(1),
-            releases: e.retention.releases.unwrap_or(5).max(2),
-        },
+        retention,
     })
+}
+
+/// A count already checked against a range far below `usize::MAX`.
+fn as_count(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
 }
 
 pub const CHANNELS: &[&str] = &["slack", "teams", "discord", "email", "webhook"];
