@@ -2,6 +2,7 @@
 //! and the exact payload each one is sent.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use gates_core::Level;
@@ -44,7 +45,7 @@ impl Channel {
             Channel::Slack => "SLACK_WEBHOOK or SLACK_WEBHOOK_URL",
             Channel::Teams => "TEAMS_WEBHOOK or TEAMS_WEBHOOK_URL",
             Channel::Discord => "DISCORD_WEBHOOK_URL",
-            Channel::Email => "EMAIL_TO and EMAIL_SMTP_HOST (or EMAIL_TRANSPORT=sendmail)",
+            Channel::Email => "EMAIL_TO (sent by EMAIL_SMTP_HOST, or else the local sendmail)",
             Channel::Webhook => "WEBHOOK_URL",
         }
     }
@@ -117,20 +118,21 @@ pub enum Config {
     Invalid(String),
 }
 
-/// A non-empty, trimmed environment variable.
-fn var(name: &str) -> Option<String> {
-    std::env::var(name)
-        .ok()
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
-}
-
-/// Reads a channel's configuration from the process environment.
+/// Reads a channel's configuration from the process environment, then
+/// `.env.notifications` (see [`crate::dotenv`]).
 pub fn configure(channel: Channel) -> Config {
-    configure_with(channel, &var)
+    configure_with(channel, &crate::dotenv::var)
 }
 
 pub(crate) fn configure_with(channel: Channel, var: &dyn Fn(&str) -> Option<String>) -> Config {
+    configure_with_finder(channel, var, &find_sendmail)
+}
+
+pub(crate) fn configure_with_finder(
+    channel: Channel,
+    var: &dyn Fn(&str) -> Option<String>,
+    find: &dyn Fn(&str) -> Result<PathBuf, String>,
+) -> Config {
     let first = |names: &[&str]| names.iter().find_map(|n| var(n));
     let http = |names: &[&str]| match first(names) {
         None => Config::Missing(format!("{} is not set", names.join(" / "))),
@@ -147,11 +149,58 @@ pub(crate) fn configure_with(channel: Channel, var: &dyn Fn(&str) -> Option<Stri
         Channel::Teams => http(&["TEAMS_WEBHOOK", "TEAMS_WEBHOOK_URL"]),
         Channel::Discord => http(&["DISCORD_WEBHOOK_URL", "DISCORD_WEBHOOK"]),
         Channel::Webhook => http(&["WEBHOOK_URL"]),
-        Channel::Email => configure_email(var),
+        Channel::Email => configure_email(var, find),
     }
 }
 
-fn configure_email(var: &dyn Fn(&str) -> Option<String>) -> Config {
+/// Where `sendmail` is looked for after `PATH` (it often lives outside it).
+pub const SENDMAIL_DIRS: &[&str] = &["/usr/sbin", "/usr/lib"];
+
+/// Finds the sendmail program: `command` as a path when it holds a `/`, else
+/// on `PATH`, then in [`SENDMAIL_DIRS`]. The error says where it looked.
+pub fn find_sendmail(command: &str) -> Result<PathBuf, String> {
+    if command.contains('/') {
+        let p = PathBuf::from(command);
+        return if is_executable(&p) {
+            Ok(p)
+        } else {
+            Err(format!("{command} is not an executable file"))
+        };
+    }
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    dirs.extend(SENDMAIL_DIRS.iter().map(PathBuf::from));
+    dirs.iter()
+        .map(|d| d.join(command))
+        .find(|p| is_executable(p))
+        .ok_or_else(|| {
+            format!(
+                "no {command} program found (looked on PATH and in {})",
+                SENDMAIL_DIRS.join(", ")
+            )
+        })
+}
+
+fn is_executable(p: &Path) -> bool {
+    let Ok(meta) = std::fs::metadata(p) else {
+        return false;
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        meta.is_file() && meta.permissions().mode() & 0o111 != 0
+    }
+    #[cfg(not(unix))]
+    {
+        meta.is_file()
+    }
+}
+
+fn configure_email(
+    var: &dyn Fn(&str) -> Option<String>,
+    find: &dyn Fn(&str) -> Result<PathBuf, String>,
+) -> Config {
     let Some(to) = var("EMAIL_TO") else {
         return Config::Missing("EMAIL_TO is not set".into());
     };
@@ -161,15 +210,34 @@ fn configure_email(var: &dyn Fn(&str) -> Option<String>) -> Config {
         .filter(|s| !s.is_empty())
         .collect();
     let from = var("EMAIL_FROM").unwrap_or_else(|| "dhash-notify@localhost".to_string());
-    let transport = var("EMAIL_TRANSPORT").unwrap_or_else(|| "smtp".into());
+    let host = var("EMAIL_SMTP_HOST").or_else(|| var("SMTP_HOST"));
+    // No transport named: SMTP when a host is set, else the local sendmail.
+    let transport = var("EMAIL_TRANSPORT").unwrap_or_else(|| {
+        if host.is_some() {
+            "smtp".into()
+        } else {
+            "sendmail".into()
+        }
+    });
     let transport = match transport.to_ascii_lowercase().as_str() {
-        "sendmail" => EmailTransport::Sendmail {
-            command: var("EMAIL_SENDMAIL").unwrap_or_else(|| "sendmail".into()),
-        },
+        "sendmail" => {
+            let command = var("EMAIL_SENDMAIL").unwrap_or_else(|| "sendmail".into());
+            match find(&command) {
+                Ok(path) => EmailTransport::Sendmail {
+                    command: path.to_string_lossy().to_string(),
+                },
+                Err(why) => {
+                    return Config::Invalid(format!(
+                        "EMAIL_TO is set but {why}; set EMAIL_SMTP_HOST to send by SMTP, \
+                         or install sendmail (or name it in EMAIL_SENDMAIL)"
+                    ))
+                }
+            }
+        }
         "smtp" => {
-            let Some(host) = var("EMAIL_SMTP_HOST").or_else(|| var("SMTP_HOST")) else {
-                return Config::Missing(
-                    "EMAIL_SMTP_HOST is not set (or set EMAIL_TRANSPORT=sendmail)".into(),
+            let Some(host) = host else {
+                return Config::Invalid(
+                    "EMAIL_TRANSPORT=smtp but EMAIL_SMTP_HOST is not set".into(),
                 );
             };
             let tls = match var("EMAIL_SMTP_TLS")
@@ -501,8 +569,10 @@ pub fn discord_payload(r: &Rendered) -> Value {
     })
 }
 
-/// The generic JSON webhook (`WEBHOOK_URL`): the notification as it is, no
-/// truncation, for machines (an incident tool, a chat bridge, a log sink).
+/// The generic JSON webhook (`WEBHOOK_URL`): the notification as it is, for
+/// machines (an incident tool, a chat bridge, a log sink); the message is cut
+/// at [`truncate::MESSAGE_MAX`] chars and fields at [`truncate::FIELD_MAX`]
+/// (with the marker) before it gets here.
 pub fn webhook_payload(r: &Rendered, dedup_key: Option<&str>) -> Value {
     json!({
         "source": "dhash-notify",
@@ -517,7 +587,8 @@ pub fn webhook_payload(r: &Rendered, dedup_key: Option<&str>) -> Value {
     })
 }
 
-/// Email subject and plain-text body.
+/// Email subject and plain-text body (the message is cut at
+/// [`truncate::MESSAGE_MAX`] chars before it gets here).
 pub fn email_content(r: &Rendered) -> (String, String) {
     let subject: String = format!("[dhash][{}][{}] {}", r.env, r.upper_level(), r.title)
         .chars()

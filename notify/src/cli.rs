@@ -16,8 +16,9 @@ use crate::{
 
 /// The environment variables, for `--help`.
 pub const ENV_HELP: &str =
-    "Secrets come only from environment variables (an empty one counts as unset;
-a channel without its variables is skipped and said so once):
+    "Secrets come from environment variables, then from .env.notifications at the
+project root (an empty variable counts as unset; a channel without its
+variables is skipped and said so once):
   slack    SLACK_WEBHOOK or SLACK_WEBHOOK_URL
   teams    TEAMS_WEBHOOK or TEAMS_WEBHOOK_URL  (Workflows webhook; Adaptive Card)
   discord  DISCORD_WEBHOOK_URL
@@ -25,14 +26,32 @@ a channel without its variables is skipped and said so once):
   email    EMAIL_TO (comma-separated), EMAIL_FROM, EMAIL_TRANSPORT=smtp|sendmail,
            EMAIL_SMTP_HOST, EMAIL_SMTP_PORT, EMAIL_SMTP_TLS=starttls|tls|none,
            EMAIL_USER, EMAIL_PASSWORD, EMAIL_SENDMAIL (sendmail command)
-Webhook URLs, users and passwords are redacted in every output and file.
+Email: EMAIL_TO alone (no EMAIL_SMTP_HOST) sends through the local sendmail,
+looked up on PATH, then in /usr/sbin and /usr/lib; with none installed the
+message goes to the fallback file with that reason.
+Webhook URLs (and their path, query and token parts, wherever quoted), users
+and passwords are redacted in every output and file.
+
+.env.notifications (git-ignored): NAME=VALUE lines in dotenv format
+('export ', # comments, '...' or \"...\" values; no $VAR expansion; a later line
+wins). Only the variables above are read from it; a variable set in the real
+environment, even empty, wins over the file. Its secret values are redacted
+like the others. A line that cannot be read stops notify with exit 2 and
+names the file and line (never the value).
 
 Routing: environments.json -> environments.<env>.notifications.routes
 ({channel, min_level}); timeout (whole call, all channels), quiet_period.
 Not delivered (or --dry-run): one JSON line per channel appended to
 notifications.fallback_file (default monitor_logs/notification_fallback.jsonl)
 and one JSON file per notification in notifications.out_dir (default
-notifications_out/).";
+notifications_out/).
+
+Long messages are cut to each channel's limit with the marker \"… [truncated]\",
+never rejected: Slack 3000 chars, Teams 12000, Discord 4096 (embed 6000),
+email and generic webhook 65536; fields 4096 each, at most 50. The full text
+is kept once, in the notification's file in out_dir (written whenever a text
+was cut); each fallback line carries the first 8192 chars, message_chars and
+full_text (that file's path).";
 
 fn level_arg(s: &str) -> Result<Level, String> {
     s.parse::<Level>()
@@ -257,8 +276,16 @@ impl Totals {
     }
 }
 
+/// Reads `.env.notifications` of the project; a broken one is a
+/// configuration error (exit 2), before anything is sent or forwarded.
+fn load_dotenv(project: &Project) -> anyhow::Result<()> {
+    crate::dotenv::load(&project.root)
+        .map_err(|e| ToolError::new(Exit::Usage, anyhow::anyhow!("{e}")).into())
+}
+
 pub fn run_notify(args: NotifyArgs) -> anyhow::Result<Exit> {
     let project = Project::discover()?;
+    load_dotenv(&project)?;
     let env = project.env(&args.common.env_name())?;
     let em = Emitter::stdout("notify", &env.name, args.common.verbose);
     let opts = NotifyOptions {
@@ -326,6 +353,7 @@ pub fn run_notify(args: NotifyArgs) -> anyhow::Result<Exit> {
 
 pub fn run_deploy_notify(args: DeployNotifyArgs) -> anyhow::Result<Exit> {
     let project = Project::discover()?;
+    load_dotenv(&project)?;
     let env = project.env(&args.common.env_name())?;
     let em = Emitter::stdout("deploy-notify", &env.name, args.common.verbose);
     gates_core::event::pump_stdin(&em, |_| {});

@@ -69,6 +69,7 @@ pub mod channels;
 pub mod cli;
 pub mod dedup;
 pub mod deliver;
+pub mod dotenv;
 pub mod record;
 pub mod truncate;
 
@@ -301,14 +302,9 @@ pub fn send_with(
     settings: &SendSettings,
 ) -> DeliveryReport {
     let mut report = DeliveryReport::default();
-    let rendered = Rendered {
-        env: env.name.clone(),
-        level: n.level,
-        title: n.title.clone(),
-        message: n.message.clone(),
-        fields: n.fields.clone(),
-        ts: gates_core::event::now_rfc3339(),
-    };
+    ensure_dotenv(em);
+    // Titles in events and messages: redacted and short, whatever came in.
+    let title = truncate::chars(&redact(&n.title), truncate::TITLE_MAX);
     let key = n
         .dedup_key
         .as_deref()
@@ -321,12 +317,11 @@ pub fn send_with(
                 "notify.skipped",
                 Level::Info,
                 format!(
-                    "{:?} already sent {} ago, within the quiet period of {}; not sent again",
-                    n.title,
+                    "{title:?} already sent {} ago, within the quiet period of {}; not sent again",
                     gates_core::duration::human(ago),
                     gates_core::duration::human(env.notify.quiet_period)
                 ),
-                json!({"reason": "duplicate", "title": n.title, "level": n.level,
+                json!({"reason": "duplicate", "title": title, "level": n.level,
                        "quiet_period_seconds": env.notify.quiet_period.as_secs_f64()}),
             );
             report.deduplicated = true;
@@ -341,10 +336,10 @@ pub fn send_with(
             "notify.skipped",
             Level::Debug,
             format!(
-                "no route takes level {} for {:?}; nothing to send",
-                n.level, n.title
+                "no route takes level {} for {title:?}; nothing to send",
+                n.level
             ),
-            json!({"reason": "no route", "title": n.title, "level": n.level}),
+            json!({"reason": "no route", "title": title, "level": n.level}),
         );
         if only.is_some() || n.level.severity() >= Level::Info.severity() {
             em.human(&format!(
@@ -355,6 +350,7 @@ pub fn send_with(
         return report;
     }
 
+    let (rendered, full) = render(env, n);
     let mut jobs = Vec::new();
     let mut failures: Vec<(Channel, Outcome)> = Vec::new();
     let mut missing = Vec::new();
@@ -389,17 +385,15 @@ pub fn send_with(
         }
     }
 
+    let ctx = Ctx {
+        env,
+        r: &rendered,
+        full: &full,
+        key: key.as_deref(),
+        em,
+    };
     if opts.dry_run {
-        dry_run(
-            env,
-            n,
-            &rendered,
-            key.as_deref(),
-            &selected,
-            &missing,
-            em,
-            &mut report,
-        );
+        dry_run(&ctx, &selected, &missing, &mut report);
         return report;
     }
 
@@ -424,9 +418,9 @@ pub fn send_with(
             dry_run: false,
             payload: None,
         };
-        fall_back(env, &rendered, key.as_deref(), &entry, em, &mut report);
+        fall_back(&ctx, &entry, &mut report);
         let copy = vec![json!({"channel": "none", "status": "fallback", "reason": entry.reason})];
-        write_copy(env, &rendered, key.as_deref(), false, copy, em, &mut report);
+        write_copy(&ctx, false, copy, &mut report);
         return report;
     }
 
@@ -439,10 +433,10 @@ pub fn send_with(
                 Level::Info,
                 format!(
                     "{ch}: delivered {:?} after {} attempt(s)",
-                    n.title, o.attempts
+                    rendered.title, o.attempts
                 ),
                 json!({"channel": ch.name(), "attempts": o.attempts, "status": o.status,
-                       "title": n.title, "level": n.level}),
+                       "title": rendered.title, "level": n.level}),
             );
             copies.push(
                 json!({"channel": ch.name(), "status": "sent", "attempts": o.attempts,
@@ -457,7 +451,7 @@ pub fn send_with(
                 dry_run: false,
                 payload: None,
             };
-            fall_back(env, &rendered, key.as_deref(), &entry, em, &mut report);
+            fall_back(&ctx, &entry, &mut report);
             copies.push(
                 json!({"channel": ch.name(), "status": "fallback", "reason": o.reason,
                                "attempts": o.attempts, "http_status": o.status,
@@ -468,16 +462,10 @@ pub fn send_with(
     for ch in &missing {
         copies.push(json!({"channel": ch.name(), "status": "skipped", "reason": "not configured"}));
     }
-    if !report.fallback.is_empty() {
-        write_copy(
-            env,
-            &rendered,
-            key.as_deref(),
-            false,
-            copies,
-            em,
-            &mut report,
-        );
+    // The audit copy: whenever something was not delivered, and whenever the
+    // channels got a cut text (so the full text is kept somewhere, once).
+    if !report.fallback.is_empty() || full.truncated {
+        write_copy(&ctx, false, copies, &mut report);
     }
     if let Some(k) = &key {
         if !report.sent.is_empty() {
@@ -492,21 +480,110 @@ pub fn send_with(
     report
 }
 
-#[allow(clippy::too_many_arguments)]
-fn dry_run(
-    env: &EnvConfig,
-    n: &Notification,
-    r: &Rendered,
-    key: Option<&str>,
-    selected: &[Channel],
-    missing: &[Channel],
-    em: &Emitter,
-    report: &mut DeliveryReport,
-) {
+/// Reads `.env.notifications` once per process, from the project found the
+/// usual way (`DHASH_ROOT`, or the current folder and its parents), when the
+/// caller did not ([`dotenv::load`]). A broken file is reported and ignored.
+fn ensure_dotenv(em: &Emitter) {
+    static TRIED: std::sync::Once = std::sync::Once::new();
+    if dotenv::loaded() || TRIED.is_completed() {
+        return;
+    }
+    let mut root = None;
+    TRIED.call_once(|| {
+        root = gates_core::project::Project::discover()
+            .ok()
+            .map(|p| p.root)
+    });
+    let Some(root) = root else {
+        return;
+    };
+    if let Err(e) = dotenv::load(&root) {
+        em.emit(
+            "notify.misconfigured",
+            Level::Error,
+            format!("{e}; the file is ignored, channels use the environment only"),
+            json!({"file": e.path, "line": e.line, "problem": e.problem}),
+        );
+    }
+}
+
+/// The notification as the channels get it (redacted, then cut to
+/// [`truncate::MESSAGE_MAX`] and the field limits) and as given (redacted,
+/// whole: kept once, in the audit copy).
+fn render<'a>(env: &EnvConfig, n: &'a Notification) -> (Rendered, record::FullText<'a>) {
+    let redactor = gates_core::redact::global();
+    // Redact before cutting, so a cut never leaves half a secret behind.
+    let message = redactor.redact_cow(&n.message);
+    let title = redactor.redact(&n.title);
+    let fields = record::redact_value(&Value::Object(n.fields.clone()));
+    let fields = match fields {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
+    let mut truncated = false;
+    let mut cut = |text: &str, max: usize| {
+        if truncate::exceeds(text, max) {
+            truncated = true;
+            truncate::chars(text, max)
+        } else {
+            text.to_string()
+        }
+    };
+    let short_message = cut(&message, truncate::MESSAGE_MAX);
+    let short_title = cut(&title, truncate::TITLE_MAX);
+    let mut short_fields = Map::new();
+    for (i, (k, v)) in fields.iter().enumerate() {
+        if i >= truncate::FIELDS_MAX {
+            truncated = true;
+            break;
+        }
+        let v = match v {
+            Value::String(s) => Value::String(cut(s, truncate::FIELD_MAX)),
+            other => {
+                let text = other.to_string();
+                if truncate::exceeds(&text, truncate::FIELD_MAX) {
+                    Value::String(cut(&text, truncate::FIELD_MAX))
+                } else {
+                    other.clone()
+                }
+            }
+        };
+        short_fields.insert(truncate::chars(k, 200), v);
+    }
+    let rendered = Rendered {
+        env: env.name.clone(),
+        level: n.level,
+        title: short_title,
+        message: short_message,
+        fields: short_fields,
+        ts: gates_core::event::now_rfc3339(),
+    };
+    let full = record::FullText {
+        title,
+        message_chars: message.chars().count(),
+        message,
+        fields,
+        truncated,
+        out_path: record::out_path(env, &rendered),
+    };
+    (rendered, full)
+}
+
+/// What the recording helpers share for one notification.
+struct Ctx<'a> {
+    env: &'a EnvConfig,
+    r: &'a Rendered,
+    full: &'a record::FullText<'a>,
+    key: Option<&'a str>,
+    em: &'a Emitter,
+}
+
+fn dry_run(ctx: &Ctx<'_>, selected: &[Channel], missing: &[Channel], report: &mut DeliveryReport) {
+    let (env, r, em) = (ctx.env, ctx.r, ctx.em);
     let mut copies = Vec::new();
     for ch in selected {
         let configured = !missing.contains(ch);
-        let payload = channels::preview(*ch, r, key);
+        let payload = channels::preview(*ch, r, ctx.key);
         let reason = if configured {
             "dry-run: not sent".to_string()
         } else {
@@ -523,18 +600,18 @@ fn dry_run(
             dry_run: true,
             payload: Some(payload.clone()),
         };
-        match record::append_fallback(env, r, key, &entry) {
+        match record::append_fallback(env, r, ctx.full, ctx.key, &entry) {
             Ok(()) => {
                 em.emit(
                     "notify.recorded",
                     Level::Info,
                     format!(
                         "dry run: {ch} would receive {:?}; recorded in {}",
-                        n.title,
+                        r.title,
                         record::show(&env.notify.fallback_file)
                     ),
                     json!({"channel": ch.name(), "dry_run": true, "configured": configured,
-                           "file": env.notify.fallback_file, "title": n.title, "level": n.level}),
+                           "file": env.notify.fallback_file, "title": r.title, "level": r.level}),
                 );
                 report
                     .fallback
@@ -547,18 +624,12 @@ fn dry_run(
                            "payload": payload}),
         );
     }
-    write_copy(env, r, key, true, copies, em, report);
+    write_copy(ctx, true, copies, report);
 }
 
-fn fall_back(
-    env: &EnvConfig,
-    r: &Rendered,
-    key: Option<&str>,
-    entry: &FallbackEntry,
-    em: &Emitter,
-    report: &mut DeliveryReport,
-) {
-    match record::append_fallback(env, r, key, entry) {
+fn fall_back(ctx: &Ctx<'_>, entry: &FallbackEntry, report: &mut DeliveryReport) {
+    let (env, r, em) = (ctx.env, ctx.r, ctx.em);
+    match record::append_fallback(env, r, ctx.full, ctx.key, entry) {
         Ok(()) => {
             em.emit(
                 "notify.fallback",
@@ -595,23 +666,21 @@ fn fallback_failed(env: &EnvConfig, e: &anyhow::Error, em: &Emitter, report: &mu
     report.fallback_error.get_or_insert(msg);
 }
 
-fn write_copy(
-    env: &EnvConfig,
-    r: &Rendered,
-    key: Option<&str>,
-    dry_run: bool,
-    deliveries: Vec<Value>,
-    em: &Emitter,
-    report: &mut DeliveryReport,
-) {
-    match record::write_out_copy(env, r, key, dry_run, deliveries) {
+fn write_copy(ctx: &Ctx<'_>, dry_run: bool, deliveries: Vec<Value>, report: &mut DeliveryReport) {
+    match record::write_out_copy(ctx.r, ctx.full, ctx.key, dry_run, deliveries) {
         Ok(p) => {
-            em.debug(&format!("audit copy written to {}", record::show(&p)));
+            ctx.em
+                .debug(&format!("audit copy written to {}", record::show(&p)));
             report.out_file = Some(p);
         }
-        Err(e) => em.human(&format!(
-            "cannot write the audit copy in {}: {e:#}",
-            record::show(&env.notify.out_dir)
+        Err(e) => ctx.em.human(&format!(
+            "cannot write the audit copy in {}: {e:#}{}",
+            record::show(&ctx.env.notify.out_dir),
+            if ctx.full.truncated {
+                "; the full text of a long message is lost (the fallback file has its start)"
+            } else {
+                ""
+            }
         )),
     }
 }

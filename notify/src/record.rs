@@ -7,6 +7,11 @@
 //!   notification with every channel's payload, written atomically, for audit.
 //!
 //! Everything written is redacted first.
+//!
+//! A long message is kept whole once: in the audit copy (`message`,
+//! `fields`). Each fallback line carries it cut to
+//! [`truncate::FALLBACK_MESSAGE_MAX`] chars, with `message_truncated`,
+//! `message_chars` (the full length) and `full_text` (the audit copy's path).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +21,23 @@ use serde_json::{json, Map, Value};
 use gates_core::config::EnvConfig;
 
 use crate::channels::Rendered;
+use crate::truncate;
+
+/// The notification as given (redacted), before any channel limit: kept once,
+/// in the audit copy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FullText<'a> {
+    pub title: String,
+    /// Borrowed from the notification unless redaction changed it.
+    pub message: std::borrow::Cow<'a, str>,
+    pub fields: Map<String, Value>,
+    /// Chars in `message`.
+    pub message_chars: usize,
+    /// Something (title, message or a field) was cut for the channels.
+    pub truncated: bool,
+    /// Where the audit copy is (to be) written.
+    pub out_path: PathBuf,
+}
 
 /// One channel's line in the fallback file.
 #[derive(Debug, Clone)]
@@ -54,9 +76,12 @@ fn redacted_line(v: &Value) -> anyhow::Result<String> {
 pub fn append_fallback(
     env: &EnvConfig,
     r: &Rendered,
+    full: &FullText<'_>,
     dedup_key: Option<&str>,
     e: &FallbackEntry,
 ) -> anyhow::Result<()> {
+    let message = truncate::chars(&r.message, truncate::FALLBACK_MESSAGE_MAX);
+    let message_cut = full.truncated || message.len() != r.message.len();
     let mut line = json!({
         "ts": gates_core::event::now_rfc3339(),
         "env": r.env,
@@ -66,30 +91,31 @@ pub fn append_fallback(
         "status": e.status,
         "level": r.level,
         "title": r.title,
-        "message": r.message,
+        "message": message,
         "fields": r.fields,
         "notification_ts": r.ts,
         "dry_run": e.dry_run,
     });
-    if let (Some(k), Value::Object(m)) = (dedup_key, &mut line) {
-        m.insert("dedup_key".into(), json!(k));
-    }
-    if let (Some(p), Value::Object(m)) = (&e.payload, &mut line) {
-        m.insert("payload".into(), p.clone());
+    if let Value::Object(m) = &mut line {
+        if message_cut {
+            m.insert("message_truncated".into(), json!(true));
+            m.insert("message_chars".into(), json!(full.message_chars));
+            m.insert("full_text".into(), json!(full.out_path));
+        }
+        if let Some(k) = dedup_key {
+            m.insert("dedup_key".into(), json!(k));
+        }
+        if let Some(p) = &e.payload {
+            m.insert("payload".into(), p.clone());
+        }
     }
     gates_core::fsutil::append_line(&env.notify.fallback_file, &redacted_line(&line)?, true)
 }
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
-/// Writes the audit copy of one notification into `out_dir`; returns its path.
-pub fn write_out_copy(
-    env: &EnvConfig,
-    r: &Rendered,
-    dedup_key: Option<&str>,
-    dry_run: bool,
-    deliveries: Vec<Value>,
-) -> anyhow::Result<PathBuf> {
+/// A new, unique path for one notification's audit copy in `out_dir`.
+pub fn out_path(env: &EnvConfig, r: &Rendered) -> PathBuf {
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%3fZ");
     let seq = SEQ.fetch_add(1, Ordering::SeqCst);
     let name = format!(
@@ -98,22 +124,59 @@ pub fn write_out_copy(
         r.level,
         std::process::id()
     );
-    let path = env.notify.out_dir.join(name);
-    let doc = json!({
-        "ts": r.ts,
-        "env": r.env,
-        "level": r.level,
-        "title": r.title,
-        "message": r.message,
-        "fields": r.fields,
-        "dedup_key": dedup_key,
-        "dry_run": dry_run,
-        "deliveries": deliveries,
-    });
-    let text = serde_json::to_string_pretty(&redact_value(&doc))?;
-    let text = gates_core::redact::global().redact(&text);
-    gates_core::fsutil::write_atomic(&path, format!("{text}\n").as_bytes())?;
-    Ok(path)
+    env.notify.out_dir.join(name)
+}
+
+/// Writes the audit copy of one notification (at `full.out_path`): the full
+/// title, message and fields once, and each channel's (capped) payload.
+pub fn write_out_copy(
+    r: &Rendered,
+    full: &FullText<'_>,
+    dedup_key: Option<&str>,
+    dry_run: bool,
+    deliveries: Vec<Value>,
+) -> anyhow::Result<PathBuf> {
+    /// Serialised straight from borrowed parts: the message is copied once,
+    /// into the text written, not once per channel nor into a JSON value.
+    #[derive(serde::Serialize)]
+    struct Doc<'a> {
+        ts: &'a str,
+        env: &'a str,
+        level: gates_core::Level,
+        title: &'a str,
+        message: &'a str,
+        message_chars: usize,
+        truncated_for_channels: bool,
+        fields: &'a Map<String, Value>,
+        dedup_key: Option<&'a str>,
+        dry_run: bool,
+        deliveries: Value,
+    }
+    let doc = Doc {
+        ts: &r.ts,
+        env: &r.env,
+        level: r.level,
+        title: &full.title,
+        message: &full.message,
+        message_chars: full.message_chars,
+        truncated_for_channels: full.truncated,
+        fields: &full.fields,
+        dedup_key,
+        dry_run,
+        deliveries: redact_value(&Value::Array(deliveries)),
+    };
+    let text = serde_json::to_string_pretty(&doc)?;
+    drop(doc);
+    // Belt and braces: a secret split across escapes is caught on the text
+    // too (copied only if one is found).
+    let redacted = match gates_core::redact::global().redact_cow(&text) {
+        std::borrow::Cow::Owned(o) => Some(o),
+        std::borrow::Cow::Borrowed(_) => None,
+    };
+    let mut text = redacted.unwrap_or(text);
+    text.push('\n');
+    gates_core::fsutil::write_atomic(&full.out_path, text.as_bytes())?;
+    Ok(full.out_path.clone())
 }
 
 fn sanitize(s: &str) -> String {
