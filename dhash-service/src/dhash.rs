@@ -12,8 +12,9 @@
 //!    [`ExtractError::TooLarge`]. A JPEG must reach its end-of-image marker
 //!    (Pillow refuses a truncated file too; the image crate would fill the
 //!    missing part with grey and answer a hash of it). Decodes share a memory
-//!    budget ([`DECODE_BUDGET_BYTES`]): a decode waits, first come first
-//!    served, until its estimated buffers fit.
+//!    budget ([`DECODE_BUDGET_BYTES`], or `DHASH_DECODE_BUDGET_BYTES` from
+//!    the environment): a decode waits, first come first served, until its
+//!    estimated buffers fit.
 //! 2. Gray as Pillow's `convert("L")` (ITU-R 601-2 luma in 16-bit fixed point):
 //!    `L = (19595 R + 38470 G + 7471 B + 0x8000) >> 16` for 8-bit colour,
 //!    palettes expanded to their colours first; alpha and transparency are
@@ -45,7 +46,7 @@
 //! low-confidence review queue.
 
 use std::io::Cursor;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
 
@@ -251,23 +252,63 @@ impl Drop for Permit<'_> {
     }
 }
 
+/// Environment variable that overrides [`DECODE_BUDGET_BYTES`] (bytes, at
+/// least [`MIN_DECODE_BUDGET_BYTES`]), read once at the first decode.
+pub const DECODE_BUDGET_ENV: &str = "DHASH_DECODE_BUDGET_BYTES";
+/// Smallest budget the override may set.
+pub const MIN_DECODE_BUDGET_BYTES: u64 = 16 * 1024 * 1024;
+
 /// The budget every decode of this process shares.
-pub static DECODES: DecodeBudget = DecodeBudget::new(DECODE_BUDGET_BYTES);
+pub fn decodes() -> &'static DecodeBudget {
+    static DECODES: OnceLock<DecodeBudget> = OnceLock::new();
+    DECODES.get_or_init(|| {
+        let total = match std::env::var(DECODE_BUDGET_ENV) {
+            Err(_) => DECODE_BUDGET_BYTES,
+            Ok(v) => match parse_budget(&v) {
+                Ok(n) => n,
+                Err(why) => {
+                    // No caller to return this to: say it once, keep the default.
+                    eprintln!(
+                        "dhash-service: ignoring {DECODE_BUDGET_ENV}={v:?}: {why}; \
+                         using {DECODE_BUDGET_BYTES} bytes"
+                    );
+                    DECODE_BUDGET_BYTES
+                }
+            },
+        };
+        DecodeBudget::new(total)
+    })
+}
+
+/// Parses a budget override: whole bytes, at least the minimum.
+pub fn parse_budget(v: &str) -> Result<u64, String> {
+    let n: u64 = v
+        .trim()
+        .parse()
+        .map_err(|_| "expected a whole number of bytes".to_string())?;
+    if n < MIN_DECODE_BUDGET_BYTES {
+        return Err(format!(
+            "below the minimum of {MIN_DECODE_BUDGET_BYTES} bytes"
+        ));
+    }
+    Ok(n)
+}
 
 /// Estimated peak memory of decoding and hashing an image: the decoded
-/// buffer (`decoded_bytes`), the gray plane and the horizontal pass. A JPEG
-/// decoder also keeps per-component planes and, for progressive files,
-/// 16-bit coefficients of every sample: counted as twice the output again.
+/// buffer (`decoded_bytes`) and the resize's accumulators (gray rows are made
+/// one at a time, see [`resize_rows`]). A JPEG decoder also keeps
+/// per-component planes and, for progressive files, 16-bit coefficients of
+/// every sample: counted as twice the output again.
 pub fn decode_cost(format: ImageFormat, width: u32, height: u32, decoded_bytes: u64) -> u64 {
-    let pixels = u64::from(width) * u64::from(height);
     let decoder_extra = if format == ImageFormat::Jpeg {
         decoded_bytes.saturating_mul(2)
     } else {
         0
     };
+    let accumulators = 8 * u64::from(GRID_HEIGHT) * u64::from(width);
     decoded_bytes
         .saturating_add(decoder_extra)
-        .saturating_add(pixels)
+        .saturating_add(accumulators)
         .saturating_add(u64::from(GRID_WIDTH) * u64::from(height))
 }
 
@@ -432,7 +473,7 @@ fn check_size(h: &Header, name: &'static str) -> Result<(), ExtractError> {
 /// Decodes PNG or JPEG bytes with the size limits and the shared budget
 /// (held only while decoding: the caller gets the image).
 pub fn decode(bytes: &[u8]) -> Result<(DynamicImage, &'static str), ExtractError> {
-    decode_with(bytes, &DECODES, |img, _permit| img)
+    decode_with(bytes, decodes(), |img, _permit| img)
 }
 
 // ------------------------------------------------------------------- gray
@@ -442,46 +483,71 @@ fn luma(r: u8, g: u8, b: u8) -> u8 {
     ((u32::from(r) * 19_595 + u32::from(g) * 38_470 + u32::from(b) * 7_471 + 0x8000) >> 16) as u8
 }
 
-/// The 8-bit gray plane Pillow's `convert("L")` gives (row-major, width ×
-/// height). Consumes the image so an 8-bit gray one is not copied.
-fn gray_plane(img: DynamicImage, gray16: Gray16) -> Vec<u8> {
+/// Row `y` of the 8-bit gray plane Pillow's `convert("L")` gives, written
+/// into `out` (the image's width long). Rows are made one at a time so that
+/// no full gray copy of a big image is ever held.
+fn gray_row(img: &DynamicImage, gray16: Gray16, y: usize, out: &mut [u8]) {
+    let w = out.len();
     let g16 = |v: u16| match gray16 {
         Gray16::Clip => v.min(255) as u8,
         Gray16::HighByte => (v >> 8) as u8,
     };
     let hi = |v: u16| (v >> 8) as u8;
+    // `n` samples per pixel; a short buffer (impossible for a decoded
+    // image) leaves the rest of the row black rather than panicking.
+    fn row<T>(raw: &[T], n: usize, w: usize, y: usize) -> &[T] {
+        raw.get(y * w * n..(y + 1) * w * n).unwrap_or(&[])
+    }
+    let fill = |out: &mut [u8], px: &mut dyn Iterator<Item = u8>| {
+        for (o, v) in out.iter_mut().zip(px) {
+            *o = v;
+        }
+    };
     match img {
-        DynamicImage::ImageLuma8(b) => b.into_raw(),
-        DynamicImage::ImageLumaA8(b) => b.as_raw().chunks_exact(2).map(|p| p[0]).collect(),
-        DynamicImage::ImageRgb8(b) => b
-            .as_raw()
-            .chunks_exact(3)
-            .map(|p| luma(p[0], p[1], p[2]))
-            .collect(),
-        DynamicImage::ImageRgba8(b) => b
-            .as_raw()
-            .chunks_exact(4)
-            .map(|p| luma(p[0], p[1], p[2]))
-            .collect(),
-        DynamicImage::ImageLuma16(b) => b.as_raw().iter().map(|&v| g16(v)).collect(),
-        DynamicImage::ImageLumaA16(b) => b.as_raw().chunks_exact(2).map(|p| g16(p[0])).collect(),
-        DynamicImage::ImageRgb16(b) => b
-            .as_raw()
-            .chunks_exact(3)
-            .map(|p| luma(hi(p[0]), hi(p[1]), hi(p[2])))
-            .collect(),
-        DynamicImage::ImageRgba16(b) => b
-            .as_raw()
-            .chunks_exact(4)
-            .map(|p| luma(hi(p[0]), hi(p[1]), hi(p[2])))
-            .collect(),
+        DynamicImage::ImageLuma8(b) => fill(out, &mut row(b.as_raw(), 1, w, y).iter().copied()),
+        DynamicImage::ImageLumaA8(b) => fill(
+            out,
+            &mut row(b.as_raw(), 2, w, y).chunks_exact(2).map(|p| p[0]),
+        ),
+        DynamicImage::ImageRgb8(b) => fill(
+            out,
+            &mut row(b.as_raw(), 3, w, y)
+                .chunks_exact(3)
+                .map(|p| luma(p[0], p[1], p[2])),
+        ),
+        DynamicImage::ImageRgba8(b) => fill(
+            out,
+            &mut row(b.as_raw(), 4, w, y)
+                .chunks_exact(4)
+                .map(|p| luma(p[0], p[1], p[2])),
+        ),
+        DynamicImage::ImageLuma16(b) => {
+            fill(out, &mut row(b.as_raw(), 1, w, y).iter().map(|&v| g16(v)))
+        }
+        DynamicImage::ImageLumaA16(b) => fill(
+            out,
+            &mut row(b.as_raw(), 2, w, y).chunks_exact(2).map(|p| g16(p[0])),
+        ),
+        DynamicImage::ImageRgb16(b) => fill(
+            out,
+            &mut row(b.as_raw(), 3, w, y)
+                .chunks_exact(3)
+                .map(|p| luma(hi(p[0]), hi(p[1]), hi(p[2]))),
+        ),
+        DynamicImage::ImageRgba16(b) => fill(
+            out,
+            &mut row(b.as_raw(), 4, w, y)
+                .chunks_exact(4)
+                .map(|p| luma(hi(p[0]), hi(p[1]), hi(p[2]))),
+        ),
         // Float images do not come out of PNG or JPEG; keep them usable.
-        other => other
-            .to_rgb8()
-            .as_raw()
-            .chunks_exact(3)
-            .map(|p| luma(p[0], p[1], p[2]))
-            .collect(),
+        other => {
+            let rgb = other.crop_imm(0, y as u32, w as u32, 1).to_rgb8();
+            fill(
+                out,
+                &mut rgb.as_raw().chunks_exact(3).map(|p| luma(p[0], p[1], p[2])),
+            )
+        }
     }
 }
 
@@ -576,68 +642,133 @@ fn horizontal_first(width: usize, height: usize) -> bool {
     !(dy > 0 && dy > dx * 2)
 }
 
-/// Pillow's `resize((9, 8), LANCZOS)` of an 8-bit gray plane (row-major,
-/// `width` × `height`): two passes, each rounded to 8 bits, in Pillow's
-/// order; a dimension already at its target size is not resampled. When the
-/// horizontal pass runs first it covers only the rows the vertical pass
-/// reads.
-pub fn resize_to_grid(gray: &[u8], width: usize, height: usize) -> Grid {
+/// Pillow's vertical pass, fed one source row at a time: every output row
+/// keeps an accumulator per column, and a source row is added, with its
+/// weight, to the output rows whose window holds it. Integer sums do not
+/// depend on their order, so this equals Pillow's column-wise loop.
+struct VerticalPass<'t> {
+    taps: &'t [Taps],
+    width: usize,
+    acc: Vec<i64>,
+}
+
+impl<'t> VerticalPass<'t> {
+    fn new(taps: &'t [Taps], width: usize) -> Self {
+        VerticalPass {
+            taps,
+            width,
+            acc: vec![1 << (PRECISION_BITS - 1); taps.len() * width],
+        }
+    }
+    fn add_row(&mut self, y: usize, row: &[u8]) {
+        for (r, t) in self.taps.iter().enumerate() {
+            let Some(&w) = y.checked_sub(t.start).and_then(|i| t.weights.get(i)) else {
+                continue;
+            };
+            let acc = &mut self.acc[r * self.width..(r + 1) * self.width];
+            for (a, &v) in acc.iter_mut().zip(row) {
+                *a += i64::from(v) * w;
+            }
+        }
+    }
+    fn finish(self) -> Vec<u8> {
+        self.acc.into_iter().map(clip8).collect()
+    }
+}
+
+/// Pillow's horizontal pass over one row.
+fn horizontal_row(taps: &[Taps], row: &[u8], out: &mut Vec<u8>) {
+    for t in taps {
+        out.push(convolve(
+            t,
+            row.get(t.start..).unwrap_or(&[]).iter().copied(),
+        ));
+    }
+}
+
+/// Pillow's `resize((9, 8), LANCZOS)` of an 8-bit gray image of `width` ×
+/// `height` whose row `y` `row(y, buf)` writes into `buf`: two passes, each
+/// rounded to 8 bits, in Pillow's order; a dimension already at its target
+/// size is not resampled. When the horizontal pass runs first it covers only
+/// the rows the vertical pass reads. Rows are asked for in order, once each.
+pub fn resize_rows(width: usize, height: usize, mut row: impl FnMut(usize, &mut [u8])) -> Grid {
     let (gw, gh) = (GRID_WIDTH as usize, GRID_HEIGHT as usize);
     let mut grid = [[0u8; 9]; 8];
-    if width == 0 || height == 0 || gray.len() < width * height {
+    if width == 0 || height == 0 {
         return grid;
     }
     let need_h = width != gw;
     let need_v = height != gh;
     let vert = lanczos_taps(height, gh);
     let horiz = lanczos_taps(width, gw);
-    // Horizontal pass over rows `rows` of a plane `pw` samples wide.
-    let horizontal = |plane: &[u8], pw: usize, rows: std::ops::Range<usize>| -> Vec<u8> {
-        let mut out = Vec::with_capacity(gw * rows.len());
-        for y in rows {
-            let row = &plane[y * pw..(y + 1) * pw];
-            for t in &horiz {
-                out.push(convolve(t, row[t.start..].iter().copied()));
+    let mut buf = vec![0u8; width];
+    let mut hrow = Vec::with_capacity(gw);
+    // The 9×8 result, row-major.
+    let out: Vec<u8> = if horizontal_first(width, height) {
+        let (first, last) = if need_v {
+            let first = vert.first().map_or(0, |t| t.start);
+            let last = vert.last().map_or(height, |t| t.start + t.weights.len());
+            (first, last.min(height))
+        } else {
+            (0, gh)
+        };
+        let mut pass = VerticalPass::new(&vert, gw);
+        let mut rows = Vec::with_capacity(gw * gh);
+        for y in first..last {
+            row(y, &mut buf);
+            let h: &[u8] = if need_h {
+                hrow.clear();
+                horizontal_row(&horiz, &buf, &mut hrow);
+                &hrow
+            } else {
+                &buf
+            };
+            if need_v {
+                pass.add_row(y, h);
+            } else {
+                rows.extend_from_slice(h);
             }
         }
-        out
-    };
-    // Vertical pass over a plane `pw` wide whose row 0 is source row `row0`.
-    let vertical = |plane: &[u8], pw: usize, row0: usize| -> Vec<u8> {
-        let mut out = Vec::with_capacity(pw * gh);
-        for t in &vert {
-            for c in 0..pw {
-                let col = (t.start - row0..).map(|y| plane[y * pw + c]);
-                out.push(convolve(t, col.take(t.weights.len())));
-            }
-        }
-        out
-    };
-    let result: std::borrow::Cow<'_, [u8]> = if horizontal_first(width, height) {
-        let first = vert.first().map_or(0, |t| t.start);
-        let last = vert
-            .last()
-            .map_or(height, |t| t.start + t.weights.len())
-            .min(height);
-        match (need_h, need_v) {
-            (true, true) => vertical(&horizontal(gray, width, first..last), gw, first).into(),
-            (true, false) => horizontal(gray, width, 0..gh).into(),
-            (false, true) => vertical(gray, width, 0).into(),
-            (false, false) => gray.into(),
+        if need_v {
+            pass.finish()
+        } else {
+            rows
         }
     } else {
-        // Only reached when the height shrinks, so the vertical pass runs.
-        let v = vertical(gray, width, 0);
+        // Only chosen when the height shrinks, so the vertical pass runs.
+        let mut pass = VerticalPass::new(&vert, width);
+        for y in 0..height {
+            row(y, &mut buf);
+            pass.add_row(y, &buf);
+        }
+        let v = pass.finish();
         if need_h {
-            horizontal(&v, width, 0..gh).into()
+            let mut rows = Vec::with_capacity(gw * gh);
+            for r in v.chunks_exact(width) {
+                horizontal_row(&horiz, r, &mut rows);
+            }
+            rows
         } else {
-            v.into()
+            v
         }
     };
-    for (r, out) in grid.iter_mut().enumerate() {
-        out.copy_from_slice(&result[r * gw..(r + 1) * gw]);
+    for (r, g) in grid.iter_mut().enumerate() {
+        if let Some(src) = out.get(r * gw..(r + 1) * gw) {
+            g.copy_from_slice(src);
+        }
     }
     grid
+}
+
+/// [`resize_rows`] of a row-major gray plane; a plane shorter than
+/// `width` × `height` gives an all-zero grid.
+pub fn resize_to_grid(gray: &[u8], width: usize, height: usize) -> Grid {
+    if gray.len() < width.saturating_mul(height) {
+        return [[0u8; 9]; 8];
+    }
+    resize_rows(width, height, |y, buf| {
+        buf.copy_from_slice(&gray[y * width..(y + 1) * width])
+    })
 }
 
 // ------------------------------------------------------------------- hash
@@ -665,12 +796,15 @@ pub fn confidence_of(grid: &Grid) -> f64 {
     (c * 10_000.0).round() / 10_000.0
 }
 
-/// The grid of an already decoded image (8-bit samples as Pillow reads
-/// them; 16-bit gray counts by its high byte here, as the file's PNG colour
-/// type is not known).
+/// The grid of an already decoded image (16-bit gray counts by its high
+/// byte here: the file's PNG colour type is not known).
 pub fn grid_of_image(img: &DynamicImage) -> Grid {
+    grid_of(img, Gray16::HighByte)
+}
+
+fn grid_of(img: &DynamicImage, gray16: Gray16) -> Grid {
     let (w, h) = (img.width() as usize, img.height() as usize);
-    resize_to_grid(&gray_plane(img.clone(), Gray16::HighByte), w, h)
+    resize_rows(w, h, |y, buf| gray_row(img, gray16, y, buf))
 }
 
 /// Hash of an already decoded image.
@@ -681,7 +815,7 @@ pub fn hash_image(img: &DynamicImage) -> (u64, f64) {
 
 /// Decodes and hashes PNG/JPEG bytes, as `imagehash.dhash` would.
 pub fn hash_bytes(bytes: &[u8]) -> Result<HashResult, ExtractError> {
-    hash_bytes_with(bytes, &DECODES)
+    hash_bytes_with(bytes, decodes())
 }
 
 /// [`hash_bytes`] drawing on a given decode budget.
@@ -692,12 +826,12 @@ pub fn hash_bytes_with(bytes: &[u8], budget: &DecodeBudget) -> Result<HashResult
         Gray16::HighByte
     };
     let ((grid, width, height), format) = decode_with(bytes, budget, |img, permit| {
-        let (w, h) = (img.width(), img.height());
-        let gray = gray_plane(img, gray16);
-        let grid = resize_to_grid(&gray, w as usize, h as usize);
-        drop(gray);
+        let grid = grid_of(&img, gray16);
+        let size = (img.width(), img.height());
+        // Free the pixels before giving their share of the budget back.
+        drop(img);
         drop(permit);
-        (grid, w, h)
+        (grid, size.0, size.1)
     })?;
     Ok(HashResult {
         hash: bits_of(&grid),
@@ -806,8 +940,11 @@ mod tests {
         let img = DynamicImage::ImageLuma16(
             image::ImageBuffer::from_raw(3, 1, vec![7, 300, 65535]).unwrap(),
         );
-        assert_eq!(gray_plane(img.clone(), Gray16::Clip), vec![7, 255, 255]);
-        assert_eq!(gray_plane(img, Gray16::HighByte), vec![0, 1, 255]);
+        let mut row = [0u8; 3];
+        gray_row(&img, Gray16::Clip, 0, &mut row);
+        assert_eq!(row, [7, 255, 255]);
+        gray_row(&img, Gray16::HighByte, 0, &mut row);
+        assert_eq!(row, [0, 1, 255]);
     }
 
     #[test]
@@ -1010,6 +1147,16 @@ mod tests {
         assert_eq!(BUDGET.stats().used, 1000);
         drop(p);
         assert_eq!(BUDGET.stats().used, 0);
+    }
+
+    #[test]
+    fn budget_override_is_validated() {
+        assert_eq!(parse_budget("67108864"), Ok(64 << 20));
+        assert_eq!(parse_budget(" 16777216 "), Ok(16 << 20));
+        assert!(parse_budget("1000").unwrap_err().contains("minimum"));
+        assert!(parse_budget("64MB").unwrap_err().contains("whole number"));
+        assert!(parse_budget("-5").is_err());
+        assert!(parse_budget("").is_err());
     }
 
     #[test]

@@ -223,11 +223,24 @@ fn generate(dir: &Path, seed: u64) -> Vec<Case> {
 
 #[test]
 fn dhash_agrees_with_python_imagehash_on_generated_images() {
+    // DHASH_IMAGEHASH_SEEDS=n runs n generated sets (a nightly-size run);
+    // one by default.
+    let seeds: u64 = std::env::var("DHASH_IMAGEHASH_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1);
     let dir = tempfile::tempdir().unwrap();
-    let cases = generate(dir.path(), 1202);
-    assert!(cases.len() >= 100, "only {} images", cases.len());
-    let rects = cases.iter().filter(|c| c.kind == "rects-rgb-png").count();
-    assert!(rects >= 24, "{rects} random-rectangle images");
+    let mut cases = Vec::new();
+    for seed in 1202..1202 + seeds {
+        let sub = dir.path().join(seed.to_string());
+        std::fs::create_dir_all(&sub).unwrap();
+        let set = generate(&sub, seed);
+        assert!(set.len() >= 100, "only {} images", set.len());
+        let rects = set.iter().filter(|c| c.kind == "rects-rgb-png").count();
+        assert!(rects >= 24, "{rects} random-rectangle images");
+        cases.extend(set);
+    }
 
     let fx = Fixture::new(&[]);
     let svc = fx.start(&[]);
@@ -283,4 +296,225 @@ fn dhash_agrees_with_python_imagehash_on_generated_images() {
     }
     // Every PNG exactly, every JPEG within MAX_DISTANCE.
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+// ------------------------------------------------ inputs that must not hash
+
+/// Peak resident memory of a process (`VmHWM`), in bytes.
+fn peak_rss(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status"));
+    let kb: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// Runs a short Python program (Pillow/zlib) that writes `path`.
+fn python_writes(path: &Path, program: &str) -> Vec<u8> {
+    if let Err(e) = python_available() {
+        panic!("these tests make their images with python3 and Pillow: {e}");
+    }
+    let o = Command::new("python3")
+        .args(["-c", program])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    std::fs::read(path).unwrap()
+}
+
+/// POSTs every body at once from its own thread; returns (status, JSON).
+fn post_concurrently(url: &str, bodies: Vec<Vec<u8>>) -> Vec<(u16, Value)> {
+    let handles: Vec<_> = bodies
+        .into_iter()
+        .map(|b| {
+            let url = url.to_string();
+            thread::spawn(move || {
+                let r = post(&url, &b);
+                (r.status, r.json())
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+#[test]
+fn truncated_jpegs_and_pngs_are_extraction_failures_not_hashes() {
+    let dir = tempfile::tempdir().unwrap();
+    // A colour JPEG of a few kB, like the one of the issue (400 of 6525
+    // bytes answered 200 with the hash of the grey fill).
+    let jpg = python_writes(
+        &dir.path().join("photo.jpg"),
+        "import sys; from PIL import Image, ImageDraw\n\
+         im = Image.new('RGB', (160, 120), (30, 90, 160)); d = ImageDraw.Draw(im)\n\
+         [d.rectangle([i * 9, i * 5, i * 9 + 40, i * 5 + 30], fill=(i * 15, 255 - i * 12, i * 7)) for i in range(16)]\n\
+         im.save(sys.argv[1], 'JPEG', quality=90)",
+    );
+    let png = images::blocks_png(3).unwrap();
+    let fx = Fixture::new(&[]);
+    let svc = fx.start(&[]);
+    assert_eq!(svc.hash(&jpg).status, 200);
+    assert_eq!(svc.hash(&png).status, 200);
+
+    let mut cuts: Vec<(String, Vec<u8>)> = Vec::new();
+    for cut in [
+        400,
+        jpg.len() / 3,
+        jpg.len() / 2,
+        jpg.len() - 100,
+        jpg.len() - 2,
+    ] {
+        cuts.push((
+            format!("JPEG cut at {cut} of {}", jpg.len()),
+            jpg[..cut].to_vec(),
+        ));
+    }
+    // PNG cut inside its image data (the last 12 bytes are IEND: without
+    // them the pixels are complete, and Pillow reads such a file too).
+    for cut in [40, png.len() / 4, png.len() / 2, png.len() * 9 / 10] {
+        cuts.push((
+            format!("PNG cut at {cut} of {}", png.len()),
+            png[..cut].to_vec(),
+        ));
+    }
+    for (what, body) in &cuts {
+        let r = svc.hash(body);
+        assert_eq!(r.status, 422, "{what}: {}", r.text);
+        let err = r.json()["error"].as_str().unwrap().to_string();
+        let format = &what[..what.find(' ').unwrap()];
+        assert!(err.contains(format), "{what}: {err}");
+        if format == "JPEG" {
+            assert!(err.contains("truncated"), "{what}: {err}");
+        }
+    }
+    let m = svc.metrics();
+    assert_eq!(m["extraction_failures_total"], cuts.len(), "{m}");
+    assert_eq!(m["hash_requests_total"], cuts.len() + 2, "{m}");
+    assert_eq!(
+        fx.stored_hashes(),
+        2,
+        "only the two whole images are stored"
+    );
+    assert_eq!(get(&svc.u("/health")).status, 200);
+}
+
+/// A real 16000×16000 gray PNG (all black: 256 MB of pixels, about 250 kB
+/// of file), written by Python's zlib one row at a time.
+const BOMB_PNG: &str = "import struct, sys, zlib\n\
+w = h = 16000\n\
+def chunk(t, d): return struct.pack('>I', len(d)) + t + d + struct.pack('>I', zlib.crc32(t + d))\n\
+z = zlib.compressobj(9); row = bytes(w + 1)\n\
+idat = b''.join(z.compress(row) for _ in range(h)) + z.flush()\n\
+open(sys.argv[1], 'wb').write(b'\\x89PNG\\r\\n\\x1a\\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 8, 0, 0, 0, 0)) + chunk(b'IDAT', idat) + chunk(b'IEND', b''))";
+
+#[test]
+fn oversized_images_are_refused_before_decoding_and_memory_stays_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let bomb = python_writes(&dir.path().join("bomb.png"), BOMB_PNG);
+    assert!(bomb.len() < 2 * 1024 * 1024, "{} bytes", bomb.len());
+    let fx = Fixture::new(&[]);
+    let svc = fx.start(&[]);
+    let before = peak_rss(svc.pid());
+
+    // 8 at once, as in the issue (they took the service to 4-5 GB).
+    let t0 = Instant::now();
+    let answers = post_concurrently(&svc.u("/api/dhash/hash"), vec![bomb; 8]);
+    let took = t0.elapsed();
+    for (status, j) in &answers {
+        assert_eq!(*status, 422, "{j}");
+        let err = j["error"].as_str().unwrap();
+        assert!(
+            err.contains("16000x16000") && err.contains("too large") && err.contains("50000000"),
+            "{err}"
+        );
+    }
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    let after = peak_rss(svc.pid());
+    eprintln!(
+        "8 concurrent 16000x16000 PNGs: refused in {took:?}, peak RSS {} MB -> {} MB",
+        before >> 20,
+        after >> 20
+    );
+    assert!(after < 150 << 20, "peak RSS {} MB", after >> 20);
+    let m = svc.metrics();
+    assert_eq!(m["extraction_failures_total"], 8, "{m}");
+    assert_eq!(fx.stored_hashes(), 0);
+
+    // Normal images still hash, concurrently, right after.
+    let bodies: Vec<Vec<u8>> = (0..8).map(|i| images::blocks_png(i).unwrap()).collect();
+    let want: Vec<String> = bodies
+        .iter()
+        .map(|b| dhash_service::dhash::hash_bytes(b).unwrap().hex())
+        .collect();
+    for ((status, j), want) in post_concurrently(&svc.u("/api/dhash/hash"), bodies)
+        .iter()
+        .zip(&want)
+    {
+        assert_eq!(*status, 200, "{j}");
+        assert_eq!(j["dhash"], want.as_str());
+    }
+}
+
+/// Serves with the decode budget set to `budget` bytes, POSTs 8 copies of
+/// `png` at once; returns the service's peak RSS.
+fn peak_rss_of_8_concurrent(png: &[u8], budget: u64, want: &str) -> u64 {
+    let fx = Fixture::new(&[]);
+    let mut cmd = fx.serve_cmd("127.0.0.1:0", &[]);
+    cmd.env(dhash_service::dhash::DECODE_BUDGET_ENV, budget.to_string());
+    let svc = Service::start(cmd);
+    let answers = post_concurrently(&svc.u("/api/dhash/hash"), vec![png.to_vec(); 8]);
+    for (status, j) in &answers {
+        assert_eq!(*status, 200, "{j}");
+        assert_eq!(j["dhash"], want);
+    }
+    peak_rss(svc.pid())
+}
+
+#[test]
+fn big_decodes_share_the_memory_budget() {
+    use dhash_service::dhash::decode_cost;
+    // 3000×3000 RGBA: 36 MB decoded (gray rows are made one at a time).
+    // With a 96 MB budget two decode at a time; eight at once need 288 MB.
+    // (The default budget is 512 MB; this test scales it down so that debug
+    // builds stay quick.) Buffers over 32 MB are always mmapped by glibc and
+    // returned when freed, so the peak RSS shows the live decodes; smaller
+    // ones may stay cached in each worker's malloc arena.
+    let dir = tempfile::tempdir().unwrap();
+    let png = python_writes(
+        &dir.path().join("big.png"),
+        "import sys; from PIL import Image, ImageDraw\n\
+         im = Image.new('RGBA', (3000, 3000), (200, 180, 40, 255)); d = ImageDraw.Draw(im)\n\
+         [d.rectangle([i * 311 % 2500, i * 173 % 2500, i * 311 % 2500 + 400, i * 173 % 2500 + 300], fill=(i * 20, 250 - i * 13, i * 9, 128)) for i in range(12)]\n\
+         im.save(sys.argv[1])",
+    );
+    let budget: u64 = 96 << 20;
+    let cost = decode_cost(image::ImageFormat::Png, 3000, 3000, 3000 * 3000 * 4);
+    assert!(8 * cost > 2 * budget && cost < budget / 2);
+    let want = dhash_service::dhash::hash_bytes(&png).unwrap().hex();
+
+    // Measured when this was written: 83 MB; with the budget lifted
+    // (DHASH_DECODE_BUDGET_BYTES=68719476736) the same requests peak at
+    // 255 MB, so the limit below fails without the budget.
+    let bounded = peak_rss_of_8_concurrent(&png, budget, &want);
+    eprintln!(
+        "8 concurrent 3000x3000 RGBA PNGs: peak RSS {} MB with a {} MB budget",
+        bounded >> 20,
+        budget >> 20,
+    );
+    // The budget plus the service's own memory and the request bodies.
+    assert!(
+        bounded < budget + (32 << 20),
+        "peak RSS {} MB",
+        bounded >> 20
+    );
 }
