@@ -25,10 +25,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
 use anyhow::{anyhow, Context};
-use dhash_migrate::release::{self, Bundle, ReleaseManifest};
+use dhash_migrate::release::{self, ReleaseManifest};
+use dhash_migrate::source;
 use dhash_migrate::MigrationStore;
 use gates_core::config::EnvConfig;
-use gates_core::exit::usage_error;
 use gates_core::lock::{EnvLock, LockBusy};
 use gates_core::project::Project;
 use gates_core::sample::Health;
@@ -137,45 +137,37 @@ fn check_config(project: &Project, env: &EnvConfig, em: &Emitter) -> anyhow::Res
     Ok(warnings)
 }
 
-/// The bundle to deploy: `--tag`, else the newest in dist/.
+/// The bundle to deploy: `--tag T` (`dist/dhash-T/`, else built from the git
+/// tag T), else the checkout's own (reused when built for this commit, else
+/// built); see [`dhash_migrate::source`]. `plan`: a dry run, which builds a
+/// missing bundle into a temporary folder and leaves dist/ as it is.
 pub fn resolve_bundle(
     project: &Project,
     tag: Option<&str>,
+    plan: bool,
     em: &Emitter,
-) -> anyhow::Result<Bundle> {
-    let dist = project.dist_dir();
-    match tag {
-        Some(t) => {
-            let b = release::bundle_for_tag(dist, t)?;
-            if b.manifest.tag != t {
-                return Err(ToolError::new(
-                    Exit::Failed,
-                    anyhow!(
-                        "{} says tag {:?}, not {t:?}: the bundle folder was renamed or edited; nothing was changed",
-                        b.dir.join(release::MANIFEST).display(),
-                        b.manifest.tag
-                    ),
-                )
-                .into());
-            }
-            Ok(b)
-        }
-        None => {
-            let b = release::newest_bundle(dist).ok_or_else(|| {
-                usage_error(format!(
-                    "no release bundle in {} (dhash-*/release.json); build one with `dhash-service bundle --tag TAG` or pass --tag",
-                    dist.display()
-                ))
-            })?;
-            em.human(&format!(
-                "no --tag given: deploying the newest bundle {} (tag {}, created {})",
-                b.dir.display(),
+) -> anyhow::Result<source::Resolved> {
+    let r = source::resolve(project, tag, plan, em)?;
+    let b = &r.bundle;
+    let want = b
+        .dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .and_then(|n| n.strip_prefix(release::BUNDLE_PREFIX).map(str::to_string));
+    if want.as_deref() != Some(b.manifest.tag.as_str()) {
+        return Err(ToolError::new(
+            Exit::Failed,
+            anyhow!(
+                "{} says tag {:?}, not {:?}: the bundle folder was renamed or edited; nothing was changed",
+                b.dir.join(release::MANIFEST).display(),
                 b.manifest.tag,
-                b.manifest.created_at
-            ));
-            Ok(b)
-        }
+                want.unwrap_or_default()
+            ),
+        )
+        .into());
     }
+    em.human(&format!("release {} ({})", b.manifest.id, r.how));
+    Ok(r)
 }
 
 /// Total bytes of the files under `dir`.
@@ -284,7 +276,8 @@ pub fn dry_run(
     upstream_backup: Option<PathBuf>,
     em: &Emitter,
 ) -> anyhow::Result<Exit> {
-    let b = resolve_bundle(project, opts.tag.as_deref(), em)?;
+    let resolved = resolve_bundle(project, opts.tag.as_deref(), true, em)?;
+    let b = &resolved.bundle;
     let id = b.manifest.id.clone();
     em.human(&format!(
         "dry run: deploy {} (tag {}) to {}; nothing will be changed",
@@ -1091,7 +1084,8 @@ pub fn deploy(
     em: &Emitter,
 ) -> anyhow::Result<DeployReport> {
     check_config(project, env, em)?;
-    let b = resolve_bundle(project, opts.tag.as_deref(), em)?;
+    let resolved = resolve_bundle(project, opts.tag.as_deref(), false, em)?;
+    let b = &resolved.bundle;
     bundle::verify_release(&b.dir).map_err(|e| {
         ToolError::new(Exit::Failed, e.context("refusing to deploy a bundle that does not match its release.json; nothing was changed"))
     })?;

@@ -319,14 +319,8 @@ fn deploy_v1_then_v2_with_a_schema_change() {
     assert_eq!(db_version(&tp), Some(2));
     assert_eq!(health(&tp)["release"], v1.as_str());
 
-    // No --tag: the newest bundle, said on stderr.
-    let r = deploy(&tp, &["--verbose"]);
+    let r = deploy(&tp, &["--tag", "v2", "--verbose"]);
     r.expect(0);
-    assert!(
-        r.stderr.contains("newest bundle") && r.stderr.contains("tag v2"),
-        "{}",
-        r.stderr
-    );
     let h = r.one("deploy.healthy");
     assert_eq!(h["release"], v2.as_str());
     assert_eq!(h["from"], v1.as_str());
@@ -416,7 +410,7 @@ fn dry_run_changes_nothing_and_makes_a_readable_log() {
     let root = tp.env("staging").install_root;
 
     // Empty environment: nothing is created.
-    let r = deploy(&tp, &["--dry-run"]);
+    let r = deploy(&tp, &["--dry-run", "--tag", "v1"]);
     r.expect(0);
     assert!(!root.exists(), "dry run created {}", root.display());
     let planned = r.one("deploy.planned");
@@ -748,7 +742,7 @@ fn testkit_installed(tp: &TestProject) -> Vec<String> {
 fn stdin_events_are_forwarded_and_bad_lines_reported() {
     let tp = project();
     bundle(&tp, "v1", &[], &[]);
-    let mut child = deploy_cmd(&tp, &["--dry-run"])
+    let mut child = deploy_cmd(&tp, &["--dry-run", "--tag", "v1"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -844,4 +838,204 @@ fn backups_are_rollback_points() {
     assert_eq!(db_version(&tp), Some(3), "schema back to v2's");
     assert_eq!(state(&tp)["releases"][&nodown]["state"], "failed");
     let _ = v1;
+}
+
+// ---------------------------------------------------------------------------
+// Deploying without a prebuilt bundle: the checkout's release, or a git tag's.
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(["-c", "user.name=test", "-c", "user.email=test@example.com"])
+        .args(["-c", "init.defaultBranch=main", "-c", "tag.gpgSign=false"])
+        .args(["-c", "commit.gpgSign=false"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A project that is a git checkout with the service's migrations (as the
+/// repository has them) and the runtime folders ignored; nothing built.
+fn git_project() -> TestProject {
+    let tp = project();
+    let root = tp.root();
+    fs::write(
+        root.join(".gitignore"),
+        "/.dhash/\n/dist/\n/backups/\n/monitor_logs/\n/logs/\n/notifications_out/\n*.partial\n",
+    )
+    .expect("gitignore");
+    let mdir = root.join("dhash-service/migrations");
+    fs::create_dir_all(&mdir).expect("mkdir");
+    let builtin = testkit::workspace_root().join("dhash-service/migrations");
+    for e in fs::read_dir(&builtin).expect("built-in migrations") {
+        let e = e.expect("entry");
+        fs::copy(e.path(), mdir.join(e.file_name())).expect("copy migration");
+    }
+    git(root, &["init", "-q"]);
+    git(root, &["add", "-A"]);
+    git(root, &["commit", "-q", "-m", "first"]);
+    tp
+}
+
+fn add_migration(tp: &TestProject, (name, up, down): Extra) {
+    let mdir = tp.root().join("dhash-service/migrations");
+    fs::write(mdir.join(format!("{name}.up.sql")), up).expect("up");
+    if let Some(d) = down {
+        fs::write(mdir.join(format!("{name}.down.sql")), d).expect("down");
+    }
+}
+
+/// Every path under `dir` with its content hash (links by target).
+fn listing(dir: &Path) -> BTreeMap<String, String> {
+    tree(dir)
+}
+
+#[test]
+fn no_tag_deploys_the_checkout_building_its_bundle_once_per_commit() {
+    let tp = git_project();
+    assert!(!tp.root().join("dist").exists(), "nothing prebuilt");
+    let rev = git(tp.root(), &["rev-parse", "--short", "HEAD"]);
+    let tag = format!("v{}-{rev}", env!("CARGO_PKG_VERSION"));
+
+    let r = deploy(&tp, &[]);
+    r.expect(0);
+    let healthy = r.one("deploy.healthy");
+    assert_eq!(healthy["tag"], tag.as_str());
+    assert_eq!(
+        r.one("bundle.created")["tag"],
+        tag.as_str(),
+        "built by this run"
+    );
+    let first = release_id(&tp.root().join("dist").join(format!("dhash-{tag}")));
+    assert_eq!(health(&tp)["release"], first.as_str());
+    assert_eq!(db_version(&tp), Some(2));
+
+    // The same commit again: the bundle is reused, not rebuilt.
+    let r = deploy(&tp, &[]);
+    r.expect(0);
+    assert!(r.of("bundle.created").is_empty(), "{}", r.stderr);
+    assert!(r.stderr.contains("reusing"), "{}", r.stderr);
+    assert_eq!(r.one("deploy.healthy")["release"], first.as_str());
+
+    // A change to the release's inputs, not committed: never the clean
+    // commit's bundle; a -dirty one, built from the work tree.
+    add_migration(&tp, NOTE);
+    let r = deploy(&tp, &[]);
+    r.expect(0);
+    let dirty = format!("{tag}-dirty");
+    assert_eq!(r.one("bundle.created")["tag"], dirty.as_str());
+    assert_eq!(r.one("deploy.healthy")["tag"], dirty.as_str());
+    assert_eq!(
+        db_version(&tp),
+        Some(3),
+        "the work tree's migration applied"
+    );
+    assert!(columns(&tp, "hashes").contains(&"note".to_string()));
+}
+
+#[test]
+fn tag_of_a_git_tag_builds_from_that_tags_tree() {
+    let tp = git_project();
+    git(tp.root(), &["tag", "v1.0.0"]);
+    add_migration(&tp, NOTE);
+    git(tp.root(), &["add", "-A"]);
+    git(tp.root(), &["commit", "-q", "-m", "note column"]);
+
+    // v1.0.0 is the first commit: schema 2, not the checkout's 3.
+    let r = deploy(&tp, &["--tag", "v1.0.0"]);
+    r.expect(0);
+    assert_eq!(r.one("bundle.created")["tag"], "v1.0.0");
+    assert!(r.stderr.contains("from git tag v1.0.0"), "{}", r.stderr);
+    let b = tp.root().join("dist/dhash-v1.0.0");
+    let m: Value =
+        serde_json::from_str(&fs::read_to_string(b.join("release.json")).expect("manifest"))
+            .expect("json");
+    assert_eq!(m["schema_version"], 2);
+    assert!(m["files"].get("migrations/0003_add_note.up.sql").is_none());
+    assert_eq!(db_version(&tp), Some(2));
+    assert_eq!(health(&tp)["release"], release_id(&b).as_str());
+    // The temporary tree is gone (nothing named after the tag is left in the temp dir).
+    let leftovers: Vec<_> = fs::read_dir(std::env::temp_dir())
+        .expect("tmp")
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("dhash-v1.0.0-src-")
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // Now dist/dhash-v1.0.0 exists: taken as it is.
+    let r = deploy(&tp, &["--tag", "v1.0.0"]);
+    r.expect(0);
+    assert!(r.of("bundle.created").is_empty());
+}
+
+#[test]
+fn unknown_tag_exits_2_naming_both_ways_and_changes_nothing() {
+    let tp = git_project();
+    let before = listing(tp.root());
+    for args in [
+        vec!["--tag", "v9.9.9"],
+        vec!["--tag", "v9.9.9", "--dry-run"],
+    ] {
+        let r = deploy(&tp, &args);
+        r.expect(2);
+        assert!(
+            r.stderr.contains("dhash-service bundle --tag v9.9.9")
+                && r.stderr.contains("git tag v9.9.9"),
+            "{}",
+            r.stderr
+        );
+        assert!(r.of("deploy.started").is_empty());
+        assert_eq!(listing(tp.root()), before, "{args:?} changed a file");
+    }
+    // Not a git checkout at all: the same two ways.
+    let plain = project();
+    let r = deploy(&plain, &["--tag", "v9.9.9"]);
+    r.expect(2);
+    assert!(
+        r.stderr.contains("is not a git checkout") && r.stderr.contains("dhash-service bundle"),
+        "{}",
+        r.stderr
+    );
+    // A tag that would read as an option never reaches git.
+    let r = deploy(&tp, &["--tag=-x"]);
+    r.expect(2);
+    assert!(r.stderr.contains("invalid tag"), "{}", r.stderr);
+}
+
+#[test]
+fn dry_run_on_a_fresh_checkout_plans_everything_and_changes_nothing() {
+    let tp = git_project();
+    let before = listing(tp.root());
+    let r = deploy(&tp, &["--dry-run"]);
+    r.expect(0);
+    assert_eq!(listing(tp.root()), before, "the dry run changed a file");
+    assert!(!tp.root().join("dist").exists());
+    let planned = r.one("deploy.planned");
+    let versions: Vec<i64> = planned["pending_migrations"]
+        .as_array()
+        .expect("pending")
+        .iter()
+        .filter_map(|m| m["version"].as_i64())
+        .collect();
+    assert_eq!(versions, [1, 2], "the checkout's real migration plan");
+    let rev = git(tp.root(), &["rev-parse", "--short", "HEAD"]);
+    assert_eq!(
+        planned["tag"],
+        format!("v{}-{rev}", env!("CARGO_PKG_VERSION")).as_str()
+    );
+    assert!(planned["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .all(|c| c["ok"] == true || c["name"] == "health"));
 }

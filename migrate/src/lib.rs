@@ -17,6 +17,7 @@
 
 pub mod migration;
 pub mod release;
+pub mod source;
 pub mod store;
 
 use std::path::{Path, PathBuf};
@@ -588,10 +589,69 @@ pub struct ToolOptions {
     pub dry_run: bool,
     pub verbose: bool,
     pub status: bool,
-    pub release: Option<String>,
+    /// Whose migrations: `--release`, `--tag`, `--installed`, or the checkout's.
+    pub want: release::Want,
+    /// Backward below the schema the deployed release needs, knowingly.
+    pub force: bool,
 }
 
 pub const TOOL: &str = "migrate_dhash";
+
+/// The file an interrupted rollback leaves in the install root (owned by
+/// rollback_dhash; backup and deploy refuse while it exists, and so do we).
+pub const ROLLBACK_JOURNAL: &str = "rollback.journal";
+
+/// Refuses while an interrupted rollback is pending: its state is half
+/// restored, and migrating under it would mix two schemas.
+pub fn refuse_pending_rollback(env: &EnvConfig) -> anyhow::Result<()> {
+    let journal = env.install_root.join(ROLLBACK_JOURNAL);
+    if fs_exists(&journal) {
+        return Err(refuse(format!(
+            "an interrupted rollback of {} is pending ({}): its state is half restored; finish it first with `rollback_dhash --env {}` (nothing was changed)",
+            env.name,
+            journal.display(),
+            env.name
+        )));
+    }
+    Ok(())
+}
+
+fn fs_exists(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok()
+}
+
+/// Refuses (without `force`) a backward plan that leaves the schema below
+/// what the deployed release needs: it would fail to start, or to hash.
+pub fn refuse_below_deployed(env: &EnvConfig, plan: &Plan, force: bool) -> anyhow::Result<()> {
+    if plan.direction != Direction::Backward || plan.steps.is_empty() {
+        return Ok(());
+    }
+    let Some((_, m)) = release::current_release(env) else {
+        return Ok(());
+    };
+    let after = plan.to.unwrap_or(0);
+    if after >= m.schema_version {
+        return Ok(());
+    }
+    let running = gates_core::service::status(env).running;
+    let what = format!(
+        "reverting to schema version {after} would drop below schema version {} that the {} release {} needs: {}",
+        m.schema_version,
+        if running { "running" } else { "deployed" },
+        m.id,
+        if running {
+            "hashing would fail while it serves"
+        } else {
+            "it would fail when started"
+        }
+    );
+    if force {
+        return Ok(());
+    }
+    Err(refuse(format!(
+        "{what}; deploy or roll back to a release that needs version {after} or less first, or pass --force to do it anyway (nothing was changed)"
+    )))
+}
 
 /// The whole tool: forwards stdin, resolves the migrations, takes the lock
 /// (not for `--dry-run`/`--status`), runs.
@@ -608,7 +668,13 @@ pub fn run_tool(opts: &ToolOptions) -> anyhow::Result<Exit> {
             p.file.display()
         ));
     }
-    let src = release::resolve_migrations(env, project.dist_dir(), opts.release.as_deref())?;
+    let read_only = opts.dry_run || opts.status;
+    if !opts.status {
+        refuse_pending_rollback(env)?;
+    } else if let Err(e) = refuse_pending_rollback(env) {
+        em.human(&format!("warning: {e:#}"));
+    }
+    let src = release::resolve_migrations(&project, env, &opts.want, read_only, &em)?;
     em.human(&format!(
         "migrations: {} ({})",
         src.migrations_dir.display(),
@@ -646,6 +712,26 @@ pub fn run_tool(opts: &ToolOptions) -> anyhow::Result<Exit> {
     } else {
         Some(env.lock(TOOL)?)
     };
+    if lock.is_some() {
+        // Under the lock: a rollback may have started since the first look.
+        refuse_pending_rollback(env)?;
+    }
+    if opts.direction == Direction::Backward {
+        let available = load_dir(&src.migrations_dir)?;
+        let applied = SqliteStore::open_read_only(&env.database)?.applied()?;
+        let plan = plan_backward(&available, &applied, opts.target)?;
+        refuse_below_deployed(env, &plan, opts.force)?;
+        if opts.force
+            && plan.to.unwrap_or(0)
+                < release::current_release(env)
+                    .map(|(_, m)| m.schema_version)
+                    .unwrap_or(0)
+        {
+            em.human(
+                "warning: --force: reverting below the schema version the deployed release needs",
+            );
+        }
+    }
     let req = Request {
         migrations_dir: src.migrations_dir.clone(),
         direction: opts.direction,

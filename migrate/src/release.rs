@@ -94,28 +94,55 @@ pub fn current_release(env: &EnvConfig) -> Option<(PathBuf, ReleaseManifest)> {
     Some((target, manifest))
 }
 
-/// Where migrations come from when the operator says `--release X`, or not.
-#[derive(Debug, Clone)]
+/// Which release's migrations the operator asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Want {
+    /// `--release TAG|DIR`: a folder (a bundle or release folder holding
+    /// `migrations/`, or a migrations folder), else a tag.
+    Release(String),
+    /// `--tag T`: the release of tag `T` (`dist/dhash-T/`, or built from the
+    /// git tag `T`), as deploy_dhash --tag T deploys it.
+    Tag(String),
+    /// `--installed`: the release `current` points at.
+    Installed,
+    /// Nothing named: the checkout's release, as deploy_dhash without --tag
+    /// deploys it (its bundle reused, or built).
+    Checkout,
+}
+
+/// Where migrations come from.
+#[derive(Debug)]
 pub struct MigrationSource {
     pub migrations_dir: PathBuf,
     /// The release id when known.
     pub release: Option<String>,
     /// How it was chosen, in words.
     pub why: String,
+    /// Keeps a planned (temporary) bundle alive while its migrations are read.
+    pub resolved: Option<crate::source::Resolved>,
 }
 
-/// Resolves `--release TAG|DIR`:
-/// - a folder (a bundle or release folder holding `migrations/`, or a
-///   migrations folder itself);
-/// - else a tag: `dist/dhash-<tag>/migrations`;
-/// - none given: the env's current release, else the newest bundle in dist.
+/// Resolves what the operator asked for (see [`Want`]). `plan`: a dry run or
+/// `--status`, which builds a missing bundle into a temporary folder, never
+/// into dist/.
 pub fn resolve_migrations(
+    project: &gates_core::project::Project,
     env: &EnvConfig,
-    dist: &Path,
-    release: Option<&str>,
+    want: &Want,
+    plan: bool,
+    em: &gates_core::Emitter,
 ) -> anyhow::Result<MigrationSource> {
-    match release {
-        Some(r) => {
+    let from_bundle = |tag: Option<&str>, label: String| -> anyhow::Result<MigrationSource> {
+        let r = crate::source::resolve(project, tag, plan, em)?;
+        Ok(MigrationSource {
+            migrations_dir: r.bundle.dir.join("migrations"),
+            release: Some(r.bundle.manifest.id.clone()),
+            why: format!("{label}: {}", r.how),
+            resolved: Some(r),
+        })
+    };
+    match want {
+        Want::Release(r) => {
             let p = PathBuf::from(r);
             if p.is_dir() {
                 let p = std::path::absolute(&p).unwrap_or(p);
@@ -129,50 +156,35 @@ pub fn resolve_migrations(
                     migrations_dir: dir,
                     release: manifest.map(|m| m.id),
                     why: format!("--release {}", p.display()),
+                    resolved: None,
                 });
             }
             if r.contains('/') {
                 return Err(gates_core::exit::usage_error(format!(
                     "--release {r}: no such folder (give a folder or a tag; available tags: {})",
-                    available_tags(dist)
+                    available_tags(project.dist_dir())
                 )));
             }
-            let b = bundle_for_tag(dist, r)?;
-            Ok(MigrationSource {
-                migrations_dir: b.dir.join("migrations"),
-                release: Some(b.manifest.id),
-                why: format!("bundle {} (--release {r})", b.dir.display()),
-            })
+            from_bundle(Some(r), format!("--release {r}"))
         }
-        None => {
-            if let Some((dir, m)) = current_release(env) {
-                return Ok(MigrationSource {
-                    migrations_dir: dir.join("migrations"),
-                    release: Some(m.id.clone()),
-                    why: format!(
-                        "the current release {} ({})",
-                        m.id,
-                        env.current_link().display()
-                    ),
-                });
-            }
-            if let Some(b) = newest_bundle(dist) {
-                return Ok(MigrationSource {
-                    migrations_dir: b.dir.join("migrations"),
-                    release: Some(b.manifest.id.clone()),
-                    why: format!(
-                        "no current release in {}; the newest bundle {} (created {})",
-                        env.install_root.display(),
-                        b.dir.display(),
-                        b.manifest.created_at
-                    ),
-                });
-            }
-            Err(gates_core::exit::usage_error(format!(
-                "no migrations to use: {} has no current release and {} holds no bundle; pass --release TAG|DIR or build one with `dhash-service bundle --tag TAG`",
-                env.install_root.display(),
-                dist.display()
-            )))
-        }
+        Want::Tag(t) => from_bundle(Some(t), format!("--tag {t}")),
+        Want::Checkout => from_bundle(None, "the release being deployed (no --tag)".into()),
+        Want::Installed => match current_release(env) {
+            Some((dir, m)) => Ok(MigrationSource {
+                migrations_dir: dir.join("migrations"),
+                release: Some(m.id.clone()),
+                why: format!(
+                    "--installed: the current release {} ({})",
+                    m.id,
+                    env.current_link().display()
+                ),
+                resolved: None,
+            }),
+            None => Err(gates_core::exit::usage_error(format!(
+                "--installed: nothing is deployed on {} ({} does not point at a release); drop --installed to use the checkout's release, or pass --tag TAG",
+                env.name,
+                env.current_link().display()
+            ))),
+        },
     }
 }

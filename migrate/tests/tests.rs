@@ -410,14 +410,14 @@ fn dry_run_without_database_lists_sql_and_creates_nothing() {
     let p = Proj::new();
     p.bundle("v1", "2026-01-01T00:00:00Z", &[M1, M1D]);
     p.bundle("v2", "2026-02-01T00:00:00Z", &[M1, M1D, M2, M2D]);
-    let r = p.run(&["--env", "staging", "--dry-run"]);
+    let r = p.run(&["--env", "staging", "--dry-run", "--tag", "v2"]);
     r.ok();
     assert!(
         !p.install_root().exists(),
         "dry run created {}",
         p.install_root().display()
     );
-    // Default source without a current release: the newest bundle, said on stderr.
+    // The source is said on stderr.
     assert!(r.stderr.contains("dhash-v2"), "{}", r.stderr);
     let planned = r.of("migrate.planned");
     assert_eq!(planned[0]["versions"], serde_json::json!([1, 2]));
@@ -498,7 +498,7 @@ fn release_tag_errors_and_lock_busy() {
     p.run(&["--env", "staging", "--release", "v1"]).ok();
     assert_eq!(p.versions().len(), 1);
 
-    // Without --release: the current release's migrations win over dist/.
+    // --installed: the current release's migrations, not dist/'s.
     let rel = p.install_root().join("releases/cur-1");
     fs::create_dir_all(rel.join("migrations")).expect("mkdir");
     for (f, sql) in [M1, M1D, M2, M2D] {
@@ -510,7 +510,7 @@ fn release_tag_errors_and_lock_busy() {
     )
     .expect("manifest");
     std::os::unix::fs::symlink("releases/cur-1", p.install_root().join("current")).expect("link");
-    let r = p.run(&["--env", "staging"]);
+    let r = p.run(&["--env", "staging", "--installed"]);
     r.ok();
     assert!(
         r.stderr.contains("the current release cur-1"),
@@ -553,4 +553,190 @@ fn invalid_arguments_exit_2() {
 
 fn hex_sha(text: &str) -> String {
     dhash_migrate::migration::sha256_hex(text.as_bytes())
+}
+
+// ---------------------------------------------------------------------------
+// The release being deployed, refusals that protect a live environment.
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(["-c", "user.name=test", "-c", "user.email=test@example.com"])
+        .args([
+            "-c",
+            "init.defaultBranch=main",
+            "-c",
+            "commit.gpgSign=false",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Every file under `dir` with its bytes.
+fn listing(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).expect("read_dir").flatten() {
+            let p = e.path();
+            if e.file_type().expect("type").is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.clone(), fs::read(&p).unwrap_or_default()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn without_a_tag_the_checkouts_release_is_planned_then_applied() {
+    // The sibling dhash-service bundles this checkout (no Cargo.toml here).
+    testkit::bin_path("dhash-service");
+    let p = Proj::new();
+    fs::write(p.root().join(".gitignore"), "/.dhash/\n/dist/\n*.partial\n").expect("gitignore");
+    p.migrations("dhash-service/migrations", &[M1, M1D, M2, M2D]);
+    git(p.root(), &["init", "-q"]);
+    git(p.root(), &["add", "-A"]);
+    git(p.root(), &["commit", "-q", "-m", "first"]);
+    let rev = git(p.root(), &["rev-parse", "--short", "HEAD"]);
+    let tag = format!("v{}-{rev}", env!("CARGO_PKG_VERSION"));
+
+    // A fresh clone: the dry run shows the real plan and changes no file.
+    let before = listing(p.root());
+    let r = p.run(&["--env", "staging", "--dry-run"]);
+    r.ok();
+    assert_eq!(
+        r.of("migrate.planned")[0]["versions"],
+        serde_json::json!([1, 2])
+    );
+    assert!(r.stderr.contains(&tag), "{}", r.stderr);
+    assert_eq!(listing(p.root()), before, "the dry run changed a file");
+    let r = p.run(&["--env", "staging", "--status"]);
+    r.ok();
+    assert_eq!(r.of("migrate.status").len(), 2);
+    assert_eq!(listing(p.root()), before, "--status changed a file");
+
+    // For real: the checkout's bundle is built into dist/ and applied.
+    let r = p.run(&["--env", "staging", "--type", "forward"]);
+    r.ok();
+    assert_eq!(r.of("migrate.applied").len(), 2);
+    assert!(p
+        .root()
+        .join(format!("dist/dhash-{tag}/release.json"))
+        .is_file());
+    // Again (seed 002 after a deploy): nothing pending is success.
+    let r = p.run(&["--env", "staging", "--type", "forward"]);
+    r.ok();
+    assert!(r.of("migrate.applied").is_empty());
+    assert!(r.stderr.contains("reusing"), "{}", r.stderr);
+    assert_eq!(r.of("migrate.completed").len(), 1);
+
+    // --installed when nothing is deployed: said, exit 2.
+    let r = p.run(&["--env", "staging", "--installed", "--dry-run"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("nothing is deployed"), "{}", r.stderr);
+    // --tag of an unknown tag: both ways to get a bundle.
+    let r = p.run(&["--env", "staging", "--tag", "v9", "--dry-run"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("dhash-service bundle --tag v9") && r.stderr.contains("git tag v9"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn a_pending_rollback_journal_is_respected() {
+    let p = Proj::new();
+    p.bundle("v1", "2026-01-01T00:00:00Z", &[M1, M1D]);
+    fs::create_dir_all(p.install_root()).expect("mkdir");
+    let journal = p.install_root().join("rollback.journal");
+    fs::write(&journal, "{}").expect("journal");
+    for args in [
+        vec!["--env", "staging", "--tag", "v1"],
+        vec!["--env", "staging", "--tag", "v1", "--dry-run"],
+        vec!["--env", "staging", "--tag", "v1", "--type", "backward"],
+    ] {
+        let r = p.run(&args);
+        assert_eq!(r.code, 1, "{args:?}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("interrupted rollback")
+                && r.stderr.contains(&journal.display().to_string())
+                && r.stderr.contains("rollback_dhash --env staging"),
+            "{}",
+            r.stderr
+        );
+        assert!(r.of("migrate.applied").is_empty());
+        assert!(!p.db().exists(), "{args:?}: nothing was done");
+    }
+    // --status only reads: it warns and reports.
+    let r = p.run(&["--env", "staging", "--tag", "v1", "--status"]);
+    r.ok();
+    assert!(r.stderr.contains("interrupted rollback"), "{}", r.stderr);
+    fs::remove_file(&journal).expect("rm");
+    p.run(&["--env", "staging", "--tag", "v1"]).ok();
+    assert_eq!(p.versions().len(), 1);
+}
+
+#[test]
+fn backward_below_the_deployed_release_needs_force() {
+    let p = Proj::new();
+    // A deployed release that needs schema version 2.
+    let rel = p.install_root().join("releases/cur-1");
+    fs::create_dir_all(rel.join("migrations")).expect("mkdir");
+    for (f, sql) in [M1, M1D, M2, M2D, M3, M3D] {
+        fs::write(rel.join("migrations").join(f), sql).expect("write");
+    }
+    fs::write(
+        rel.join("release.json"),
+        r#"{"id":"cur-1","tag":"cur","schema_version":2,"created_at":"2026-03-01T00:00:00Z","files":{}}"#,
+    )
+    .expect("manifest");
+    std::os::unix::fs::symlink("releases/cur-1", p.install_root().join("current")).expect("link");
+    p.run(&["--env", "staging", "--installed"]).ok();
+    assert_eq!(p.versions().len(), 3);
+
+    // 3 -> 2 keeps what cur-1 needs: allowed.
+    p.run(&["--env", "staging", "--installed", "--type", "backward"])
+        .ok();
+    assert_eq!(p.versions().len(), 2);
+    // 2 -> 1 drops below it: refused, in the dry run too, nothing changed.
+    let before = fs::read(p.db()).expect("db");
+    for extra in [vec![], vec!["--dry-run"]] {
+        let mut args = vec!["--env", "staging", "--installed", "--type", "backward"];
+        args.extend(extra);
+        let r = p.run(&args);
+        assert_eq!(r.code, 1, "{args:?}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("schema version 1")
+                && r.stderr.contains("schema version 2")
+                && r.stderr.contains("cur-1")
+                && r.stderr.contains("--force"),
+            "{}",
+            r.stderr
+        );
+        assert!(r.of("migrate.reverted").is_empty());
+    }
+    assert_eq!(fs::read(p.db()).expect("db"), before);
+    // --force: done knowingly.
+    let r = p.run(&[
+        "--env",
+        "staging",
+        "--installed",
+        "--type",
+        "backward",
+        "--force",
+    ]);
+    r.ok();
+    assert_eq!(r.of("migrate.reverted").len(), 1);
+    assert_eq!(p.versions().len(), 1);
 }

@@ -19,8 +19,14 @@ release's .down.sql files (or the pre-deploy backup is restored when they cannot
 the previous release is restarted and verified, and the exit code is 1 (4 when that
 recovery fails).
 
-Without --tag the newest bundle in dist/ (by release.json created_at) is deployed; the
-choice is printed on stderr. An unknown --tag lists the available ones (exit 2).
+Which release: without --tag, the checkout deploy_dhash runs from: its bundle
+dist/dhash-v<version>-<commit>/ is reused when built for this commit, else built (cargo
+build of dhash-service in this tool's profile, unless DHASH_NO_BUILD=1 or cargo is
+missing: then the dhash-service beside this tool; then dhash-service bundle). A work
+tree with uncommitted changes to the release's inputs gets the tag suffix -dirty and is
+rebuilt every time. --tag T takes dist/dhash-T/, else builds it from the git tag T's
+tree (in a temporary folder, removed afterwards), else exits 2 naming both ways to get
+a bundle, before anything changed. The choice is printed on stderr.
 --no-migrate refuses, before anything is switched, a release with pending migrations.
 When pending migrations lack a .down.sql and there is no backup, the deploy refuses
 (use --backup-first). A backup.verified event read on stdin (backup_dhash | deploy_dhash)
@@ -28,7 +34,8 @@ is the rollback point; --backup-first then takes no second backup.
 A deploy killed at any instant leaves current on a complete release; the next run reads
 <install_root>/deploy.journal.json, reports where it stopped and finishes the job.
 --dry-run validates (bundle checksums, config and placeholders, lock, free disk, health
-endpoint, pending migrations) and lists the steps; it changes nothing:
+endpoint, pending migrations) and lists the steps; it changes no file outside target/
+(a bundle it must build goes to a temporary folder, not dist/):
   deploy_dhash --dry-run --env staging > deploy-dryrun.log 2>&1
 
 Events (stdout, JSON lines): deploy.started, deploy.installed, deploy.switched,
@@ -47,7 +54,8 @@ struct Args {
     /// Environment (from environments.json), e.g. staging or production.
     #[arg(long)]
     env: String,
-    /// The release bundle dist/dhash-<TAG>/ (default: the newest bundle).
+    /// The release: dist/dhash-<TAG>/, else built from the git tag TAG
+    /// (default: this checkout's release, built or reused).
     #[arg(long)]
     tag: Option<String>,
     /// Validate and list the steps; change nothing.

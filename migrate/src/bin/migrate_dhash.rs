@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
+use dhash_migrate::release::Want;
 use dhash_migrate::{Direction, ToolOptions};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -13,12 +14,21 @@ enum Kind {
 
 fn after_help() -> String {
     format!(
-        "Migrations come from a release's migrations/NNNN_name.up.sql and .down.sql:
-  --release TAG|DIR   dist/dhash-<TAG>/migrations, or a bundle/release folder, or a
-                      migrations folder
-  (none)              the environment's current release (<install_root>/current);
-                      if nothing is deployed yet, the newest bundle in dist/ by
-                      release.json created_at (the choice is printed on stderr)
+        "Migrations come from a release's migrations/NNNN_name.up.sql and .down.sql, the
+release being deployed, exactly as deploy_dhash picks it:
+  (none)              the checkout's release: dist/dhash-v<version>-<commit>/ when built
+                      for this commit, else built now (cargo build of dhash-service, then
+                      dhash-service bundle; a dry run or --status builds it into a
+                      temporary folder and leaves dist/ as it is)
+  --tag TAG           dist/dhash-<TAG>/, else built from the git tag TAG's tree
+  --release TAG|DIR   as --tag, or a bundle/release folder, or a migrations folder
+  --installed         the environment's current release (<install_root>/current)
+The choice is printed on stderr.
+
+Refusals, before anything runs (exit 1): a pending rollback journal
+(<install_root>/rollback.journal: finish it with rollback_dhash first); --type backward
+that would leave the schema below the schema_version of the deployed release (it would
+fail to hash) unless --force.
 
 Each migration runs in one transaction with its schema_migrations row. An applied
 migration whose .up.sql changed since is refused; backward refuses when a
@@ -60,9 +70,18 @@ struct Args {
     /// List applied and pending migrations as JSON lines (migrate.status); change nothing.
     #[arg(long, conflicts_with_all = ["dry_run", "target"])]
     status: bool,
-    /// Where the migrations come from: a release tag (dist/dhash-<TAG>) or a folder.
-    #[arg(long, value_name = "TAG|DIR")]
+    /// Where the migrations come from: a release tag (as --tag) or a folder.
+    #[arg(long, value_name = "TAG|DIR", conflicts_with_all = ["tag", "installed"])]
     release: Option<String>,
+    /// The release of TAG: dist/dhash-<TAG>/, else built from the git tag TAG.
+    #[arg(long, value_name = "TAG", conflicts_with = "installed")]
+    tag: Option<String>,
+    /// The environment's installed (current) release instead of the checkout's.
+    #[arg(long)]
+    installed: bool,
+    /// Revert below the schema version the deployed release needs, knowingly.
+    #[arg(long)]
+    force: bool,
 }
 
 fn main() -> ExitCode {
@@ -77,7 +96,13 @@ fn main() -> ExitCode {
         dry_run: args.dry_run,
         verbose: args.verbose,
         status: args.status,
-        release: args.release,
+        want: match (args.release, args.tag, args.installed) {
+            (Some(r), _, _) => Want::Release(r),
+            (None, Some(t), _) => Want::Tag(t),
+            (None, None, true) => Want::Installed,
+            (None, None, false) => Want::Checkout,
+        },
+        force: args.force,
     };
     gates_core::cli::main_entry(dhash_migrate::TOOL, || dhash_migrate::run_tool(&opts))
 }
