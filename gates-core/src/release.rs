@@ -1,6 +1,8 @@
 //! The release manifest (`release.json`) every bundle and installed release
 //! carries: written by the bundle builder, read by the service at start-up
-//! and by migrate, deploy, backup and rollback.
+//! and by migrate, deploy, backup and rollback. And `releases.json`, the
+//! record of each installed release's state ([`ReleasesState`]): written by
+//! deploy, and by rollback/monitor when they roll a release back.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -35,5 +37,222 @@ impl ReleaseManifest {
     /// created_at as a timestamp for ordering (unparsable sorts first).
     pub fn created(&self) -> Option<chrono::DateTime<chrono::FixedOffset>> {
         chrono::DateTime::parse_from_rfc3339(&self.created_at).ok()
+    }
+}
+
+/// `releases.json` in an environment's install root: what the tools know of
+/// each installed release, and the last known-good one.
+pub const STATE_FILE: &str = "releases.json";
+
+/// The states a release is recorded in.
+pub mod state {
+    /// Installed (copied and verified), not yet live.
+    pub const INSTALLED: &str = "installed";
+    /// Went live and passed the health wait.
+    pub const HEALTHY: &str = "healthy";
+    /// Went live with `--skip-health-check`.
+    pub const UNVERIFIED: &str = "unverified";
+    /// Did not become healthy when deployed; never a switch-back target.
+    pub const FAILED: &str = "failed";
+    /// Rolled back by the monitor (a gate broke) or by hand; never a
+    /// switch-back target.
+    pub const ROLLED_BACK: &str = "rolled-back";
+    /// Its installed copy did not match its release.json and was moved to
+    /// quarantine; never a switch-back target.
+    pub const QUARANTINED: &str = "quarantined";
+}
+
+/// One release's record in `releases.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseRecord {
+    #[serde(default)]
+    pub tag: String,
+    pub state: String,
+    #[serde(default)]
+    pub schema_version: Option<i64>,
+    #[serde(default)]
+    pub installed_at: Option<String>,
+    #[serde(default)]
+    pub updated_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl ReleaseRecord {
+    /// Failed, rolled back or quarantined: never deployed or switched back to.
+    pub fn is_bad(&self) -> bool {
+        matches!(
+            self.state.as_str(),
+            state::FAILED | state::ROLLED_BACK | state::QUARANTINED
+        )
+    }
+}
+
+/// `releases.json`. Written atomically, only under the environment lock.
+///
+/// Invariant (kept by every method that changes a state): `last_known_good`
+/// names a release recorded `healthy`, or is `None`; never a failed,
+/// rolled-back or quarantined one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReleasesState {
+    #[serde(default)]
+    pub last_known_good: Option<String>,
+    #[serde(default)]
+    pub releases: BTreeMap<String, ReleaseRecord>,
+}
+
+impl ReleasesState {
+    pub fn path(env: &crate::config::EnvConfig) -> std::path::PathBuf {
+        env.install_root.join(STATE_FILE)
+    }
+
+    /// The state file, or an empty state when there is none yet. A file
+    /// written before this invariant existed is repaired on load (a bad
+    /// `last_known_good` is replaced).
+    pub fn load(env: &crate::config::EnvConfig) -> anyhow::Result<ReleasesState> {
+        let path = Self::path(env);
+        let mut st: ReleasesState = match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text)
+                .with_context(|| format!("{}: invalid JSON", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => ReleasesState::default(),
+            Err(e) => return Err(anyhow::anyhow!("reading {}: {e}", path.display())),
+        };
+        st.repair_last_known_good();
+        Ok(st)
+    }
+
+    /// Writes the file atomically (hold the environment lock).
+    pub fn save(&self, env: &crate::config::EnvConfig) -> anyhow::Result<()> {
+        crate::fsutil::write_atomic(
+            &Self::path(env),
+            format!("{}\n", serde_json::to_string_pretty(self)?).as_bytes(),
+        )
+    }
+
+    /// Failed, rolled back or quarantined (see [`ReleaseRecord::is_bad`]).
+    pub fn is_failed(&self, id: &str) -> bool {
+        self.releases.get(id).is_some_and(ReleaseRecord::is_bad)
+    }
+
+    /// Records `state` for `id` (creating the record), keeping the
+    /// `last_known_good` invariant: `healthy` makes it the last known-good
+    /// release; a bad state on the last known-good one hands that role to the
+    /// most recently verified other healthy release (or none).
+    pub fn set(
+        &mut self,
+        id: &str,
+        tag: &str,
+        schema_version: i64,
+        state: &str,
+        reason: Option<String>,
+    ) {
+        let t = crate::event::now_rfc3339();
+        let rec = self
+            .releases
+            .entry(id.to_string())
+            .or_insert_with(|| ReleaseRecord {
+                tag: tag.to_string(),
+                state: state.to_string(),
+                schema_version: Some(schema_version),
+                installed_at: Some(t.clone()),
+                updated_at: None,
+                reason: None,
+            });
+        rec.state = state.to_string();
+        rec.updated_at = Some(t);
+        rec.reason = reason;
+        if state == state::HEALTHY {
+            self.last_known_good = Some(id.to_string());
+        }
+        self.repair_last_known_good();
+    }
+
+    /// Marks a release that was live and was rolled back (by the monitor
+    /// after a gate broke, or by an operator): `rolled-back`, with the reason;
+    /// it stops being the last known-good release. A release without a record
+    /// gets one (tag and schema unknown). Returns whether anything changed.
+    pub fn mark_rolled_back(&mut self, id: &str, reason: &str) -> bool {
+        self.mark_bad(id, state::ROLLED_BACK, reason)
+    }
+
+    /// Marks a release moved to quarantine (see [`state::QUARANTINED`]).
+    pub fn mark_quarantined(&mut self, id: &str, reason: &str) -> bool {
+        self.mark_bad(id, state::QUARANTINED, reason)
+    }
+
+    /// Marks a release failed (see [`state::FAILED`]).
+    pub fn mark_failed(&mut self, id: &str, reason: &str) -> bool {
+        self.mark_bad(id, state::FAILED, reason)
+    }
+
+    fn mark_bad(&mut self, id: &str, state: &str, reason: &str) -> bool {
+        let t = crate::event::now_rfc3339();
+        let rec = self
+            .releases
+            .entry(id.to_string())
+            .or_insert_with(|| ReleaseRecord {
+                tag: String::new(),
+                state: state.to_string(),
+                schema_version: None,
+                installed_at: None,
+                updated_at: None,
+                reason: None,
+            });
+        let changed = rec.state != state || rec.reason.as_deref() != Some(reason);
+        rec.state = state.to_string();
+        rec.updated_at = Some(t);
+        rec.reason = Some(reason.to_string());
+        self.repair_last_known_good();
+        changed
+    }
+
+    /// Restores the invariant: a `last_known_good` that is not recorded
+    /// healthy is replaced by the most recently updated healthy release.
+    pub fn repair_last_known_good(&mut self) {
+        let ok = |st: &ReleasesState, id: &str| {
+            st.releases
+                .get(id)
+                .is_some_and(|r| r.state == state::HEALTHY)
+        };
+        if let Some(l) = self.last_known_good.clone() {
+            if ok(self, &l) {
+                return;
+            }
+        }
+        self.last_known_good = self
+            .releases
+            .iter()
+            .filter(|(_, r)| r.state == state::HEALTHY)
+            .max_by(|a, b| a.1.updated_at.cmp(&b.1.updated_at))
+            .map(|(id, _)| id.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_known_good_never_names_a_bad_release() {
+        let mut st = ReleasesState::default();
+        st.set("a", "a", 1, state::HEALTHY, None);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        st.set("b", "b", 1, state::HEALTHY, None);
+        assert_eq!(st.last_known_good.as_deref(), Some("b"));
+        assert!(st.mark_rolled_back("b", "p95 above 2000 ms"));
+        assert_eq!(st.releases["b"].state, state::ROLLED_BACK);
+        assert!(st.is_failed("b"));
+        assert_eq!(st.last_known_good.as_deref(), Some("a"));
+        st.mark_quarantined("a", "files differ");
+        assert_eq!(st.last_known_good, None);
+        st.set("c", "c", 2, state::INSTALLED, None);
+        assert_eq!(st.last_known_good, None, "installed is not known-good");
+        // A file from before the invariant is repaired on load.
+        let mut old: ReleasesState = serde_json::from_str(
+            r#"{"last_known_good":"x","releases":{"x":{"state":"failed"},"y":{"state":"healthy","updated_at":"2026-01-01T00:00:00Z"}}}"#,
+        )
+        .expect("json");
+        old.repair_last_known_good();
+        assert_eq!(old.last_known_good.as_deref(), Some("y"));
     }
 }
