@@ -17,6 +17,26 @@
 //! - `health_fail` (bool): `/health` answers 503 `{"status":"error",...}`.
 //! - `crash_at_start` (bool): the service checks its database and binds its
 //!   port, then exits 1 with a message on stderr before serving.
+//!
+//! Limits against abusive or broken clients (`limits` in config.json, or
+//! `serve --limit key=value`); each is range-checked at load, see [`LIMITS`]:
+//! - `header_bytes`: the request head (request line and header lines) at
+//!   most this many bytes, else 431 and the connection is closed.
+//! - `header_lines`: at most this many header lines, else 431.
+//! - `request_line_bytes`: a request target longer than this gets 414
+//!   (a target so long that the whole head passes `header_bytes` gets 431).
+//! - `header_timeout_ms`: the whole head must arrive within this time
+//!   (also the idle time of a kept-alive connection), else the connection
+//!   is closed.
+//! - `body_timeout_ms`: a hash request's body must arrive within this time,
+//!   else 408 and the connection is closed.
+//! - `body_readers`: request bodies being received at once; one more gets
+//!   503 at once (bodies are read before a hash worker is taken, so slow
+//!   senders never hold a worker).
+//! - `max_connections`: open connections at once; one more gets 503 and is
+//!   closed.
+//! - `hash_stall_ms`: when every hash worker has been busy this long without
+//!   one hash finishing, `/health` answers 503 `{"status":"degraded"}`.
 
 use std::path::Path;
 
@@ -154,6 +174,111 @@ impl Faults {
     }
 }
 
+/// Limits on what a client may send and how long it may take.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    pub header_bytes: u64,
+    pub header_lines: u64,
+    pub request_line_bytes: u64,
+    pub header_timeout_ms: u64,
+    pub body_timeout_ms: u64,
+    pub body_readers: u64,
+    pub max_connections: u64,
+    pub hash_stall_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_bytes: 32 * 1024,
+            header_lines: 100,
+            request_line_bytes: 8 * 1024,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            body_readers: 64,
+            max_connections: 512,
+            hash_stall_ms: 30_000,
+        }
+    }
+}
+
+/// Each limit's name and allowed range (inclusive).
+pub const LIMITS: &[(&str, u64, u64)] = &[
+    ("header_bytes", 1024, 1024 * 1024),
+    ("header_lines", 1, 1000),
+    // hyper refuses targets over 65534 bytes itself.
+    ("request_line_bytes", 64, 65_534),
+    ("header_timeout_ms", 100, 3_600_000),
+    ("body_timeout_ms", 100, 3_600_000),
+    ("body_readers", 1, 100_000),
+    ("max_connections", 1, 100_000),
+    ("hash_stall_ms", 100, 86_400_000),
+];
+
+impl Limits {
+    fn slot(&mut self, key: &str) -> Option<&mut u64> {
+        Some(match key {
+            "header_bytes" => &mut self.header_bytes,
+            "header_lines" => &mut self.header_lines,
+            "request_line_bytes" => &mut self.request_line_bytes,
+            "header_timeout_ms" => &mut self.header_timeout_ms,
+            "body_timeout_ms" => &mut self.body_timeout_ms,
+            "body_readers" => &mut self.body_readers,
+            "max_connections" => &mut self.max_connections,
+            "hash_stall_ms" => &mut self.hash_stall_ms,
+            _ => return None,
+        })
+    }
+
+    /// Sets one limit from `key` and its textual value, range-checked.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
+        let names = || LIMITS.iter().map(|l| l.0).collect::<Vec<_>>().join(", ");
+        let slot = self
+            .slot(key)
+            .ok_or_else(|| format!("unknown limit {key:?}; known limits: {}", names()))?;
+        *slot = value
+            .trim()
+            .parse()
+            .map_err(|_| format!("limit {key}: expected a whole number, found {value:?}"))?;
+        self.validate()
+    }
+
+    /// Applies `key=value` overrides.
+    pub fn apply(&mut self, pairs: &[(String, String)]) -> Result<(), String> {
+        for (k, v) in pairs {
+            self.set(k, v)?;
+        }
+        Ok(())
+    }
+
+    /// Every limit within its range of [`LIMITS`].
+    pub fn validate(&self) -> Result<(), String> {
+        let mut copy = self.clone();
+        for &(name, lo, hi) in LIMITS {
+            let v = copy.slot(name).map(|v| *v).unwrap_or(lo);
+            if !(lo..=hi).contains(&v) {
+                return Err(format!("limit {name}: expected {lo}..={hi}, found {v}"));
+            }
+        }
+        Ok(())
+    }
+
+    fn is_default(&self) -> bool {
+        *self == Limits::default()
+    }
+}
+
+/// Parses a `key=value` limit argument (clap value parser).
+pub fn limit_arg(text: &str) -> Result<(String, String), String> {
+    let (k, v) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected key=value, found {text:?}"))?;
+    let (k, v) = (k.trim().to_string(), v.trim().to_string());
+    Limits::default().set(&k, &v)?;
+    Ok((k, v))
+}
+
 /// Parses a `key=value` argument (clap value parser).
 pub fn fault_arg(text: &str) -> Result<(String, String), String> {
     let (k, v) = text
@@ -173,6 +298,9 @@ pub struct ServiceConfig {
     pub low_confidence_threshold: f64,
     /// Largest accepted request body; larger ones get 413.
     pub max_body_bytes: u64,
+    /// Client limits; left out of config.json while they are the defaults.
+    #[serde(skip_serializing_if = "Limits::is_default")]
+    pub limits: Limits,
 }
 
 impl Default for ServiceConfig {
@@ -181,6 +309,7 @@ impl Default for ServiceConfig {
             faults: Faults::default(),
             low_confidence_threshold: DEFAULT_LOW_CONFIDENCE,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            limits: Limits::default(),
         }
     }
 }
@@ -193,6 +322,7 @@ impl ServiceConfig {
             serde_json::from_str(&text).with_context(|| format!("invalid {}", path.display()))?;
         cfg.faults
             .validate()
+            .and_then(|()| cfg.limits.validate())
             .map_err(anyhow::Error::msg)
             .with_context(|| format!("invalid {}", path.display()))?;
         Ok(cfg)
@@ -231,5 +361,34 @@ mod tests {
         assert!(
             serde_json::from_str::<ServiceConfig>(r#"{"faults":{"helth_fail":true}}"#).is_err()
         );
+        // Default limits stay out of a bundle's config.json.
+        let text = serde_json::to_string(&ServiceConfig::default()).unwrap();
+        assert!(!text.contains("limits"), "{text}");
+    }
+
+    #[test]
+    fn limits_parse_and_are_range_checked() {
+        assert_eq!(
+            limit_arg("body_timeout_ms=2000").unwrap(),
+            ("body_timeout_ms".into(), "2000".into())
+        );
+        let e = limit_arg("body_timeout_ms=0").unwrap_err();
+        assert!(e.contains("100..=3600000") && e.contains("found 0"), "{e}");
+        assert!(limit_arg("header_lines=-1")
+            .unwrap_err()
+            .contains("whole number"));
+        assert!(limit_arg("header_lines=1e300").is_err());
+        assert!(limit_arg("nope=1").unwrap_err().contains("known limits"));
+        assert!(limit_arg("header_bytes").is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.json");
+        std::fs::write(&p, r#"{"limits":{"max_connections":0}}"#).unwrap();
+        let e = format!("{:#}", ServiceConfig::load(&p).unwrap_err());
+        assert!(
+            e.contains("max_connections") && e.contains("config.json"),
+            "{e}"
+        );
+        std::fs::write(&p, r#"{"limits":{"header_lines":50}}"#).unwrap();
+        assert_eq!(ServiceConfig::load(&p).unwrap().limits.header_lines, 50);
     }
 }

@@ -14,8 +14,19 @@
 //!   `error_fraction` fault, a full work queue).
 //! - `rejected_total`: 413 answers (body over the limit).
 //! - `low_confidence_total`: hashes that joined the low-confidence queue.
-//! - `hash_time_ms`: the time of each hash attempt (200 and 422), from reading
-//!   the body to the answer, injected latency included.
+//! - `hash_time_ms`: the time of each hash attempt (200 and 422), from the
+//!   moment a hash worker takes the received body to the answer, injected
+//!   latency included (a slow upload is not hash time).
+//! - `client_timeouts_total`: a request head or body that did not arrive
+//!   within its deadline (connection closed, or 408 for a body).
+//! - `head_rejected_total`: request heads refused before routing: too large
+//!   or too many header lines (431), target too long (414), malformed (400).
+//! - `connections_refused_total`: connections over `max_connections` (503).
+//!
+//! Gauges of the serving machinery (`hashing`, `connections` in JSON):
+//! hash workers and how many are busy, hash requests waiting for one, how
+//! long every worker has been busy without finishing a hash (the stall that
+//! turns `/health` to 503), open connections and bodies being received.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -43,6 +54,9 @@ pub struct Metrics {
     pub errors_total: AtomicU64,
     pub rejected_total: AtomicU64,
     pub low_confidence_total: AtomicU64,
+    pub client_timeouts_total: AtomicU64,
+    pub head_rejected_total: AtomicU64,
+    pub connections_refused_total: AtomicU64,
     hist: Mutex<Hist>,
 }
 
@@ -55,6 +69,9 @@ pub struct Snapshot {
     pub errors_total: u64,
     pub rejected_total: u64,
     pub low_confidence_total: u64,
+    pub client_timeouts_total: u64,
+    pub head_rejected_total: u64,
+    pub connections_refused_total: u64,
     /// Cumulative counts per bound of [`BUCKETS_MS`], then +Inf.
     pub cumulative: [u64; 11],
     pub count: u64,
@@ -75,6 +92,20 @@ pub struct Gauges {
     pub data_dir_bytes: u64,
     pub disk_percent: Option<f64>,
     pub faults: Vec<&'static str>,
+    pub load: Load,
+}
+
+/// The serving machinery at one instant.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Load {
+    pub hash_workers: u64,
+    pub hash_workers_busy: u64,
+    pub hash_queue_length: u64,
+    /// Seconds every worker has been busy without a hash finishing (0 when
+    /// a worker is free).
+    pub hash_stalled_seconds: f64,
+    pub connections_open: u64,
+    pub bodies_receiving: u64,
 }
 
 pub fn inc(c: &AtomicU64) {
@@ -118,6 +149,9 @@ impl Metrics {
             errors_total: g(&self.errors_total),
             rejected_total: g(&self.rejected_total),
             low_confidence_total: g(&self.low_confidence_total),
+            client_timeouts_total: g(&self.client_timeouts_total),
+            head_rejected_total: g(&self.head_rejected_total),
+            connections_refused_total: g(&self.connections_refused_total),
             cumulative,
             count,
             sum_ms,
@@ -147,6 +181,19 @@ pub fn render_json(s: &Snapshot, g: &Gauges) -> Value {
         "errors_total": s.errors_total,
         "rejected_total": s.rejected_total,
         "low_confidence_total": s.low_confidence_total,
+        "client_timeouts_total": s.client_timeouts_total,
+        "head_rejected_total": s.head_rejected_total,
+        "connections_refused_total": s.connections_refused_total,
+        "hashing": {
+            "workers": g.load.hash_workers,
+            "busy": g.load.hash_workers_busy,
+            "queued": g.load.hash_queue_length,
+            "stalled_seconds": r3(g.load.hash_stalled_seconds),
+        },
+        "connections": {
+            "open": g.load.connections_open,
+            "bodies_receiving": g.load.bodies_receiving,
+        },
         "hash_time_ms": {"buckets": buckets, "count": s.count, "sum": r3(s.sum_ms)},
         "low_confidence_queue": g.low_confidence_queue,
         "process": {
@@ -210,6 +257,60 @@ pub fn render_prometheus(s: &Snapshot, g: &Gauges) -> String {
         "counter",
         "Hashes that joined the low-confidence queue.",
         Some(s.low_confidence_total as f64),
+    );
+    metric(
+        "dhash_client_timeouts_total",
+        "counter",
+        "Request heads or bodies that missed their deadline.",
+        Some(s.client_timeouts_total as f64),
+    );
+    metric(
+        "dhash_head_rejected_total",
+        "counter",
+        "Request heads refused: too large (431), target too long (414), malformed (400).",
+        Some(s.head_rejected_total as f64),
+    );
+    metric(
+        "dhash_connections_refused_total",
+        "counter",
+        "Connections over the connection limit (503).",
+        Some(s.connections_refused_total as f64),
+    );
+    metric(
+        "dhash_hash_workers",
+        "gauge",
+        "Hash worker threads.",
+        Some(g.load.hash_workers as f64),
+    );
+    metric(
+        "dhash_hash_workers_busy",
+        "gauge",
+        "Hash workers hashing now.",
+        Some(g.load.hash_workers_busy as f64),
+    );
+    metric(
+        "dhash_hash_queue_length",
+        "gauge",
+        "Received hash requests waiting for a worker.",
+        Some(g.load.hash_queue_length as f64),
+    );
+    metric(
+        "dhash_hash_stalled_seconds",
+        "gauge",
+        "Seconds every hash worker has been busy without a hash finishing.",
+        Some(r3(g.load.hash_stalled_seconds)),
+    );
+    metric(
+        "dhash_connections_open",
+        "gauge",
+        "Open client connections.",
+        Some(g.load.connections_open as f64),
+    );
+    metric(
+        "dhash_bodies_receiving",
+        "gauge",
+        "Request bodies being received.",
+        Some(g.load.bodies_receiving as f64),
     );
     metric(
         "dhash_low_confidence_queue",
@@ -291,6 +392,14 @@ mod tests {
             data_dir_bytes: 10,
             disk_percent: Some(50.0),
             faults: vec![],
+            load: Load {
+                hash_workers: 8,
+                hash_workers_busy: 8,
+                hash_queue_length: 3,
+                hash_stalled_seconds: 1.25,
+                connections_open: 12,
+                bodies_receiving: 2,
+            },
         }
     }
 
@@ -333,6 +442,16 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("dhash_low_confidence_queue 3\n"), "{t}");
+        assert!(t.contains("dhash_hash_workers_busy 8\n"), "{t}");
+        assert!(t.contains("dhash_hash_stalled_seconds 1.25\n"), "{t}");
+        assert!(
+            t.contains("# TYPE dhash_client_timeouts_total counter\n"),
+            "{t}"
+        );
+        let j = render_json(&m.snapshot(), &gauges());
+        assert_eq!(j["hashing"]["queued"], 3);
+        assert_eq!(j["connections"]["bodies_receiving"], 2);
+        assert_eq!(j["head_rejected_total"], 0);
         assert!(
             t.contains("dhash_build_info{release=\"v1-abcdef01\",schema_version=\"2\"} 1"),
             "{t}"

@@ -1,36 +1,55 @@
 //! The HTTP service (`dhash-service serve`).
 //!
-//! Threads: tiny_http accepts connections; a few *receiver* threads take
-//! requests and answer the light endpoints (`/health`, `/metrics`, queue
-//! status) themselves, and hand `POST /api/dhash/hash` to a bounded queue
-//! served by the *hash workers*. So slow hashing (or the latency fault) never
-//! delays `/health`. A full hash queue answers 503 at once.
+//! Shape: one tokio thread runs hyper's HTTP/1 connections (parsing heads,
+//! receiving bodies, writing answers); blocking work runs elsewhere. The
+//! light endpoints (`/health`, `/metrics`, queue status) touch SQLite and
+//! the file system on tokio's blocking pool. `POST /api/dhash/hash` first
+//! receives the whole body on the async side, under a deadline, and only
+//! then hands it to a bounded queue served by the *hash workers* (threads).
+//! So a slow sender holds a cheap task, never a worker, and slow hashing
+//! (or the latency fault) never delays `/health`. A full hash queue
+//! answers 503 at once.
 //!
-//! SIGTERM / SIGINT / SIGHUP: stop taking new requests, answer those already
-//! received, let the hash workers finish their queue, exit 0.
+//! Limits against abusive clients ([`Limits`]): the request head is capped
+//! in bytes and lines (431) and in time (closed), the request target in
+//! length (414), a body in size (413) and time (408), bodies received at
+//! once and open connections in number (503). When every hash worker has
+//! been busy for `hash_stall_ms` without one hash finishing, `/health`
+//! answers 503 `{"status":"degraded"}` so the health gate sees a service
+//! that cannot hash.
+//!
+//! SIGTERM / SIGINT / SIGHUP: stop accepting connections, finish the
+//! requests already received (bounded by [`DRAIN_TIMEOUT`]), let the hash
+//! workers finish their queue, exit 0.
 
-use std::io::Read;
+use std::convert::Infallible;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use bytes::Bytes;
 use gates_core::{Emitter, Exit, Level, ToolError};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, HeaderValue, ACCEPT, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Value};
-use tiny_http::{Header, Method, Request, Response, Server};
+use tokio::sync::{oneshot, watch, Semaphore};
 
 use crate::config::ServiceConfig;
 use crate::db::{self, DbState, NewHash};
 use crate::dhash;
-use crate::metrics::{self, inc, Gauges, Metrics};
+use crate::metrics::{self, inc, Gauges, Load, Metrics};
 use crate::procstat::{self, CpuMeter};
 use gates_core::release::ReleaseManifest;
 
-/// Threads that take requests and answer the light endpoints.
-pub const RECEIVERS: usize = 4;
 /// Default number of hash workers.
 pub const DEFAULT_WORKERS: usize = 8;
 /// Hash requests waiting for a worker before new ones get 503.
@@ -39,6 +58,10 @@ pub const HASH_QUEUE: usize = 256;
 /// client sees the 413 instead of a reset connection); beyond it the
 /// connection is closed.
 const DRAIN_CAP: u64 = 512 * 1024 * 1024;
+/// How long a stopping service waits for the requests already received.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Threads of the blocking pool for the light endpoints.
+const BLOCKING_THREADS: usize = 8;
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -48,8 +71,17 @@ pub struct ServeOptions {
     pub release_dir: PathBuf,
     /// `key=value` fault overrides applied over config.json.
     pub faults: Vec<(String, String)>,
+    /// `key=value` limit overrides applied over config.json.
+    pub limits: Vec<(String, String)>,
     pub workers: usize,
     pub verbose: bool,
+}
+
+/// What the hash workers are doing, for `/health` and `/metrics`.
+struct Workload {
+    busy: u64,
+    /// Since when every worker has been busy with no hash finishing.
+    saturated_since: Option<Instant>,
 }
 
 struct State {
@@ -64,10 +96,29 @@ struct State {
     failure_seq: AtomicU64,
     error_seq: AtomicU64,
     verbose: bool,
+    workers: u64,
+    workload: Mutex<Workload>,
+    queued: AtomicU64,
+    /// Taken (closed) at shutdown so the workers finish the queue and exit.
+    jobs: Mutex<Option<SyncSender<Job>>>,
+    bodies: Arc<Semaphore>,
+    connections: Arc<Semaphore>,
 }
+
+/// A received hash request on its way to a worker.
+struct Job {
+    body: Vec<u8>,
+    reply: oneshot::Sender<(u16, Value)>,
+}
+
+type Reply = Response<Full<Bytes>>;
 
 fn fail(msg: impl std::fmt::Display) -> anyhow::Error {
     ToolError::new(Exit::Failed, anyhow::anyhow!("{msg}")).into()
+}
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
 }
 
 /// Loads the release, checks the database, binds, and serves until a
@@ -89,17 +140,19 @@ pub fn serve(opts: &ServeOptions, em: &Emitter) -> anyhow::Result<Exit> {
         ServiceConfig::default()
     };
     config.faults.apply(&opts.faults).map_err(fail)?;
+    config.limits.apply(&opts.limits).map_err(fail)?;
 
     let (mut conn, db_state) = db::check(&opts.database, release.schema_version, &release.id)
         .map_err(|e| fail(format!("refusing to start: {e}")))?;
 
-    let server = Server::http(opts.bind.as_str())
+    // Bound synchronously so a busy port is a start-up error (exit 1).
+    let listener = std::net::TcpListener::bind(opts.bind.as_str())
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .map_err(|e| fail(format!("cannot listen on {}: {e}", opts.bind)))?;
-    let addr = server
-        .server_addr()
-        .to_ip()
+    let addr = listener
+        .local_addr()
         .map(|a| a.to_string())
-        .unwrap_or_else(|| opts.bind.clone());
+        .unwrap_or_else(|_| opts.bind.clone());
 
     if config.faults.crash_at_start {
         return Err(fail(format!(
@@ -122,14 +175,23 @@ pub fn serve(opts: &ServeOptions, em: &Emitter) -> anyhow::Result<Exit> {
     }
     drop(conn);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
-            .context("cannot install the signal handler")
-            .map_err(|e| fail(format!("{e:#}")))?;
-    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    ctrlc::set_handler(move || {
+        stop_tx.send_replace(true);
+    })
+    .context("cannot install the signal handler")
+    .map_err(|e| fail(format!("{e:#}")))?;
 
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .max_blocking_threads(BLOCKING_THREADS)
+        .build()
+        .map_err(|e| fail(format!("cannot start the async runtime: {e}")))?;
+
+    let workers = opts.workers.max(1);
+    let limits = config.limits.clone();
+    let (tx, rx) = mpsc::sync_channel::<Job>(HASH_QUEUE);
     let state = Arc::new(State {
         release,
         config,
@@ -142,12 +204,18 @@ pub fn serve(opts: &ServeOptions, em: &Emitter) -> anyhow::Result<Exit> {
         failure_seq: AtomicU64::new(0),
         error_seq: AtomicU64::new(0),
         verbose: opts.verbose,
+        workers: workers as u64,
+        workload: Mutex::new(Workload {
+            busy: 0,
+            saturated_since: None,
+        }),
+        queued: AtomicU64::new(0),
+        jobs: Mutex::new(Some(tx)),
+        bodies: Arc::new(Semaphore::new(limits.body_readers as usize)),
+        connections: Arc::new(Semaphore::new(limits.max_connections as usize)),
     });
-    let server = Arc::new(server);
-    let (tx, rx) = mpsc::sync_channel::<Request>(HASH_QUEUE);
     let rx = Arc::new(Mutex::new(rx));
-
-    let workers: Vec<_> = (0..opts.workers.max(1))
+    let worker_threads: Vec<_> = (0..workers)
         .map(|i| {
             let (state, rx) = (state.clone(), rx.clone());
             thread::Builder::new()
@@ -156,17 +224,6 @@ pub fn serve(opts: &ServeOptions, em: &Emitter) -> anyhow::Result<Exit> {
         })
         .collect::<Result<_, _>>()
         .context("cannot start worker threads")?;
-    let receivers: Vec<_> = (0..RECEIVERS)
-        .map(|i| {
-            let (state, server, tx, stop) =
-                (state.clone(), server.clone(), tx.clone(), stop.clone());
-            thread::Builder::new()
-                .name(format!("recv-{i}"))
-                .spawn(move || receiver(&server, &state, &tx, &stop))
-        })
-        .collect::<Result<_, _>>()
-        .context("cannot start receiver threads")?;
-    drop(tx);
 
     em.emit(
         "service.started",
@@ -186,11 +243,29 @@ pub fn serve(opts: &ServeOptions, em: &Emitter) -> anyhow::Result<Exit> {
         }),
     );
 
-    for r in receivers {
-        let _ = r.join();
+    let drained = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::from_std(listener)
+            .map_err(|e| fail(format!("cannot listen on {addr}: {e}")))?;
+        accept_loop(listener, &state, stop_rx).await;
+        // Every connection holds a permit: all back means all answered.
+        let all = limits.max_connections as u32;
+        Ok::<bool, anyhow::Error>(
+            tokio::time::timeout(DRAIN_TIMEOUT, state.connections.acquire_many(all))
+                .await
+                .is_ok(),
+        )
+    })?;
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    if !drained {
+        em.human(&format!(
+            "stopping: connections still open after {DRAIN_TIMEOUT:?} were closed"
+        ));
     }
-    em.human("stopping: answering the requests already received");
-    for w in workers {
+    em.human("stopping: the hash workers finish their queue");
+    if let Ok(mut jobs) = state.jobs.lock() {
+        jobs.take();
+    }
+    for w in worker_threads {
         let _ = w.join();
     }
     let s = state.metrics.snapshot();
@@ -208,72 +283,119 @@ pub fn serve(opts: &ServeOptions, em: &Emitter) -> anyhow::Result<Exit> {
     Ok(Exit::Ok)
 }
 
-fn receiver(server: &Server, st: &State, tx: &SyncSender<Request>, stop: &AtomicBool) {
+/// Accepts connections until the stop signal; each gets a task.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    st: &Arc<State>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let lim = &st.config.limits;
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(ms(lim.header_timeout_ms))
+        .max_headers(lim.header_lines as usize)
+        .max_header_size(lim.header_bytes as usize);
+    let builder = Arc::new(builder);
     loop {
-        let next = if stop.load(Ordering::SeqCst) {
-            server.try_recv()
-        } else {
-            server.recv_timeout(Duration::from_millis(200))
+        if *stop.borrow() {
+            return;
+        }
+        let accepted = tokio::select! {
+            _ = stop.changed() => return,
+            r = listener.accept() => r,
         };
-        match next {
-            Ok(Some(req)) => dispatch(req, st, tx),
-            Ok(None) if stop.load(Ordering::SeqCst) => return,
-            Ok(None) => {}
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
             Err(e) => {
-                eprintln!("dhash-service: receiving a request: {e}");
-                if stop.load(Ordering::SeqCst) {
-                    return;
-                }
+                // Out of file descriptors and the like: pause, do not spin.
+                eprintln!("dhash-service: accepting a connection: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = st.connections.clone().try_acquire_owned() else {
+            inc(&st.metrics.connections_refused_total);
+            refuse_connection(&stream, lim.max_connections);
+            continue;
+        };
+        let (st, stop, builder) = (st.clone(), stop.clone(), builder.clone());
+        tokio::spawn(async move {
+            serve_connection(stream, &st, stop, &builder).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Best effort 503 to a connection over the limit, then close it.
+fn refuse_connection(stream: &tokio::net::TcpStream, max: u64) {
+    let body = json!({"error": format!("busy: {max} connections open, the limit")}).to_string();
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    // A fresh socket's send buffer takes this at once; never wait on it.
+    let _ = stream.try_write(format!("{head}{body}").as_bytes());
+}
+
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    st: &Arc<State>,
+    mut stop: watch::Receiver<bool>,
+    builder: &http1::Builder,
+) {
+    let svc_state = st.clone();
+    let svc = service_fn(move |req| {
+        let st = svc_state.clone();
+        async move { Ok::<_, Infallible>(handle(req, &st).await) }
+    });
+    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    let mut conn = std::pin::pin!(conn);
+    let result = if *stop.borrow() {
+        conn.as_mut().graceful_shutdown();
+        conn.as_mut().await
+    } else {
+        tokio::select! {
+            r = conn.as_mut() => r,
+            _ = stop.changed() => {
+                // Finish the request in progress, take no further one.
+                conn.as_mut().graceful_shutdown();
+                conn.as_mut().await
             }
         }
-    }
-}
-
-fn hash_worker(st: &State, rx: &Mutex<Receiver<Request>>) {
-    loop {
-        let next = match rx.lock() {
-            Ok(rx) => rx.recv(),
-            Err(_) => return,
-        };
-        let Ok(req) = next else { return };
-        let outcome =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handle_hash(req, st)));
-        if outcome.is_err() {
-            // The request was dropped during the panic: tiny_http answered 500.
-            inc(&st.metrics.errors_total);
-            eprintln!("dhash-service: a hash request panicked");
+    };
+    if let Err(e) = result {
+        let m = &st.metrics;
+        if e.is_parse() {
+            // hyper answered 431 or 400 itself.
+            inc(&m.head_rejected_total);
+        } else if e.is_timeout() {
+            inc(&m.client_timeouts_total);
+        }
+        if st.verbose {
+            eprintln!("dhash-service: connection ended: {e}");
         }
     }
 }
 
-fn header(name: &str, value: &str) -> Option<Header> {
-    Header::from_bytes(name.as_bytes(), value.as_bytes()).ok()
+fn reply(status: u16, content_type: &'static str, body: String) -> Reply {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
 }
 
-fn respond_json(req: Request, status: u16, body: &Value, st: &State) {
-    let method = req.method().clone();
-    let url = req.url().to_string();
-    let mut resp = Response::from_string(body.to_string()).with_status_code(status);
-    if let Some(h) = header("Content-Type", "application/json") {
-        resp = resp.with_header(h);
-    }
-    log(st, &method, &url, status);
-    if let Err(e) = req.respond(resp) {
-        eprintln!("dhash-service: writing the answer to {method} {url}: {e}");
-    }
+fn json_reply(status: u16, body: &Value) -> Reply {
+    reply(status, "application/json", body.to_string())
 }
 
-fn respond_text(req: Request, status: u16, body: String, content_type: &str, st: &State) {
-    let method = req.method().clone();
-    let url = req.url().to_string();
-    let mut resp = Response::from_string(body).with_status_code(status);
-    if let Some(h) = header("Content-Type", content_type) {
-        resp = resp.with_header(h);
-    }
-    log(st, &method, &url, status);
-    if let Err(e) = req.respond(resp) {
-        eprintln!("dhash-service: writing the answer to {method} {url}: {e}");
-    }
+/// The same answer, and the connection closes after it (its request body
+/// was not, or not fully, read).
+fn closing(mut r: Reply) -> Reply {
+    r.headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    r
 }
 
 fn log(st: &State, method: &Method, url: &str, status: u16) {
@@ -282,52 +404,72 @@ fn log(st: &State, method: &Method, url: &str, status: u16) {
     }
 }
 
-fn dispatch(req: Request, st: &State, tx: &SyncSender<Request>) {
-    let url = req.url().to_string();
-    let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
+async fn handle(req: Request<Incoming>, st: &Arc<State>) -> Reply {
     let method = req.method().clone();
-    let is_api = path.starts_with("/api/");
-    if is_api {
+    let target = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| req.uri().to_string());
+    let limit = st.config.limits.request_line_bytes;
+    let r = if target.len() as u64 > limit {
+        inc(&st.metrics.head_rejected_total);
+        let body = json!({
+            "error": format!("request target of {} bytes exceeds the limit of {limit} bytes", target.len()),
+            "limit_bytes": limit,
+        });
+        closing(json_reply(414, &body))
+    } else {
+        route(req, st).await
+    };
+    let shown: String = target.chars().take(200).collect();
+    log(st, &method, &shown, r.status().as_u16());
+    r
+}
+
+/// Runs a light endpoint on the blocking pool (it opens SQLite, walks the
+/// data dir).
+async fn blocking(st: &Arc<State>, f: impl FnOnce(&State) -> Reply + Send + 'static) -> Reply {
+    let st = st.clone();
+    match tokio::task::spawn_blocking(move || f(&st)).await {
+        Ok(r) => r,
+        Err(e) => json_reply(500, &json!({"error": format!("internal error: {e}")})),
+    }
+}
+
+async fn route(req: Request<Incoming>, st: &Arc<State>) -> Reply {
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let method = req.method().clone();
+    if path.starts_with("/api/") {
         inc(&st.metrics.requests_total);
     }
-    let allowed: Option<&str> = match path {
+    let allowed: Option<&str> = match path.as_str() {
         "/health" | "/metrics" | "/api/dhash/queue/status" => Some("GET"),
         "/api/dhash/hash" => Some("POST"),
         _ => None,
     };
     match (allowed, &method) {
-        (Some("GET"), Method::Get | Method::Head) => match path {
-            "/health" => health(req, st),
-            "/metrics" => metrics_endpoint(req, query, st),
-            _ => queue_status(req, st),
-        },
-        (Some("POST"), Method::Post) => match tx.try_send(req) {
-            Ok(()) => {}
-            Err(TrySendError::Full(req)) => {
-                inc(&st.metrics.errors_total);
-                respond_json(
-                    req,
-                    503,
-                    &json!({"error": "busy: too many hash requests waiting"}),
-                    st,
-                );
+        (Some("GET"), &Method::GET | &Method::HEAD) => match path.as_str() {
+            "/health" => blocking(st, health).await,
+            "/metrics" => {
+                let prom = wants_prometheus(req.headers(), &query);
+                blocking(st, move |st| metrics_endpoint(prom, st)).await
             }
-            Err(TrySendError::Disconnected(req)) => {
-                inc(&st.metrics.errors_total);
-                respond_json(req, 503, &json!({"error": "the service is stopping"}), st);
-            }
+            _ => blocking(st, queue_status).await,
         },
+        (Some("POST"), &Method::POST) => hash_post(req, st).await,
         (Some(allow), _) => {
             let body =
                 json!({"error": format!("method {method} not allowed on {path}; use {allow}")});
-            respond_json(req, 405, &body, st);
+            json_reply(405, &body)
         }
         (None, _) => {
             let body = json!({
                 "error": format!("no such endpoint: {path}"),
                 "endpoints": ["GET /health", "GET /metrics", "GET /api/dhash/queue/status", "POST /api/dhash/hash"],
             });
-            respond_json(req, 404, &body, st);
+            json_reply(404, &body)
         }
     }
 }
@@ -336,14 +478,41 @@ fn uptime(st: &State) -> f64 {
     (st.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0
 }
 
-fn health(req: Request, st: &State) {
+/// How long every worker has been busy without a hash finishing.
+fn stalled_for(st: &State) -> Duration {
+    st.workload
+        .lock()
+        .ok()
+        .and_then(|w| w.saturated_since)
+        .map(|t| t.elapsed())
+        .unwrap_or_default()
+}
+
+fn health(st: &State) -> Reply {
     if st.config.faults.health_fail {
         let body = json!({
             "status": "error",
             "reason": "fault injected: health_fail",
             "release": st.release.id,
         });
-        return respond_json(req, 503, &body, st);
+        return json_reply(503, &body);
+    }
+    let stalled = stalled_for(st);
+    let stall_limit = ms(st.config.limits.hash_stall_ms);
+    if stalled >= stall_limit {
+        let body = json!({
+            "status": "degraded",
+            "reason": format!(
+                "cannot hash: all {} hash workers busy and no hash finished for {:.1} s (limit {:.1} s), {} requests waiting",
+                st.workers,
+                stalled.as_secs_f64(),
+                stall_limit.as_secs_f64(),
+                st.queued.load(Ordering::Relaxed),
+            ),
+            "release": st.release.id,
+            "stalled_seconds": (stalled.as_secs_f64() * 1000.0).round() / 1000.0,
+        });
+        return json_reply(503, &body);
     }
     match db::check(&st.db_path, st.release.schema_version, &st.release.id) {
         Ok((_, state)) => {
@@ -359,12 +528,12 @@ fn health(req: Request, st: &State) {
                 "uptime_seconds": uptime(st),
                 "faults": st.config.faults.active(),
             });
-            respond_json(req, 200, &body, st)
+            json_reply(200, &body)
         }
         Err(e) => {
             let body =
                 json!({"status": "error", "reason": e.to_string(), "release": st.release.id});
-            respond_json(req, 503, &body, st)
+            json_reply(503, &body)
         }
     }
 }
@@ -381,34 +550,40 @@ fn queue_figures(st: &State) -> Result<(i64, Option<f64>), db::DbError> {
     Ok((len, age))
 }
 
-fn queue_status(req: Request, st: &State) {
+fn queue_status(st: &State) -> Reply {
     match queue_figures(st) {
-        Ok((len, age)) => respond_json(
-            req,
-            200,
-            &json!({"length": len, "oldest_age_seconds": age}),
-            st,
-        ),
+        Ok((len, age)) => json_reply(200, &json!({"length": len, "oldest_age_seconds": age})),
         Err(e) => {
             inc(&st.metrics.errors_total);
-            respond_json(req, 503, &json!({"error": e.to_string()}), st)
+            json_reply(503, &json!({"error": e.to_string()}))
         }
     }
 }
 
-fn wants_prometheus(req: &Request, query: &str) -> bool {
+fn wants_prometheus(headers: &HeaderMap, query: &str) -> bool {
     for pair in query.split('&') {
         if let Some(v) = pair.strip_prefix("format=") {
             return matches!(v, "prometheus" | "text");
         }
     }
-    req.headers().iter().any(|h| {
-        h.field.equiv("Accept") && {
-            let v = h.value.as_str().to_ascii_lowercase();
-            (v.contains("text/plain") || v.contains("openmetrics"))
-                && !v.contains("application/json")
-        }
+    headers.get_all(ACCEPT).iter().any(|h| {
+        let v = String::from_utf8_lossy(h.as_bytes()).to_ascii_lowercase();
+        (v.contains("text/plain") || v.contains("openmetrics")) && !v.contains("application/json")
     })
+}
+
+fn load(st: &State) -> Load {
+    let busy = st.workload.lock().map(|w| w.busy).unwrap_or(0);
+    let available = |s: &Semaphore, max: u64| max.saturating_sub(s.available_permits() as u64);
+    let lim = &st.config.limits;
+    Load {
+        hash_workers: st.workers,
+        hash_workers_busy: busy,
+        hash_queue_length: st.queued.load(Ordering::Relaxed),
+        hash_stalled_seconds: stalled_for(st).as_secs_f64(),
+        connections_open: available(&st.connections, lim.max_connections),
+        bodies_receiving: available(&st.bodies, lim.body_readers),
+    }
 }
 
 fn gauges(st: &State) -> Gauges {
@@ -431,23 +606,18 @@ fn gauges(st: &State) -> Gauges {
         data_dir_bytes: procstat::dir_bytes(&st.data_dir),
         disk_percent: procstat::disk_percent(&st.data_dir),
         faults: st.config.faults.active(),
+        load: load(st),
     }
 }
 
-fn metrics_endpoint(req: Request, query: &str, st: &State) {
+fn metrics_endpoint(prometheus: bool, st: &State) -> Reply {
     let snap = st.metrics.snapshot();
     let g = gauges(st);
-    if wants_prometheus(&req, query) {
+    if prometheus {
         let text = metrics::render_prometheus(&snap, &g);
-        respond_text(
-            req,
-            200,
-            text,
-            "text/plain; version=0.0.4; charset=utf-8",
-            st,
-        )
+        reply(200, "text/plain; version=0.0.4; charset=utf-8", text)
     } else {
-        respond_json(req, 200, &metrics::render_json(&snap, &g), st)
+        json_reply(200, &metrics::render_json(&snap, &g))
     }
 }
 
@@ -457,11 +627,7 @@ pub fn fraction_hits(n: u64, f: f64) -> bool {
     f > 0.0 && ((n as f64) * f).floor() > (((n - 1) as f64) * f).floor()
 }
 
-fn drain(reader: &mut dyn Read, cap: u64) -> u64 {
-    std::io::copy(&mut reader.take(cap), &mut std::io::sink()).unwrap_or(0)
-}
-
-fn too_large(req: Request, st: &State, len: Option<u64>) {
+fn too_large(st: &State, len: Option<u64>) -> Reply {
     inc(&st.metrics.rejected_total);
     let limit = st.config.max_body_bytes;
     let what = match len {
@@ -472,33 +638,161 @@ fn too_large(req: Request, st: &State, len: Option<u64>) {
         "error": format!("{what} exceeds the limit of {limit} bytes"),
         "limit_bytes": limit,
     });
-    respond_json(req, 413, &body, st);
+    json_reply(413, &body)
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Receives the body (deadline, size limit, a bounded number at once),
+/// then queues it for a hash worker and waits for the answer.
+async fn hash_post(req: Request<Incoming>, st: &Arc<State>) -> Reply {
+    let limit = st.config.max_body_bytes;
+    let declared = content_length(req.headers());
+    let expects_continue = req
+        .headers()
+        .get(hyper::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if let Some(n) = declared {
+        // The client waits for 100 Continue: refuse without reading.
+        if n > limit && (expects_continue || n > DRAIN_CAP) {
+            return closing(too_large(st, Some(n)));
+        }
+    }
+    let Ok(permit) = st.bodies.clone().try_acquire_owned() else {
+        inc(&st.metrics.errors_total);
+        let n = st.config.limits.body_readers;
+        let body = json!({"error": format!("busy: {n} request bodies being received, the limit")});
+        return closing(json_reply(503, &body));
+    };
+    let timeout = st.config.limits.body_timeout_ms;
+    let deadline = tokio::time::Instant::now() + ms(timeout);
+    let mut incoming = req.into_body();
+    // Grown as bytes arrive: a declared size costs nothing until sent.
+    let mut body = Vec::with_capacity(declared.unwrap_or(0).min(limit).min(1 << 20) as usize);
+    let mut received: u64 = 0;
+    let mut over = declared.is_some_and(|n| n > limit);
+    loop {
+        match tokio::time::timeout_at(deadline, incoming.frame()).await {
+            Err(_) => {
+                inc(&st.metrics.client_timeouts_total);
+                let of = declared.map(|n| format!(" of {n}")).unwrap_or_default();
+                let msg = json!({
+                    "error": format!("request body not received within {timeout} ms ({received}{of} bytes arrived)"),
+                    "timeout_ms": timeout,
+                });
+                return closing(json_reply(408, &msg));
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                let msg = json!({"error": format!("cannot read the request body: {e}")});
+                return closing(json_reply(400, &msg));
+            }
+            Ok(Some(Ok(frame))) => {
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                received += data.len() as u64;
+                if over || received > limit {
+                    // Discard, so the client gets to read the 413.
+                    if !over {
+                        over = true;
+                        body = Vec::new();
+                    }
+                    if received > DRAIN_CAP {
+                        return closing(too_large(st, declared));
+                    }
+                    continue;
+                }
+                body.extend_from_slice(&data);
+            }
+        }
+    }
+    drop(permit);
+    if over {
+        return too_large(st, declared);
+    }
+    let (tx, rx) = oneshot::channel();
+    let sent = match st.jobs.lock() {
+        Ok(jobs) => match jobs.as_ref() {
+            Some(jobs) => {
+                st.queued.fetch_add(1, Ordering::Relaxed);
+                let r = jobs.try_send(Job { body, reply: tx });
+                if r.is_err() {
+                    st.queued.fetch_sub(1, Ordering::Relaxed);
+                }
+                r.map_err(|e| matches!(e, TrySendError::Full(_)))
+            }
+            None => Err(false),
+        },
+        Err(_) => Err(false),
+    };
+    match sent {
+        Ok(()) => {}
+        Err(full) => {
+            inc(&st.metrics.errors_total);
+            let msg = if full {
+                "busy: too many hash requests waiting"
+            } else {
+                "the service is stopping"
+            };
+            return json_reply(503, &json!({ "error": msg }));
+        }
+    }
+    match rx.await {
+        Ok((status, body)) => json_reply(status, &body),
+        // The worker panicked on this request.
+        Err(_) => json_reply(
+            500,
+            &json!({"error": "internal error: the hash worker failed on this request"}),
+        ),
+    }
+}
+
+fn hash_worker(st: &State, rx: &Mutex<Receiver<Job>>) {
+    loop {
+        let next = match rx.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let Ok(job) = next else { return };
+        st.queued.fetch_sub(1, Ordering::Relaxed);
+        if let Ok(mut w) = st.workload.lock() {
+            w.busy += 1;
+            if w.busy >= st.workers {
+                w.saturated_since = Some(Instant::now());
+            }
+        }
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hash_answer(&job.body, st)));
+        if let Ok(mut w) = st.workload.lock() {
+            w.busy = w.busy.saturating_sub(1);
+            w.saturated_since = None;
+        }
+        match outcome {
+            // The client may have gone: nobody to answer.
+            Ok(answer) => {
+                let _ = job.reply.send(answer);
+            }
+            Err(_) => {
+                inc(&st.metrics.errors_total);
+                eprintln!("dhash-service: a hash request panicked");
+            }
+        }
+    }
 }
 
 fn ms_since(t0: Instant) -> f64 {
     (t0.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
 
-fn handle_hash(mut req: Request, st: &State) {
+/// Hashes and stores one received body; the status and JSON answer.
+fn hash_answer(body: &[u8], st: &State) -> (u16, Value) {
     let t0 = Instant::now();
-    let limit = st.config.max_body_bytes;
-    if let Some(len) = req.body_length().map(|l| l as u64) {
-        if len > limit {
-            if len <= DRAIN_CAP {
-                drain(req.as_reader(), len);
-            }
-            return too_large(req, st, Some(len));
-        }
-    }
-    let mut body = Vec::new();
-    if let Err(e) = req.as_reader().take(limit + 1).read_to_end(&mut body) {
-        let msg = json!({"error": format!("cannot read the request body: {e}")});
-        return respond_json(req, 400, &msg, st);
-    }
-    if body.len() as u64 > limit {
-        drain(req.as_reader(), DRAIN_CAP);
-        return too_large(req, st, None);
-    }
     let m = &st.metrics;
     inc(&m.hash_requests_total);
     let faults = &st.config.faults;
@@ -513,12 +807,7 @@ fn handle_hash(mut req: Request, st: &State) {
             "injected extraction failure (fault failure_fraction={})",
             faults.failure_fraction
         );
-        return respond_json(
-            req,
-            422,
-            &json!({"error": msg, "fault": "failure_fraction"}),
-            st,
-        );
+        return (422, json!({"error": msg, "fault": "failure_fraction"}));
     }
     let n = st.error_seq.fetch_add(1, Ordering::Relaxed) + 1;
     if fraction_hits(n, faults.error_fraction) {
@@ -527,19 +816,14 @@ fn handle_hash(mut req: Request, st: &State) {
             "injected internal error (fault error_fraction={})",
             faults.error_fraction
         );
-        return respond_json(
-            req,
-            500,
-            &json!({"error": msg, "fault": "error_fraction"}),
-            st,
-        );
+        return (500, json!({"error": msg, "fault": "error_fraction"}));
     }
-    let result = match dhash::hash_bytes(&body) {
+    let result = match dhash::hash_bytes(body) {
         Ok(r) => r,
         Err(e) => {
             inc(&m.extraction_failures_total);
             m.observe_ms(ms_since(t0));
-            return respond_json(req, 422, &json!({"error": e.to_string()}), st);
+            return (422, json!({"error": e.to_string()}));
         }
     };
     let low = result.confidence < st.config.low_confidence_threshold;
@@ -564,12 +848,7 @@ fn handle_hash(mut req: Request, st: &State) {
         Ok(id) => id,
         Err(e) => {
             inc(&m.errors_total);
-            return respond_json(
-                req,
-                500,
-                &json!({"error": format!("cannot store the hash: {e}")}),
-                st,
-            );
+            return (500, json!({"error": format!("cannot store the hash: {e}")}));
         }
     };
     if low {
@@ -577,17 +856,19 @@ fn handle_hash(mut req: Request, st: &State) {
     }
     let elapsed = ms_since(t0);
     m.observe_ms(elapsed);
-    let body = json!({
-        "dhash": hex,
-        "confidence": result.confidence,
-        "elapsed_ms": elapsed,
-        "id": id,
-        "low_confidence": low,
-        "width": result.width,
-        "height": result.height,
-        "format": result.format,
-    });
-    respond_json(req, 200, &body, st)
+    (
+        200,
+        json!({
+            "dhash": hex,
+            "confidence": result.confidence,
+            "elapsed_ms": elapsed,
+            "id": id,
+            "low_confidence": low,
+            "width": result.width,
+            "height": result.height,
+            "format": result.format,
+        }),
+    )
 }
 
 #[cfg(test)]

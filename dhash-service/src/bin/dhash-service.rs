@@ -53,6 +53,12 @@ struct ServeArgs {
     /// Override a fault of config.json, e.g. --fault hash_latency_ms=2500 (repeatable).
     #[arg(long = "fault", value_name = "KEY=VALUE", value_parser = config::fault_arg)]
     faults: Vec<(String, String)>,
+    /// Override a client limit of config.json, e.g. --limit body_timeout_ms=5000
+    /// (repeatable). Keys: header_bytes, header_lines, request_line_bytes,
+    /// header_timeout_ms, body_timeout_ms, body_readers, max_connections,
+    /// hash_stall_ms.
+    #[arg(long = "limit", value_name = "KEY=VALUE", value_parser = config::limit_arg)]
+    limits: Vec<(String, String)>,
     /// Hash worker threads.
     #[arg(long, default_value_t = server::DEFAULT_WORKERS)]
     workers: usize,
@@ -153,6 +159,7 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
                 data_dir,
                 release_dir,
                 faults: a.faults,
+                limits: a.limits,
                 workers: a.workers,
                 verbose: a.verbose,
             };
