@@ -447,7 +447,11 @@ fn broken_gate_configs_name_file_path_and_expectation() {
         e.path, "environments.production.quality_gates.health_failures.threshold",
         "{e}"
     );
-    assert!(e.message.contains("expected f64"), "{e}");
+    assert!(
+        e.message
+            .contains("expected a number from 0 to 10000 (failed checks in a row), found \"two\""),
+        "{e}"
+    );
 
     let e = gates_err(
         r#"{"environments":{"production":{"quality_gates":{"health_failures":{"threshold":2,"window_minutes":5,"action":"explode"}}}}}"#,
@@ -654,7 +658,10 @@ fn assert_config_error(e: &ConfigError, file: &str, path: &str, expect: &str, ca
     );
     let shown = e.to_string();
     assert!(
-        shown.starts_with(&format!("{file}: {path}: ")),
+        shown.starts_with(&format!(
+            "{file}: {}: ",
+            if path.is_empty() { "(document)" } else { path }
+        )),
         "{case}: the message names file and path: {shown}"
     );
     assert_eq!(
@@ -753,6 +760,24 @@ fn every_number_in_the_gates_file_is_range_checked() {
             json!(1e300),
             "environments.production.quality_gates.low_confidence_queue.threshold",
             "from 0 to 1000000000000",
+        ),
+        (
+            format!("{gate}/health_failures/threshold"),
+            json!("2"),
+            "environments.production.quality_gates.health_failures.threshold",
+            "from 0 to 10000 (failed checks in a row), found \"2\"",
+        ),
+        (
+            format!("{gate}/p95_hash_time/threshold"),
+            json!(null),
+            "environments.production.quality_gates.p95_hash_time.threshold",
+            "from 0 to 3600000 (milliseconds), found null",
+        ),
+        (
+            format!("{gate}/p95_hash_time/percentile"),
+            json!("95"),
+            "environments.production.quality_gates.p95_hash_time.percentile",
+            "0 < percentile < 100 (95 or 0.95 for p95), found \"95\"",
         ),
         (
             format!("{gate}/p95_hash_time/percentile"),
@@ -1250,6 +1275,16 @@ fn duplicate_keys_are_refused_at_any_depth_in_both_files() {
         )),
     )
     .expect("same gate name in two environments");
+}
+
+#[test]
+fn a_byte_order_mark_is_named_not_a_syntax_error_at_column_1() {
+    let text = format!(
+        "\u{feff}{}",
+        std::fs::read_to_string(repo_file("environments.json")).expect("read")
+    );
+    let e = Topology::parse(Path::new(TOPO_PATH), &text).expect_err("BOM");
+    assert_config_error(&e, TOPO_PATH, "", "byte order mark", "BOM");
 }
 
 #[test]

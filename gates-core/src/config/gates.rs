@@ -94,7 +94,7 @@ impl Metric {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawGate {
-    pub threshold: f64,
+    pub threshold: Value,
     #[serde(default)]
     pub window_minutes: Option<Value>,
     pub action: Action,
@@ -107,7 +107,7 @@ pub struct RawGate {
     #[serde(default)]
     pub denominator: Option<Metric>,
     #[serde(default)]
-    pub percentile: Option<f64>,
+    pub percentile: Option<Value>,
     #[serde(default)]
     pub errors_to_violate: Option<Value>,
     #[serde(default)]
@@ -450,25 +450,35 @@ fn validate_gate(
         }
         _ => (limits::THRESHOLD_OTHER, ""),
     };
-    number_in(file, &format!("{path}.threshold"), g.threshold, range, what)?;
+    let threshold = number_in(
+        file,
+        &format!("{path}.threshold"),
+        &g.threshold,
+        range,
+        what,
+    )?;
     if kind == GateKind::Consecutive && metric != Metric::Health {
         return Err(err("metric", "a consecutive gate reads health only".into()));
     }
-    let quantile = match g.percentile {
-        None => 0.95,
-        Some(p) if p > 0.0 && p < 100.0 => {
-            if p < 1.0 {
-                p
-            } else {
-                p / 100.0
+    let quantile = match &g.percentile {
+        None | Some(Value::Null) => 0.95,
+        Some(v) => match v.as_f64() {
+            Some(p) if p > 0.0 && p < 100.0 => {
+                if p < 1.0 {
+                    p
+                } else {
+                    p / 100.0
+                }
             }
-        }
-        Some(p) => {
-            return Err(err(
-                "percentile",
-                format!("expected 0 < percentile < 100, found {p}"),
-            ))
-        }
+            _ => {
+                return Err(err(
+                    "percentile",
+                    format!(
+                    "expected a number with 0 < percentile < 100 (95 or 0.95 for p95), found {v}"
+                ),
+                ))
+            }
+        },
     };
     if matches!(kind, GateKind::Ratio | GateKind::Percentile) && window.is_zero() {
         return Err(err(
@@ -488,7 +498,7 @@ fn validate_gate(
         kind,
         metric,
         denominator,
-        threshold: g.threshold,
+        threshold,
         window,
         action: g.action,
         quantile,

@@ -46,6 +46,15 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
     file: &Path,
     text: &str,
 ) -> Result<T, ConfigError> {
+    if text.starts_with('\u{feff}') {
+        // Some Windows editors add one; JSON forbids it (RFC 8259 §8.1) and
+        // the seeds' python validation refuses it too: say so plainly.
+        return Err(ConfigError::new(
+            file,
+            "",
+            "the file starts with a UTF-8 byte order mark (BOM); save it as UTF-8 without BOM",
+        ));
+    }
     dupkeys::check(file, text)?;
     let de = &mut serde_json::Deserializer::from_str(text);
     serde_path_to_error::deserialize(de).map_err(|e| {
@@ -198,22 +207,21 @@ pub(crate) fn whole_in(
     }
 }
 
-/// A real-number field checked against its allowed range (NaN and infinities
-/// cannot be written in JSON, but a value computed from one can).
+/// A real-number field checked against its allowed range; `what` says what
+/// the figure means (" (milliseconds)").
 pub(crate) fn number_in(
     file: &Path,
     path: &str,
-    x: f64,
+    v: &Value,
     (lo, hi): (f64, f64),
     what: &str,
 ) -> Result<f64, ConfigError> {
-    if x.is_finite() && x >= lo && x <= hi {
-        Ok(x)
-    } else {
-        Err(ConfigError::new(
+    match v.as_f64() {
+        Some(x) if x.is_finite() && x >= lo && x <= hi => Ok(x),
+        _ => Err(ConfigError::new(
             file,
             path,
-            format!("expected a number from {lo} to {hi}{what}, found {x}"),
-        ))
+            format!("expected a number from {lo} to {hi}{what}, found {v}"),
+        )),
     }
 }
