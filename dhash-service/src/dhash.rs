@@ -1088,6 +1088,35 @@ mod tests {
     }
 
     #[test]
+    fn arbitrary_bytes_after_a_magic_number_are_errors_not_panics() {
+        let mut rng = images::Lcg::new(13);
+        let jpg = images::jpeg_gray(40, 30, |x, y| (x * y) as u8);
+        let png = images::png_gray(40, 30, |x, y| (x + y) as u8);
+        for i in 0..400 {
+            let mut body: Vec<u8> = match i % 4 {
+                0 => vec![0xFF, 0xD8, 0xFF],
+                1 => b"\x89PNG\r\n\x1a\n".to_vec(),
+                2 => jpg[..jpg.len() / 2].to_vec(),
+                _ => png[..png.len() / 2].to_vec(),
+            };
+            let n = rng.next_u32() % 300;
+            body.extend((0..n).map(|_| rng.next_u8()));
+            // Either outcome is fine; a panic or a hang is not.
+            let _ = hash_bytes(&body);
+            let _ = jpeg_is_complete(&body);
+        }
+        // Whole files with a few bytes flipped inside.
+        for i in 0..200 {
+            let mut body = if i % 2 == 0 { jpg.clone() } else { png.clone() };
+            for _ in 0..3 {
+                let at = rng.next_u32() as usize % body.len();
+                body[at] = rng.next_u8();
+            }
+            let _ = hash_bytes(&body);
+        }
+    }
+
+    #[test]
     fn declared_size_over_the_limit_is_refused_before_decoding() {
         // A PNG declaring 16000×16000 gray whose image data never comes:
         // only the header is read before the refusal.
