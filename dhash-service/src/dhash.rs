@@ -1140,6 +1140,24 @@ mod tests {
             }
         );
         assert!(err.to_string().contains("16000x16000"), "{err}");
+        // A complete JPEG whose frame header is patched to 16000×16000.
+        let mut jpg = images::jpeg_gray(16, 16, |x, y| (x * y) as u8);
+        let sof = jpg.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        jpg[sof + 5..sof + 9].copy_from_slice(&[0x3E, 0x80, 0x3E, 0x80]);
+        assert!(jpeg_is_complete(&jpg).is_ok());
+        assert!(
+            matches!(
+                hash_bytes(&jpg),
+                Err(ExtractError::TooLarge {
+                    format: "JPEG",
+                    width: 16_000,
+                    height: 16_000,
+                    ..
+                })
+            ),
+            "{:?}",
+            hash_bytes(&jpg)
+        );
         // Long but thin: over the side limit, under the pixel limit.
         let thin = png_declaring(MAX_IMAGE_SIDE + 1, 1);
         assert!(matches!(
