@@ -1221,6 +1221,27 @@ mod tests {
     }
 
     #[test]
+    fn golden_images_hash_to_what_python_imagehash_says() {
+        // str(imagehash.dhash(Image.open(f))) of the bundle's golden PNGs,
+        // imagehash 4.3.2 with Pillow 13.0.0: a check of the convention that
+        // runs without Python (tests/imagehash.rs runs the library itself).
+        let want = [
+            ("gradient_horizontal", "ffffffffffffffff"),
+            ("gradient_vertical", "0000000000000000"),
+            ("checkerboard", "aa55aa55aa55aa55"),
+            ("rings", "0fe3d99c8c9cd163"),
+            ("blocks", "cc8ba89854667169"),
+            ("noise", "0c2ea53762a72dd4"),
+        ];
+        let golden = images::golden_set().unwrap();
+        assert_eq!(golden.len(), want.len());
+        for (g, (name, hex)) in golden.iter().zip(want) {
+            assert_eq!(g.name, name);
+            assert_eq!(hash_bytes(&g.png).unwrap().hex(), hex, "{name}");
+        }
+    }
+
+    #[test]
     fn jpeg_gradient_hashes_all_ones() {
         let jpg = images::jpeg_gray(90, 80, |x, _| (x * 255 / 89) as u8);
         let r = hash_bytes(&jpg).unwrap();
