@@ -1,7 +1,11 @@
 //! Verifying and extracting backups. Nothing is trusted: the sidecar hash, the
 //! zip's CRCs, every manifest hash, and every entry name (no absolute paths,
 //! no `..`, no links, no duplicates, only `data/`, `release/`, `config/` and
-//! `manifest.json`) are checked.
+//! `manifest.json`) are checked. The database snapshot must pass SQLite's
+//! `PRAGMA integrity_check` and hold the schema version the manifest states,
+//! so a backup that would leave production down on restore never verifies.
+//! Only regular files are opened (a FIFO, directory or socket is refused with
+//! a message saying what it is, never waited on).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
@@ -9,6 +13,7 @@ use std::io::{self, BufReader, Read, Write};
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context};
+use gates_core::fsutil::{open_regular, require_regular_file};
 use sha2::{Digest, Sha256};
 
 use crate::{Manifest, FORMAT, MANIFEST};
@@ -16,10 +21,12 @@ use crate::{Manifest, FORMAT, MANIFEST};
 const BUF: usize = 256 * 1024;
 /// The most a manifest may take (bounded memory on crafted input).
 const MANIFEST_LIMIT: u64 = 256 * 1024 * 1024;
+/// The most a sidecar may take (one line; bounded memory on a hostile file).
+const SIDECAR_LIMIT: u64 = 64 * 1024;
 
 /// SHA-256 of a file, streamed.
 pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
-    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut f = open_regular(path, "the file")?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; BUF];
     loop {
@@ -38,37 +45,69 @@ fn sidecar_path(zip: &Path) -> PathBuf {
     PathBuf::from(format!("{}.sha256", zip.display()))
 }
 
+/// Undoes GNU sha256sum's escaping of a file name (`\\` and `\n`), used
+/// when its line starts with a backslash.
+fn unescape_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut chars = name.chars();
+    while let Some(c) = chars.next() {
+        match (c, chars.clone().next()) {
+            ('\\', Some('n')) => {
+                out.push('\n');
+                chars.next();
+            }
+            ('\\', Some('\\')) => {
+                out.push('\\');
+                chars.next();
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
 /// Reads `<zip>.sha256` (GNU format `<hex>  <name>` or `<hex> *<name>`):
 /// returns the hex digest and the name it gives.
 pub fn read_sidecar(zip: &Path) -> anyhow::Result<(String, String)> {
     let path = sidecar_path(zip);
-    let text = match fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            bail!(
-                "no sidecar {}: a zip without its sidecar is not a backup",
-                path.display()
-            )
-        }
-        Err(e) => return Err(anyhow!("reading the sidecar {}: {e}", path.display())),
-    };
+    if fs::symlink_metadata(&path).is_err_and(|e| e.kind() == io::ErrorKind::NotFound) {
+        bail!(
+            "no sidecar {}: a zip without its sidecar is not a backup",
+            path.display()
+        )
+    }
+    let mut bytes = Vec::new();
+    open_regular(&path, "the sidecar")?
+        .take(SIDECAR_LIMIT)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading the sidecar {}", path.display()))?;
+    let text = String::from_utf8_lossy(&bytes);
     let line = text
         .lines()
         .find(|l| !l.trim().is_empty())
         .unwrap_or("")
         .trim_end();
+    let (escaped, line) = match line.strip_prefix('\\') {
+        Some(rest) => (true, rest),
+        None => (false, line),
+    };
     let (hex, rest) = line.split_at(line.find(' ').unwrap_or(line.len()));
     let name = rest
         .strip_prefix("  ")
         .or_else(|| rest.strip_prefix(" *"))
         .unwrap_or("");
+    let name = if escaped {
+        unescape_name(name)
+    } else {
+        name.to_string()
+    };
     if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) || name.is_empty() {
         bail!(
             "the sidecar {} is not in sha256sum format (\"<64 hex>  <file>\"): {line:?}",
             path.display()
         );
     }
-    Ok((hex.to_ascii_lowercase(), name.to_string()))
+    Ok((hex.to_ascii_lowercase(), name))
 }
 
 /// Checks the sidecar against the zip: it must name this zip and its hash
@@ -166,7 +205,7 @@ fn link_stays_inside(entry: &str, target: &str) -> bool {
 /// Reads the manifest of a backup without verifying anything (a quick look,
 /// e.g. at its environment before a full verification).
 pub fn read_manifest(path: &Path) -> anyhow::Result<Manifest> {
-    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let file = open_regular(path, "the backup")?;
     let mut zip = zip::ZipArchive::new(BufReader::new(file))
         .with_context(|| format!("{} is not a readable zip", path.display()))?;
     let entry = zip
@@ -200,8 +239,10 @@ pub struct Extracted {
 }
 
 /// Verifies a backup: sidecar, zip structure and CRCs, every manifest hash,
-/// safe names. Reads the whole file twice (the sidecar hash runs in parallel).
+/// safe names, and the database snapshot (SQLite integrity check and schema
+/// version, on a temporary copy). Reads the whole file twice (the sidecar hash runs in parallel).
 pub fn verify(path: &Path) -> anyhow::Result<Manifest> {
+    require_regular_file(path, "the backup")?;
     let (sidecar, scanned) = std::thread::scope(|s| {
         let h = s.spawn(|| verify_sidecar(path));
         let scanned = scan(path, None, false);
@@ -228,8 +269,11 @@ fn combine(
 
 /// Extracts a backup into the empty (or absent) folder `dest`, verifying as it
 /// goes: on any error `dest` may hold a partial extraction the caller removes.
-/// Entry names are all checked before the first byte is written.
+/// Entry names are all checked before the first byte is written. The
+/// extracted database is checked ([`check_database`]) before this returns,
+/// with `skip_validation` too: a database SQLite cannot read is never restored.
 pub fn extract(path: &Path, dest: &Path, opts: &ExtractOptions) -> anyhow::Result<Extracted> {
+    require_regular_file(path, "the backup")?;
     fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
     if opts.skip_validation {
         let (manifest, files, bytes) = scan(path, Some(dest), true)?;
@@ -271,7 +315,7 @@ fn scan(
     dest: Option<&Path>,
     skip_hashes: bool,
 ) -> anyhow::Result<(Manifest, usize, u64)> {
-    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let file = open_regular(path, "the backup")?;
     let mut zip = zip::ZipArchive::new(BufReader::with_capacity(BUF, file))
         .with_context(|| format!("{} is not a readable zip", path.display()))?;
     if zip.has_duplicate_names() {
@@ -382,6 +426,9 @@ fn scan(
     }
 
     // 4. Stream every file: the reader checks the CRC at the end of each entry.
+    // Without a destination, the database is copied to a temporary file for
+    // its SQLite checks (the bytes checked are the bytes hashed).
+    let mut db_copy: Option<tempfile::NamedTempFile> = None;
     let mut buf = vec![0u8; BUF];
     let mut total = 0u64;
     let mut dirs = BTreeSet::new();
@@ -405,6 +452,19 @@ fn scan(
                         .open(&target)
                         .with_context(|| format!("creating {}", target.display()))?,
                 )
+            }
+            None if manifest.database.as_deref() == Some(m.name.as_str()) => {
+                let tmp = tempfile::Builder::new()
+                    .prefix(".dhash-verify-")
+                    .suffix(".sqlite3")
+                    .tempfile()
+                    .context("creating a temporary copy of the database to check it (set TMPDIR to a folder with room)")?;
+                let f = tmp
+                    .as_file()
+                    .try_clone()
+                    .context("opening the temporary copy of the database")?;
+                db_copy = Some(tmp);
+                Some(f)
             }
             None => None,
         };
@@ -437,6 +497,11 @@ fn scan(
                 );
             }
         }
+        if let (Some(o), None) = (&out, dest) {
+            o.sync_all()
+                .context("writing the temporary copy of the database")?;
+            out = None;
+        }
         if let Some(o) = out.take() {
             #[cfg(unix)]
             {
@@ -462,7 +527,80 @@ fn scan(
                 .with_context(|| format!("syncing {}", dir.display()))?;
         }
     }
+
+    // 5. The database must be one SQLite can use, at the stated schema version.
+    if let Some(db) = &manifest.database {
+        let copy = match (dest, &db_copy) {
+            (Some(d), _) => d.join(db),
+            (None, Some(tmp)) => tmp.path().to_path_buf(),
+            (None, None) => bail!("the manifest's database {db:?} was not found in the zip"),
+        };
+        check_database(&copy, db, manifest.schema_version)?;
+    }
     Ok((manifest, files.len(), total))
+}
+
+/// `file:` URI of a path for SQLite (everything but unreserved bytes and `/`
+/// percent-encoded).
+fn sqlite_uri(path: &Path) -> String {
+    let mut out = String::from("file:");
+    for b in path.as_os_str().as_encoded_bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(b) {
+            out.push(*b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Checks a database snapshot of a backup (`entry` is its path inside the
+/// zip, for messages): SQLite opens it read-only and immutable (nothing is
+/// written beside it), `PRAGMA integrity_check` says `ok`, and the highest
+/// version in its `schema_migrations` table equals `schema_version` (None: no
+/// such table, or no rows).
+pub fn check_database(file: &Path, entry: &str, schema_version: Option<i64>) -> anyhow::Result<()> {
+    use rusqlite::{Connection, OpenFlags};
+    let conn = Connection::open_with_flags(
+        format!("{}?immutable=1", sqlite_uri(file)),
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| anyhow!("the database {entry} in the backup cannot be opened by SQLite: {e}"))?;
+    let rows = (|| -> rusqlite::Result<Vec<String>> {
+        let mut stmt = conn.prepare("PRAGMA integrity_check(20)")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        rows.collect()
+    })()
+    .map_err(|e| {
+        anyhow!("the database {entry} in the backup is not a valid SQLite database: {e}")
+    })?;
+    if rows != ["ok"] {
+        bail!(
+            "the database {entry} in the backup fails SQLite's integrity check: {}",
+            rows.join("; ")
+        );
+    }
+    let found: Option<i64> =
+        match conn.query_row("SELECT MAX(version) FROM schema_migrations", [], |r| {
+            r.get(0)
+        }) {
+            Ok(v) => v,
+            Err(rusqlite::Error::SqliteFailure(_, Some(m))) if m.contains("no such table") => None,
+            Err(e) => bail!(
+                "the database {entry} in the backup has an unreadable schema_migrations table: {e}"
+            ),
+        };
+    if found != schema_version {
+        let show = |v: Option<i64>| v.map_or_else(|| "none".to_string(), |v| v.to_string());
+        bail!(
+            "the database {entry} in the backup is at schema version {} (its schema_migrations table), but the manifest says {}: the snapshot is not the one the manifest describes",
+            show(found),
+            show(schema_version)
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -496,6 +634,104 @@ mod tests {
         ] {
             assert!(check_entry_name(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn database_checks_integrity_and_schema_version() {
+        let d = tempfile::tempdir().expect("tempdir");
+        // A folder name SQLite's URI syntax would otherwise misread.
+        let dir = d.path().join("a b?#%x");
+        fs::create_dir_all(&dir).expect("dir");
+        let live = dir.join("live.sqlite3");
+        let conn = rusqlite::Connection::open(&live).expect("open");
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; CREATE TABLE schema_migrations(version INTEGER PRIMARY KEY);
+             INSERT INTO schema_migrations VALUES (1), (2); CREATE TABLE t(x); INSERT INTO t VALUES (1);",
+        )
+        .expect("setup");
+        // A snapshot taken the way backup_dhash takes it (a WAL-mode file).
+        let snap = dir.join("snap.sqlite3");
+        {
+            let mut dst = rusqlite::Connection::open(&snap).expect("dst");
+            let b = rusqlite::backup::Backup::new(&conn, &mut dst).expect("backup");
+            b.step(-1).expect("step");
+        }
+        let listing = || -> Vec<String> {
+            let mut v: Vec<String> = fs::read_dir(&dir)
+                .expect("dir")
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect();
+            v.sort();
+            v
+        };
+        let before = listing();
+        let snap_bytes = fs::read(&snap).expect("read");
+        check_database(&snap, "data/dhash.sqlite3", Some(2)).expect("a good snapshot passes");
+        assert_eq!(listing(), before, "the check creates nothing beside it");
+        assert_eq!(fs::read(&snap).expect("read"), snap_bytes, "nor changes it");
+
+        let e = format!(
+            "{:#}",
+            check_database(&snap, "data/dhash.sqlite3", Some(3)).expect_err("schema")
+        );
+        assert!(
+            e.contains("schema version 2") && e.contains("manifest says 3"),
+            "{e}"
+        );
+        let e = format!(
+            "{:#}",
+            check_database(&snap, "data/dhash.sqlite3", None).expect_err("schema")
+        );
+        assert!(e.contains("manifest says none"), "{e}");
+
+        let garbage = dir.join("garbage.sqlite3");
+        fs::write(
+            &garbage,
+            b"this is not a database at all, just text. ".repeat(200),
+        )
+        .expect("write");
+        let e = format!(
+            "{:#}",
+            check_database(&garbage, "data/dhash.sqlite3", Some(2)).expect_err("garbage")
+        );
+        assert!(
+            e.contains("data/dhash.sqlite3") && e.contains("not a valid SQLite database"),
+            "{e}"
+        );
+
+        // A valid header with damaged pages.
+        let mut bytes = fs::read(&snap).expect("read");
+        let len = bytes.len();
+        for b in &mut bytes[len / 2..] {
+            *b = 0x5a;
+        }
+        let broken = dir.join("broken.sqlite3");
+        fs::write(&broken, &bytes).expect("write");
+        assert!(check_database(&broken, "data/dhash.sqlite3", Some(2)).is_err());
+
+        // No schema_migrations table: version none.
+        let plain = dir.join("plain.sqlite3");
+        rusqlite::Connection::open(&plain)
+            .expect("open")
+            .execute_batch("CREATE TABLE t(x);")
+            .expect("plain");
+        check_database(&plain, "data/x", None).expect("no table, no version");
+    }
+
+    #[test]
+    fn sidecar_names_in_gnu_escaped_form() {
+        assert_eq!(unescape_name("a\\\\b\\nc"), "a\\b\nc");
+        let d = tempfile::tempdir().expect("tempdir");
+        let zip = d.path().join("x.zip");
+        fs::write(
+            d.path().join("x.zip.sha256"),
+            format!("\\{}  /p/a\\\\b/x.zip\n", "a".repeat(64)),
+        )
+        .expect("write");
+        let (hex, name) = read_sidecar(&zip).expect("read");
+        assert_eq!(hex, "a".repeat(64));
+        assert_eq!(name, "/p/a\\b/x.zip");
     }
 
     #[test]
