@@ -448,7 +448,7 @@ fn add_file(
     buf: &mut [u8],
     progress: &indicatif::ProgressBar,
 ) -> anyhow::Result<FileEntry> {
-    let mut f = File::open(source).with_context(|| format!("opening {}", source.display()))?;
+    let mut f = fsutil::open_regular(source, "the file to back up")?;
     let meta = f
         .metadata()
         .with_context(|| format!("reading {}", source.display()))?;
@@ -587,6 +587,7 @@ pub fn create(
             env.name
         );
     }
+    let keep = retention(project, env, opts)?;
     if opts.dry_run {
         let plan = plan(project, env)?;
         report_plan(&plan, em);
@@ -612,6 +613,7 @@ pub fn create(
     fs::create_dir_all(&env.backup_dir)
         .with_context(|| format!("creating the backup folder {}", env.backup_dir.display()))?;
     crate::store::cleanup_stale(env, em)?;
+    warn_shared_folder(project, env, em);
 
     // A fresh name (two runs within one millisecond get different names).
     let mut plan = plan(project, env)?;
@@ -752,6 +754,23 @@ pub fn create(
             final_path.display()
         )));
     }
+    // The `dhash-<env>-<ts>.zip` alias (its sidecar first), before the event
+    // that announces the backup.
+    let alias = match crate::store::make_alias_for(&final_path) {
+        Ok(a) => a,
+        Err(e) => {
+            em.emit(
+                "backup.alias-failed",
+                Level::Warning,
+                format!(
+                    "could not make the alias of {}: {e:#}",
+                    final_path.display()
+                ),
+                json!({"path": final_path}),
+            );
+            None
+        }
+    };
     let info = BackupInfo {
         path: final_path.clone(),
         sha256: sha256.clone(),
@@ -769,7 +788,7 @@ pub fn create(
             started.elapsed().as_secs_f64()
         ),
         json!({"path": final_path, "sha256": sha256, "bytes": zip_bytes, "files": files,
-               "release": plan.release, "schema_version": schema_version,
+               "release": plan.release, "schema_version": schema_version, "alias": alias,
                "seconds": started.elapsed().as_secs_f64()}),
     );
     if let Err(e) = env.ledger().append(
@@ -779,9 +798,56 @@ pub fn create(
     ) {
         em.emit("ledger.failed", Level::Warning, format!("could not record the backup in the ledger: {e:#}"), json!({}));
     }
-    let keep = opts.keep.unwrap_or(env.retention.backups).max(1);
     crate::store::prune(env, keep, &final_path, em)?;
+    if let Err(e) = crate::store::sync_aliases(env, em) {
+        em.emit(
+            "backup.alias-failed",
+            Level::Warning,
+            format!("could not bring the aliases in line with the backups: {e:#}"),
+            json!({}),
+        );
+    }
     Ok(info)
+}
+
+/// How many backups retention keeps: `--keep` or `retention.backups`. 0 is a
+/// usage/configuration error (exit 2), never quietly taken as 1.
+fn retention(project: &Project, env: &EnvConfig, opts: &BackupOptions) -> anyhow::Result<usize> {
+    match opts.keep {
+        Some(0) => Err(gates_core::exit::usage_error(
+            "--keep 0 would delete every backup: keep at least 1",
+        )),
+        Some(n) => Ok(n),
+        None if env.retention.backups == 0 => Err(gates_core::exit::usage_error(format!(
+            "{}: environments.{}.retention.backups is 0, which would delete every backup: keep at least 1",
+            project.topology.file.display(),
+            env.name
+        ))),
+        None => Ok(env.retention.backups),
+    }
+}
+
+/// Another environment writing to the same folder breaks the seeds' "newest
+/// backup" glob (`ls -1 backups/dhash_*.zip | sort -r | head -n1` picks
+/// `dhash_staging_...` over `dhash_production_...`): say so.
+fn warn_shared_folder(project: &Project, env: &EnvConfig, em: &Emitter) {
+    let shared: Vec<&str> = project
+        .topology
+        .environments
+        .values()
+        .filter(|o| o.name != env.name && same_file(&o.backup_dir, &env.backup_dir))
+        .map(|o| o.name.as_str())
+        .collect();
+    if !shared.is_empty() {
+        em.human(&format!(
+            "warning: {} shares the backup folder {} with {}: the runbooks' `ls -1 {}/dhash_*.zip | sort -r | head -n1` may pick another environment's backup; give each environment its own backup_dir in {}",
+            env.name,
+            env.backup_dir.display(),
+            shared.join(", "),
+            env.backup_dir.strip_prefix(&project.root).unwrap_or(&env.backup_dir).display(),
+            project.topology.file.display()
+        ));
+    }
 }
 
 /// Emits `backup.planned` (the dry run's report) for a plan.

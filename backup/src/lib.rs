@@ -14,6 +14,18 @@
 //! A backup in progress is `.dhash_<env>_<ts>.zip.<pid>.partial` (no seed glob
 //! matches it). The sidecar is written (atomically) before the zip is renamed
 //! to its final name, so a file matching `dhash_*.zip` always has its sidecar.
+//!
+//! Beside each backup, `dhash-<env>-<ts>.zip` is an alias (a symbolic link with
+//! the backup's mtime) with its own sidecar naming the alias by absolute path,
+//! for the runbooks that glob `../../backups/dhash-production-*.zip` and run
+//! `sha256sum -c` from another folder. Aliases are never counted as backups
+//! (see [`store`](crate::sync_aliases)).
+//!
+//! Each environment should have its own `backup_dir` (the shipped
+//! environments.json: production `backups/`, staging `backups/staging/`), so
+//! the seeds' `ls -1 backups/dhash_*.zip | sort -r | head -n1` finds a
+//! production backup even when staging backups exist; a shared folder is
+//! warned about on every backup.
 
 mod create;
 mod names;
@@ -25,11 +37,16 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use create::{create, plan, report_plan, Plan, PlanItem};
-pub use names::{backup_file_name, parse_backup_name, timestamp_now};
-pub use store::{cleanup_stale, list, newest_backup_name, newest_verified, prune, BackupEntry};
+pub use names::{
+    alias_file_name, backup_file_name, parse_alias_name, parse_backup_name, timestamp_now,
+};
+pub use store::{
+    alias_of, cleanup_stale, list, newest_backup_name, newest_verified, prune, sync_aliases,
+    BackupEntry,
+};
 pub use verify::{
-    check_entry_name, extract, read_manifest, read_sidecar, sha256_file, verify, verify_sidecar,
-    ExtractOptions, Extracted,
+    check_database, check_entry_name, extract, read_manifest, read_sidecar, sha256_file, verify,
+    verify_sidecar, ExtractOptions, Extracted,
 };
 
 /// The tool name used in events and the ledger.

@@ -1,4 +1,6 @@
-//! Backup file names: `dhash_<env>_<YYYYMMDDTHHMMSSmmmZ>.zip` (UTC, sortable).
+//! Backup file names: `dhash_<env>_<YYYYMMDDTHHMMSSmmmZ>.zip` (UTC, sortable),
+//! and their aliases `dhash-<env>-<ts>.zip` (symbolic links to the backup, for
+//! the runbooks that glob `dhash-production-*.zip`).
 
 /// Length of the timestamp part, e.g. `20261123T093000123Z`.
 pub(crate) const TS_LEN: usize = 19;
@@ -29,6 +31,25 @@ pub fn parse_backup_name(name: &str) -> Option<(String, String)> {
     }
     let (env_us, ts) = stem.split_at(stem.len() - TS_LEN);
     let env = env_us.strip_suffix('_')?;
+    if env.is_empty() || !is_timestamp(ts) {
+        return None;
+    }
+    Some((env.to_string(), ts.to_string()))
+}
+
+/// The alias of a backup: `dhash-<env>-<ts>.zip` (a symbolic link beside it).
+pub fn alias_file_name(env: &str, ts: &str) -> String {
+    format!("dhash-{env}-{ts}.zip")
+}
+
+/// Splits `dhash-<env>-<ts>.zip` into `(env, ts)`; None for any other name.
+pub fn parse_alias_name(name: &str) -> Option<(String, String)> {
+    let stem = name.strip_prefix("dhash-")?.strip_suffix(".zip")?;
+    if stem.len() < TS_LEN + 2 {
+        return None;
+    }
+    let (env_dash, ts) = stem.split_at(stem.len() - TS_LEN);
+    let env = env_dash.strip_suffix('-')?;
     if env.is_empty() || !is_timestamp(ts) {
         return None;
     }
@@ -71,6 +92,19 @@ mod tests {
             parse_backup_name("dhash-production-20261123T093000123Z.zip"),
             None
         );
+        let a = alias_file_name("production", &ts);
+        assert_eq!(a, format!("dhash-production-{ts}.zip"));
+        assert_eq!(
+            parse_alias_name(&a),
+            Some(("production".into(), ts.clone()))
+        );
+        assert_eq!(parse_alias_name(&n), None);
+        assert_eq!(
+            parse_alias_name("dhash-pre-prod-20261123T093000123Z.zip"),
+            Some(("pre-prod".into(), "20261123T093000123Z".into()))
+        );
+        assert_eq!(parse_alias_name("dhash--20261123T093000123Z.zip"), None);
+        assert_eq!(parse_alias_name("dhash-production-2026.zip"), None);
         let p = ".dhash_prod_20261123T093000123Z.zip.4242.partial";
         assert_eq!(parse_partial_name(p, "prod"), Some(4242));
         assert_eq!(

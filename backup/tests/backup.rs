@@ -710,3 +710,707 @@ fn kill_9_during_backup_never_leaves_a_false_backup() {
     let (ok, text) = seed_verify_latest(tp.root());
     assert!(ok, "{text}");
 }
+
+// ---------------------------------------------------------------------------
+// Issue 12: backup names every seed's glob finds; issue 13: special files,
+// broken databases, retention 0.
+
+/// Runs a bash script in `dir` against the test project; `$BACKUP` and
+/// `$ROLLBACK` name the real binaries.
+fn bash_in(tp: &TestProject, dir: &Path, script: &str) -> std::process::Output {
+    fs::create_dir_all(dir).unwrap();
+    Command::new("bash")
+        .arg("-c")
+        .arg(format!("set -euo pipefail\n{script}"))
+        .current_dir(dir)
+        .env("DHASH_ROOT", tp.root())
+        .env("BACKUP", bin())
+        .env("ROLLBACK", testkit::bin_path("rollback_dhash"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn text(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// A project laid out as the shipped environments.json: production backs up
+/// into `backups/`, staging into `backups/staging/`; both have release v1.
+fn shipped_layout() -> TestProject {
+    let tp = TestProject::new();
+    tp.edit_topology(|t| {
+        t["environments"]["staging"]["backup_dir"] = "backups/staging".into();
+    });
+    let bundle = slim_bundle("v1", &[]);
+    tp.install("staging", &bundle);
+    tp.install("production", &bundle);
+    tp
+}
+
+fn backup_with(tp: &TestProject, args: &[&str]) -> PathBuf {
+    let out = run(backup_cmd(tp).args(args));
+    assert!(out.status.success(), "{args:?}: {}", show(&out));
+    let evs = events(&out);
+    PathBuf::from(
+        event(&evs, "backup.verified").unwrap_or_else(|| panic!("{}", show(&out)))["path"]
+            .as_str()
+            .unwrap(),
+    )
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name().unwrap().to_string_lossy().to_string()
+}
+
+fn listed(tp: &TestProject, env: &str) -> Vec<serde_json::Value> {
+    let out = run(backup_cmd(tp).args(["--env", env, "--list"]));
+    assert!(out.status.success(), "{}", show(&out));
+    events(&out)
+        .into_iter()
+        .filter(|e| e["event"] == "backup.listed")
+        .collect()
+}
+
+#[test]
+fn shipped_environments_give_each_environment_its_own_backup_folder() {
+    let path = testkit::workspace_root().join("environments.json");
+    let t: serde_json::Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    let envs = t["environments"].as_object().unwrap();
+    assert_eq!(
+        envs["production"]["backup_dir"], "backups",
+        "the seeds look for production's backups in backups/"
+    );
+    let mut dirs: Vec<&str> = envs
+        .values()
+        .map(|e| e["backup_dir"].as_str().unwrap_or("backups"))
+        .collect();
+    dirs.sort();
+    let n = dirs.len();
+    dirs.dedup();
+    assert_eq!(dirs.len(), n, "one backup folder per environment: {dirs:?}");
+}
+
+#[test]
+fn every_seed_glob_finds_the_newest_production_backup_with_staging_backups_present() {
+    let tp = shipped_layout();
+    let root = tp.root().to_path_buf();
+    let s1 = backup_with(&tp, &["--env", "staging"]);
+    let p1 = backup_with(&tp, &["--env", "production"]);
+    let s2 = backup_with(&tp, &["--env", "staging"]);
+    let p2 = backup_with(&tp, &["--env", "production"]);
+    let s3 = backup_with(&tp, &["--env", "staging"]);
+    assert_eq!(p2.parent().unwrap(), root.join("backups"));
+    assert_eq!(s3.parent().unwrap(), root.join("backups/staging"));
+
+    // Seeds 000/001: the plain glob, from the project root.
+    let out = bash_in(
+        &tp,
+        &root,
+        r#"LATEST_BACKUP=$(ls -1 backups/dhash_*.zip | sort -r | head -n1)
+echo "$LATEST_BACKUP"
+sha256sum -c "${LATEST_BACKUP}.sha256""#,
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    let t = text(&out);
+    assert_eq!(
+        t.lines().next(),
+        Some(format!("backups/{}", file_name(&p2)).as_str()),
+        "{t}"
+    );
+    assert!(t.contains(": OK"), "{t}");
+
+    // Seed 002/003 and the README: the production glob.
+    let out = bash_in(
+        &tp,
+        &root,
+        r#"LATEST_BACKUP=$(ls -1 backups/dhash_production_*.zip | sort -r | head -n1)
+echo "$LATEST_BACKUP"
+sha256sum -c "${LATEST_BACKUP}.sha256""#,
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(
+        text(&out).lines().next(),
+        Some(format!("backups/{}", file_name(&p2)).as_str())
+    );
+
+    // Seed 004, from a session folder, then `--verify` of that same relative path.
+    let session = root.join("sessions/deploy-20261202-010203");
+    let out = bash_in(
+        &tp,
+        &session,
+        r#"LATEST_BACKUP=$(ls -1t ../../backups/dhash-production-*.zip | head -1)
+echo "Latest backup: $LATEST_BACKUP"
+sha256sum -c "${LATEST_BACKUP}.sha256"
+"$BACKUP" --verify "$LATEST_BACKUP" --env production"#,
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    let t = text(&out);
+    let (_, ts) = dhash_backup::parse_backup_name(&file_name(&p2)).unwrap();
+    assert!(
+        t.contains(&format!(
+            "Latest backup: ../../backups/dhash-production-{ts}.zip"
+        )),
+        "{t}"
+    );
+    assert!(t.contains(": OK"), "{t}");
+    let v = events(&out);
+    assert_eq!(v.last().unwrap()["event"], "backup.verified", "{t}");
+    assert_eq!(v.last().unwrap()["manifest_env"], "production");
+
+    // The alias's check passes from anywhere (its sidecar names it absolutely).
+    let elsewhere = tempfile::tempdir().unwrap();
+    let alias = dhash_backup::alias_of(&p2).unwrap();
+    let out = Command::new("sha256sum")
+        .arg("-c")
+        .arg(format!("{}.sha256", alias.display()))
+        .current_dir(elsewhere.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(
+        fs::read_link(&alias).unwrap(),
+        PathBuf::from(file_name(&p2))
+    );
+
+    // Staging's own globs, in its folder.
+    let out = bash_in(
+        &tp,
+        &root,
+        r#"LATEST_BACKUP=$(ls -1 backups/staging/dhash_*.zip | sort -r | head -n1)
+echo "$LATEST_BACKUP"
+sha256sum -c "${LATEST_BACKUP}.sha256"
+ls -1t backups/staging/dhash-staging-*.zip | head -1"#,
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    let t = text(&out);
+    assert_eq!(
+        t.lines().next(),
+        Some(format!("backups/staging/{}", file_name(&s3)).as_str())
+    );
+    assert!(
+        t.trim_end().ends_with(&format!(
+            "dhash-staging-{}.zip",
+            dhash_backup::parse_backup_name(&file_name(&s3)).unwrap().1
+        )),
+        "{t}"
+    );
+
+    // --list and the newest lookup: backups only, aliases never counted.
+    let prod: Vec<String> = listed(&tp, "production")
+        .iter()
+        .map(|e| e["path"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(prod, [p2.to_string_lossy(), p1.to_string_lossy()]);
+    let stag = listed(&tp, "staging");
+    assert_eq!(stag.len(), 3);
+    for (e, p) in stag.iter().zip([&s3, &s2, &s1]) {
+        assert_eq!(e["path"], p.to_string_lossy().as_ref());
+        assert_eq!(e["verified"], true);
+        assert_eq!(
+            e["alias"],
+            dhash_backup::alias_of(p)
+                .unwrap()
+                .to_string_lossy()
+                .as_ref()
+        );
+    }
+    let em = gates_core::Emitter::sink("t", "production");
+    assert_eq!(
+        dhash_backup::newest_verified(&tp.env("production"), &em).unwrap(),
+        p2
+    );
+}
+
+#[test]
+fn seed_004_emergency_rollback_from_a_session_folder_restores_the_newest_production_backup() {
+    let tp = TestProject::new();
+    tp.edit_topology(|t| {
+        t["environments"]["staging"]["backup_dir"] = "backups/staging".into();
+    });
+    let bundle = slim_bundle("v1", &[]);
+    tp.install_and_start("production", &bundle);
+    tp.install("staging", &bundle);
+    let env = tp.env("production");
+    post_image(&tp, "production", &golden_png(&bundle, 0));
+    post_image(&tp, "production", &golden_png(&bundle, 1));
+    backup_with(&tp, &["--env", "production"]);
+    post_image(&tp, "production", &golden_png(&bundle, 2));
+    let at_backup = db_rows(&env.database);
+    let newest = backup_with(&tp, &["--env", "production"]);
+    backup_with(&tp, &["--env", "staging"]);
+    // Production moves on after the backup.
+    post_image(&tp, "production", &golden_png(&bundle, 3));
+    let before_rollback = db_rows(&env.database);
+    assert_ne!(before_rollback, at_backup);
+
+    let session = tp.root().join("sessions/deploy-x");
+    let out = bash_in(
+        &tp,
+        &session,
+        r#"LATEST_BACKUP=$(ls -1t ../../backups/dhash-production-*.zip | head -1)
+echo "Latest backup: $LATEST_BACKUP"
+if sha256sum -c "${LATEST_BACKUP}.sha256"; then
+    echo "integrity verified"
+else
+    echo "integrity check failed"; exit 9
+fi
+"$ROLLBACK" --backup "$LATEST_BACKUP" --env production --force | tee rollback.log"#,
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    let t = text(&out);
+    assert!(t.contains("integrity verified"), "{t}");
+    let evs = events(&out);
+    let done = event(&evs, "rollback.completed").unwrap_or_else(|| panic!("{}", show(&out)));
+    let (_, ts) = dhash_backup::parse_backup_name(&file_name(&newest)).unwrap();
+    assert!(
+        done["backup"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("dhash-production-{ts}.zip")),
+        "{done}"
+    );
+    // Row for row: every row of the backup is back, every row written after
+    // it is gone (the post-rollback smoke tests add rows of their own).
+    let rows = db_rows(&env.database);
+    for (table, want) in &at_backup {
+        let have = &rows[table];
+        for r in want {
+            assert!(have.contains(r), "{table}: backup row {r} missing");
+        }
+        for r in &before_rollback[table] {
+            assert!(
+                want.contains(r) || !have.contains(r),
+                "{table}: row {r} written after the backup survived"
+            );
+        }
+    }
+    assert_eq!(rows["schema_migrations"], at_backup["schema_migrations"]);
+    assert!(session.join("rollback.log").is_file());
+}
+
+#[test]
+fn weekly_cleanup_leaves_ten_backups_each_with_its_sidecar_and_tools_offer_only_those() {
+    let tp = shipped_layout();
+    let root = tp.root().to_path_buf();
+    let mut made = Vec::new();
+    for _ in 0..12 {
+        made.push(backup_with(&tp, &["--env", "production", "--keep", "50"]));
+    }
+    backup_with(&tp, &["--env", "staging"]);
+    // Seed 003's weekly maintenance, verbatim.
+    let out = bash_in(
+        &tp,
+        &root,
+        r#"ls -1t backups/dhash_production_*.zip | tail -n +11 | xargs rm -f
+ls -1t backups/dhash_production_*.sha256 | tail -n +11 | xargs rm -f"#,
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    let kept: Vec<PathBuf> = made[2..].iter().rev().cloned().collect();
+    let list = listed(&tp, "production");
+    let paths: Vec<PathBuf> = list
+        .iter()
+        .map(|e| PathBuf::from(e["path"].as_str().unwrap()))
+        .collect();
+    assert_eq!(paths, kept, "exactly the 10 newest");
+    for e in &list {
+        assert_eq!(e["verified"], true, "{e}");
+        assert_eq!(e["has_sidecar"], true, "{e}");
+    }
+    // Every remaining backup and alias passes the system's check.
+    let out = bash_in(
+        &tp,
+        &root,
+        r#"for f in backups/dhash_production_*.zip; do sha256sum -c "$f.sha256"; done
+n=0; for f in backups/dhash-production-*.zip; do [ -e "$f" ] || continue; sha256sum -c "$f.sha256"; n=$((n+1)); done; echo "aliases: $n""#,
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(text(&out).matches(": OK").count(), 20, "{}", text(&out));
+    // Seed 004's lookup still lands on the newest.
+    let out = bash_in(
+        &tp,
+        &root.join("sessions/s"),
+        r#"LATEST_BACKUP=$(ls -1t ../../backups/dhash-production-*.zip | head -1); echo "$LATEST_BACKUP"; sha256sum -c "${LATEST_BACKUP}.sha256""#,
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    let (_, ts) = dhash_backup::parse_backup_name(&file_name(&made[11])).unwrap();
+    assert!(text(&out).starts_with(&format!("../../backups/dhash-production-{ts}.zip")));
+
+    // An orphaned sidecar (its zip deleted by hand) is never offered and is
+    // removed, with the aliases of deleted backups, by the next run.
+    fs::remove_file(&made[2]).unwrap();
+    let em = gates_core::Emitter::sink("t", "production");
+    assert_eq!(listed(&tp, "production").len(), 9);
+    let newest = backup_with(&tp, &["--env", "production", "--keep", "50"]);
+    assert_eq!(
+        dhash_backup::newest_verified(&tp.env("production"), &em).unwrap(),
+        newest
+    );
+    let dir = root.join("backups");
+    let n = names(&dir);
+    for gone in &made[..3] {
+        let name = file_name(gone);
+        let alias = file_name(&dhash_backup::alias_of(gone).unwrap());
+        for left in [
+            name.clone(),
+            format!("{name}.sha256"),
+            alias.clone(),
+            format!("{alias}.sha256"),
+        ] {
+            assert!(!n.contains(&left), "{left} left behind: {n:?}");
+        }
+    }
+    let aliases = n
+        .iter()
+        .filter(|x| x.starts_with("dhash-production-") && x.ends_with(".zip"))
+        .count();
+    let sidecars = n
+        .iter()
+        .filter(|x| x.starts_with("dhash-production-") && x.ends_with(".zip.sha256"))
+        .count();
+    assert_eq!((aliases, sidecars), (10, 10), "{n:?}");
+    assert_eq!(listed(&tp, "production").len(), 10);
+}
+
+#[test]
+fn aliases_recreated_later_keep_the_backups_time_order() {
+    let tp = shipped_layout();
+    let root = tp.root().to_path_buf();
+    let a = backup_with(&tp, &["--env", "production"]);
+    let b = backup_with(&tp, &["--env", "production"]);
+    // Aliases lost (e.g. backups copied in from an older version of the tool).
+    for p in [&a, &b] {
+        let alias = dhash_backup::alias_of(p).unwrap();
+        fs::remove_file(&alias).unwrap();
+        fs::remove_file(format!("{}.sha256", alias.display())).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    let c = backup_with(&tp, &["--env", "production"]);
+    let out = bash_in(
+        &tp,
+        &root,
+        "ls -1t backups/dhash-production-*.zip; echo --; ls -1t backups/dhash_production_*.zip",
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    let t = text(&out);
+    let (aliases, backups) = t.split_once("--\n").unwrap();
+    let want: Vec<String> = [&c, &b, &a]
+        .iter()
+        .map(|p| format!("backups/{}", file_name(&dhash_backup::alias_of(p).unwrap())))
+        .collect();
+    assert_eq!(aliases.lines().collect::<Vec<_>>(), want);
+    assert_eq!(backups.lines().count(), 3);
+}
+
+#[test]
+fn retention_counts_backups_not_aliases_and_refuses_zero() {
+    let tp = shipped_layout();
+    let dir = tp.root().join("backups");
+    for _ in 0..3 {
+        backup_with(&tp, &["--env", "production"]);
+    }
+    let newest = backup_with(&tp, &["--env", "production", "--keep", "2"]);
+    let n = names(&dir);
+    let count = |pre: &str, suf: &str| {
+        n.iter()
+            .filter(|x| x.starts_with(pre) && x.ends_with(suf))
+            .count()
+    };
+    assert_eq!(count("dhash_production_", ".zip"), 2, "{n:?}");
+    assert_eq!(count("dhash_production_", ".zip.sha256"), 2, "{n:?}");
+    assert_eq!(count("dhash-production-", ".zip"), 2, "{n:?}");
+    assert_eq!(count("dhash-production-", ".zip.sha256"), 2, "{n:?}");
+    assert_eq!(
+        listed(&tp, "production")[0]["path"],
+        newest.to_string_lossy().as_ref()
+    );
+
+    // --keep 0 is a usage error before anything is written.
+    let before = names(&dir);
+    let out = run(backup_cmd(&tp).args(["--env", "production", "--keep", "0"]));
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert_eq!(names(&dir), before);
+
+    // retention.backups 0 reaching the library is refused the same way
+    // (exit 2), never taken as 1.
+    let mut env = tp.env("production");
+    env.retention.backups = 0;
+    let lock = gates_core::lock::EnvLock::acquire(&env.lock_path(), "production", "test").unwrap();
+    let em = gates_core::Emitter::sink("t", "production");
+    let err = dhash_backup::create(&tp.project(), &env, &lock, &Default::default(), &em)
+        .expect_err("retention 0");
+    assert_eq!(
+        gates_core::exit::exit_for(&err),
+        gates_core::exit::Exit::Usage
+    );
+    assert!(
+        format!("{err:#}").contains("retention.backups is 0"),
+        "{err:#}"
+    );
+    assert_eq!(names(&dir), before, "nothing written, nothing pruned");
+    let err = dhash_backup::prune(&env, 0, Path::new("/none"), &em).expect_err("prune 0");
+    assert!(format!("{err:#}").contains("keep at least 1"));
+    assert_eq!(names(&dir), before);
+}
+
+/// Runs a command that must end within `secs`; kills it (and fails) otherwise.
+fn run_bounded(cmd: &mut Command, secs: u64) -> std::process::Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("still running after {secs} s (blocked?): {}", show(&out));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn fifos_directories_sockets_and_missing_paths_are_refused_promptly() {
+    let (tp, _) = project_with_release(false);
+    let dir = backups(&tp);
+    let good = make_backup(&tp, "staging");
+    let mode = nix::sys::stat::Mode::from_bits_truncate(0o600);
+
+    // A FIFO under a backup name, with a valid-looking sidecar.
+    let fifo = dir.join("dhash_staging_20000101T000000001Z.zip");
+    nix::unistd::mkfifo(&fifo, mode).unwrap();
+    fs::write(
+        format!("{}.sha256", fifo.display()),
+        format!("{}  backups/{}\n", "0".repeat(64), file_name(&fifo)),
+    )
+    .unwrap();
+    let out = run_bounded(backup_cmd(&tp).arg("--verify").arg(&fifo), 20);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is a FIFO"), "{err}");
+    assert_eq!(events(&out)[0]["event"], "backup.rejected");
+
+    // A good zip whose sidecar is a FIFO.
+    let z = dir.join("dhash_staging_20000101T000000002Z.zip");
+    fs::copy(&good, &z).unwrap();
+    nix::unistd::mkfifo(&PathBuf::from(format!("{}.sha256", z.display())), mode).unwrap();
+    let out = run_bounded(backup_cmd(&tp).arg("--verify").arg(&z), 20);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("sidecar"),
+        "{}",
+        show(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is a FIFO"),
+        "{}",
+        show(&out)
+    );
+
+    // A directory, a socket, a missing path, a dangling alias.
+    let out = run_bounded(backup_cmd(&tp).arg("--verify").arg(&dir), 20);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is a directory"),
+        "{}",
+        show(&out)
+    );
+    let sock = dir.join("dhash_staging_20000101T000000003Z.zip");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let out = run_bounded(backup_cmd(&tp).arg("--verify").arg(&sock), 20);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is a socket"),
+        "{}",
+        show(&out)
+    );
+    let out = run_bounded(
+        backup_cmd(&tp).arg("--verify").arg(dir.join("nope.zip")),
+        20,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not exist"),
+        "{}",
+        show(&out)
+    );
+    let dangling = dir.join("dhash-staging-20000101T000000004Z.zip");
+    std::os::unix::fs::symlink("dhash_staging_20000101T000000004Z.zip", &dangling).unwrap();
+    let out = run_bounded(backup_cmd(&tp).arg("--verify").arg(&dangling), 20);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not exist (it is a symbolic link"),
+        "{}",
+        show(&out)
+    );
+
+    // --list and the next backup run do not hang on them either; the special
+    // files are never offered as backups.
+    let list = run_bounded(backup_cmd(&tp).args(["--env", "staging", "--list"]), 60);
+    assert!(list.status.success(), "{}", show(&list));
+    let paths: Vec<String> = events(&list)
+        .iter()
+        .filter(|e| e["event"] == "backup.listed")
+        .map(|e| e["path"].as_str().unwrap().to_string())
+        .collect();
+    assert!(paths.contains(&good.to_string_lossy().to_string()));
+    assert!(
+        !paths.contains(&fifo.to_string_lossy().to_string()),
+        "{paths:?}"
+    );
+    assert!(
+        !paths.contains(&sock.to_string_lossy().to_string()),
+        "{paths:?}"
+    );
+    let out = run_bounded(backup_cmd(&tp).args(["--env", "staging"]), 60);
+    assert!(out.status.success(), "{}", show(&out));
+    let em = gates_core::Emitter::sink("t", "staging");
+    let newest = dhash_backup::newest_verified(&tp.env("staging"), &em).unwrap();
+    assert!(newest.is_file() && newest != fifo);
+}
+
+/// Copies a backup, replacing the content of some entries; the manifest's
+/// hashes and sizes are rebuilt to match (then `edit` may alter it further),
+/// so only the content itself is wrong.
+fn rebuild_backup(
+    from: &Path,
+    to: &Path,
+    replace: &[(&str, Vec<u8>)],
+    mut edit: impl FnMut(&mut serde_json::Value),
+) {
+    use sha2::Digest;
+    use std::io::{Read, Write};
+    let mut src = zip::ZipArchive::new(fs::File::open(from).unwrap()).unwrap();
+    let mut entries = Vec::new();
+    let mut manifest = serde_json::Value::Null;
+    for i in 0..src.len() {
+        let mut e = src.by_index(i).unwrap();
+        let name = e.name().unwrap().to_string();
+        let mut buf = Vec::new();
+        e.read_to_end(&mut buf).unwrap();
+        if name == "manifest.json" {
+            manifest = serde_json::from_slice(&buf).unwrap();
+        } else {
+            if let Some((_, content)) = replace.iter().find(|(n, _)| *n == name) {
+                buf = content.clone();
+            }
+            entries.push((name, buf));
+        }
+    }
+    for f in manifest["files"].as_array_mut().unwrap() {
+        let (_, buf) = entries
+            .iter()
+            .find(|(n, _)| f["path"] == n.as_str())
+            .unwrap();
+        f["bytes"] = buf.len().into();
+        f["sha256"] = hex::encode(sha2::Sha256::digest(buf)).into();
+    }
+    edit(&mut manifest);
+    let mut dst = zip::ZipWriter::new(fs::File::create(to).unwrap());
+    for (name, buf) in &entries {
+        dst.start_file(name.as_str(), zip::write::SimpleFileOptions::default())
+            .unwrap();
+        dst.write_all(buf).unwrap();
+    }
+    dst.start_file("manifest.json", zip::write::SimpleFileOptions::default())
+        .unwrap();
+    dst.write_all(&serde_json::to_vec(&manifest).unwrap())
+        .unwrap();
+    dst.finish().unwrap();
+}
+
+#[test]
+fn a_backup_whose_database_sqlite_cannot_use_never_verifies_nor_restores() {
+    let (tp, _) = project_with_release(false);
+    let root = tp.root().to_path_buf();
+    let env = tp.env("staging");
+    let good = make_backup(&tp, "staging");
+    let dir = backups(&tp);
+    let live = fs::read(&env.database).unwrap();
+
+    let garbage = dir.join("dhash_staging_20000101T000000001Z.zip");
+    rebuild_backup(
+        &good,
+        &garbage,
+        &[(
+            "data/dhash.sqlite3",
+            b"not a database, but hashed like one ".repeat(300),
+        )],
+        |_| {},
+    );
+    write_sidecar(&root, &garbage);
+    let mut half = live.clone();
+    let n = half.len();
+    for b in &mut half[n / 2..] {
+        *b = 0;
+    }
+    let damaged = dir.join("dhash_staging_20000101T000000002Z.zip");
+    rebuild_backup(&good, &damaged, &[("data/dhash.sqlite3", half)], |_| {});
+    write_sidecar(&root, &damaged);
+    let schema = dir.join("dhash_staging_20000101T000000003Z.zip");
+    rebuild_backup(&good, &schema, &[], |m| m["schema_version"] = 99.into());
+    write_sidecar(&root, &schema);
+
+    // The sidecars are right: the system's check passes, ours must not.
+    for p in [&garbage, &damaged, &schema] {
+        let out = Command::new("sha256sum")
+            .arg("-c")
+            .arg(format!("{}.sha256", p.display()))
+            .current_dir(&root)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", show(&out));
+    }
+    for (p, want) in [
+        (&garbage, "not a valid SQLite database"),
+        (&damaged, "data/dhash.sqlite3"),
+        (&schema, "manifest says 99"),
+    ] {
+        let out = run(backup_cmd(&tp).arg("--verify").arg(p));
+        assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+        let ev = &events(&out)[0];
+        assert_eq!(ev["event"], "backup.rejected");
+        assert!(ev["error"].as_str().unwrap().contains(want), "{ev}");
+        let x = tempfile::tempdir().unwrap();
+        let e = dhash_backup::extract(p, &x.path().join("s"), &Default::default())
+            .expect_err("extract refuses");
+        assert!(format!("{e:#}").contains(want), "{e:#}");
+        // Even an emergency extraction without checksum validation refuses it.
+        let e = dhash_backup::extract(
+            p,
+            &x.path().join("t"),
+            &dhash_backup::ExtractOptions {
+                skip_validation: true,
+            },
+        )
+        .expect_err("skip_validation still checks the database");
+        assert!(format!("{e:#}").contains(want), "{e:#}");
+    }
+    // The good backup still verifies; a rollback to the broken one is refused
+    // before anything is touched.
+    run(backup_cmd(&tp).arg("--verify").arg(&good));
+    let out = run(tp
+        .cmd("rollback_dhash")
+        .args(["--env", "staging", "--force", "--backup"])
+        .arg(&garbage));
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a valid SQLite database"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(
+        fs::read(&env.database).unwrap(),
+        live,
+        "production untouched"
+    );
+    assert!(!env.install_root.join("rollback.journal").exists());
+    let listed = listed(&tp, "staging");
+    let bad: Vec<&serde_json::Value> = listed.iter().filter(|e| e["verified"] == false).collect();
+    assert_eq!(bad.len(), 3, "{listed:?}");
+}

@@ -22,13 +22,13 @@ struct Args {
     /// Report what would be backed up (file and byte counts); write nothing.
     #[arg(long, conflicts_with_all = ["verify", "list"])]
     dry_run: bool,
-    /// Verify one backup (sidecar, zip CRCs, every manifest hash, safe names) and exit.
+    /// Verify one backup (sidecar, zip CRCs, every manifest hash, safe names, the database's SQLite integrity check and schema version) and exit: 0 verified, 1 not (including a path that is not a regular file: a FIFO, directory or socket is refused, never read).
     #[arg(long, value_name = "PATH", conflicts_with_all = ["list", "keep"])]
     verify: Option<PathBuf>,
     /// List the environment's backups, newest first: one `backup.listed` JSON line each with its verified status.
     #[arg(long, conflicts_with = "keep")]
     list: bool,
-    /// Retention: keep the newest N backups of the environment (default: retention.backups in environments.json, 10).
+    /// Retention: keep the newest N backups of the environment (default: retention.backups in environments.json, 10; 0 is refused, exit 2). Aliases (dhash-<env>-<ts>.zip) are not counted and go with their backup.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     keep: Option<u64>,
     /// More detail on stderr.
