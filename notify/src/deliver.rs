@@ -315,13 +315,34 @@ pub fn http_attempt(
     }
 }
 
-/// Builds the email once (a bad address is a permanent failure).
+/// `Auto-Submitted: auto-generated` (RFC 3834): vacation responders and
+/// ticket systems do not answer an automatic notification.
+#[derive(Debug, Clone, Copy)]
+struct AutoSubmitted;
+
+impl lettre::message::header::Header for AutoSubmitted {
+    fn name() -> lettre::message::header::HeaderName {
+        lettre::message::header::HeaderName::new_from_ascii_str("Auto-Submitted")
+    }
+
+    fn parse(_: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(AutoSubmitted)
+    }
+
+    fn display(&self) -> lettre::message::header::HeaderValue {
+        lettre::message::header::HeaderValue::new(Self::name(), "auto-generated".to_string())
+    }
+}
+
+/// Builds the email once (a bad address is a permanent failure): an RFC 5322
+/// message with From, To, Subject, Date, Message-ID, MIME-Version and a
+/// plain-text UTF-8 body.
 pub fn build_email(
     cfg: &EmailConfig,
     subject: &str,
     body: &str,
 ) -> Result<lettre::Message, String> {
-    use lettre::message::header::ContentType;
+    use lettre::message::header::{ContentType, MIME_VERSION_1_0};
     let from = cfg
         .from
         .parse()
@@ -329,6 +350,10 @@ pub fn build_email(
     let mut b = lettre::Message::builder()
         .from(from)
         .subject(subject)
+        .message_id(None)
+        .user_agent(concat!("dhash-notify/", env!("CARGO_PKG_VERSION")).to_string())
+        .header(MIME_VERSION_1_0)
+        .header(AutoSubmitted)
         .header(ContentType::TEXT_PLAIN);
     for to in &cfg.to {
         let addr = to

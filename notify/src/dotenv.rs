@@ -254,6 +254,26 @@ pub fn read(root: &Path) -> Result<Option<DotEnv>, DotenvError> {
     parse(&text, &path).map(Some)
 }
 
+/// Values that look secret in a file that does not parse: the value of
+/// every `NAME=VALUE` whose name is secret, and every http(s) URL.
+fn secrets_in_broken(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if let Some((name, value)) = line.split_once('=') {
+            let name = name.trim().trim_start_matches("export ").trim();
+            if gates_core::redact::is_secret_var(name) {
+                out.push(value.trim().trim_matches(['"', '\'']).to_string());
+            }
+        }
+        for word in line.split(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '=')) {
+            if word.starts_with("https://") || word.starts_with("http://") {
+                out.push(word.to_string());
+            }
+        }
+    }
+    out
+}
+
 /// What this process uses: the file read once (or nothing).
 static LOADED: OnceLock<DotEnv> = OnceLock::new();
 
@@ -268,7 +288,16 @@ pub fn load(root: &Path) -> Result<(), DotenvError> {
     let file = read(root);
     let (file, result) = match file {
         Ok(f) => (f.unwrap_or_default(), Ok(())),
-        Err(e) => (DotEnv::default(), Err(e)),
+        Err(e) => {
+            // Nothing of a broken file is used, but what looks like a secret
+            // in it is still hidden (a later message may quote it).
+            if let Ok(bytes) = std::fs::read(&e.path) {
+                for value in secrets_in_broken(&String::from_utf8_lossy(&bytes)) {
+                    gates_core::redact::add_secret(&value);
+                }
+            }
+            (DotEnv::default(), Err(e))
+        }
     };
     gates_core::redact::add_secret_vars(file.secrets.iter().cloned());
     if let Some(p) = &file.path {
@@ -343,6 +372,14 @@ mod tests {
     }
 
     #[test]
+    fn secrets_of_a_broken_file_are_found() {
+        let found = secrets_in_broken(
+            "export EMAIL_PASSWORD = \"pw-123456\"\nSLACK_WEBHOOK_URL \"https://h.example/x/Tok1\"\nEMAIL_TO=a@b.c\n",
+        );
+        assert_eq!(found, vec!["pw-123456", "https://h.example/x/Tok1"]);
+    }
+
+    #[test]
     fn unknown_names_are_ignored_and_listed() {
         let f = p("SLACK_WEBHOK=https://x.example/y\nPATH=/tmp\n").expect("parses");
         assert!(f.vars.is_empty());
@@ -396,6 +433,30 @@ mod tests {
             assert!(msg.contains(what), "{msg}");
             assert!(!msg.contains("secret-1"), "{msg}");
         }
+    }
+
+    /// The library's way (the monitor calls `send`): a broken file is an
+    /// error once, then nothing of it is used, and its secrets that could be
+    /// read are still hidden. (The only test that calls `load`: it is once
+    /// per process.)
+    #[test]
+    fn a_broken_file_is_ignored_whole_by_the_library() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join(FILE),
+            "DISCORD_WEBHOOK=https://discord.example/api/webhooks/1/UnitTestToken0042\nbroken line\n",
+        )
+        .expect("write");
+        let e = load(dir.path()).expect_err("broken");
+        assert_eq!(e.line, Some(2));
+        assert!(loaded());
+        assert_eq!(var("DISCORD_WEBHOOK"), None, "nothing of the file is used");
+        assert_eq!(
+            gates_core::redact::global().redact("see UnitTestToken0042"),
+            "see [REDACTED]",
+            "its secrets are hidden all the same"
+        );
+        assert_eq!(load(dir.path()), Ok(()), "read once per process");
     }
 
     #[test]

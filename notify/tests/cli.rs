@@ -122,7 +122,26 @@ impl Project {
     }
 
     fn run(&self, bin: &str, args: &[&str], vars: &[(&str, &str)], stdin: Option<&str>) -> Run {
-        let mut cmd = Command::new(bin);
+        self.run_wrapped(&[], bin, args, vars, stdin)
+    }
+
+    /// `run`, with the tool started through `wrapper` (e.g. `/usr/bin/time`).
+    fn run_wrapped(
+        &self,
+        wrapper: &[&str],
+        bin: &str,
+        args: &[&str],
+        vars: &[(&str, &str)],
+        stdin: Option<&str>,
+    ) -> Run {
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         cmd.args(args).current_dir(self.root());
         for v in ALL_VARS {
             cmd.env_remove(v);
@@ -1463,4 +1482,740 @@ fn library_send_never_fails_and_reports() {
     }
     assert!(report.fallback_error.is_none());
     assert!(!p.fallback().is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// Email through the local sendmail, .env.notifications, redaction of quoted
+// secret parts, and size caps.
+
+/// A stand-in `sendmail` in a folder of its own (put first on PATH): records
+/// its arguments, one a line, and the message it reads on stdin.
+struct Sendmail {
+    dir: tempfile::TempDir,
+}
+
+impl Sendmail {
+    fn install() -> Sendmail {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).expect("bin dir");
+        let script = bin.join("sendmail");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nprintf '%s\\n' \"$@\" > '{0}/args'\ncat > '{0}/message.eml'\n",
+                dir.path().display()
+            ),
+        )
+        .expect("script");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
+                .expect("chmod");
+        }
+        Sendmail { dir }
+    }
+
+    /// PATH with the stand-in first (the script itself needs `cat`).
+    fn path_var(&self) -> String {
+        format!("{}:/usr/bin:/bin", self.dir.path().join("bin").display())
+    }
+
+    fn args(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join("args"))
+            .map(|t| t.lines().map(str::to_string).collect())
+            .unwrap_or_default()
+    }
+
+    fn message(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir.path().join("message.eml")).ok()
+    }
+}
+
+/// Checks the RFC 5322 shape of a raw message and returns its (unfolded)
+/// header fields and body.
+fn rfc5322(raw: &str) -> (Vec<(String, String)>, String) {
+    assert!(
+        !raw.replace("\r\n", "").contains('\n') && !raw.replace("\r\n", "").contains('\r'),
+        "every line ends in CRLF"
+    );
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .expect("an empty line separates header and body");
+    let mut fields: Vec<(String, String)> = Vec::new();
+    for line in head.split("\r\n") {
+        assert!(line.len() <= 998, "line longer than 998 octets: {line}");
+        assert!(line.is_ascii(), "header lines are ASCII: {line}");
+        if line.starts_with([' ', '\t']) {
+            let last = fields.last_mut().expect("a folded line follows a field");
+            last.1.push_str(line);
+        } else {
+            let (name, value) = line.split_once(':').expect("name: value");
+            assert!(
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_graphic() && c != ':'),
+                "field name {name:?}"
+            );
+            fields.push((name.to_string(), value.trim().to_string()));
+        }
+    }
+    for line in body.split("\r\n") {
+        assert!(line.len() <= 998, "body line longer than 998 octets");
+    }
+    (fields, body.to_string())
+}
+
+fn header<'a>(fields: &'a [(String, String)], name: &str) -> &'a str {
+    let found: Vec<&(String, String)> = fields
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .collect();
+    assert_eq!(found.len(), 1, "exactly one {name} field: {fields:?}");
+    &found[0].1
+}
+
+/// Asserts that none of `secrets` is in any run's stdout or stderr, nor in
+/// any file under the project (but `.env.notifications`, which holds them).
+fn assert_no_secret(p: &Project, runs: &[&Run], secrets: &[&str]) {
+    for r in runs {
+        for s in secrets {
+            assert!(
+                !r.stdout.contains(s),
+                "secret {s:?} in stdout:\n{}",
+                r.stdout
+            );
+            assert!(
+                !r.stderr.contains(s),
+                "secret {s:?} in stderr:\n{}",
+                r.stderr
+            );
+        }
+    }
+    for (path, content) in p.all_files() {
+        if path.file_name().is_some_and(|n| n == ".env.notifications") {
+            continue;
+        }
+        for s in secrets {
+            assert!(!content.contains(s), "secret {s:?} in {}", path.display());
+        }
+    }
+}
+
+#[test]
+fn email_to_alone_sends_an_rfc5322_message_through_sendmail_on_path() {
+    let sm = Sendmail::install();
+    let p = Project::new(&[("email", "warning")], "5s");
+    let token = "mailToken0123456789abcdef";
+    let slack = format!("https://hooks.slack.com/services/T0MAIL123/B0MAIL456/{token}");
+    let path = sm.path_var();
+    let r = p.notify(
+        &[
+            "--level",
+            "warning",
+            "--title",
+            "Sendmail check",
+            "--message",
+            &format!("p95 is high; the hook /services/T0MAIL123/B0MAIL456/{token} answered 500"),
+            "--env",
+            "staging",
+        ],
+        &[
+            ("PATH", path.as_str()),
+            ("EMAIL_TO", "ops@example.com, oncall@example.com"),
+            ("EMAIL_FROM", "dhash-rollout@example.com"),
+            ("SLACK_WEBHOOK_URL", slack.as_str()),
+        ],
+    );
+    r.ok();
+    assert_eq!(r.sent("email").len(), 1, "{}", r.stdout);
+    assert!(
+        p.fallback().is_empty(),
+        "delivered, nothing in the fallback file"
+    );
+    assert_eq!(
+        sm.args(),
+        vec![
+            "-i",
+            "-f",
+            "dhash-rollout@example.com",
+            "--",
+            "ops@example.com",
+            "oncall@example.com"
+        ]
+    );
+    let raw = sm.message().expect("sendmail received a message on stdin");
+    let (fields, body) = rfc5322(&raw);
+    assert_eq!(header(&fields, "From"), "dhash-rollout@example.com");
+    assert_eq!(header(&fields, "To"), "ops@example.com, oncall@example.com");
+    assert_eq!(
+        header(&fields, "Subject"),
+        "[dhash][staging][WARNING] Sendmail check"
+    );
+    let date = header(&fields, "Date");
+    assert!(
+        chrono::DateTime::parse_from_rfc2822(date).is_ok(),
+        "Date is RFC 5322: {date}"
+    );
+    let id = header(&fields, "Message-ID");
+    assert!(
+        id.starts_with('<') && id.ends_with('>') && id.contains('@'),
+        "Message-ID {id}"
+    );
+    assert_eq!(header(&fields, "MIME-Version"), "1.0");
+    assert!(header(&fields, "Content-Type").starts_with("text/plain"));
+    assert_eq!(header(&fields, "Auto-Submitted"), "auto-generated");
+    assert!(
+        body.contains("p95 is high; the hook [REDACTED] answered 500"),
+        "{body}"
+    );
+    assert!(body.contains("Environment: staging"), "{body}");
+    assert_no_secret(&p, &[&r], &[&slack, token, "T0MAIL123", "B0MAIL456"]);
+    assert!(!raw.contains(token), "the token is not mailed either");
+    p.assert_nothing_lost(&[&r]);
+}
+
+#[test]
+fn email_to_without_any_sendmail_goes_to_the_fallback_file_with_the_reason() {
+    for dir in ["/usr/sbin", "/usr/lib"] {
+        if Path::new(dir).join("sendmail").exists() {
+            eprintln!("skipped: {dir}/sendmail is installed on this machine");
+            return;
+        }
+    }
+    let p = Project::new(&[("email", "info")], "4s");
+    let empty = tempfile::tempdir().expect("tempdir");
+    let path = empty.path().to_string_lossy().to_string();
+    let r = p.notify(
+        &[
+            "--level",
+            "critical",
+            "--message",
+            "no MTA here",
+            "--env",
+            "staging",
+        ],
+        &[("PATH", path.as_str()), ("EMAIL_TO", "ops@example.com")],
+    );
+    r.ok();
+    assert!(r.sent("email").is_empty());
+    let fb = r.events("notify.fallback");
+    assert_eq!(fb.len(), 1, "{}", r.stdout);
+    let reason = text(&fb[0]["reason"], "reason");
+    for needle in [
+        "no sendmail program found",
+        "PATH",
+        "/usr/sbin",
+        "/usr/lib",
+        "EMAIL_SMTP_HOST",
+    ] {
+        assert!(reason.contains(needle), "reason lacks {needle:?}: {reason}");
+    }
+    let lines = p.fallback();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["channel"], "email");
+    assert_eq!(lines[0]["message"], "no MTA here");
+    assert_eq!(lines[0]["reason"], fb[0]["reason"]);
+    assert_eq!(p.out_copies().len(), 1);
+    // A sendmail named explicitly that is not there: said as such.
+    let r2 = p.notify(
+        &[
+            "--level",
+            "critical",
+            "--message",
+            "named sendmail",
+            "--env",
+            "staging",
+        ],
+        &[
+            ("PATH", path.as_str()),
+            ("EMAIL_TO", "ops@example.com"),
+            ("EMAIL_SENDMAIL", "/nonexistent/sbin/sendmail"),
+        ],
+    );
+    r2.ok();
+    let lines = p.fallback();
+    assert_eq!(lines.len(), 2);
+    let reason = text(&lines[1]["reason"], "reason");
+    assert!(
+        reason.contains("/nonexistent/sbin/sendmail is not an executable file"),
+        "{reason}"
+    );
+    // EMAIL_TRANSPORT=smtp without a host is a misconfiguration, not a skip.
+    let r3 = p.notify(
+        &[
+            "--level",
+            "critical",
+            "--message",
+            "smtp?",
+            "--env",
+            "staging",
+        ],
+        &[
+            ("PATH", path.as_str()),
+            ("EMAIL_TO", "ops@example.com"),
+            ("EMAIL_TRANSPORT", "smtp"),
+        ],
+    );
+    r3.ok();
+    let lines = p.fallback();
+    assert!(
+        text(&lines[2]["reason"], "reason").contains("EMAIL_SMTP_HOST is not set"),
+        "{lines:?}"
+    );
+    p.assert_nothing_lost(&[&r, &r2, &r3]);
+}
+
+#[test]
+fn env_notifications_file_is_read_the_environment_wins_and_values_are_redacted() {
+    let slack_rx = Receiver::start(vec![Reply::ok_text("ok")]);
+    let file_hook_rx = Receiver::start(vec![Reply::status(200)]);
+    let env_hook_rx = Receiver::start(vec![Reply::status(200)]);
+    let p = Project::new(&[("slack", "info"), ("webhook", "info")], "4s");
+    let slack_token = "fileSlackToken0123456789";
+    let slack = slack_rx.url_with(&format!("/services/T0FILE123/B0FILE456/{slack_token}"));
+    let file_hook = file_hook_rx.url_with("/hook/FileHookSecret98765");
+    let env_hook = env_hook_rx.url_with("/hook/EnvHookSecret4321");
+    let old_slack = "https://hooks.slack.com/services/T0OLD0001/B0OLD0002/oldSlackToken999999";
+    // As seed 003 builds it: lines appended with `echo ... >> .env.notifications`,
+    // the later Slack line an update of the first.
+    std::fs::write(
+        p.root().join(".env.notifications"),
+        format!(
+            "# notification secrets (git-ignored)\n\
+             SLACK_WEBHOOK_URL={old_slack}\n\
+             export WEBHOOK_URL=\"{file_hook}\"\n\
+             EMAIL_PASSWORD='File Passw0rd-42'\n\
+             SLACK_WEBHOK=typo-is-ignored\n\
+             SLACK_WEBHOOK_URL={slack}\n"
+        ),
+    )
+    .expect("write .env.notifications");
+    let message = format!(
+        "quoting {slack_token}, /services/T0FILE123/B0FILE456/{slack_token}, \
+         FileHookSecret98765, oldSlackToken999999 and File Passw0rd-42"
+    );
+    let r = p.notify(
+        &[
+            "--level",
+            "warning",
+            "--message",
+            &message,
+            "--env",
+            "staging",
+        ],
+        &[("WEBHOOK_URL", env_hook.as_str())],
+    );
+    r.ok();
+    // The file's (latest) Slack URL is used; the environment's WEBHOOK_URL
+    // wins over the file's.
+    assert_eq!(slack_rx.requests().len(), 1, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(env_hook_rx.requests().len(), 1);
+    assert!(file_hook_rx.requests().is_empty(), "the environment wins");
+    assert_eq!(r.sent("slack").len(), 1);
+    assert_eq!(r.sent("webhook").len(), 1);
+    assert!(
+        r.stderr
+            .contains(".env.notifications: SLACK_WEBHOK ignored: not a notification variable"),
+        "{}",
+        r.stderr
+    );
+    let slack_body = slack_rx.requests()[0].json();
+    assert!(
+        text(&slack_body["text"], "text").contains("quoting [REDACTED], [REDACTED], [REDACTED]"),
+        "{slack_body}"
+    );
+    // Set but empty in the environment: the environment still wins (the
+    // channel is off for this run), the file is not consulted.
+    let r2 = p.notify(
+        &[
+            "--level",
+            "warning",
+            "--message",
+            "slack off",
+            "--channel",
+            "slack",
+            "--env",
+            "staging",
+        ],
+        &[("SLACK_WEBHOOK_URL", "")],
+    );
+    r2.ok();
+    assert_eq!(slack_rx.requests().len(), 1, "not sent to the file's URL");
+    assert_eq!(p.fallback().len(), 1);
+    assert_eq!(p.fallback()[0]["channel"], "none");
+    // deploy-notify reads the file too; the file's WEBHOOK_URL is used when
+    // the environment has none.
+    let r3 = p.run(
+        DEPLOY_NOTIFY,
+        &["success", "--env", "staging", "--message", slack_token],
+        &[],
+        None,
+    );
+    r3.ok();
+    assert_eq!(slack_rx.requests().len(), 2);
+    assert_eq!(file_hook_rx.requests().len(), 1);
+    let secrets = [
+        slack.as_str(),
+        slack_token,
+        "T0FILE123",
+        "B0FILE456",
+        file_hook.as_str(),
+        "FileHookSecret98765",
+        env_hook.as_str(),
+        "EnvHookSecret4321",
+        old_slack,
+        "oldSlackToken999999",
+        "File Passw0rd-42",
+    ];
+    assert_no_secret(&p, &[&r, &r2, &r3], &secrets);
+    for rx in [&slack_rx, &file_hook_rx, &env_hook_rx] {
+        for req in rx.requests() {
+            let body = String::from_utf8_lossy(&req.body).to_string();
+            for s in secrets {
+                assert!(!body.contains(s), "secret {s:?} sent in a payload: {body}");
+            }
+        }
+    }
+    p.assert_nothing_lost(&[&r, &r2, &r3]);
+}
+
+#[test]
+fn a_broken_env_notifications_line_is_a_configuration_error_naming_file_and_line() {
+    let p = Project::new(&[("slack", "info")], "4s");
+    let file = p.root().join(".env.notifications");
+    let cases = [
+        (
+            "EMAIL_TO=ops@example.com\n# fine\nSLACK_WEBHOOK_URL \"https://hooks.slack.com/services/T0BRK1234/B0BRK5678/brokenLineToken12345\"\n",
+            3,
+            "no \"=\" on this line",
+        ),
+        (
+            "SLACK_WEBHOOK_URL='https://hooks.slack.com/services/T0BRK1234/B0BRK5678/brokenLineToken12345\n",
+            1,
+            "unterminated single-quoted value",
+        ),
+        (
+            "\n\n2SLACK_WEBHOOK_URL=brokenLineToken12345\n",
+            3,
+            "invalid variable name",
+        ),
+    ];
+    let input = event("gate.violated", "critical", json!({"gate": "error_rate"}));
+    for (content, line, problem) in cases {
+        std::fs::write(&file, content).expect("write");
+        let runs = [
+            p.notify(
+                &["--level", "critical", "--message", "x", "--env", "staging"],
+                &[],
+            ),
+            p.run(NOTIFY, &["--env", "staging"], &[], Some(&input)),
+            p.run(DEPLOY_NOTIFY, &["failure", "--env", "staging"], &[], None),
+        ];
+        for r in &runs {
+            assert_eq!(r.code, 2, "stdout: {}\nstderr: {}", r.stdout, r.stderr);
+            let where_ = format!("{}:{line}: {problem}", file.display());
+            assert!(r.stderr.contains(&where_), "{where_:?} in {}", r.stderr);
+            assert!(r.stderr.contains("expected NAME=VALUE"), "{}", r.stderr);
+            assert!(r.stdout.is_empty(), "nothing done: {}", r.stdout);
+        }
+        assert_no_secret(
+            &p,
+            &runs.iter().collect::<Vec<_>>(),
+            &["brokenLineToken12345", "T0BRK1234"],
+        );
+        assert!(p.fallback().is_empty(), "nothing sent or recorded");
+    }
+    // Not a file at all.
+    std::fs::remove_file(&file).expect("rm");
+    std::fs::create_dir(&file).expect("mkdir");
+    let r = p.notify(&["--message", "x", "--env", "staging"], &[]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("is not a regular file"), "{}", r.stderr);
+}
+
+#[test]
+fn env_notifications_is_git_ignored() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = Command::new("git")
+        .args(["check-ignore", "-q", "--no-index", ".env.notifications"])
+        .current_dir(&root)
+        .output();
+    match out {
+        Ok(o) if o.status.code() == Some(128) => {
+            eprintln!(
+                "skipped: not a git checkout ({})",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        Ok(o) => assert!(o.status.success(), "add .env.notifications to .gitignore"),
+        Err(e) => eprintln!("skipped: git not available ({e})"),
+    }
+}
+
+#[test]
+fn secret_parts_quoted_in_messages_and_upstream_events_never_reach_any_output() {
+    let slack_rx = Receiver::start(vec![Reply::text(500, "internal error")]);
+    let hook_rx = Receiver::start(vec![Reply::status(200)]);
+    let p = Project::new(&[("slack", "info"), ("webhook", "info")], "2s");
+    let token = "quotedToken0123456789ab";
+    let slack_path = format!("/services/T0QUOTE12/B0QUOTE34/{token}");
+    let slack = slack_rx.url_with(&slack_path);
+    let schemeless = slack.trim_start_matches("http://").to_string();
+    let hook = hook_rx.url_with("/hook/GenericSecretSeg77?sig=QuerySignature0123");
+    let vars = [
+        ("SLACK_WEBHOOK_URL", slack.as_str()),
+        ("WEBHOOK_URL", hook.as_str()),
+    ];
+    let quoted = format!(
+        "upstream said: POST {schemeless} failed; path {slack_path}; token={token}; \
+         glued x{token}x; sig QuerySignature0123; seg GenericSecretSeg77"
+    );
+    // A Slack cut (3000 chars) that would land inside the token.
+    let long = format!("{}{token} and more", "x".repeat(2990));
+    let events = [
+        event(
+            "gate.violated",
+            "critical",
+            json!({"gate": "error_rate", "msg": quoted, "detail": format!("retry {slack_path}"),
+                   format!("key_{token}"): token}),
+        ),
+        event(
+            "deploy.failed",
+            "error",
+            json!({"msg": format!("hook {token}")}),
+        ),
+    ]
+    .join("\n");
+    let runs = [
+        p.notify(
+            &[
+                "--level",
+                "critical",
+                "--message",
+                &quoted,
+                "--env",
+                "staging",
+            ],
+            &vars,
+        ),
+        p.notify(
+            &["--level", "warning", "--message", &long, "--env", "staging"],
+            &vars,
+        ),
+        p.notify(
+            &[
+                "--level",
+                "warning",
+                "--message",
+                &quoted,
+                "--field",
+                &format!("hook={slack_path}"),
+                "--dry-run",
+                "--env",
+                "staging",
+                "--verbose",
+            ],
+            &vars,
+        ),
+        p.run(
+            NOTIFY,
+            &["--env", "staging", "--verbose"],
+            &vars,
+            Some(&events),
+        ),
+    ];
+    for r in &runs {
+        r.ok();
+    }
+    // Slack failed each time: the fallback file and audit copies were written
+    // with the quoted text, redacted.
+    let lines = p.fallback();
+    assert!(lines
+        .iter()
+        .any(|l| l["channel"] == "slack" && l["dry_run"] == false));
+    assert!(lines.iter().any(|l| l["dry_run"] == true));
+    assert!(!p.out_copies().is_empty());
+    assert!(
+        lines.iter().any(
+            |l| text(&l["message"], "message").contains("token=[REDACTED]; glued x[REDACTED]x")
+        ),
+        "{lines:?}"
+    );
+    // Upstream events are still forwarded, redacted.
+    let fwd = runs[3].events("gate.violated");
+    assert_eq!(fwd.len(), 1);
+    assert!(text(&fwd[0]["msg"], "msg").contains("path [REDACTED]"));
+    let secrets = [
+        slack.as_str(),
+        schemeless.as_str(),
+        slack_path.as_str(),
+        token,
+        "quotedToken0",
+        "T0QUOTE12",
+        "B0QUOTE34",
+        hook.as_str(),
+        "GenericSecretSeg77",
+        "QuerySignature0123",
+    ];
+    assert_no_secret(&p, &runs.iter().collect::<Vec<_>>(), &secrets);
+    for rx in [&slack_rx, &hook_rx] {
+        for req in rx.requests() {
+            let body = String::from_utf8_lossy(&req.body).to_string();
+            for s in secrets {
+                assert!(!body.contains(s), "secret {s:?} sent in a payload");
+            }
+        }
+    }
+    assert!(hook_rx.requests().len() >= 3, "the webhook delivered");
+}
+
+/// Peak RSS of a run in kB, from GNU time's output file (`-f %M -o FILE`).
+fn peak_rss_kb(file: &Path) -> Option<u64> {
+    std::fs::read_to_string(file)
+        .ok()?
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .next_back()
+}
+
+#[test]
+fn a_10_mb_message_is_cut_per_channel_kept_once_and_costs_bounded_memory() {
+    let slack_rx = Receiver::start(vec![Reply::ok_text("ok")]);
+    let teams_rx = Receiver::start(vec![Reply::status(202)]);
+    let discord_rx = Receiver::start(vec![Reply::status(204)]);
+    let hook_rx = Receiver::start(vec![Reply::text(404, "no such hook")]);
+    let sm = Sendmail::install();
+    let p = Project::new(
+        &[
+            ("slack", "info"),
+            ("teams", "info"),
+            ("discord", "info"),
+            ("webhook", "info"),
+            ("email", "info"),
+        ],
+        "10s",
+    );
+    let mut message = String::from("BEGIN-OF-MESSAGE\n");
+    let line = format!("{}\n", "0123456789abcdef".repeat(6));
+    while message.len() < 10 * 1024 * 1024 {
+        message.push_str(&line);
+    }
+    message.push_str("END-OF-MESSAGE-SENTINEL");
+    let full_chars = message.chars().count();
+    let input = event(
+        "gate.violated",
+        "critical",
+        json!({"gate": "p95_hash_time", "msg": message}),
+    );
+    let (slack, teams, discord, hook) = (
+        slack_rx.url_with("/services/T0/B0/big"),
+        teams_rx.url_with("/workflows/big"),
+        discord_rx.url_with("/api/webhooks/1/big"),
+        hook_rx.url_with("/hook/big"),
+    );
+    let path = sm.path_var();
+    let vars = [
+        ("SLACK_WEBHOOK_URL", slack.as_str()),
+        ("TEAMS_WEBHOOK_URL", teams.as_str()),
+        ("DISCORD_WEBHOOK_URL", discord.as_str()),
+        ("WEBHOOK_URL", hook.as_str()),
+        ("EMAIL_TO", "ops@example.com"),
+        ("PATH", path.as_str()),
+    ];
+    let time = Path::new("/usr/bin/time");
+    let rss_file = p
+        .dir
+        .path()
+        .join("..")
+        .join(format!("notify-rss-{}.txt", std::process::id()));
+    let rss_arg = rss_file.to_string_lossy().to_string();
+    let wrapper: Vec<&str> = if time.exists() {
+        vec!["/usr/bin/time", "-f", "%M", "-o", rss_arg.as_str()]
+    } else {
+        Vec::new()
+    };
+    let r = p.run_wrapped(&wrapper, NOTIFY, &["--env", "staging"], &vars, Some(&input));
+    r.ok();
+    // Forwarded unchanged (the pipeline contract), once.
+    assert_eq!(r.events("gate.violated").len(), 1);
+    // Each channel got its limit, with the marker, and the start of the text.
+    let body = |rx: &Receiver| {
+        let reqs = rx.requests();
+        assert_eq!(reqs.len(), 1);
+        assert!(
+            reqs[0].body.len() < 64 * 1024,
+            "{} bytes",
+            reqs[0].body.len()
+        );
+        reqs[0].json()
+    };
+    let s = body(&slack_rx);
+    let st = text(&s["text"], "slack text");
+    assert!(st.chars().count() <= 3000 && st.ends_with(MARKER) && st.contains("BEGIN-OF-MESSAGE"));
+    let t = body(&teams_rx);
+    let tt = text(
+        &t["attachments"][0]["content"]["body"][1]["text"],
+        "teams text",
+    );
+    assert!(tt.chars().count() <= 12_000 && tt.ends_with(MARKER));
+    let d = body(&discord_rx);
+    let dd = text(&d["embeds"][0]["description"], "discord description");
+    assert!(utf16_len(dd) <= 4096 && dd.ends_with(MARKER));
+    let hook_reqs = hook_rx.requests();
+    assert_eq!(hook_reqs.len(), 1, "404 is permanent");
+    let h = hook_reqs[0].json();
+    let hm = text(&h["message"], "webhook message");
+    assert!(hm.chars().count() <= 65_536 && hm.ends_with(MARKER));
+    assert!(hook_reqs[0].body.len() < 128 * 1024);
+    let mail = sm.message().expect("mailed");
+    assert!(mail.len() < 128 * 1024, "email of {} bytes", mail.len());
+    assert!(mail.contains("BEGIN-OF-MESSAGE") && mail.contains("[truncated]"));
+    // The webhook's failure is recorded with the start of the text and a
+    // pointer to the full text, kept once in the audit copy.
+    let lines = p.fallback();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let fl = &lines[0];
+    assert_eq!(fl["channel"], "webhook");
+    assert_eq!(fl["message_truncated"], true);
+    assert_eq!(fl["message_chars"], full_chars);
+    let fm = text(&fl["message"], "fallback message");
+    assert!(fm.chars().count() <= 8192 && fm.ends_with(MARKER));
+    let full_path = PathBuf::from(text(&fl["full_text"], "full_text"));
+    let copies = p.out_copies();
+    assert_eq!(copies.len(), 1, "one audit copy");
+    assert!(full_path.is_file(), "{}", full_path.display());
+    let copy: Value =
+        serde_json::from_str(&std::fs::read_to_string(&full_path).expect("read")).expect("json");
+    assert_eq!(
+        text(&copy["message"], "full message"),
+        message,
+        "kept whole"
+    );
+    assert_eq!(copy["truncated_for_channels"], true);
+    // Kept once: the end of the text is in exactly one file, once.
+    let mut written = 0usize;
+    let mut sentinels = 0usize;
+    for (_, content) in p.all_files() {
+        written += content.len();
+        sentinels += content.matches("END-OF-MESSAGE-SENTINEL").count();
+    }
+    assert_eq!(sentinels, 1, "the full text is written once");
+    assert!(
+        written < message.len() + message.len() / 10 + 512 * 1024,
+        "{written} bytes written for a message of {}",
+        message.len()
+    );
+    match peak_rss_kb(&rss_file) {
+        Some(kb) => {
+            eprintln!(
+                "notify, 10 MB message, 5 channels: peak RSS {} MB, {} MB written",
+                kb / 1024,
+                written / (1024 * 1024)
+            );
+            assert!(kb < 100 * 1024, "peak RSS {kb} kB for a 10 MB message");
+        }
+        None => eprintln!("RSS not measured: /usr/bin/time (GNU time) is not installed"),
+    }
+    let _ = std::fs::remove_file(&rss_file);
+    p.assert_nothing_lost(&[&r]);
 }
