@@ -118,6 +118,9 @@ for i, (q, prog, sub) in enumerate([(95, False, 0), (90, False, 2), (75, False, 
     w, h = size()
     save(f"rects_q{q}_{i}.jpg", f"rects-jpeg-q{q}", rects(w, h), "JPEG", quality=q,
          progressive=prog, subsampling=sub)
+for i, q in enumerate([85, 50]):
+    w, h = size()
+    save(f"rects_cmyk_q{q}.jpg", "cmyk-jpeg", rects(w, h).convert("CMYK"), "JPEG", quality=q)
 for i, q in enumerate([90, 60, 25]):
     w, h = size()
     save(f"gray_q{q}.jpg", "gray-jpeg", rects(w, h, "L"), "JPEG", quality=q)
