@@ -57,7 +57,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::process::ExitStatusExt;
@@ -251,8 +251,13 @@ impl Run {
 }
 
 /// Runs `cmd` to its end (or its kill, or `timeout`), capturing both streams.
-fn run_cmd(mut cmd: Command, label: &str, kill: Kill, timeout: Duration) -> Run {
-    cmd.stdin(Stdio::null())
+fn run_cmd(cmd: Command, label: &str, kill: Kill, timeout: Duration) -> Run {
+    run_cmd_input(cmd, label, None, kill, timeout)
+}
+
+/// [`run_cmd`] with `input` written to the tool's stdin (then closed).
+fn run_cmd_input(mut cmd: Command, label: &str, input: Option<String>, kill: Kill, timeout: Duration) -> Run {
+    cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let started = Instant::now();
@@ -272,6 +277,11 @@ fn run_cmd(mut cmd: Command, label: &str, kill: Kill, timeout: Duration) -> Run 
             }
         })
     };
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(text.as_bytes());
+        });
+    }
     let t_out = pump(Box::new(child.stdout.take().unwrap()), out.clone());
     let t_err = pump(Box::new(child.stderr.take().unwrap()), err.clone());
     let mut killed = false;
@@ -488,6 +498,7 @@ fn project() -> TestProject {
             e["monitor"] = json!({"duration": "10s", "cadence": [{"every": "1s"}], "probe_timeout": "2s"});
             e["notifications"]["quiet_period"] = json!("1s");
             e["notifications"]["timeout"] = json!("2s");
+            e["retention"] = json!({"backups": 500, "releases": 5});
         }
     });
     let gates = json!({"environments": {ENV: {"quality_gates": {
@@ -606,7 +617,14 @@ impl World {
     /// The invariants; `settled`: the last command finished the job (so no
     /// journal may be pending and the service must serve).
     fn check(&self, tp: &TestProject, t: &mut Tally, ctx: &str, settled: bool) -> bool {
-        let problems = self.problems(tp, settled);
+        self.check_rows(tp, t, ctx, settled, true)
+    }
+
+    /// Right after a kill only the structural invariants hold (the rerun
+    /// finishes the rest): `current` complete, nothing partial offered as a
+    /// backup, and (unless a restore was cut) every row.
+    fn check_rows(&self, tp: &TestProject, t: &mut Tally, ctx: &str, settled: bool, rows: bool) -> bool {
+        let problems = self.problems(tp, settled, rows);
         if problems.is_empty() {
             return true;
         }
@@ -618,7 +636,7 @@ impl World {
         false
     }
 
-    fn problems(&self, tp: &TestProject, settled: bool) -> Vec<String> {
+    fn problems(&self, tp: &TestProject, settled: bool, check_rows: bool) -> Vec<String> {
         let env = tp.env(ENV);
         let mut p = Vec::new();
         // current → an installed release, not failed, schema matching.
@@ -636,7 +654,9 @@ impl World {
                 }
                 want_schema = m["schema_version"].as_i64();
                 let state_file = env.install_root.join("releases.json");
-                if let Ok(text) = fs::read_to_string(&state_file) {
+                if !settled {
+                    // An interrupted deploy may sit on a release it just marked failed.
+                } else if let Ok(text) = fs::read_to_string(&state_file) {
                     let st: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
                     if st["releases"][id.as_str()]["state"] == "failed" {
                         p.push(format!("current is {id}, which releases.json marks failed"));
@@ -656,6 +676,7 @@ impl World {
                 let have: Result<Option<i64>, _> =
                     conn.query_row("SELECT MAX(version) FROM schema_migrations", [], |r| r.get(0));
                 match (have, want_schema) {
+                    _ if !settled => {}
                     (Ok(Some(h)), Some(w)) => {
                         let ok = h == w || self.schema_ahead.is_some_and(|a| h > w && h <= a);
                         if !ok {
@@ -668,7 +689,8 @@ impl World {
                     (have, want) => p.push(format!("schema version: database {have:?}, release {want:?}")),
                 }
                 let mut missing = Vec::new();
-                for (rid, dhash) in &self.rows {
+                let rows = if check_rows { &self.rows } else { &BTreeMap::new() };
+                for (rid, dhash) in rows {
                     let got: Result<String, _> =
                         conn.query_row("SELECT dhash FROM hashes WHERE id = ?1", [rid], |r| r.get(0));
                     match got {
@@ -689,6 +711,9 @@ impl World {
         }
         // Backups: nothing partial or unverifiable offered.
         p.extend(backup_problems(tp));
+        if !settled {
+            return p;
+        }
         // One rollback per violation.
         let completed = env
             .ledger()
@@ -777,6 +802,10 @@ fn backup_problems(tp: &TestProject) -> Vec<String> {
             continue;
         }
         let path = e.path();
+        if !e.file_type().is_ok_and(|f| f.is_file()) {
+            p.push(format!("{name} matches the seeds' glob dhash_*.zip but is not a regular file"));
+            continue;
+        }
         if name.contains("partial") || name.contains(".tmp") {
             p.push(format!("{name} matches the seeds' glob dhash_*.zip"));
             continue;
@@ -895,14 +924,544 @@ fn fault_matrix() {
 
 // ---------------------------------------------------------------- kill points
 
-fn kill_points(_rng: Rng, _size: Size) -> Tally {
-    Tally::default()
+/// Where a run is killed: a named crash point of the tool
+/// (`DHASH_TEST_CRASH_AT`), or a random delay after spawn.
+#[derive(Clone, Debug)]
+enum Point {
+    Named(&'static str),
+    Random,
+    /// A random delay after the run prints `rollback.started` (a monitor in
+    /// the middle of its rollback).
+    InRollback,
+}
+
+const BACKUP_POINTS: &[&str] = &[
+    "backup-snapshot",
+    "backup-zip-written",
+    "backup-sidecar-written",
+    "backup-renamed",
+];
+const DEPLOY_POINTS: &[&str] = &[
+    "deploy-started",
+    "deploy-installing",
+    "deploy-installed",
+    "deploy-migrated",
+    "deploy-switched",
+    "deploy-stopped",
+    "deploy-restarted",
+    "deploy-healthy",
+];
+const BAD_DEPLOY_POINTS: &[&str] = &[
+    "deploy-installed",
+    "deploy-migrated",
+    "deploy-switched",
+    "deploy-restarted",
+    "deploy-switched-back",
+];
+const ROLLBACK_POINTS: &[&str] = &[
+    "rollback-extracted",
+    "rollback-started",
+    "rollback-stopped",
+    "rollback-data-quarantined",
+    "rollback-data-restored",
+    "rollback-release-installed",
+    "rollback-switched",
+];
+
+/// Runs a command to be killed at `point`; the label says where, for a replay.
+fn killed_run(
+    tp: &TestProject,
+    bin: &str,
+    args: &[String],
+    point: &Point,
+    typical: f64,
+    rng: &mut Rng,
+) -> Run {
+    let timeout = Duration::from_secs(120);
+    match point {
+        Point::Named(p) => {
+            let mut r = run_tool(tp, bin, args, &[("DHASH_TEST_CRASH_AT", p)], Kill::Never, timeout);
+            if r.signal == Some(9) {
+                r.killed = true;
+            }
+            r
+        }
+        Point::Random => {
+            let d = rng.between(Duration::from_millis(30), Duration::from_secs_f64(typical * 1.1));
+            let (cmd, label) = tool(tp, bin, args, &[]);
+            run_cmd(cmd, &format!("{label} [kill -9 after {:.3}s]", d.as_secs_f64()), Kill::After(d), timeout)
+        }
+        Point::InRollback => {
+            let d = rng.between(Duration::ZERO, Duration::from_millis(3000));
+            let fallback = Duration::from_secs(20);
+            let (cmd, label) = tool(tp, bin, args, &[]);
+            run_cmd(
+                cmd,
+                &format!("{label} [kill -9 {:.3}s after rollback.started]", d.as_secs_f64()),
+                Kill::AfterEvent("rollback.started", d, fallback),
+                timeout,
+            )
+        }
+    }
+}
+
+fn ledger_rollbacks(tp: &TestProject) -> usize {
+    tp.env(ENV)
+        .ledger()
+        .records("rollback")
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| r["result"] == "completed")
+        .count()
+}
+
+fn releases_state(tp: &TestProject) -> Value {
+    fs::read_to_string(tp.env(ENV).install_root.join("releases.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// One environment through a sequence of kills: v1 deployed, rows, backup B1.
+struct Chain {
+    tp: TestProject,
+    w: World,
+    b1: PathBuf,
+    rows_b1: BTreeMap<i64, String>,
+    v1: String,
+    n: usize,
+}
+
+impl Chain {
+    fn new(t: &mut Tally) -> Option<Chain> {
+        let tp = project();
+        let mut w = World::new();
+        let b1 = deployed_with_backup(&tp, &mut w, t)?;
+        let v1 = current_id(&tp)?;
+        let rows_b1 = w.rows.clone();
+        Some(Chain { tp, w, b1, rows_b1, v1, n: 0 })
+    }
+
+    fn b1(&self) -> String {
+        self.b1.to_string_lossy().to_string()
+    }
+
+    /// The rollback to B1, killed at `point`, then rerun.
+    fn rollback_kill(&mut self, t: &mut Tally, point: &Point, typical: &mut f64, rng: &mut Rng) -> bool {
+        let args = s(&["--env", ENV, "--force", "--backup", &self.b1()]);
+        let before = ledger_rollbacks(&self.tp);
+        let r = killed_run(&self.tp, "rollback_dhash", &args, point, *typical, rng);
+        t.count += 1;
+        let ctx = format!("kill point: rollback_dhash at {point:?}");
+        r.check(t, &[0], &ctx);
+        self.w.check_rows(&self.tp, t, &format!("{ctx}: right after the kill\n  {}", r.show()), false, false);
+        let killed_done = r.count("rollback.completed");
+        let again = run_tool(&self.tp, "rollback_dhash", &args, &[], Kill::Never, Duration::from_secs(120));
+        let rerun_ctx = format!("{ctx}, then the rerun\n  killed run: {}", r.show());
+        if !again.check(t, &[0], &rerun_ctx) {
+            return false;
+        }
+        *typical = again.secs.max(0.5);
+        let after = ledger_rollbacks(&self.tp);
+        if after < before + 1 || after > before + 1 + killed_done {
+            t.fail(format!(
+                "{rerun_ctx}: {} completed rollbacks recorded for one request (killed run completed {killed_done})\n{}",
+                after - before,
+                again.show()
+            ));
+        }
+        self.w.rollbacks = after;
+        self.w.rows = self.rows_b1.clone();
+        let ok = self.w.check(&self.tp, t, &format!("{rerun_ctx}\n  rerun: {}", again.show()), true);
+        if current_id(&self.tp).as_deref() != Some(self.v1.as_str()) {
+            t.fail(format!("{rerun_ctx}: current is {:?}, not the backup's {}", current_id(&self.tp), self.v1));
+            return false;
+        }
+        ok
+    }
+}
+
+fn kill_points(mut rng: Rng, size: Size) -> Tally {
+    let mut t = Tally::default();
+    let large = size == Size::Large;
+    // The plan: (family, point, second point for the rollback that follows a good deploy).
+    let mut plan: Vec<(&str, Point, Point)> = Vec::new();
+    let named = |rng: &mut Rng, points: &[&'static str], n: usize| -> Vec<Point> {
+        let mut p: Vec<&'static str> = points.to_vec();
+        rng.shuffle(&mut p);
+        p.truncate(n);
+        p.into_iter().map(Point::Named).collect()
+    };
+    let (nb, rb, ng, rg, nbad, rbad, nm, rm) = if large {
+        (4, 8, 8, 4, 5, 5, 7, 8)
+    } else {
+        (2, 2, 2, 1, 2, 1, 1, 2)
+    };
+    for p in named(&mut rng, BACKUP_POINTS, nb).into_iter().chain((0..rb).map(|_| Point::Random)) {
+        plan.push(("backup", p, Point::Random));
+    }
+    let mut rollback_points: Vec<Point> = named(&mut rng, ROLLBACK_POINTS, if large { 7 } else { 2 });
+    for p in named(&mut rng, DEPLOY_POINTS, ng).into_iter().chain((0..rg).map(|_| Point::Random)) {
+        let second = rollback_points.pop().unwrap_or(Point::Random);
+        plan.push(("deploy-good", p, second));
+    }
+    for p in named(&mut rng, BAD_DEPLOY_POINTS, nbad).into_iter().chain((0..rbad).map(|_| Point::Random)) {
+        plan.push(("deploy-bad", p, Point::Random));
+    }
+    for p in named(&mut rng, ROLLBACK_POINTS, nm).into_iter().chain((0..rm).map(|_| Point::InRollback)) {
+        plan.push(("monitor", p, Point::Random));
+    }
+    rng.shuffle(&mut plan);
+    eprintln!("faults: kill: plan {:?}", plan.iter().map(|(f, p, q)| format!("{f}@{p:?}/{q:?}")).collect::<Vec<_>>());
+    let v2 = base_bundle("v2", &[], true);
+    let badh = base_bundle("badh", &[("health_fail", "true")], true);
+    let badc = base_bundle("badc", &[("crash_at_start", "true")], true);
+    let badq = base_bundle("badq", &[("low_confidence_flood", "1500")], true);
+    let (mut t_backup, mut t_deploy, mut t_bad, mut t_rollback) = (1.0f64, 2.0f64, 4.0f64, 3.0f64);
+    let mut chain: Option<Chain> = None;
+    for (i, (family, point, second)) in plan.iter().enumerate() {
+        if chain.is_none() {
+            chain = Chain::new(&mut t);
+            if chain.is_none() {
+                t.fail("kill points: could not set up an environment; stopping this family".into());
+                break;
+            }
+        }
+        let c = chain.as_mut().unwrap();
+        c.n += 1;
+        let ok = match *family {
+            "backup" => {
+                let args = s(&["--env", ENV]);
+                let r = killed_run(&c.tp, "backup_dhash", &args, point, t_backup, &mut rng);
+                t.count += 1;
+                let ctx = format!("kill point #{i}: backup_dhash at {point:?}");
+                r.check(&mut t, &[0], &ctx);
+                c.w.check(&c.tp, &mut t, &format!("{ctx}: right after the kill\n  {}", r.show()), false);
+                let again = run_tool(&c.tp, "backup_dhash", &args, &[], Kill::Never, Duration::from_secs(120));
+                let ctx = format!("{ctx}, then the rerun\n  killed run: {}", r.show());
+                if again.check(&mut t, &[0], &ctx) {
+                    t_backup = again.secs.max(0.3);
+                    c.w.check(&c.tp, &mut t, &format!("{ctx}\n  rerun: {}", again.show()), true)
+                } else {
+                    false
+                }
+            }
+            "deploy-good" => {
+                let tag = format!("g{}", c.n);
+                let (_, id) = dist(&c.tp, &v2, &tag);
+                let _ = c.w.post(&c.tp, 1);
+                let args = deploy_args(&tag);
+                let r = killed_run(&c.tp, "deploy_dhash", &args, point, t_deploy, &mut rng);
+                t.count += 1;
+                let ctx = format!("kill point #{i}: deploy_dhash (good release {id}) at {point:?}");
+                r.check(&mut t, &[0], &ctx);
+                c.w.check(&c.tp, &mut t, &format!("{ctx}: right after the kill\n  {}", r.show()), false);
+                let again = run_tool(&c.tp, "deploy_dhash", &args, &[], Kill::Never, Duration::from_secs(120));
+                let ctx = format!("{ctx}, then the rerun\n  killed run: {}", r.show());
+                let mut ok = again.check(&mut t, &[0], &ctx);
+                if ok {
+                    t_deploy = again.secs.max(0.5);
+                    ok = c.w.check(&c.tp, &mut t, &format!("{ctx}\n  rerun: {}", again.show()), true);
+                    if current_id(&c.tp).as_deref() != Some(id.as_str()) {
+                        t.fail(format!("{ctx}: current is {:?}, not {id}\n  rerun: {}", current_id(&c.tp), again.show()));
+                        ok = false;
+                    }
+                }
+                ok && {
+                    let _ = c.w.post(&c.tp, 1);
+                    c.rollback_kill(&mut t, second, &mut t_rollback, &mut rng)
+                }
+            }
+            "deploy-bad" => {
+                let (base, kind) = if c.n % 2 == 0 { (&badh, "health_fail") } else { (&badc, "crash_at_start") };
+                let tag = format!("b{}", c.n);
+                let (_, id) = dist(&c.tp, base, &tag);
+                let args = deploy_args(&tag);
+                let r = killed_run(&c.tp, "deploy_dhash", &args, point, t_bad, &mut rng);
+                t.count += 1;
+                let ctx = format!("kill point #{i}: deploy_dhash (bad release {id}, {kind}) at {point:?}");
+                r.check(&mut t, &[1], &ctx);
+                c.w.check(&c.tp, &mut t, &format!("{ctx}: right after the kill\n  {}", r.show()), false);
+                let failed_before = releases_state(&c.tp)["releases"][id.as_str()]["state"] == "failed";
+                let again = run_tool(&c.tp, "deploy_dhash", &args, &[], Kill::Never, Duration::from_secs(120));
+                let ctx = format!("{ctx}, then the rerun\n  killed run: {}", r.show());
+                let mut ok = again.check(&mut t, &[1, 2], &ctx);
+                if ok {
+                    t_bad = again.secs.max(1.0);
+                }
+                let switched_to_bad = again
+                    .events()
+                    .iter()
+                    .any(|e| e["event"] == "deploy.switched" && e.to_string().contains(&format!("\"release\":\"{id}\"")));
+                if failed_before && switched_to_bad {
+                    t.fail(format!(
+                        "{ctx}: the rerun switched onto {id}, a release already marked failed (issue 13 #3)\n  rerun: {}",
+                        again.show()
+                    ));
+                    ok = false;
+                }
+                if current_id(&c.tp).as_deref() != Some(c.v1.as_str()) {
+                    t.fail(format!("{ctx}: current is {:?}, not the previous release {}\n  rerun: {}", current_id(&c.tp), c.v1, again.show()));
+                    ok = false;
+                }
+                ok && c.w.check(&c.tp, &mut t, &format!("{ctx}\n  rerun: {}", again.show()), true)
+            }
+            _ => {
+                // A monitor rolling back a flooding release, killed in the middle.
+                let tag = format!("q{}", c.n);
+                let (_, id) = dist(&c.tp, &badq, &tag);
+                let d = run_tool(&c.tp, "deploy_dhash", &deploy_args(&tag), &[], Kill::Never, Duration::from_secs(120));
+                let ctx = format!("kill point #{i}: monitor_dhash rolling back {id} at {point:?}");
+                if !d.check(&mut t, &[0], &format!("{ctx}: deploying the flooding release")) {
+                    false
+                } else {
+                    let args = s(&[
+                        "--env", ENV, "--config", "fast-gates.json", "--duration", "10s",
+                        "--release", &id, "--backup", &c.b1(),
+                    ]);
+                    let before = ledger_rollbacks(&c.tp);
+                    let r = killed_run(&c.tp, "monitor_dhash", &args, point, 6.0, &mut rng);
+                    t.count += 1;
+                    r.check(&mut t, &[3], &ctx);
+                    c.w.check_rows(&c.tp, &mut t, &format!("{ctx}: right after the kill\n  {}", r.show()), false, false);
+                    let again = run_tool(&c.tp, "monitor_dhash", &args, &[], Kill::Never, Duration::from_secs(120));
+                    let ctx = format!("{ctx}, then the rerun\n  killed run: {}", r.show());
+                    let mut ok = again.check(&mut t, &[3, 6], &ctx);
+                    if again.code == Some(0) {
+                        t.fail(format!("{ctx}: the rerun reported a pass after an interrupted rollback (issue 13 #2)\n  rerun: {}", again.show()));
+                    }
+                    let after = ledger_rollbacks(&c.tp);
+                    if after != before + 1 {
+                        t.fail(format!(
+                            "{ctx}: {} completed rollbacks for one violation (want exactly 1)\n  rerun: {}",
+                            after - before,
+                            again.show()
+                        ));
+                        ok = false;
+                    }
+                    c.w.rollbacks = after;
+                    c.w.rows = c.rows_b1.clone();
+                    if current_id(&c.tp).as_deref() != Some(c.v1.as_str()) {
+                        t.fail(format!("{ctx}: current is {:?}, not the backup's {}\n  rerun: {}", current_id(&c.tp), c.v1, again.show()));
+                        ok = false;
+                    }
+                    let st = releases_state(&c.tp);
+                    if st["releases"][id.as_str()]["state"] == "healthy" || st["last_known_good"] == id.as_str() {
+                        t.fail(format!(
+                            "{ctx}: releases.json still calls the rolled-back {id} healthy / last known good (issue 13, release states): {st}"
+                        ));
+                    }
+                    ok && c.w.check(&c.tp, &mut t, &format!("{ctx}\n  rerun: {}", again.show()), true)
+                }
+            }
+        };
+        if !ok {
+            // Start the next kill on a fresh environment, so one defect is reported once.
+            if let Some(c) = chain.take() {
+                reap(&c.tp);
+            }
+        }
+    }
+    if let Some(c) = chain.take() {
+        reap(&c.tp);
+    }
+    t
 }
 
 // ---------------------------------------------------------------- concurrent pairs
 
-fn concurrent_pairs(_rng: Rng, _size: Size) -> Tally {
-    Tally::default()
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Tool {
+    Backup,
+    Deploy,
+    Rollback,
+    Migrate,
+    Monitor,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum State {
+    /// v1 serving (the backup B1's release).
+    V1,
+    /// A good release with a newer schema serving, rows beyond B1.
+    V2,
+    /// A release flooding the low-confidence queue serving: a watch must roll it back.
+    Flood,
+}
+
+/// A `gate.violated` event as a watcher writes it, for `rollback_dhash --on-violation`.
+fn violation(release: &str) -> String {
+    json!({"ts": "2026-11-23T09:00:00.000Z", "tool": "monitor_dhash", "env": ENV,
+           "event": "gate.violated", "level": "critical",
+           "msg": "low_confidence_queue 1500 > 1000", "gate": "low_confidence_queue",
+           "action": "auto-rollback", "release": release})
+    .to_string()
+        + "\n"
+}
+
+impl Chain {
+    /// Back to v1 at schema 2 (B1's state), by a rollback when needed.
+    fn to_v1(&mut self, t: &mut Tally) -> bool {
+        let schema = rusqlite::Connection::open_with_flags(&self.tp.env(ENV).database, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .and_then(|c| c.query_row("SELECT MAX(version) FROM schema_migrations", [], |r| r.get::<_, Option<i64>>(0)))
+            .ok()
+            .flatten();
+        if current_id(&self.tp).as_deref() == Some(self.v1.as_str()) && schema == Some(2) {
+            return true;
+        }
+        let r = run_tool(&self.tp, "rollback_dhash", &s(&["--env", ENV, "--force", "--backup", &self.b1()]), &[], Kill::Never, Duration::from_secs(120));
+        let ok = r.check(t, &[0], "pairs: back to B1 between pairs");
+        self.w.rollbacks = ledger_rollbacks(&self.tp);
+        self.w.rows = self.rows_b1.clone();
+        self.w.schema_ahead = None;
+        ok && self.w.check(&self.tp, t, &format!("pairs: back to B1 between pairs\n  {}", r.show()), true)
+    }
+
+    fn deploy_new(&mut self, t: &mut Tally, base: &Path, prefix: &str) -> Option<String> {
+        self.n += 1;
+        let tag = format!("{prefix}{}", self.n);
+        let (_, id) = dist(&self.tp, base, &tag);
+        let r = run_tool(&self.tp, "deploy_dhash", &deploy_args(&tag), &[], Kill::Never, Duration::from_secs(120));
+        r.check(t, &[0], &format!("pairs: deploying {id}")).then_some(id)
+    }
+}
+
+fn concurrent_pairs(mut rng: Rng, size: Size) -> Tally {
+    let mut t = Tally::default();
+    let tools = [Tool::Backup, Tool::Deploy, Tool::Rollback, Tool::Migrate, Tool::Monitor];
+    let mut pairs = Vec::new();
+    for (i, a) in tools.iter().enumerate() {
+        for b in &tools[i..] {
+            pairs.push((*a, *b));
+        }
+    }
+    // Staggers of the second run's start: together, then a little, then a lot.
+    let staggers: Vec<(u64, u64)> = match size {
+        Size::Small => vec![(0, 300)],
+        Size::Large => vec![(0, 50), (50, 600), (600, 2500)],
+    };
+    let v2 = base_bundle("v2", &[], true);
+    let badq = base_bundle("badq", &[("low_confidence_flood", "1500")], true);
+    let mut chain = Chain::new(&mut t);
+    for (lo, hi) in &staggers {
+        rng.shuffle(&mut pairs);
+        for (a, b) in &pairs {
+            let Some(c) = chain.as_mut() else {
+                t.fail("pairs: could not set up an environment".into());
+                return t;
+            };
+            let has = |x: Tool| *a == x || *b == x;
+            let state = if has(Tool::Monitor) && has(Tool::Rollback) || (*a == Tool::Monitor && *b == Tool::Monitor) {
+                State::Flood
+            } else if has(Tool::Rollback) {
+                State::V2
+            } else {
+                State::V1
+            };
+            if !c.to_v1(&mut t) {
+                reap(&c.tp);
+                chain = Chain::new(&mut t);
+                continue;
+            }
+            let serving = match state {
+                State::V1 => Some(c.v1.clone()),
+                State::V2 => {
+                    let id = c.deploy_new(&mut t, &v2, "s");
+                    let _ = c.w.post(&c.tp, 2);
+                    id
+                }
+                State::Flood => c.deploy_new(&mut t, &badq, "f"),
+            };
+            let Some(serving) = serving else { continue };
+            c.w.check(&c.tp, &mut t, &format!("pairs: state {state:?} before {a:?} + {b:?}"), true);
+            c.n += 1;
+            let target_tag = format!("d{}", c.n);
+            let (target_dir, target_id) = dist(&c.tp, &v2, &target_tag);
+            let b1 = c.b1();
+            let command = |which: Tool| -> (Command, String, Option<String>, Vec<i32>) {
+                let (bin, args, input, allowed): (&str, Vec<String>, Option<String>, Vec<i32>) = match which {
+                    Tool::Backup => ("backup_dhash", s(&["--env", ENV]), None, vec![0, 75]),
+                    Tool::Deploy => ("deploy_dhash", deploy_args(&target_tag), None, vec![0, 75]),
+                    Tool::Rollback => (
+                        "rollback_dhash",
+                        s(&["--env", ENV, "--on-violation", "--backup", &b1]),
+                        Some(violation(&serving)),
+                        vec![0, 3, 75],
+                    ),
+                    Tool::Migrate => (
+                        "migrate_dhash",
+                        s(&["--env", ENV, "--release", &target_dir.to_string_lossy()]),
+                        None,
+                        vec![0, 75],
+                    ),
+                    Tool::Monitor => (
+                        "monitor_dhash",
+                        s(&["--env", ENV, "--config", "fast-gates.json", "--duration", "4s", "--release", &serving, "--backup", &b1]),
+                        None,
+                        vec![0, 3, 5, 6, 75],
+                    ),
+                };
+                let (cmd, label) = tool(&c.tp, bin, &args, &[]);
+                (cmd, label, input, allowed)
+            };
+            let before = ledger_rollbacks(&c.tp);
+            let delay = Duration::from_millis(*lo + rng.below((*hi - *lo) as usize) as u64);
+            let (ca, la, ia, aa) = command(*a);
+            let (cb, lb, ib, ab) = command(*b);
+            let (ra, rb) = std::thread::scope(|sc| {
+                let ha = sc.spawn(|| run_cmd_input(ca, &la, ia, Kill::Never, Duration::from_secs(120)));
+                let hb = sc.spawn(|| {
+                    std::thread::sleep(delay);
+                    run_cmd_input(cb, &format!("{lb} [started {:.3}s later]", delay.as_secs_f64()), ib, Kill::Never, Duration::from_secs(120))
+                });
+                (ha.join().unwrap(), hb.join().unwrap())
+            });
+            t.count += 1;
+            let ctx = format!("concurrent pair {a:?} + {b:?} on {state:?} ({serving})");
+            let both = format!("\n  first: {}\n  second: {}", ra.show(), rb.show());
+            ra.check(&mut t, &aa, &format!("{ctx}, first run{both}"));
+            rb.check(&mut t, &ab, &format!("{ctx}, second run{both}"));
+            let after = ledger_rollbacks(&c.tp);
+            let acted = after - before;
+            // One violation (the flood, or the rollback's event): at most one rollback,
+            // and exactly one when a watcher saw a flooding release.
+            let want: &[usize] = match state {
+                State::Flood => &[1],
+                State::V2 => &[0, 1],
+                State::V1 => &[0],
+            };
+            if !want.contains(&acted) {
+                t.fail(format!("{ctx}: {acted} completed rollbacks for one violation (want {want:?}){both}"));
+            }
+            let events = |name: &str| ra.count(name) + rb.count(name);
+            if *a == Tool::Deploy && *b == Tool::Deploy && events("deploy.switched") > 1 {
+                t.fail(format!("{ctx}: both deploys switched to {target_id}{both}"));
+            }
+            if has(Tool::Migrate) && (has(Tool::Deploy) || *a == *b) {
+                let applied: usize = [&ra, &rb]
+                    .iter()
+                    .flat_map(|r| r.events())
+                    .filter(|e| e["event"] == "migrate.applied" && e["version"] == 3)
+                    .count();
+                if applied > 1 {
+                    t.fail(format!("{ctx}: migration 3 applied {applied} times{both}"));
+                }
+            }
+            if acted > 0 {
+                c.w.rows = c.rows_b1.clone();
+            }
+            c.w.rollbacks = after;
+            c.w.schema_ahead = has(Tool::Migrate).then_some(3);
+            if !c.w.check(&c.tp, &mut t, &format!("{ctx}: after the pair{both}"), true) {
+                reap(&c.tp);
+                chain = Chain::new(&mut t);
+            }
+        }
+    }
+    if let Some(c) = chain.take() {
+        reap(&c.tp);
+    }
+    t
 }
 
 // ---------------------------------------------------------------- config mutations
@@ -1236,6 +1795,334 @@ fn config_mutations(mut rng: Rng, size: Size) -> Tally {
 
 // ---------------------------------------------------------------- hostile archives
 
-fn hostile_archives(_rng: Rng, _size: Size) -> Tally {
-    Tally::default()
+/// Deploys v1 on production with rows and a verified backup of them
+/// (returned with the rows it holds).
+fn deployed_with_backup(tp: &TestProject, w: &mut World, t: &mut Tally) -> Option<PathBuf> {
+    dist(tp, &base_bundle("v1", &[], false), "v1");
+    let r = run_tool(tp, "deploy_dhash", &deploy_args("v1"), &[], Kill::Never, Duration::from_secs(120));
+    if !r.check(t, &[0], "setup: deploy v1") {
+        return None;
+    }
+    if let Err(e) = w.post(tp, 3) {
+        t.fail(format!("setup: posting images to v1: {e}"));
+        return None;
+    }
+    let b = run_tool(tp, "backup_dhash", &s(&["--env", ENV]), &[], Kill::Never, Duration::from_secs(120));
+    if !b.check(t, &[0], "setup: backup of v1") {
+        return None;
+    }
+    newest_backup(tp)
+}
+
+/// The newest `backups/dhash_production_*.zip`.
+fn newest_backup(tp: &TestProject) -> Option<PathBuf> {
+    let dir = tp.env(ENV).backup_dir;
+    let mut zips: Vec<PathBuf> = fs::read_dir(&dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy().to_string();
+            n.starts_with("dhash_production_") && n.ends_with(".zip")
+        })
+        .collect();
+    zips.sort();
+    zips.pop()
+}
+
+/// deploy_dhash's arguments for a tag; `--no-monitor` when deploy offers it
+/// (a deploy that starts its own watch would outlive the step).
+fn deploy_args(tag: &str) -> Vec<String> {
+    let mut a = s(&["--env", ENV, "--tag", tag]);
+    if deploy_has("--no-monitor") {
+        a.push("--no-monitor".into());
+    }
+    a
+}
+
+fn deploy_has(flag: &str) -> bool {
+    static HELP: Mutex<Option<String>> = Mutex::new(None);
+    let mut help = HELP.lock().unwrap();
+    let text = help.get_or_insert_with(|| {
+        let out = Command::new(testkit::bin_path("deploy_dhash"))
+            .arg("--help")
+            .stdin(Stdio::null())
+            .output()
+            .expect("deploy_dhash --help");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    });
+    text.contains(flag)
+}
+
+type Entry = (String, Vec<u8>, bool);
+
+/// Rewrites a real backup through `edit` (entries without manifest.json,
+/// and the manifest), so only the edited part is wrong.
+fn rebuild(src: &Path, dst: &Path, edit: impl FnOnce(&mut Vec<Entry>, &mut Value)) {
+    use zip::write::SimpleFileOptions;
+    let mut a = zip::ZipArchive::new(fs::File::open(src).unwrap()).unwrap();
+    let mut entries = Vec::new();
+    let mut manifest = Value::Null;
+    for i in 0..a.len() {
+        let mut f = a.by_index(i).unwrap();
+        let name = f.name().unwrap().to_string();
+        let link = f.unix_mode().is_some_and(|m| m & 0o170000 == 0o120000);
+        let mut bytes = Vec::new();
+        f.read_to_end(&mut bytes).unwrap();
+        if name == "manifest.json" {
+            manifest = serde_json::from_slice(&bytes).unwrap();
+        } else {
+            entries.push((name, bytes, link));
+        }
+    }
+    edit(&mut entries, &mut manifest);
+    let mut z = zip::ZipWriter::new(fs::File::create(dst).unwrap());
+    let opts = SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+    for (name, bytes, link) in &entries {
+        if *link {
+            z.add_symlink(name.as_str(), String::from_utf8_lossy(bytes), opts).unwrap();
+        } else {
+            z.start_file(name.as_str(), opts).unwrap();
+            z.write_all(bytes).unwrap();
+        }
+    }
+    z.start_file("manifest.json", opts).unwrap();
+    z.write_all(&serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+    z.finish().unwrap();
+}
+
+/// Adds a file entry, listed in the manifest with its true hash and size.
+fn add_listed(entries: &mut Vec<Entry>, manifest: &mut Value, name: &str, bytes: &[u8]) {
+    entries.push((name.to_string(), bytes.to_vec(), false));
+    if let Some(files) = manifest["files"].as_array_mut() {
+        files.push(json!({"path": name, "bytes": bytes.len(),
+                          "sha256": hex::encode(Sha256::digest(bytes)), "mode": 420}));
+    }
+}
+
+/// `<sha256>  <path relative to the project>` (GNU sha256sum format).
+fn write_sidecar(root: &Path, zip: &Path) {
+    let rel = zip.strip_prefix(root).unwrap_or(zip);
+    fs::write(
+        format!("{}.sha256", zip.display()),
+        format!("{}  {}\n", sha256_file(zip), rel.display()),
+    )
+    .unwrap();
+}
+
+fn patch_bytes(path: &Path, from: &[u8], to: &[u8]) -> usize {
+    let mut bytes = fs::read(path).unwrap();
+    let mut n = 0;
+    let mut i = 0;
+    while i + from.len() <= bytes.len() {
+        if &bytes[i..i + from.len()] == from {
+            bytes[i..i + from.len()].copy_from_slice(to);
+            n += 1;
+        }
+        i += 1;
+    }
+    fs::write(path, bytes).unwrap();
+    n
+}
+
+fn hostile_archives(rng: Rng, _size: Size) -> Tally {
+    let mut t = Tally::default();
+    let tp = project();
+    let mut w = World::new();
+    let Some(good) = deployed_with_backup(&tp, &mut w, &mut t) else {
+        reap(&tp);
+        return t;
+    };
+    let root = tp.root().to_path_buf();
+    let env = tp.env(ENV);
+    let nonce = format!("{}-{:x}", std::process::id(), rng.clone().next() & 0xffff_ffff);
+    let escape = PathBuf::from(format!("/tmp/dhash-faults-escape-{nonce}"));
+    let abs = PathBuf::from(format!("/tmp/dhash-faults-abs-{nonce}"));
+    let linkdir = PathBuf::from(format!("/tmp/dhash-faults-linkdir-{nonce}"));
+    fs::create_dir_all(&linkdir).unwrap();
+    let up = "../".repeat(14);
+    let slip = format!("data/{up}tmp/dhash-faults-escape-{nonce}");
+    let rel_link = format!("{up}tmp/dhash-faults-linkdir-{nonce}");
+    let name_at = |i: usize| root.join(format!("backups/dhash_production_29990101T0000000{i:02}Z.zip"));
+    type Make<'a> = Box<dyn Fn(&Path) + 'a>;
+    let cases: Vec<(&str, Make)> = vec![
+        ("zip-slip ../ entry", Box::new(|p: &Path| {
+            rebuild(&good, p, |e, m| add_listed(e, m, &slip, b"evil"));
+            write_sidecar(&root, p);
+        })),
+        ("absolute entry name", Box::new(|p: &Path| {
+            rebuild(&good, p, |e, m| add_listed(e, m, &abs.to_string_lossy(), b"evil"));
+            write_sidecar(&root, p);
+        })),
+        ("symlink entry escaping (absolute), then a file through it", Box::new(|p: &Path| {
+            rebuild(&good, p, |e, m| {
+                e.push(("data/evil-link".into(), linkdir.to_string_lossy().as_bytes().to_vec(), true));
+                add_listed(e, m, "data/evil-link/payload", b"evil");
+            });
+            write_sidecar(&root, p);
+        })),
+        ("symlink entry escaping (relative), then a file through it", Box::new(|p: &Path| {
+            rebuild(&good, p, |e, m| {
+                e.push(("data/evil-rel".into(), rel_link.as_bytes().to_vec(), true));
+                add_listed(e, m, "data/evil-rel/payload", b"evil");
+            });
+            write_sidecar(&root, p);
+        })),
+        ("duplicate entry names", Box::new(|p: &Path| {
+            rebuild(&good, p, |e, m| {
+                add_listed(e, m, "data/faultsAA", b"first");
+                add_listed(e, m, "data/faultsAB", b"second");
+            });
+            assert!(patch_bytes(p, b"data/faultsAB", b"data/faultsAA") >= 2);
+            write_sidecar(&root, p);
+        })),
+        ("the database twice, the second not SQLite", Box::new(|p: &Path| {
+            rebuild(&good, p, |e, m| add_listed(e, m, "data/dhash.sqlite4", &b"not a database ".repeat(100)));
+            assert!(patch_bytes(p, b"data/dhash.sqlite4", b"data/dhash.sqlite3") >= 2);
+            write_sidecar(&root, p);
+        })),
+        ("sidecar with a wrong hash", Box::new(|p: &Path| {
+            fs::copy(&good, p).unwrap();
+            let rel = p.strip_prefix(&root).unwrap();
+            fs::write(format!("{}.sha256", p.display()), format!("{}  {}\n", "1".repeat(64), rel.display())).unwrap();
+        })),
+        ("sidecar edited to garbage", Box::new(|p: &Path| {
+            fs::copy(&good, p).unwrap();
+            fs::write(format!("{}.sha256", p.display()), "this is not a checksum\n").unwrap();
+        })),
+        ("no sidecar", Box::new(|p: &Path| {
+            fs::copy(&good, p).unwrap();
+        })),
+        ("truncated zip (sidecar of the truncated bytes)", Box::new(|p: &Path| {
+            let bytes = fs::read(&good).unwrap();
+            fs::write(p, &bytes[..bytes.len() * 6 / 10]).unwrap();
+            write_sidecar(&root, p);
+        })),
+        ("a byte flipped (sidecar recomputed)", Box::new(|p: &Path| {
+            let mut bytes = fs::read(&good).unwrap();
+            let at = bytes.len() / 3;
+            bytes[at] ^= 0x40;
+            fs::write(p, &bytes).unwrap();
+            write_sidecar(&root, p);
+        })),
+        ("manifest lying about a size (16 MiB of zeros listed as 10 bytes)", Box::new(|p: &Path| {
+            rebuild(&good, p, |e, m| {
+                let zeros = vec![0u8; 16 << 20];
+                add_listed(e, m, "data/filler.bin", &zeros);
+                let files = m["files"].as_array_mut().unwrap();
+                let last = files.len() - 1;
+                files[last]["bytes"] = json!(10);
+            });
+            write_sidecar(&root, p);
+        })),
+        ("database not SQLite, manifest matching it", Box::new(|p: &Path| {
+            rebuild(&good, p, |e, m| {
+                let junk = b"SQLite format 3\0 but not really ".repeat(200);
+                for (name, bytes, _) in e.iter_mut() {
+                    if name == "data/dhash.sqlite3" {
+                        *bytes = junk.clone();
+                    }
+                }
+                for f in m["files"].as_array_mut().unwrap() {
+                    if f["path"] == "data/dhash.sqlite3" {
+                        f["bytes"] = json!(junk.len());
+                        f["sha256"] = json!(hex::encode(Sha256::digest(&junk)));
+                    }
+                }
+            });
+            write_sidecar(&root, p);
+        })),
+        ("not a zip at all", Box::new(|p: &Path| {
+            fs::write(p, b"PK\x03\x04 this is not a zip file at all".repeat(50)).unwrap();
+            write_sidecar(&root, p);
+        })),
+        ("empty file", Box::new(|p: &Path| {
+            fs::write(p, b"").unwrap();
+            write_sidecar(&root, p);
+        })),
+        ("a FIFO", Box::new(|p: &Path| {
+            let ok = Command::new("mkfifo").arg(p).status().is_ok_and(|s| s.success());
+            assert!(ok, "mkfifo {}", p.display());
+        })),
+        ("a directory", Box::new(|p: &Path| {
+            fs::create_dir_all(p.join("data")).unwrap();
+        })),
+    ];
+    let sentinels = [escape.clone(), abs.clone(), linkdir.join("payload")];
+    let before_pid = gates_core::service::running_pid(&env);
+    let before_current = current_id(&tp);
+    let mut paths: Vec<(String, PathBuf, bool, Option<&Make>)> = Vec::new();
+    for (i, (what, make)) in cases.iter().enumerate() {
+        let special = matches!(*what, "a FIFO" | "a directory");
+        paths.push((what.to_string(), name_at(i), special, Some(make)));
+    }
+    paths.push(("/dev/zero (a device, endless)".into(), PathBuf::from("/dev/zero"), true, None));
+    paths.push(("a path that does not exist".into(), root.join("backups/dhash_production_29990101T000000099Z.zip"), false, None));
+    for (what, p, special, make) in &paths {
+        if let Some(make) = make {
+            make(p);
+        }
+        t.count += 1;
+        let arg = p.to_string_lossy().to_string();
+        let runs = [
+            run_tool(&tp, "backup_dhash", &s(&["--verify", &arg]), &[], Kill::Never, Duration::from_secs(30)),
+            run_tool(&tp, "rollback_dhash", &s(&["--env", ENV, "--dry-run", "--backup", &arg]), &[], Kill::Never, Duration::from_secs(30)),
+            run_tool(&tp, "rollback_dhash", &s(&["--env", ENV, "--force", "--backup", &arg]), &[], Kill::Never, Duration::from_secs(60)),
+        ];
+        eprintln!(
+            "faults: archives: [{what}]: exits {:?} in {:.1}s",
+            runs.iter().map(|r| r.code).collect::<Vec<_>>(),
+            runs.iter().map(|r| r.secs).sum::<f64>()
+        );
+        for r in &runs {
+            let ctx = format!("hostile archive [{what}] at {}", p.display());
+            if !r.check(&mut t, &[1, 2], &ctx) {
+                continue;
+            }
+            if r.secs > 15.0 {
+                t.fail(format!("{ctx}: refused, but only after {:.1}s\n{}", r.secs, r.show()));
+            }
+            let said = r.stderr.to_lowercase();
+            if *special
+                && (said.contains("does not exist")
+                    || !["fifo", "named pipe", "directory", "device", "not a regular file"]
+                        .iter()
+                        .any(|k| said.contains(k)))
+            {
+                t.fail(format!(
+                    "{ctx}: the message does not say what the path is (FIFO, directory, device) (issue 13 #9)\n{}",
+                    r.show()
+                ));
+            }
+        }
+        for s in &sentinels {
+            if s.exists() {
+                t.fail(format!("hostile archive [{what}]: {} was written outside the project", s.display()));
+                let _ = fs::remove_file(s);
+            }
+        }
+        if gates_core::service::running_pid(&env) != before_pid || current_id(&tp) != before_current {
+            t.fail(format!(
+                "hostile archive [{what}]: the environment changed (pid {:?} -> {:?}, current {:?} -> {:?})",
+                before_pid,
+                gates_core::service::running_pid(&env),
+                before_current,
+                current_id(&tp)
+            ));
+        }
+        if p.starts_with(&root) {
+            if p.is_dir() {
+                let _ = fs::remove_dir_all(p);
+            } else {
+                let _ = fs::remove_file(p);
+            }
+            let _ = fs::remove_file(format!("{}.sha256", p.display()));
+        }
+        w.check(&tp, &mut t, &format!("after hostile archive [{what}]"), true);
+    }
+    let _ = fs::remove_dir_all(&linkdir);
+    let _ = fs::remove_file(&escape);
+    let _ = fs::remove_file(&abs);
+    reap(&tp);
+    t
 }
