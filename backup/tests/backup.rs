@@ -36,6 +36,9 @@ fn invalid_arguments_exit_2_and_help_lists_exit_codes() {
         vec![],
         vec!["--env", "nosuch"],
         vec!["--env", "staging", "--keep", "0"],
+        vec!["--env", "staging", "--keep", "-1"],
+        vec!["--env", "staging", "--keep", "ten"],
+        vec!["--env", "staging", "--keep", "10001"],
         vec!["--env", "staging", "--list", "--dry-run"],
     ] {
         let out = run(backup_cmd(&tp).args(&args));
@@ -1130,6 +1133,23 @@ fn retention_counts_backups_not_aliases_and_refuses_zero() {
     let out = run(backup_cmd(&tp).args(["--env", "production", "--keep", "0"]));
     assert_eq!(out.status.code(), Some(2), "{}", show(&out));
     assert_eq!(names(&dir), before);
+
+    // retention.backups 0 in environments.json: refused (exit 2, naming the
+    // field), nothing pruned.
+    tp.edit_topology(|t| {
+        t["environments"]["production"]["retention"]["backups"] = 0.into();
+    });
+    let out = run(backup_cmd(&tp).args(["--env", "production"]));
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("retention.backups"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(names(&dir), before);
+    tp.edit_topology(|t| {
+        t["environments"]["production"]["retention"]["backups"] = 10.into();
+    });
 
     // retention.backups 0 reaching the library is refused the same way
     // (exit 2), never taken as 1.

@@ -29,11 +29,20 @@ struct Args {
     #[arg(long, conflicts_with = "keep")]
     list: bool,
     /// Retention: keep the newest N backups of the environment (default: retention.backups in environments.json, 10; 0 is refused, exit 2). Aliases (dhash-<env>-<ts>.zip) are not counted and go with their backup.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    keep: Option<u64>,
+    #[arg(long, value_name = "N", value_parser = parse_keep)]
+    keep: Option<usize>,
     /// More detail on stderr.
     #[arg(long, short)]
     verbose: bool,
+}
+
+/// `--keep` is checked exactly as `retention.backups` in environments.json is.
+fn parse_keep(s: &str) -> Result<usize, String> {
+    let n: u64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("expected a whole number, found {s:?}"))?;
+    gates_core::config::limits::check_backups_keep(n)
 }
 
 fn main() -> std::process::ExitCode {
@@ -85,7 +94,7 @@ fn run(args: Args) -> anyhow::Result<Exit> {
     let lock = env.lock(TOOL)?;
     let opts = BackupOptions {
         dry_run: false,
-        keep: args.keep.map(|k| k as usize),
+        keep: args.keep,
     };
     dhash_backup::create(&project, env, &lock, &opts, &em)?;
     Ok(Exit::Ok)
