@@ -1278,6 +1278,104 @@ fn duplicate_keys_are_refused_at_any_depth_in_both_files() {
 }
 
 #[test]
+fn environment_names_paths_and_commands_are_checked() {
+    use serde_json::json;
+    let shipped = shipped_json("environments.json");
+    let prod = shipped["environments"]["production"].clone();
+    for bad in ["../etc", "a/b", "", "-x", "prod env", &"p".repeat(65)] {
+        let doc = json!({"environments": {bad: prod.clone()}});
+        let e = Topology::parse(Path::new(TOPO_PATH), &doc.to_string()).expect_err(bad);
+        assert_config_error(
+            &e,
+            TOPO_PATH,
+            &format!("environments.{bad}"),
+            "expected an environment name of 1 to 64 letters, digits, '-' or '_'",
+            bad,
+        );
+        let g = json!({"environments": {bad: {"quality_gates": {}}}});
+        let e = GatesFile::parse(Path::new(GATES_PATH), &g.to_string()).expect_err(bad);
+        assert_config_error(
+            &e,
+            GATES_PATH,
+            &format!("environments.{bad}"),
+            "(it becomes part of file names)",
+            bad,
+        );
+    }
+    let ok = json!({"environments": {"eu-west_2": prod.clone()}});
+    Topology::parse(Path::new(TOPO_PATH), &ok.to_string()).expect("a plain name loads");
+
+    let p = "/environments/production";
+    let q = "environments.production";
+    let long_part = "a".repeat(256);
+    let long_path = "a/".repeat(2049);
+    let cases: Vec<(String, serde_json::Value, String, &str)> = vec![
+        (
+            format!("{p}/install_root"),
+            json!(""),
+            format!("{q}.install_root"),
+            "that would be the project folder itself",
+        ),
+        (
+            format!("{p}/data_dir"),
+            json!("  "),
+            format!("{q}.data_dir"),
+            "found an empty string",
+        ),
+        (
+            format!("{p}/database"),
+            json!("a\u{0}b"),
+            format!("{q}.database"),
+            "NUL",
+        ),
+        (
+            format!("{p}/backup_dir"),
+            json!(long_path),
+            format!("{q}.backup_dir"),
+            "at most 4096 bytes, found 4098 bytes",
+        ),
+        (
+            format!("{p}/log_dir"),
+            json!(long_part),
+            format!("{q}.log_dir"),
+            "at most 255 bytes, found one of 256 bytes",
+        ),
+        (
+            format!("{p}/notifications/out_dir"),
+            json!(""),
+            format!("{q}.notifications.out_dir"),
+            "empty string",
+        ),
+        (
+            "/dist_dir".into(),
+            json!(""),
+            "dist_dir".into(),
+            "empty string",
+        ),
+        (
+            format!("{p}/service"),
+            json!({"kind": "commands", "start": " ", "stop": "x"}),
+            format!("{q}.service.start"),
+            "expected a shell command",
+        ),
+        (
+            format!("{p}/service"),
+            json!({"kind": "commands", "start": "x", "stop": "x", "restart": ""}),
+            format!("{q}.service.restart"),
+            "expected a shell command",
+        ),
+    ];
+    for (at, value, path, expect) in cases {
+        let case = format!("{at} = {value}");
+        let e = mutated("environments.json", &at, value, |t| {
+            Topology::parse(Path::new(TOPO_PATH), t)
+        })
+        .expect_err(&case);
+        assert_config_error(&e, TOPO_PATH, &path, expect, &case);
+    }
+}
+
+#[test]
 fn a_byte_order_mark_is_named_not_a_syntax_error_at_column_1() {
     let text = format!(
         "\u{feff}{}",

@@ -223,6 +223,7 @@ impl GatesFile {
         let placeholders = find_placeholders(file, &doc);
         let mut environments = BTreeMap::new();
         for (env, raw_env) in &raw.environments {
+            super::check_env_name(file, &format!("environments.{env}"), env)?;
             let mut gates = Vec::new();
             for (name, g) in &raw_env.quality_gates {
                 let path = format!("environments.{env}.quality_gates.{name}");

@@ -81,6 +81,32 @@ pub(crate) fn read_file(file: &Path) -> Result<String, ConfigError> {
         .map_err(|e| ConfigError::new(file, "", format!("cannot read the file: {e}")))
 }
 
+/// The longest environment name: it becomes part of file names (logs,
+/// backups, locks).
+pub const MAX_ENV_NAME: usize = 64;
+
+/// An environment name: letters, digits, `-` and `_`, starting with a letter
+/// or digit. It is used in file names, so `../x` or `a/b` must never pass.
+pub(crate) fn check_env_name(file: &Path, path: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_ENV_NAME
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            file,
+            path,
+            format!(
+                "expected an environment name of 1 to {MAX_ENV_NAME} letters, digits, '-' or '_' (it becomes part of file names), found {name:?}"
+            ),
+        ))
+    }
+}
+
 /// An unresolved `Replace with ...` placeholder found in a config file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Placeholder {

@@ -280,8 +280,12 @@ impl Topology {
             .unwrap_or_else(|| PathBuf::from("."));
         let root = std::path::absolute(&root).unwrap_or(root);
         let mut environments = BTreeMap::new();
+        if let Some(d) = &raw.dist_dir {
+            check_path(file, "dist_dir", d)?;
+        }
         for (name, env) in &raw.environments {
             let path = format!("environments.{name}");
+            super::check_env_name(file, &path, name)?;
             environments.insert(name.clone(), resolve_env(file, &root, &path, name, env)?);
         }
         Ok(Topology {
@@ -417,6 +421,43 @@ pub(crate) fn parse_cadence(
     Ok(out)
 }
 
+/// The longest path the file may give (Linux's PATH_MAX) and the longest
+/// part of one (NAME_MAX): longer ones fail later, in the middle of a change.
+pub const MAX_PATH_BYTES: usize = 4096;
+pub const MAX_PATH_PART_BYTES: usize = 255;
+
+/// A path field: not empty (that would be the project folder itself), no NUL,
+/// within the file system's limits.
+fn check_path(file: &Path, path: &str, value: &str) -> Result<(), ConfigError> {
+    let problem = if value.trim().is_empty() {
+        Some(
+            "expected a path, found an empty string (that would be the project folder itself)"
+                .to_string(),
+        )
+    } else if value.contains('\0') {
+        Some("expected a path, found a NUL character in it".to_string())
+    } else if value.len() > MAX_PATH_BYTES {
+        Some(format!(
+            "expected a path of at most {MAX_PATH_BYTES} bytes, found {} bytes",
+            value.len()
+        ))
+    } else {
+        value
+            .split(['/', '\\'])
+            .find(|p| p.len() > MAX_PATH_PART_BYTES)
+            .map(|part| {
+                format!(
+                    "expected path parts of at most {MAX_PATH_PART_BYTES} bytes, found one of {} bytes",
+                    part.len()
+                )
+            })
+    };
+    match problem {
+        Some(m) => Err(ConfigError::new(file, path, m)),
+        None => Ok(()),
+    }
+}
+
 /// The port of `http://host:port/...`, when one is written.
 fn url_port(url: &str) -> Option<&str> {
     let rest = url.split_once("://")?.1;
@@ -458,6 +499,41 @@ fn resolve_env(
     e: &RawEnv,
 ) -> Result<EnvConfig, ConfigError> {
     let abs = |p: &str| root.join(p);
+    let n = &e.notifications;
+    for (field, value) in [
+        ("install_root", Some(&e.install_root)),
+        ("data_dir", Some(&e.data_dir)),
+        ("database", Some(&e.database)),
+        ("backup_dir", e.backup_dir.as_ref()),
+        ("log_dir", e.log_dir.as_ref()),
+        ("notifications.fallback_file", n.fallback_file.as_ref()),
+        ("notifications.out_dir", n.out_dir.as_ref()),
+    ] {
+        if let Some(v) = value {
+            check_path(file, &format!("{path}.{field}"), v)?;
+        }
+    }
+    if let ServiceControl::Commands {
+        start,
+        stop,
+        restart,
+        ..
+    } = &e.service
+    {
+        for (field, cmd) in [
+            ("start", Some(start)),
+            ("stop", Some(stop)),
+            ("restart", restart.as_ref()),
+        ] {
+            if cmd.is_some_and(|c| c.trim().is_empty()) {
+                return Err(ConfigError::new(
+                    file,
+                    format!("{path}.service.{field}"),
+                    "expected a shell command, found an empty string",
+                ));
+            }
+        }
+    }
     for (field, url) in [
         ("health_url", &e.health_url),
         ("metrics_url", &e.metrics_url),
@@ -564,7 +640,6 @@ fn resolve_env(
             limits::HEALTH_TIMEOUT,
         )?,
     };
-    let n = &e.notifications;
     let log_dir = abs(e.log_dir.as_deref().unwrap_or("monitor_logs"));
     let notify = NotifySettings {
         fallback_file: n
