@@ -36,8 +36,10 @@ and passwords are redacted in every output and file.
 ('export ', # comments, '...' or \"...\" values; no $VAR expansion; a later line
 wins). Only the variables above are read from it; a variable set in the real
 environment, even empty, wins over the file. Its secret values are redacted
-like the others. A line that cannot be read stops notify with exit 2 and
-names the file and line (never the value).
+like the others. A line that cannot be read stops notify and deploy-notify
+with exit 2, naming the file and line (never the value); other tools sending
+through the library (the monitor) report it as a notify.misconfigured event
+and use the environment only.
 
 Routing: environments.json -> environments.<env>.notifications.routes
 ({channel, min_level}); timeout (whole call, all channels), quiet_period.

@@ -6,7 +6,7 @@
 //! upstream event read on stdin) and `deploy-notify` (deploy lifecycle
 //! messages). Other tools call [`send`].
 //!
-//! # Secrets: environment variables only
+//! # Secrets: environment variables, then `.env.notifications`
 //!
 //! | channel  | variables |
 //! |----------|-----------|
@@ -14,12 +14,20 @@
 //! | teams    | `TEAMS_WEBHOOK` or `TEAMS_WEBHOOK_URL` (Workflows "When a Teams webhook request is received" URL) |
 //! | discord  | `DISCORD_WEBHOOK_URL` (or `DISCORD_WEBHOOK`) |
 //! | webhook  | `WEBHOOK_URL` (any endpoint taking JSON) |
-//! | email    | `EMAIL_TO` (comma-separated), `EMAIL_FROM` (default `dhash-notify@localhost`), `EMAIL_TRANSPORT` = `smtp` (default) or `sendmail`; SMTP: `EMAIL_SMTP_HOST`, `EMAIL_SMTP_PORT` (default 587 / 465 / 25 by TLS mode), `EMAIL_SMTP_TLS` = `starttls` (default) / `tls` (implicit) / `none` (plaintext; with credentials only to a loopback host), `EMAIL_USER`, `EMAIL_PASSWORD`; sendmail: `EMAIL_SENDMAIL` (command, default `sendmail`) |
+//! | email    | `EMAIL_TO` (comma-separated), `EMAIL_FROM` (default `dhash-notify@localhost`), `EMAIL_TRANSPORT` = `smtp` or `sendmail` (default: `smtp` when `EMAIL_SMTP_HOST` is set, else `sendmail`); SMTP: `EMAIL_SMTP_HOST`, `EMAIL_SMTP_PORT` (default 587 / 465 / 25 by TLS mode), `EMAIL_SMTP_TLS` = `starttls` (default) / `tls` (implicit) / `none` (plaintext; with credentials only to a loopback host), `EMAIL_USER`, `EMAIL_PASSWORD`; sendmail: `EMAIL_SENDMAIL` (command, default `sendmail`, looked up on `PATH`, then in `/usr/sbin` and `/usr/lib`) |
 //!
 //! An empty variable counts as unset. A channel whose variables are not set is
 //! skipped, said once per process (stderr and a `notify.skipped` debug event).
-//! Webhook URLs, user names and passwords are redacted in every output and file
-//! (`gates_core::redact`).
+//! `EMAIL_TO` alone sends through the local sendmail; when none is installed
+//! the email is recorded in the fallback file with that reason.
+//!
+//! `.env.notifications` at the project root (seed 003) fills in variables the
+//! environment does not set; see [`dotenv`] for the format and rules.
+//!
+//! Webhook URLs (whole, without scheme, their path, query and token-like
+//! segments), user names and passwords are redacted in every output and
+//! file (`gates_core::redact`), and in the text sent to the channels:
+//! a message is redacted before anything else is done with it.
 //!
 //! # Routing
 //!
@@ -51,6 +59,18 @@
 //! `notifications_out/`) as one JSON file per notification. With `--dry-run`
 //! nothing is sent and both places receive what would have been sent
 //! (`dry_run: true`, with the payload).
+//!
+//! # Size
+//!
+//! A message is never rejected for its size: each channel gets it cut to its
+//! limit with the marker `… [truncated]` (Slack 3000 chars, Teams 12000,
+//! Discord 4096 within an embed of 6000, email and the generic webhook
+//! [`truncate::MESSAGE_MAX`]); a title to [`truncate::TITLE_MAX`], fields to
+//! [`truncate::FIELD_MAX`] each and at most [`truncate::FIELDS_MAX`]. The full
+//! text is kept once: in the audit copy in `out_dir`, written whenever
+//! something was cut. Fallback lines carry the first
+//! [`truncate::FALLBACK_MESSAGE_MAX`] chars, `message_truncated`,
+//! `message_chars` and `full_text` (the audit copy's path).
 //!
 //! # Quiet period
 //!

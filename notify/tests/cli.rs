@@ -1442,6 +1442,12 @@ fn help_names_the_variables_and_exit_codes() {
             "EMAIL_SMTP_TLS",
             "--dry-run",
             "--env",
+            ".env.notifications",
+            "exit 2",
+            "local sendmail",
+            "/usr/sbin and /usr/lib",
+            "[truncated]",
+            "kept once",
         ] {
             assert!(help.contains(needle), "{bin} --help lacks {needle}");
         }
