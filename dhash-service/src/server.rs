@@ -24,13 +24,15 @@
 
 use std::convert::Infallible;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::Context as _;
 use bytes::Bytes;
 use gates_core::{Emitter, Exit, Level, ToolError};
 use http_body_util::{BodyExt, Full};
@@ -349,7 +351,13 @@ async fn serve_connection(
         let st = svc_state.clone();
         async move { Ok::<_, Infallible>(handle(req, &st).await) }
     });
-    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    let io = Guarded {
+        io: TokioIo::new(stream),
+        first_line: Some(0),
+        limit: st.config.limits.request_line_bytes as usize + REQUEST_LINE_SLACK,
+        st: st.clone(),
+    };
+    let conn = builder.serve_connection(io, svc);
     let mut conn = std::pin::pin!(conn);
     let result = if *stop.borrow() {
         conn.as_mut().graceful_shutdown();
@@ -375,6 +383,102 @@ async fn serve_connection(
         if st.verbose {
             eprintln!("dhash-service: connection ended: {e}");
         }
+    }
+}
+
+/// Room for the method and the version around the target in a request line.
+const REQUEST_LINE_SLACK: usize = 64;
+
+/// A connection's IO that refuses a first request line running past its
+/// limit with 414 and closes. Without it hyper would read on to the head
+/// cap and answer 431, the wrong word for an endless target. Later requests
+/// on a kept-alive connection are checked by [`handle`] (414) and the head
+/// cap (431).
+struct Guarded {
+    io: TokioIo<tokio::net::TcpStream>,
+    /// Bytes of the connection's first line seen so far; None once it ended.
+    first_line: Option<usize>,
+    limit: usize,
+    st: Arc<State>,
+}
+
+impl Guarded {
+    fn refuse(&mut self) -> std::io::Error {
+        inc(&self.st.metrics.head_rejected_total);
+        let limit = self.st.config.limits.request_line_bytes;
+        let body = json!({
+            "error": format!("request line of over {} bytes: its target exceeds the limit of {limit} bytes", self.limit),
+            "limit_bytes": limit,
+        })
+        .to_string();
+        let text = format!(
+            "HTTP/1.1 414 URI Too Long\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        // Nothing else was written on this connection yet; never wait.
+        let _ = self.io.inner().try_write(text.as_bytes());
+        std::io::Error::new(std::io::ErrorKind::InvalidData, "request line too long")
+    }
+}
+
+impl hyper::rt::Read for Guarded {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        mut buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let Some(seen) = this.first_line else {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        };
+        // Read through a small buffer to look at the bytes (no unsafe).
+        let mut tmp = [0u8; 4096];
+        let want = buf.remaining().min(tmp.len());
+        let mut rb = hyper::rt::ReadBuf::new(&mut tmp[..want]);
+        ready!(Pin::new(&mut this.io).poll_read(cx, rb.unfilled()))?;
+        let got = rb.filled();
+        let line = match got.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                this.first_line = None;
+                seen + i
+            }
+            None => {
+                this.first_line = Some(seen + got.len());
+                seen + got.len()
+            }
+        };
+        if line > this.limit {
+            this.first_line = None;
+            return Poll::Ready(Err(this.refuse()));
+        }
+        buf.put_slice(got);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl hyper::rt::Write for Guarded {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, data)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
     }
 }
 
