@@ -413,7 +413,7 @@ pub fn send_with(
         em,
     };
     if opts.dry_run {
-        dry_run(&ctx, &selected, &missing, &mut report);
+        dry_run(&ctx, &selected, &missing, &failures, &mut report);
         return report;
     }
 
@@ -598,19 +598,26 @@ struct Ctx<'a> {
     em: &'a Emitter,
 }
 
-fn dry_run(ctx: &Ctx<'_>, selected: &[Channel], missing: &[Channel], report: &mut DeliveryReport) {
+fn dry_run(
+    ctx: &Ctx<'_>,
+    selected: &[Channel],
+    missing: &[Channel],
+    invalid: &[(Channel, Outcome)],
+    report: &mut DeliveryReport,
+) {
     let (env, r, em) = (ctx.env, ctx.r, ctx.em);
     let mut copies = Vec::new();
     for ch in selected {
         let configured = !missing.contains(ch);
         let payload = channels::preview(*ch, r, ctx.key);
-        let reason = if configured {
-            "dry-run: not sent".to_string()
-        } else {
-            format!(
+        let broken = invalid.iter().find(|(c, _)| c == ch);
+        let reason = match broken {
+            Some((_, o)) => format!("dry-run: not sent (and it would fail: {})", o.reason),
+            None if configured => "dry-run: not sent".to_string(),
+            None => format!(
                 "dry-run: not sent (and not configured: set {})",
                 ch.secret_vars()
-            )
+            ),
         };
         let entry = FallbackEntry {
             channel: ch.name().to_string(),

@@ -1768,7 +1768,29 @@ fn email_to_without_any_sendmail_goes_to_the_fallback_file_with_the_reason() {
         text(&lines[2]["reason"], "reason").contains("EMAIL_SMTP_HOST is not set"),
         "{lines:?}"
     );
-    p.assert_nothing_lost(&[&r, &r2, &r3]);
+    // A dry run says the email would not go out, and why.
+    let r4 = p.notify(
+        &[
+            "--level",
+            "critical",
+            "--message",
+            "dry",
+            "--dry-run",
+            "--env",
+            "staging",
+        ],
+        &[("PATH", path.as_str()), ("EMAIL_TO", "ops@example.com")],
+    );
+    r4.ok();
+    let lines = p.fallback();
+    let dry = lines.last().expect("dry-run line");
+    assert_eq!(dry["dry_run"], true);
+    let reason = text(&dry["reason"], "reason");
+    assert!(
+        reason.contains("it would fail") && reason.contains("no sendmail program found"),
+        "{reason}"
+    );
+    p.assert_nothing_lost(&[&r, &r2, &r3, &r4]);
 }
 
 #[test]
