@@ -11,9 +11,10 @@ pub const MAX_ARG_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
 /// `secs` seconds as a duration, or why not (negative, NaN, infinite, too large).
 pub fn from_secs_checked(secs: f64) -> Result<Duration, String> {
     if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("{secs} is not a duration ≥ 0"));
+        return Err(format!("{secs:?} is not a duration ≥ 0"));
     }
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("{secs} seconds is too long a duration"))
+    Duration::try_from_secs_f64(secs)
+        .map_err(|_| format!("{secs:?} seconds is too long a duration"))
 }
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {

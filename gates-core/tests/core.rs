@@ -656,6 +656,10 @@ fn assert_config_error(e: &ConfigError, file: &str, path: &str, expect: &str, ca
         e.message.contains(expect),
         "{case}: expected {expect:?} in: {e}"
     );
+    assert!(
+        e.message.len() < 400,
+        "{case}: an operator reads this on one screen: {e}"
+    );
     let shown = e.to_string();
     assert!(
         shown.starts_with(&format!(

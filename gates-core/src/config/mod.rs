@@ -153,10 +153,10 @@ pub fn find_placeholders(file: &Path, value: &serde_json::Value) -> Vec<Placehol
 pub(crate) fn duration_from_value(v: &Value, unit_secs: f64) -> Result<Duration, String> {
     let scaled = |x: f64| -> Result<Duration, String> {
         if !x.is_finite() || x < 0.0 {
-            return Err(format!("expected a duration ≥ 0, found {x}"));
+            return Err(format!("expected a duration ≥ 0, found {x:?}"));
         }
         crate::duration::from_secs_checked(x * unit_secs)
-            .map_err(|_| format!("{x} is too long a duration"))
+            .map_err(|_| format!("{x:?} is too long a duration"))
     };
     match v {
         Value::Number(n) => match n.as_f64() {
@@ -190,16 +190,26 @@ pub(crate) fn duration_in(
             range.describe()
         )
     };
-    let d = duration_from_value(v, unit_secs)
-        .map_err(|m| ConfigError::new(file, path, format!("{m}; allowed: {}", allowed())))?;
-    if !range.contains(d) {
-        return Err(ConfigError::new(
+    let out_of_range = || {
+        ConfigError::new(
             file,
             path,
             format!("expected a duration {}, found {v}", allowed()),
-        ));
+        )
+    };
+    match duration_from_value(v, unit_secs) {
+        Ok(d) if range.contains(d) => Ok(d),
+        Ok(_) => Err(out_of_range()),
+        // A figure (negative, too large): the range says it all.
+        Err(_) if v.is_number() || v.as_str().is_some_and(|s| s.trim().parse::<f64>().is_ok()) => {
+            Err(out_of_range())
+        }
+        Err(m) => Err(ConfigError::new(
+            file,
+            path,
+            format!("{m}; allowed: {}", allowed()),
+        )),
     }
-    Ok(d)
 }
 
 /// A whole-number field checked against its allowed range.
