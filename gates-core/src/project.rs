@@ -46,6 +46,24 @@ impl Project {
         GatesFile::load(custom.unwrap_or(&self.gates_path()))
     }
 
+    /// What the post-deploy watch of `env` would run with: the environment,
+    /// its monitor settings overridden by the gates file's
+    /// `environments.<env>.monitoring` when there is one, and the gates file,
+    /// which is sure to have gates for `env` ([`GatesFile::require_env`]).
+    /// Deploy's preflight calls it before anything changes, so a deploy whose
+    /// watch could not start is refused (exit 2), naming the file and path.
+    pub fn watch_setup(
+        &self,
+        env: &str,
+        custom: Option<&Path>,
+    ) -> Result<(EnvConfig, GatesFile), ConfigError> {
+        let mut env_config = self.env(env)?.clone();
+        let gates = self.gates(custom)?;
+        gates.require_env(env)?;
+        gates.apply_monitoring(&mut env_config);
+        Ok((env_config, gates))
+    }
+
     pub fn dist_dir(&self) -> &Path {
         &self.topology.dist_dir
     }

@@ -1426,6 +1426,50 @@ fn require_env_refuses_a_deploy_whose_watch_could_not_start() {
 }
 
 #[test]
+fn watch_setup_applies_the_profile_and_refuses_a_watch_that_cannot_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(
+        repo_file("environments.json"),
+        dir.path().join("environments.json"),
+    )
+    .expect("copy topology");
+    let mobius = dir.path().join("mobius.json");
+    std::fs::copy(repo_file("quality-gates-mobius.json"), &mobius).expect("copy profile");
+    let project = gates_core::project::Project::open(dir.path()).expect("project");
+    let (env, gates) = project
+        .watch_setup("production", Some(&mobius))
+        .expect("mobius watch");
+    assert_eq!(env.monitor.duration, Duration::from_secs(4 * 3600));
+    assert_eq!(
+        env.monitor.interval_at(Duration::from_secs(3600)),
+        Duration::from_secs(300)
+    );
+    assert_eq!(gates.file, mobius);
+    // No --config and no quality-gates-config.json: the error names the file.
+    let e = project
+        .watch_setup("production", None)
+        .expect_err("no gates file");
+    assert!(e.message.contains("cannot read the file"), "{e}");
+    assert_eq!(e.file, dir.path().join("quality-gates-config.json"));
+    // A gates file without the environment's section: refused, named.
+    let only_staging = dir.path().join("quality-gates-config.json");
+    let mut doc = shipped_json("quality-gates-config.json");
+    doc["environments"]
+        .as_object_mut()
+        .expect("environments")
+        .remove("production");
+    std::fs::write(&only_staging, doc.to_string()).expect("write");
+    let e = project
+        .watch_setup("production", None)
+        .expect_err("no section");
+    assert_eq!(e.path, "environments.production", "{e}");
+    assert!(e.message.contains("could not start"), "{e}");
+    // Without an override the topology's watch stays.
+    let (env, _) = project.watch_setup("staging", None).expect("staging");
+    assert_eq!(env.monitor.duration, Duration::from_secs(1800));
+}
+
+#[test]
 fn mobius_profile_has_seed_004_triggers_and_phases() {
     let file = GatesFile::load(&repo_file("quality-gates-mobius.json")).expect("mobius loads");
     assert!(
