@@ -24,7 +24,11 @@ pub struct Incident<'a> {
     pub restored_release: Option<&'a str>,
     pub backup: Option<&'a Path>,
     pub operator: String,
-    pub violation: &'a Decision,
+    /// The violation that caused the rollback, when this run saw it (a
+    /// finished interrupted rollback knows only its recorded reason).
+    pub violation: Option<&'a Decision>,
+    /// The cause in words.
+    pub cause: &'a str,
     pub other_violations: &'a [Decision],
     pub timeline: &'a Timeline,
     pub rollback_error: Option<String>,
@@ -54,19 +58,24 @@ pub fn render(i: &Incident<'_>) -> String {
         },
         _ => "[service not restored]".to_string(),
     };
-    let v = i.violation;
-    let mut gates = format!(
-        "- **{}** ({}): {} — measured {}, threshold {} {} over {}s\n",
-        v.gate,
-        v.action.as_str(),
-        v.reason,
-        v.value
-            .map(|x| format!("{x:.2}"))
-            .unwrap_or_else(|| "n/a".into()),
-        v.threshold,
-        v.unit,
-        v.window_secs
-    );
+    let mut gates = match i.violation {
+        Some(v) => format!(
+            "- **{}** ({}): {} — measured {}, threshold {} {} over {}s\n",
+            v.gate,
+            v.action.as_str(),
+            v.reason,
+            v.value
+                .map(|x| format!("{x:.2}"))
+                .unwrap_or_else(|| "n/a".into()),
+            v.threshold,
+            v.unit,
+            v.window_secs
+        ),
+        None => format!(
+            "- {} (the watcher that saw it was interrupted during the rollback; a rerun finished it)\n",
+            i.cause
+        ),
+    };
     for o in i.other_violations {
         gates.push_str(&format!(
             "- {} ({}): {}\n",

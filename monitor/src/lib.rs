@@ -3,9 +3,11 @@
 //! recorded telemetry for threshold tuning. Both feed the same
 //! `gates_core::gates::Evaluator`.
 
+pub mod attach;
 pub mod incident;
 pub mod live;
 pub mod replay;
+pub mod tee;
 pub mod telemetry;
 
 use std::path::PathBuf;
@@ -40,7 +42,17 @@ pub enum DecisionOutput {
 low-confidence queue on the configured cadence (30 s for 5 min, then 120 s), evaluate the quality \
 gates of quality-gates-config.json, and roll back to this deploy's verified backup when an \
 auto-rollback gate is violated. Reads upstream events on stdin (deploy.healthy gives the release \
-and its backup). With --replay, evaluates recorded telemetry instead, as fast as possible."
+and its backup). With --replay, evaluates recorded telemetry instead, as fast as possible.
+
+One watcher per environment window: the watcher holds <install_root>/watch.lock and publishes \
+itself in <install_root>/watch.json (pid, release, window end, log, events file). A monitor_dhash \
+started while a watch of the same release runs attaches to it: it prints that watch's events \
+(from its start) on stdout and its log lines on stderr, and exits with its result; it never \
+evaluates or rolls back itself. A watch whose release was replaced (a newer deploy, a rollback) \
+ends as superseded (exit 6). A window that ends before an auto-rollback gate was ever evaluated \
+(its window longer than the watch, or no data) is inconclusive (exit 5), never passed; alert and \
+shadow gates never evaluated are listed but do not change the result. A pending rollback journal \
+(an interrupted rollback) is finished first: exit 3, or 4 when it cannot be finished."
 )]
 pub struct Args {
     /// Environment (from environments.json). Defaults to production, as the seeds' monitor does.
@@ -64,6 +76,15 @@ pub struct Args {
     /// Start a new window even if an interrupted one for this release could be continued.
     #[arg(long)]
     pub fresh: bool,
+    /// The release this watch is for (deploy passes the one it just made live). When `current`
+    /// is not this release at start, the watch ends at once as superseded (exit 6).
+    #[arg(long, value_name = "ID")]
+    pub release: Option<String>,
+    /// Run as the background watcher (deploy starts it so): leave the terminal's session,
+    /// ignore SIGHUP, and write everything to the log and events files. `kill <pid>` stops it
+    /// cleanly (result "interrupted", exit 1).
+    #[arg(long)]
+    pub detach: bool,
     /// Where to record polled telemetry (CSV). Default: monitor_logs/telemetry_<env>_<ts>.csv.
     #[arg(long)]
     pub record: Option<PathBuf>,
@@ -79,8 +100,13 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<Exit> {
+    // Before any thread exists (the signal handler's), so the mask is inherited.
+    if args.detach || tee::sighup_ignored() {
+        tee::leave_terminal(args.detach);
+    }
     let env_name = args.env.clone().unwrap_or_else(|| "production".to_string());
-    let em = Emitter::stdout(TOOL, &env_name, args.verbose);
+    let tee = tee::Tee::new(TOOL, args.verbose);
+    let em = Emitter::to_writer(TOOL, &env_name, Box::new(tee.writer()));
     if args.env.is_none() {
         em.human("no --env given: monitoring production (the seeds' default)");
     }
@@ -115,7 +141,19 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
             p.file.display()
         ));
     }
-    live::run(&project, &env, gates, &args, &em)
+    live::run(&project, &env, gates, &args, &em, &tee)
+}
+
+/// The result a `monitor.completed` event carries, as an exit code.
+pub fn exit_for_result(result: &str) -> Exit {
+    match result {
+        "passed" => Exit::Ok,
+        "rolled-back" => Exit::GateRolledBack,
+        "rollback-failed" => Exit::RollbackFailed,
+        "inconclusive" => Exit::Inconclusive,
+        "superseded" => Exit::Superseded,
+        _ => Exit::Failed,
+    }
 }
 
 /// The JSON fields of a decision event.
@@ -207,5 +245,57 @@ impl Summary {
 
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(&self.per_gate).unwrap_or_default()
+    }
+
+    /// The gates that never produced a decision (never `ok`, never
+    /// `violated`): their window was never covered, or there was no data or
+    /// only errors. `gates` gives their order and action.
+    pub fn never_evaluated(&self, gates: &[GateSpec]) -> Vec<NeverEvaluated> {
+        gates
+            .iter()
+            .filter_map(|g| {
+                let t = self.per_gate.get(&g.name);
+                if t.is_some_and(|t| t.ok + t.violated > 0) {
+                    return None;
+                }
+                let why = match t {
+                    None => "no sample was taken".to_string(),
+                    Some(t) if t.pending > 0 && t.no_data == 0 && t.error == 0 => format!(
+                        "its {} window was never covered ({} pending decision(s))",
+                        gates_core::duration::human(g.window),
+                        t.pending
+                    ),
+                    Some(t) => format!(
+                        "no decision: {} pending (window {}), {} no-data, {} error",
+                        t.pending,
+                        gates_core::duration::human(g.window),
+                        t.no_data,
+                        t.error
+                    ),
+                };
+                Some(NeverEvaluated {
+                    gate: g.name.clone(),
+                    action: g.action,
+                    window_secs: g.window.as_secs_f64(),
+                    why,
+                })
+            })
+            .collect()
+    }
+}
+
+/// A gate the window never evaluated (see [`Summary::never_evaluated`]).
+#[derive(Debug, Clone)]
+pub struct NeverEvaluated {
+    pub gate: String,
+    pub action: gates_core::config::Action,
+    pub window_secs: f64,
+    pub why: String,
+}
+
+impl NeverEvaluated {
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({"gate": self.gate, "action": self.action.as_str(),
+               "window_secs": self.window_secs, "why": self.why})
     }
 }

@@ -13,12 +13,16 @@ use gates_core::config::{Action, EnvConfig, GateSpec};
 use gates_core::gates::{Decision, Evaluator, Status};
 use gates_core::lock::EnvLock;
 use gates_core::project::Project;
-use gates_core::{fsutil, Emitter, Event, Exit, Level};
+use gates_core::runlog::{RunKind, RunLog};
+use gates_core::watch::{self, Claim, WatchGuard, WatchInfo};
+use gates_core::{fsutil, Emitter, Event, Exit, Level, ToolError};
 use serde_json::{json, Map, Value};
 
+use crate::attach;
 use crate::incident::{self, Incident, Timeline};
+use crate::tee::Tee;
 use crate::telemetry::{self, Recorder};
-use crate::{decision_fields, gates_summary, ts_of, Args, Summary, TOOL};
+use crate::{decision_fields, gates_summary, ts_of, Args, NeverEvaluated, Summary, TOOL};
 
 /// What upstream tools told us on stdin.
 #[derive(Debug, Default)]
@@ -62,6 +66,7 @@ struct Continuation {
     duration: Duration,
     recording: PathBuf,
     log: PathBuf,
+    events: Option<PathBuf>,
 }
 
 fn now_ms() -> i64 {
@@ -94,22 +99,11 @@ fn find_continuation(env: &EnvConfig, release: Option<&str>, now: i64) -> Option
         duration,
         recording: PathBuf::from(last.get("recording")?.as_str()?),
         log: PathBuf::from(last.get("log")?.as_str()?),
+        events: last
+            .get("events")
+            .and_then(Value::as_str)
+            .map(PathBuf::from),
     })
-}
-
-/// The human log the seeds grep (`Quality gate`, `Quality gate failed`).
-struct HumanLog {
-    path: PathBuf,
-}
-
-impl HumanLog {
-    fn line(&self, text: &str) {
-        let line = format!("{} {}", gates_core::event::now_rfc3339(), text);
-        let line = gates_core::redact::global().redact(&line);
-        if let Err(e) = fsutil::append_line(&self.path, &line, false) {
-            eprintln!("{TOOL}: cannot write {}: {e:#}", self.path.display());
-        }
-    }
 }
 
 struct Watch<'a> {
@@ -119,10 +113,87 @@ struct Watch<'a> {
     dry_run: bool,
     release: Option<String>,
     backup: Option<PathBuf>,
-    log: HumanLog,
+    /// The human log the seeds grep (`Quality gate`, `Quality gate failed`).
+    log: RunLog,
     timeline: Timeline,
     alerts_active: HashSet<String>,
     notifications: Vec<String>,
+}
+
+/// How long a starting monitor waits for the running watcher to publish
+/// itself, or for a superseded one to let go.
+const CLAIM_WAIT: Duration = Duration::from_secs(30);
+
+/// Who this monitor is on the environment's window.
+enum Role {
+    Watcher(WatchGuard),
+    /// It attached to the running watch, which ended with this exit.
+    Attached(Exit),
+}
+
+/// One actor per environment window: become the watcher, or attach to the
+/// running watch of the same release, or end a watch of a release that is
+/// no longer current (it records `superseded`) and then become the watcher.
+fn claim_or_attach(
+    env: &EnvConfig,
+    release: Option<&str>,
+    em: &Emitter,
+    tee: &Tee,
+) -> anyhow::Result<Role> {
+    let mut deadline = Instant::now() + CLAIM_WAIT;
+    let mut told: Option<u32> = None;
+    loop {
+        match watch::claim(env)? {
+            Claim::Acquired(g) => return Ok(Role::Watcher(g)),
+            Claim::Held(Some(info)) if !crate::tee::pid_alive(info.pid) => {
+                // A dead watcher's record while someone (a prober) holds the
+                // lock for an instant: try again.
+            }
+            Claim::Held(Some(info)) if info.release.as_deref() == release => {
+                tee.set_echo(false);
+                tee.no_file();
+                return Ok(Role::Attached(attach::follow(env, &info, em)?));
+            }
+            Claim::Held(Some(_)) if dhash_rollback::pending(env).ok().flatten().is_some() => {
+                // The watcher is rolling its release back right now: let it
+                // finish (its result is the answer), never signal it mid-way.
+                deadline = Instant::now() + CLAIM_WAIT;
+            }
+            Claim::Held(Some(info)) => {
+                if told != Some(info.pid) {
+                    let reason = format!(
+                        "{} is current now; the watch of {} is superseded",
+                        release.unwrap_or("no release"),
+                        info.release.as_deref().unwrap_or("no release")
+                    );
+                    em.human(&format!(
+                        "a watch of {} (pid {}) is still running but its release is no longer current: ending it",
+                        info.release.as_deref().unwrap_or("no release"),
+                        info.pid
+                    ));
+                    watch::supersede(env, release, &reason)?;
+                    told = Some(info.pid);
+                }
+            }
+            Claim::Held(None) => {}
+        }
+        if Instant::now() >= deadline {
+            let holder = watch::read_info(env).ok().flatten();
+            return Err(ToolError::new(
+                Exit::Locked,
+                anyhow::anyhow!(
+                    "the watch lock {} is held{} and no watch could be attached to within {}s",
+                    watch::lock_path(env).display(),
+                    holder
+                        .map(|i| format!(" by pid {}", i.pid))
+                        .unwrap_or_default(),
+                    CLAIM_WAIT.as_secs()
+                ),
+            )
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 pub fn run(
@@ -131,6 +202,7 @@ pub fn run(
     gates: Vec<GateSpec>,
     args: &Args,
     em: &Emitter,
+    tee: &Tee,
 ) -> anyhow::Result<Exit> {
     let mut up = Upstream::default();
     let bad = gates_core::event::pump_stdin(em, |ev| up.take(ev));
@@ -146,22 +218,91 @@ pub fn run(
         );
         return Ok(Exit::Failed);
     }
-    let release = up
-        .release
-        .clone()
-        .or_else(|| gates_core::service::current_release(env));
+    let current = gates_core::service::current_release(env);
+    let asked = args.release.clone().or(up.release.clone());
+    if let Some(r) = asked.as_deref().filter(|r| current.as_deref() != Some(*r)) {
+        let msg = format!(
+            "release {r} is not the current release of {} (current: {}): it was replaced or rolled back; nothing to watch",
+            env.name,
+            current.as_deref().unwrap_or("none")
+        );
+        em.emit(
+            "monitor.completed",
+            Level::Warning,
+            msg,
+            json!({"result": "superseded", "release": r, "current_release": current, "samples": 0}),
+        );
+        return Ok(Exit::Superseded);
+    }
+    let release = asked.or(current);
+
+    let guard = match claim_or_attach(env, release.as_deref(), em, tee)? {
+        Role::Watcher(g) => g,
+        Role::Attached(exit) => return Ok(exit),
+    };
+
     let now = now_ms();
+    let backup = args
+        .backup
+        .clone()
+        .or(up.backup.clone())
+        .or_else(|| ledger_backup(env, release.as_deref()));
+
+    // An interrupted rollback is finished before anything else (issue 13 #2).
+    let pending = match dhash_rollback::pending(env) {
+        Ok(p) => p,
+        Err(e) => {
+            return Err(ToolError::new(
+                Exit::RollbackFailed,
+                e.context("a rollback journal is pending but cannot be read: run rollback_dhash --force to finish it"),
+            )
+            .into())
+        }
+    };
+    if let Some(j) = pending {
+        let log = RunLog::create(&project.root, env, RunKind::Monitor, &stamp(now))?;
+        let events = events_path(env, now);
+        if let Err(e) = tee.set_file(&events) {
+            em.human(&format!("warning: {e:#}"));
+        }
+        publish(
+            &guard,
+            env,
+            &j.previous_release,
+            now,
+            now,
+            &log,
+            &events,
+            args.detach,
+            em,
+        );
+        let mut w = Watch {
+            project,
+            env,
+            em,
+            dry_run: args.dry_run,
+            release: j.previous_release.clone(),
+            backup: Some(j.backup.clone()),
+            log,
+            timeline: Timeline::default(),
+            alerts_active: HashSet::new(),
+            notifications: Vec::new(),
+        };
+        return w.finish_pending(&j);
+    }
+
     let continuation = if args.fresh {
         None
     } else {
         find_continuation(env, release.as_deref(), now)
     };
-    let (window_start_ms, duration, recording, log_path) = match &continuation {
+    let (window_start_ms, duration, recording, log, events) = match &continuation {
         Some(c) => (
             c.window_start_ms,
             c.duration,
             c.recording.clone(),
-            c.log.clone(),
+            RunLog::open_with_aliases(c.log.clone(), &[])?,
+            c.events.clone().unwrap_or_else(|| events_path(env, now)),
         ),
         None => (
             now,
@@ -170,15 +311,16 @@ pub fn run(
                 env.log_dir
                     .join(format!("telemetry_{}_{}.csv", env.name, stamp(now)))
             }),
-            env.log_dir
-                .join(format!("dhash_{}_{}.log", env.name, stamp(now))),
+            RunLog::create(&project.root, env, RunKind::Monitor, &stamp(now))?,
+            events_path(env, now),
         ),
     };
-    let backup = args
-        .backup
-        .clone()
-        .or(up.backup.clone())
-        .or_else(|| ledger_backup(env, release.as_deref()));
+    if let Err(e) = tee.set_file(&events) {
+        em.human(&format!(
+            "warning: {e:#}; attached monitors cannot follow this watch"
+        ));
+    }
+    let log_path = log.path().to_path_buf();
 
     let mut w = Watch {
         project,
@@ -187,9 +329,7 @@ pub fn run(
         dry_run: args.dry_run,
         release: release.clone(),
         backup: backup.clone(),
-        log: HumanLog {
-            path: log_path.clone(),
-        },
+        log,
         timeline: Timeline {
             deploy_started: up
                 .deploy_started
@@ -225,6 +365,17 @@ pub fn run(
     }
     let mut recorder = Recorder::open(&recording)?;
     let window_end_ms = window_start_ms + i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
+    publish(
+        &guard,
+        env,
+        &release,
+        window_start_ms,
+        window_end_ms,
+        &w.log,
+        &events,
+        args.detach,
+        em,
+    );
 
     let started_fields = json!({
         "release": release,
@@ -236,6 +387,9 @@ pub fn run(
         "dry_run": args.dry_run,
         "recording": recording.display().to_string(),
         "log": log_path.display().to_string(),
+        "events": events.display().to_string(),
+        "pid": std::process::id(),
+        "detached": args.detach,
         "gates": gates_summary(&gates),
     });
     let msg = match &continuation {
@@ -261,6 +415,7 @@ pub fn run(
             "env": env.name, "state": "started", "release": release,
             "window_start_ms": window_start_ms, "duration_ms": duration.as_millis() as u64,
             "recording": recording.display().to_string(), "log": log_path.display().to_string(),
+            "events": events.display().to_string(), "pid": std::process::id(),
             "dry_run": args.dry_run,
         }),
     )?;
@@ -272,10 +427,17 @@ pub fn run(
         let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
     }
 
+    let me = std::process::id();
     let mut sched_ms = now_ms();
     let outcome = loop {
+        if let Some(m) = watch::take_superseded(env, me) {
+            break Outcome::Superseded(m.reason);
+        }
         if stop.load(Ordering::SeqCst) {
             break Outcome::Interrupted;
+        }
+        if let Some(why) = w.replaced() {
+            break Outcome::Superseded(why);
         }
         let sample = gates_core::probe::poll(env);
         if let Err(e) = recorder.record(&sample) {
@@ -302,9 +464,32 @@ pub fn run(
         sched_ms = (sched_ms + interval).max(t).min(window_end_ms);
         sleep_until(sched_ms, &stop);
     };
+    // A SIGTERM sent by `watch::supersede` comes with its reason.
+    let outcome = match outcome {
+        Outcome::Interrupted => match watch::take_superseded(env, me) {
+            Some(m) => Outcome::Superseded(m.reason),
+            None => Outcome::Interrupted,
+        },
+        o => o,
+    };
 
+    let never = summary.never_evaluated(&gates);
+    let undecided: Vec<&NeverEvaluated> = never
+        .iter()
+        .filter(|n| n.action == Action::AutoRollback)
+        .collect();
+    let outcome = match outcome {
+        Outcome::Completed if !undecided.is_empty() => Outcome::Inconclusive,
+        o => o,
+    };
     let (exit, state, result, level) = match &outcome {
         Outcome::Completed => (Exit::Ok, "completed", "passed", Level::Info),
+        Outcome::Inconclusive => (
+            Exit::Inconclusive,
+            "completed",
+            "inconclusive",
+            Level::Warning,
+        ),
         Outcome::RolledBack => (
             Exit::GateRolledBack,
             "completed",
@@ -317,12 +502,32 @@ pub fn run(
             "rollback-failed",
             Level::Critical,
         ),
+        Outcome::Superseded(_) => (Exit::Superseded, "completed", "superseded", Level::Warning),
         Outcome::Interrupted => (Exit::Failed, "interrupted", "interrupted", Level::Warning),
     };
-    let msg = match &outcome {
-        Outcome::Completed => {
-            "monitoring window completed: every auto-rollback gate held".to_string()
+    let names = |v: &[&NeverEvaluated]| {
+        v.iter()
+            .map(|n| format!("{} ({})", n.gate, n.why))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let others: Vec<&NeverEvaluated> = never
+        .iter()
+        .filter(|n| n.action != Action::AutoRollback)
+        .collect();
+    let mut msg = match &outcome {
+        Outcome::Completed if gates.iter().any(|g| g.action == Action::AutoRollback) => {
+            "monitoring window completed: every auto-rollback gate was evaluated and held"
+                .to_string()
         }
+        Outcome::Completed => {
+            "monitoring window completed (no auto-rollback gate is configured: nothing could roll back)"
+                .to_string()
+        }
+        Outcome::Inconclusive => format!(
+            "monitoring window ended INCONCLUSIVE, not passed: auto-rollback gate(s) never evaluated: {}",
+            names(&undecided)
+        ),
         Outcome::RolledBack => {
             "a quality gate was violated and the release was rolled back".to_string()
         }
@@ -330,15 +535,28 @@ pub fn run(
             "a quality gate was violated and the rollback FAILED: manual intervention required"
                 .to_string()
         }
+        Outcome::Superseded(why) => format!(
+            "the watch of {} ended before its window closed, superseded: {why}",
+            w.release.as_deref().unwrap_or("the release")
+        ),
         Outcome::Interrupted => {
             "monitoring interrupted before the window ended; a restart continues it".to_string()
         }
     };
+    if matches!(outcome, Outcome::Completed | Outcome::Inconclusive) && !others.is_empty() {
+        msg.push_str(&format!(
+            "; alert/shadow gate(s) never evaluated (not counted): {}",
+            names(&others)
+        ));
+    }
+    let never_json: Vec<Value> = never.iter().map(NeverEvaluated::to_json).collect();
     em.emit(
         "monitor.completed",
         level,
         msg.clone(),
-        json!({"result": result, "samples": summary.samples, "release": w.release, "gates": summary.to_json()}),
+        json!({"result": result, "samples": summary.samples, "release": w.release,
+               "pid": std::process::id(),
+               "never_evaluated": never_json, "gates": summary.to_json()}),
     );
     w.log.line(&format!("Monitoring {result}: {msg}"));
     env.ledger().append(
@@ -347,15 +565,54 @@ pub fn run(
             "env": env.name, "state": state, "result": result, "release": w.release,
             "window_start_ms": window_start_ms, "duration_ms": duration.as_millis() as u64,
             "recording": recording.display().to_string(), "log": log_path.display().to_string(),
+            "events": events.display().to_string(), "never_evaluated": never_json,
         }),
     )?;
+    drop(guard);
     Ok(exit)
+}
+
+/// `<log_dir>/events_<env>_<stamp>.jsonl`: every event of one watch.
+fn events_path(env: &EnvConfig, t_ms: i64) -> PathBuf {
+    env.log_dir
+        .join(format!("events_{}_{}.jsonl", env.name, stamp(t_ms)))
+}
+
+/// Writes `watch.json`; a failure is said, not fatal (the lock still
+/// keeps a second evaluator out).
+#[allow(clippy::too_many_arguments)]
+fn publish(
+    guard: &WatchGuard,
+    env: &EnvConfig,
+    release: &Option<String>,
+    start_ms: i64,
+    end_ms: i64,
+    log: &RunLog,
+    events: &Path,
+    detached: bool,
+    em: &Emitter,
+) {
+    let info = WatchInfo {
+        pid: std::process::id(),
+        env: env.name.clone(),
+        release: release.clone(),
+        started_at: ts_of(start_ms),
+        window_end: ts_of(end_ms),
+        log: log.path().to_path_buf(),
+        events: events.to_path_buf(),
+        detached,
+    };
+    if let Err(e) = guard.publish(&info) {
+        em.human(&format!("warning: cannot register the watch: {e:#}"));
+    }
 }
 
 enum Outcome {
     Completed,
+    Inconclusive,
     RolledBack,
     RollbackFailed,
+    Superseded(String),
     Interrupted,
 }
 
@@ -404,12 +661,14 @@ impl Watch<'_> {
                 (Status::Violated, _) | (Status::Error, _) => Level::Warning,
                 (Status::Ok | Status::Pending | Status::NoData, _) => Level::Info,
             };
-            self.em.emit(
-                d.status.event_name(),
-                level,
-                d.reason.to_string(),
-                decision_fields(d),
-            );
+            // The release the decision was measured on: `rollback_dhash
+            // --on-violation` acts only while it is still current.
+            let mut fields = decision_fields(d);
+            if let Value::Object(m) = &mut fields {
+                m.insert("release".into(), json!(self.release));
+            }
+            self.em
+                .emit(d.status.event_name(), level, d.reason.to_string(), fields);
             let value = d
                 .value
                 .map(|v| format!("{v:.2}"))
@@ -565,8 +824,60 @@ impl Watch<'_> {
         }
     }
 
+    /// Why the watched release is no longer the one serving (None: it still is).
+    fn replaced(&self) -> Option<String> {
+        let r = self.release.as_deref()?;
+        if dhash_rollback::is_current(self.env, r) {
+            return None;
+        }
+        Some(format!(
+            "current is now {} (a newer deploy or a rollback replaced {r})",
+            gates_core::service::current_release(self.env)
+                .as_deref()
+                .unwrap_or("nothing")
+        ))
+    }
+
     fn roll_back(&mut self, cause: &Decision, others: &[Decision]) -> Outcome {
         self.timeline.issue_detected = Some(ts_of(cause.t_ms));
+        let reason = format!("quality gate {} violated: {}", cause.gate, cause.reason);
+        // The lock first: under it, the release must still be the current one
+        // (another actor may have rolled it back or replaced it meanwhile).
+        let lock = match acquire(self.env, self.em) {
+            Ok(l) => l,
+            Err(e) => {
+                self.timeline.rollback_initiated = Some(gates_core::event::now_rfc3339());
+                return self.after_rollback(Some(cause), &reason, others, Err(e));
+            }
+        };
+        let opts = dhash_rollback::RollbackOptions {
+            backup: self.backup.clone(),
+            skip_validation: false,
+            dry_run: false,
+            reason: Some(reason.clone()),
+        };
+        let resuming = dhash_rollback::pending(self.env).ok().flatten().is_some();
+        if let (Some(r), false) = (self.release.clone(), resuming) {
+            if !dhash_rollback::is_current(self.env, &r) {
+                return match dhash_rollback::rollback_release(
+                    self.project,
+                    self.env,
+                    &lock,
+                    &opts,
+                    &r,
+                    self.em,
+                ) {
+                    Ok(dhash_rollback::RollbackOutcome::Skipped { reason, .. }) => {
+                        self.log.line(&format!("Rollback skipped: {reason}"));
+                        Outcome::Superseded(reason)
+                    }
+                    Ok(dhash_rollback::RollbackOutcome::Done(report)) => {
+                        self.after_rollback(Some(cause), &reason, others, Ok(report))
+                    }
+                    Err(e) => self.after_rollback(Some(cause), &reason, others, Err(e)),
+                };
+            }
+        }
         self.timeline.rollback_initiated = Some(gates_core::event::now_rfc3339());
         let title = format!(
             "Quality gate failed: {} ({}) — rolling back",
@@ -578,16 +889,151 @@ impl Watch<'_> {
             cause,
             &format!("rollback:{}", cause.gate),
         );
-        let reason = format!("quality gate {} violated: {}", cause.gate, cause.reason);
-        let result = acquire(self.env, self.em).and_then(|lock| {
-            let opts = dhash_rollback::RollbackOptions {
-                backup: self.backup.clone(),
-                skip_validation: false,
-                dry_run: false,
-                reason: Some(reason.clone()),
-            };
-            dhash_rollback::rollback(self.project, self.env, &lock, &opts, self.em)
-        });
+        let result = match self.release.clone() {
+            Some(r) => {
+                dhash_rollback::rollback_release(self.project, self.env, &lock, &opts, &r, self.em)
+            }
+            None => dhash_rollback::rollback(self.project, self.env, &lock, &opts, self.em)
+                .map(dhash_rollback::RollbackOutcome::Done),
+        };
+        drop(lock);
+        match result {
+            Ok(dhash_rollback::RollbackOutcome::Skipped { reason, .. }) => {
+                self.log.line(&format!("Rollback skipped: {reason}"));
+                Outcome::Superseded(reason)
+            }
+            Ok(dhash_rollback::RollbackOutcome::Done(report)) => {
+                self.after_rollback(Some(cause), &reason, others, Ok(report))
+            }
+            Err(e) => self.after_rollback(Some(cause), &reason, others, Err(e)),
+        }
+    }
+
+    /// Finishes the rollback an interrupted watcher left in its journal
+    /// (killed mid-rollback), then reports it like its own: notification,
+    /// incident record, ledger, `monitor.completed` (exit 3, or 4 when it
+    /// cannot be finished). Never `passed`.
+    fn finish_pending(&mut self, j: &dhash_rollback::Journal) -> anyhow::Result<Exit> {
+        let cause = j
+            .reason
+            .clone()
+            .unwrap_or_else(|| "an interrupted rollback (reason not recorded)".to_string());
+        let msg = format!(
+            "an interrupted rollback of {} is pending (journal {}, step {:?}, backup {}, started {}): finishing it before anything else",
+            self.env.name,
+            dhash_rollback::journal_path(self.env).display(),
+            j.step,
+            j.backup.display(),
+            j.started_at
+        );
+        self.em.emit(
+            "monitor.rollback-pending",
+            Level::Critical,
+            msg.clone(),
+            json!({"journal": dhash_rollback::journal_path(self.env), "backup": j.backup,
+                   "step": j.step, "release": j.previous_release, "restoring": j.release,
+                   "reason": j.reason, "started_at": j.started_at}),
+        );
+        self.log
+            .line(&format!("Quality gate failed earlier: {cause}"));
+        self.log.line(&msg);
+        let interrupted = self.interrupted_window();
+        self.timeline.deploy_started =
+            ledger_deploy_started(self.env, j.previous_release.as_deref());
+        self.timeline.monitoring_started = interrupted.as_ref().map(|(s, _)| ts_of(*s));
+        self.timeline.rollback_initiated = Some(j.started_at.clone());
+        self.timeline.issue_detected = self.ledger_violation_ts(j.previous_release.as_deref());
+        let (exit, result) = if self.dry_run {
+            let msg = format!(
+                "dry run: the pending rollback {} is NOT finished; run monitor_dhash --env {} (or rollback_dhash --env {} --force) to finish it",
+                dhash_rollback::journal_path(self.env).display(),
+                self.env.name,
+                self.env.name
+            );
+            self.em.human(&msg);
+            (Exit::RollbackFailed, "rollback-failed")
+        } else {
+            let res = acquire(self.env, self.em).and_then(|lock| {
+                // No backup named: the journal's is resumed.
+                let opts = dhash_rollback::RollbackOptions {
+                    backup: None,
+                    skip_validation: false,
+                    dry_run: false,
+                    reason: None,
+                };
+                dhash_rollback::rollback(self.project, self.env, &lock, &opts, self.em)
+            });
+            match self.after_rollback(None, &cause, &[], res) {
+                Outcome::RolledBack => (Exit::GateRolledBack, "rolled-back"),
+                _ => (Exit::RollbackFailed, "rollback-failed"),
+            }
+        };
+        let level = Level::Critical;
+        let msg = match exit {
+            Exit::GateRolledBack => format!(
+                "the interrupted rollback was finished: {} rolled back ({cause})",
+                self.env.name
+            ),
+            _ => format!(
+                "the interrupted rollback of {} could NOT be finished (journal {}): manual intervention required",
+                self.env.name,
+                dhash_rollback::journal_path(self.env).display()
+            ),
+        };
+        self.em.emit(
+            "monitor.completed",
+            level,
+            msg.clone(),
+            json!({"result": result, "samples": 0, "release": self.release, "pid": std::process::id(),
+                   "finished_pending_rollback": true, "never_evaluated": [], "gates": {}}),
+        );
+        self.log.line(&format!("Monitoring {result}: {msg}"));
+        let (start, dur) = interrupted.unwrap_or((now_ms(), 0));
+        self.env.ledger().append(
+            "monitor",
+            json!({
+                "env": self.env.name, "state": "completed", "result": result, "release": self.release,
+                "window_start_ms": start, "duration_ms": dur,
+                "log": self.log.path().display().to_string(), "finished_pending_rollback": true,
+            }),
+        )?;
+        Ok(exit)
+    }
+
+    /// The window (start ms, duration ms) of the last monitor record, if it was left open.
+    fn interrupted_window(&self) -> Option<(i64, u64)> {
+        let records = self.env.ledger().records("monitor").ok()?;
+        let last = records.last()?;
+        if last.get("state").and_then(Value::as_str) == Some("completed") {
+            return None;
+        }
+        Some((
+            last.get("window_start_ms")?.as_i64()?,
+            last.get("duration_ms")?.as_u64()?,
+        ))
+    }
+
+    /// When the newest auto-rollback violation of `release` was recorded.
+    fn ledger_violation_ts(&self, release: Option<&str>) -> Option<String> {
+        let gates = self.env.ledger().records("gate").ok()?;
+        gates
+            .iter()
+            .rev()
+            .filter(|g| g.get("status").and_then(Value::as_str) == Some("violated"))
+            .filter(|g| g.get("action").and_then(Value::as_str) == Some("auto-rollback"))
+            .find(|g| release.is_none() || g.get("release").and_then(Value::as_str) == release)
+            .and_then(|g| g.get("sample_ts").and_then(Value::as_str))
+            .map(str::to_string)
+    }
+
+    /// Notifications and the incident record after a rollback attempt.
+    fn after_rollback(
+        &mut self,
+        cause: Option<&Decision>,
+        cause_text: &str,
+        others: &[Decision],
+        result: anyhow::Result<dhash_rollback::RollbackReport>,
+    ) -> Outcome {
         let now = gates_core::event::now_rfc3339();
         let (outcome, restored, error) = match result {
             Ok(report) => {
@@ -609,8 +1055,8 @@ impl Watch<'_> {
                 let mut f = Map::new();
                 f.insert("backup".into(), json!(report.backup.display().to_string()));
                 f.insert("restored_release".into(), json!(report.release));
-                f.insert("gate".into(), json!(cause.gate));
-                f.insert("reason".into(), json!(cause.reason));
+                f.insert("gate".into(), json!(cause.map(|c| c.gate.clone())));
+                f.insert("reason".into(), json!(cause_text));
                 self.send(
                     Level::Critical,
                     &format!("Rollback completed ({})", self.env.name),
@@ -625,7 +1071,8 @@ impl Watch<'_> {
                 let msg = format!("ROLLBACK FAILED for {}: {e:#}", self.env.name);
                 self.log.line(&msg);
                 let mut f = Map::new();
-                f.insert("gate".into(), json!(cause.gate));
+                f.insert("gate".into(), json!(cause.map(|c| c.gate.clone())));
+                f.insert("reason".into(), json!(cause_text));
                 f.insert("error".into(), json!(format!("{e:#}")));
                 self.send(
                     Level::Critical,
@@ -644,6 +1091,7 @@ impl Watch<'_> {
             backup: self.backup.as_deref(),
             operator: gates_core::lock::username(),
             violation: cause,
+            cause: cause_text,
             other_violations: others,
             timeline: &self.timeline,
             rollback_error: error,

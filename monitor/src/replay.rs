@@ -39,6 +39,7 @@ pub fn run(
         }
         writeln!(out, "{header}")?;
     }
+    let specs = gates.clone();
     let mut ev = Evaluator::new(gates);
     let mut summary = Summary::default();
     let mut last: Vec<Option<Status>> = vec![None; ev.gates().len()];
@@ -91,13 +92,28 @@ pub fn run(
         out.flush()?;
     }
     let secs = started.elapsed().as_secs_f64();
+    // A replay decides nothing (no result, exit 0), but says which gates the
+    // recording was too short (or too empty) to evaluate, as the live watch does.
+    let never = summary.never_evaluated(&specs);
+    let mut msg = format!("{} samples replayed in {secs:.2}s", summary.samples);
+    if !never.is_empty() {
+        msg.push_str(&format!(
+            "; never evaluated: {}",
+            never
+                .iter()
+                .map(|n| format!("{} ({})", n.gate, n.why))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
+    }
     em.emit(
         "replay.completed",
         Level::Info,
-        format!("{} samples replayed in {secs:.2}s", summary.samples),
+        msg,
         json!({
             "samples": summary.samples,
             "seconds": secs,
+            "never_evaluated": never.iter().map(crate::NeverEvaluated::to_json).collect::<Vec<_>>(),
             "gates": summary.to_json(),
         }),
     );
