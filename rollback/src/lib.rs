@@ -480,6 +480,9 @@ pub fn rollback_with(
     if let Err(e) = swap(env, &mut j, em) {
         return Err(fail(env, &j, em, started, e, "restore"));
     }
+    // The replaced release is out of service for good: never healthy, never
+    // the last known-good one, never a switch-back target again.
+    record_states(env, &j, false, em);
 
     // 7. Start, prove health, smoke.
     let healthy = (|| -> anyhow::Result<(f64, Option<bool>)> {
@@ -526,6 +529,7 @@ pub fn rollback_with(
         seconds_to_healthy: seconds,
         smoke_passed,
     };
+    record_states(env, &j, true, em);
     ledger(env, em, &j, "completed", Some(seconds), None);
     em.emit(
         "rollback.completed",
@@ -573,6 +577,58 @@ fn fail(
                "seconds": started.elapsed().as_secs_f64()}),
     );
     ToolError::new(Exit::RollbackFailed, e).into()
+}
+
+/// `releases.json` (issue 13 "Release states"): the release the rollback
+/// replaced is `rolled-back` (with the reason); once the restored release
+/// has proven healthy it is recorded `healthy`, unless it is recorded bad
+/// (failed, rolled back, quarantined): an operator may restore such a
+/// backup, but it never becomes the last known-good release that way.
+/// A failure to record is reported, never fatal: the service matters more.
+fn record_states(env: &EnvConfig, j: &Journal, restored_healthy: bool, em: &Emitter) {
+    use gates_core::release::{state, ReleaseManifest, ReleasesState};
+    let result = (|| -> anyhow::Result<()> {
+        let mut st = ReleasesState::load(env)?;
+        let mut changed = false;
+        if let Some(prev) = j.previous_release.as_deref() {
+            if j.release.as_deref() != Some(prev) {
+                let reason = format!(
+                    "rolled back to {} ({})",
+                    j.backup.display(),
+                    j.reason.as_deref().unwrap_or("no reason given")
+                );
+                changed |= st.mark_rolled_back(prev, &reason);
+            }
+        }
+        if restored_healthy {
+            if let Some(id) = j.release.as_deref().filter(|id| !st.is_failed(id)) {
+                let m = ReleaseManifest::read(&env.releases_dir().join(id))?;
+                st.set(
+                    id,
+                    &m.tag,
+                    m.schema_version,
+                    state::HEALTHY,
+                    Some(format!("restored from {}", j.backup.display())),
+                );
+                changed = true;
+            }
+        }
+        if changed {
+            st.save(env)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        em.emit(
+            "rollback.state-unrecorded",
+            Level::Warning,
+            format!(
+                "could not record the release states in {}: {e:#}",
+                ReleasesState::path(env).display()
+            ),
+            json!({"error": format!("{e:#}")}),
+        );
+    }
 }
 
 fn ledger(

@@ -712,6 +712,17 @@ fn a_violation_of_a_release_no_longer_current_is_skipped_not_rolled_back_twice()
     assert!(event(&evs, "rollback.started").is_none());
     assert_untouched(&f, pid, &rows);
 
+    // What deploy recorded: both went live healthy, v2 last.
+    let releases = f.env.install_root.join("releases.json");
+    fs::write(
+        &releases,
+        serde_json::json!({"last_known_good": f.v2, "releases": {
+            f.v1.as_str(): {"tag": "v1", "state": "healthy", "schema_version": 1, "updated_at": "2026-01-01T00:00:00Z"},
+            f.v2.as_str(): {"tag": "v2", "state": "healthy", "schema_version": 1, "updated_at": "2026-01-02T00:00:00Z"}}})
+        .to_string(),
+    )
+    .unwrap();
+
     // The real violation of v2 rolls back once...
     let out = pipe(
         &f.tp,
@@ -720,6 +731,16 @@ fn a_violation_of_a_release_no_longer_current_is_skipped_not_rolled_back_twice()
     );
     assert_eq!(out.status.code(), Some(3), "{}", show(&out));
     assert!(event(&events(&out), "rollback.completed").is_some());
+    // ...and the release states say so (issue 13 "Release states").
+    let st: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&releases).unwrap()).unwrap();
+    assert_eq!(st["releases"][&f.v2]["state"], "rolled-back", "{st}");
+    assert!(st["releases"][&f.v2]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("low_confidence_queue"));
+    assert_eq!(st["releases"][&f.v1]["state"], "healthy", "{st}");
+    assert_eq!(st["last_known_good"], f.v1.as_str(), "{st}");
     let pid = gates_core::service::running_pid(&f.env);
     let quarantined = fs::read_dir(f.env.quarantine_dir()).unwrap().count();
     assert_eq!(quarantined, 1);
