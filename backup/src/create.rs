@@ -613,6 +613,7 @@ pub fn create(
     fs::create_dir_all(&env.backup_dir)
         .with_context(|| format!("creating the backup folder {}", env.backup_dir.display()))?;
     crate::store::cleanup_stale(env, em)?;
+    crate::store::adopt_legacy(&project.root, env, em)?;
     warn_shared_folder(project, env, em);
 
     // A fresh name (two runs within one millisecond get different names).

@@ -41,8 +41,8 @@ pub use names::{
     alias_file_name, backup_file_name, parse_alias_name, parse_backup_name, timestamp_now,
 };
 pub use store::{
-    alias_of, cleanup_stale, list, newest_backup_name, newest_verified, prune, sync_aliases,
-    BackupEntry,
+    adopt_legacy, alias_of, cleanup_stale, list, newest_backup_name, newest_verified, prune,
+    sync_aliases, BackupEntry,
 };
 pub use verify::{
     check_database, check_entry_name, extract, read_manifest, read_sidecar, sha256_file, verify,

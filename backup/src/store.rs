@@ -450,3 +450,102 @@ fn make_alias(backup: &Path, alias: &Path) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Backups of `env` that an older layout left in the project's default
+/// folder `backups/` (when `env` now has a folder of its own, e.g. staging in
+/// `backups/staging/`) are moved into its folder, so its retention and
+/// listing see them and the seeds' `ls -1 backups/dhash_*.zip` no longer
+/// offers them for production. Per backup: the new sidecar (naming the new
+/// path) is written first, then the zip is renamed, then the old sidecar and
+/// alias are removed. A backup that cannot be moved (another filesystem, a
+/// name taken) stays where it is, with a warning. The caller holds the
+/// environment lock. Returns the new paths.
+pub fn adopt_legacy(
+    project_root: &Path,
+    env: &EnvConfig,
+    em: &Emitter,
+) -> anyhow::Result<Vec<PathBuf>> {
+    let legacy = project_root.join("backups");
+    let same = match (fs::canonicalize(&legacy), fs::canonicalize(&env.backup_dir)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => legacy == env.backup_dir,
+    };
+    if same || !legacy.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut moved = Vec::new();
+    for (old, _) in backups_in(&legacy, &env.name)? {
+        let Some(name) = old.file_name().map(PathBuf::from) else {
+            continue;
+        };
+        let new = env.backup_dir.join(&name);
+        let result = (|| -> anyhow::Result<bool> {
+            if fs::symlink_metadata(&new).is_ok() || fs::symlink_metadata(sidecar_of(&new)).is_ok()
+            {
+                return Ok(false);
+            }
+            fs::create_dir_all(&env.backup_dir)
+                .with_context(|| format!("creating {}", env.backup_dir.display()))?;
+            if has_sidecar(&old) {
+                let (hex, _) = crate::read_sidecar(&old)?;
+                gates_core::fsutil::write_atomic(
+                    &sidecar_of(&new),
+                    crate::create::sidecar_line(project_root, &new, &hex).as_bytes(),
+                )?;
+            }
+            if let Err(e) = fs::rename(&old, &new) {
+                let _ = fs::remove_file(sidecar_of(&new));
+                return Err(anyhow!(
+                    "moving {} to {}: {e}",
+                    old.display(),
+                    new.display()
+                ));
+            }
+            remove_alias(&old);
+            let _ = fs::remove_file(sidecar_of(&old));
+            Ok(true)
+        })();
+        match result {
+            Ok(true) => {
+                em.emit(
+                    "backup.moved",
+                    Level::Info,
+                    format!(
+                        "moved {} into {}, the backup folder of {}",
+                        old.display(),
+                        env.backup_dir.display(),
+                        env.name
+                    ),
+                    json!({"from": old, "path": new}),
+                );
+                moved.push(new);
+            }
+            Ok(false) => {
+                em.human(&format!(
+                    "warning: {} stays in {}: {} already exists",
+                    old.display(),
+                    legacy.display(),
+                    new.display()
+                ));
+            }
+            Err(e) => {
+                em.emit(
+                    "backup.move-failed",
+                    Level::Warning,
+                    format!(
+                        "{} of {} stays in {}: {e:#}",
+                        old.display(),
+                        env.name,
+                        legacy.display()
+                    ),
+                    json!({"from": old, "path": new}),
+                );
+            }
+        }
+    }
+    if !moved.is_empty() {
+        let _ = gates_core::fsutil::fsync_dir(&legacy);
+        let _ = gates_core::fsutil::fsync_dir(&env.backup_dir);
+    }
+    Ok(moved)
+}

@@ -1434,3 +1434,44 @@ fn a_backup_whose_database_sqlite_cannot_use_never_verifies_nor_restores() {
     let bad: Vec<&serde_json::Value> = listed.iter().filter(|e| e["verified"] == false).collect();
     assert_eq!(bad.len(), 3, "{listed:?}");
 }
+
+#[test]
+fn staging_backups_left_in_the_shared_folder_move_into_stagings_own_folder() {
+    // The layout before environments had their own folders: both in backups/.
+    let (tp, _) = project_with_release(false);
+    let root = tp.root().to_path_buf();
+    let old = make_backup(&tp, "staging");
+    assert_eq!(old.parent().unwrap(), root.join("backups"));
+    let prod = tp
+        .root()
+        .join("backups/dhash_production_20000101T000000000Z.zip");
+    fs::write(&prod, b"not staging's").unwrap();
+    tp.edit_topology(|t| {
+        t["environments"]["staging"]["backup_dir"] = "backups/staging".into();
+    });
+    let out = run(backup_cmd(&tp).args(["--env", "staging"]));
+    assert!(out.status.success(), "{}", show(&out));
+    let evs = events(&out);
+    let moved = event(&evs, "backup.moved").unwrap_or_else(|| panic!("{}", show(&out)));
+    let new = root.join("backups/staging").join(file_name(&old));
+    assert_eq!(moved["path"], new.to_string_lossy().as_ref());
+    // Nothing of staging's is left in backups/; production's file is untouched.
+    let left: Vec<String> = names(&root.join("backups"))
+        .into_iter()
+        .filter(|n| n.contains("staging_") || n.contains("staging-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(prod.is_file());
+    // Both staging backups are listed, verified, and pass sha256sum -c from the root.
+    let list = listed(&tp, "staging");
+    assert_eq!(list.len(), 2);
+    assert!(list.iter().all(|e| e["verified"] == true), "{list:?}");
+    assert_eq!(list[1]["path"], new.to_string_lossy().as_ref());
+    let out = bash_in(
+        &tp,
+        &root,
+        r#"for f in backups/staging/dhash_staging_*.zip backups/staging/dhash-staging-*.zip; do sha256sum -c "$f.sha256"; done"#,
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(text(&out).matches(": OK").count(), 4, "{}", text(&out));
+}
