@@ -33,6 +33,9 @@
 //! - `body_readers`: request bodies being received at once; one more gets
 //!   503 at once (bodies are read before a hash worker is taken, so slow
 //!   senders never hold a worker).
+//! - `body_memory_bytes`: request bodies held in memory at once, from the
+//!   first byte received until hashed; a body that would pass it gets 503
+//!   and is closed. At least `max_body_bytes`.
 //! - `max_connections`: open connections at once; one more gets 503 and is
 //!   closed.
 //! - `hash_stall_ms`: when every hash worker has been busy this long without
@@ -184,6 +187,7 @@ pub struct Limits {
     pub header_timeout_ms: u64,
     pub body_timeout_ms: u64,
     pub body_readers: u64,
+    pub body_memory_bytes: u64,
     pub max_connections: u64,
     pub hash_stall_ms: u64,
 }
@@ -197,6 +201,7 @@ impl Default for Limits {
             header_timeout_ms: 10_000,
             body_timeout_ms: 30_000,
             body_readers: 64,
+            body_memory_bytes: 256 * 1024 * 1024,
             max_connections: 512,
             hash_stall_ms: 30_000,
         }
@@ -212,6 +217,7 @@ pub const LIMITS: &[(&str, u64, u64)] = &[
     ("header_timeout_ms", 100, 3_600_000),
     ("body_timeout_ms", 100, 3_600_000),
     ("body_readers", 1, 100_000),
+    ("body_memory_bytes", 1024 * 1024, 64 * 1024 * 1024 * 1024),
     ("max_connections", 1, 100_000),
     ("hash_stall_ms", 100, 86_400_000),
 ];
@@ -225,6 +231,7 @@ impl Limits {
             "header_timeout_ms" => &mut self.header_timeout_ms,
             "body_timeout_ms" => &mut self.body_timeout_ms,
             "body_readers" => &mut self.body_readers,
+            "body_memory_bytes" => &mut self.body_memory_bytes,
             "max_connections" => &mut self.max_connections,
             "hash_stall_ms" => &mut self.hash_stall_ms,
             _ => return None,
@@ -320,12 +327,23 @@ impl ServiceConfig {
             .with_context(|| format!("cannot read {}", path.display()))?;
         let cfg: ServiceConfig =
             serde_json::from_str(&text).with_context(|| format!("invalid {}", path.display()))?;
-        cfg.faults
-            .validate()
-            .and_then(|()| cfg.limits.validate())
+        cfg.validate()
             .map_err(anyhow::Error::msg)
             .with_context(|| format!("invalid {}", path.display()))?;
         Ok(cfg)
+    }
+
+    /// Faults and limits in range, and limits that fit each other.
+    pub fn validate(&self) -> Result<(), String> {
+        self.faults.validate()?;
+        self.limits.validate()?;
+        let (budget, max) = (self.limits.body_memory_bytes, self.max_body_bytes);
+        if budget < max {
+            return Err(format!(
+                "limit body_memory_bytes ({budget}) is below max_body_bytes ({max}): a body at the size limit could never be received"
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -388,6 +406,9 @@ mod tests {
             e.contains("max_connections") && e.contains("config.json"),
             "{e}"
         );
+        std::fs::write(&p, r#"{"limits":{"body_memory_bytes":2000000}}"#).unwrap();
+        let e = format!("{:#}", ServiceConfig::load(&p).unwrap_err());
+        assert!(e.contains("below max_body_bytes"), "{e}");
         std::fs::write(&p, r#"{"limits":{"header_lines":50}}"#).unwrap();
         assert_eq!(ServiceConfig::load(&p).unwrap().limits.header_lines, 50);
     }

@@ -106,6 +106,9 @@ pub struct Load {
     pub hash_stalled_seconds: f64,
     pub connections_open: u64,
     pub bodies_receiving: u64,
+    /// Request body bytes held in memory (received, not yet hashed), in
+    /// whole KiB.
+    pub bodies_bytes: u64,
 }
 
 pub fn inc(c: &AtomicU64) {
@@ -193,6 +196,7 @@ pub fn render_json(s: &Snapshot, g: &Gauges) -> Value {
         "connections": {
             "open": g.load.connections_open,
             "bodies_receiving": g.load.bodies_receiving,
+            "bodies_bytes": g.load.bodies_bytes,
         },
         "hash_time_ms": {"buckets": buckets, "count": s.count, "sum": r3(s.sum_ms)},
         "low_confidence_queue": g.low_confidence_queue,
@@ -313,6 +317,12 @@ pub fn render_prometheus(s: &Snapshot, g: &Gauges) -> String {
         Some(g.load.bodies_receiving as f64),
     );
     metric(
+        "dhash_bodies_bytes",
+        "gauge",
+        "Request body bytes held in memory until hashed.",
+        Some(g.load.bodies_bytes as f64),
+    );
+    metric(
         "dhash_low_confidence_queue",
         "gauge",
         "Items in the low-confidence review queue.",
@@ -399,6 +409,7 @@ mod tests {
                 hash_stalled_seconds: 1.25,
                 connections_open: 12,
                 bodies_receiving: 2,
+                bodies_bytes: 4096,
             },
         }
     }
@@ -451,6 +462,7 @@ mod tests {
         let j = render_json(&m.snapshot(), &gauges());
         assert_eq!(j["hashing"]["queued"], 3);
         assert_eq!(j["connections"]["bodies_receiving"], 2);
+        assert_eq!(j["connections"]["bodies_bytes"], 4096);
         assert_eq!(j["head_rejected_total"], 0);
         assert!(
             t.contains("dhash_build_info{release=\"v1-abcdef01\",schema_version=\"2\"} 1"),

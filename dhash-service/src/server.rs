@@ -43,7 +43,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Value};
-use tokio::sync::{oneshot, watch, Semaphore};
+use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::ServiceConfig;
 use crate::db::{self, DbState, NewHash};
@@ -104,6 +104,8 @@ struct State {
     /// Taken (closed) at shutdown so the workers finish the queue and exit.
     jobs: Mutex<Option<SyncSender<Job>>>,
     bodies: Arc<Semaphore>,
+    /// Body bytes in memory, in KiB permits, held from receipt to hashed.
+    memory: Arc<Semaphore>,
     connections: Arc<Semaphore>,
 }
 
@@ -111,6 +113,8 @@ struct State {
 struct Job {
     body: Vec<u8>,
     reply: oneshot::Sender<(u16, Value)>,
+    /// The body's share of `body_memory_bytes`, released once hashed.
+    memory: Option<OwnedSemaphorePermit>,
 }
 
 type Reply = Response<Full<Bytes>>;
@@ -143,6 +147,7 @@ pub fn serve(opts: &ServeOptions, em: &Emitter) -> anyhow::Result<Exit> {
     };
     config.faults.apply(&opts.faults).map_err(fail)?;
     config.limits.apply(&opts.limits).map_err(fail)?;
+    config.validate().map_err(gates_core::exit::usage_error)?;
 
     let (mut conn, db_state) = db::check(&opts.database, release.schema_version, &release.id)
         .map_err(|e| fail(format!("refusing to start: {e}")))?;
@@ -214,6 +219,7 @@ pub fn serve(opts: &ServeOptions, em: &Emitter) -> anyhow::Result<Exit> {
         queued: AtomicU64::new(0),
         jobs: Mutex::new(Some(tx)),
         bodies: Arc::new(Semaphore::new(limits.body_readers as usize)),
+        memory: Arc::new(Semaphore::new(kib(limits.body_memory_bytes) as usize)),
         connections: Arc::new(Semaphore::new(limits.max_connections as usize)),
     });
     let rx = Arc::new(Mutex::new(rx));
@@ -687,6 +693,7 @@ fn load(st: &State) -> Load {
         hash_stalled_seconds: stalled_for(st).as_secs_f64(),
         connections_open: available(&st.connections, lim.max_connections),
         bodies_receiving: available(&st.bodies, lim.body_readers),
+        bodies_bytes: available(&st.memory, u64::from(kib(lim.body_memory_bytes))) * 1024,
     }
 }
 
@@ -745,6 +752,11 @@ fn too_large(st: &State, len: Option<u64>) -> Reply {
     json_reply(413, &body)
 }
 
+/// Bytes in the KiB units of the body memory budget, rounded up.
+fn kib(bytes: u64) -> u32 {
+    u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX)
+}
+
 fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers
         .get(CONTENT_LENGTH)
@@ -780,6 +792,8 @@ async fn hash_post(req: Request<Incoming>, st: &Arc<State>) -> Reply {
     let mut body = Vec::with_capacity(declared.unwrap_or(0).min(limit).min(1 << 20) as usize);
     let mut received: u64 = 0;
     let mut over = declared.is_some_and(|n| n > limit);
+    let mut memory: Option<OwnedSemaphorePermit> = None;
+    let mut held_kib: u32 = 0;
     loop {
         match tokio::time::timeout_at(deadline, incoming.frame()).await {
             Err(_) => {
@@ -812,6 +826,25 @@ async fn hash_post(req: Request<Incoming>, st: &Arc<State>) -> Reply {
                     }
                     continue;
                 }
+                // Take this chunk's share of the memory budget first.
+                let need = kib(received).saturating_sub(held_kib);
+                if need > 0 {
+                    match st.memory.clone().try_acquire_many_owned(need) {
+                        Ok(p) => match memory.as_mut() {
+                            Some(m) => m.merge(p),
+                            None => memory = Some(p),
+                        },
+                        Err(_) => {
+                            inc(&st.metrics.errors_total);
+                            let n = st.config.limits.body_memory_bytes;
+                            let msg = json!({"error": format!(
+                                "busy: request bodies fill the {n} bytes they may hold in memory"
+                            )});
+                            return closing(json_reply(503, &msg));
+                        }
+                    }
+                    held_kib += need;
+                }
                 body.extend_from_slice(&data);
             }
         }
@@ -825,7 +858,11 @@ async fn hash_post(req: Request<Incoming>, st: &Arc<State>) -> Reply {
         Ok(jobs) => match jobs.as_ref() {
             Some(jobs) => {
                 st.queued.fetch_add(1, Ordering::Relaxed);
-                let r = jobs.try_send(Job { body, reply: tx });
+                let r = jobs.try_send(Job {
+                    body,
+                    reply: tx,
+                    memory,
+                });
                 if r.is_err() {
                     st.queued.fetch_sub(1, Ordering::Relaxed);
                 }
@@ -877,6 +914,9 @@ fn hash_worker(st: &State, rx: &Mutex<Receiver<Job>>) {
             w.busy = w.busy.saturating_sub(1);
             w.saturated_since = None;
         }
+        // The body's memory is free again before the answer goes out.
+        drop(job.memory);
+        drop(job.body);
         match outcome {
             // The client may have gone: nobody to answer.
             Ok(answer) => {

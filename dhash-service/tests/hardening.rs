@@ -441,6 +441,50 @@ fn body_readers_and_connections_are_bounded() {
 }
 
 #[test]
+fn bodies_in_memory_are_bounded_in_bytes() {
+    let fx = Fixture::new(&[]);
+    // 24 MiB for all bodies in memory (the smallest allowed: ≥ the 20 MiB
+    // body limit).
+    let svc = fx.start(&["--limit", "body_memory_bytes=25165824"]);
+    let head = "POST /api/dhash/hash HTTP/1.1\r\nHost: x\r\nContent-Length: 20000000\r\n\r\n";
+    // A sends 14 MiB of its 20 MB and stalls: 14 MiB held.
+    let mut a = connect(&svc);
+    a.write_all(head.as_bytes()).unwrap();
+    a.write_all(&vec![b'a'; 14 << 20]).unwrap();
+    let t0 = Instant::now();
+    while metrics(&svc)["connections"]["bodies_bytes"] != 14 << 20 {
+        assert!(t0.elapsed() < Duration::from_secs(5), "{}", metrics(&svc));
+        thread::sleep(Duration::from_millis(50));
+    }
+    // B would pass the budget after 10 MiB: 503, closed.
+    let (sent, answer) = flood(&svc, head, b'b', 14 << 20);
+    let r = answer.expect("an answer to the body over the memory budget");
+    assert_eq!(r.status, 503, "{r:?} after {sent} bytes");
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("25165824 bytes"),
+        "{r:?}"
+    );
+    // Small bodies still fit beside A.
+    assert_eq!(timed_hash(&svc).0, 200);
+    drop(a);
+    settle(&svc);
+    let m = metrics(&svc);
+    assert_eq!(m["connections"]["bodies_bytes"], 0, "{m}");
+    assert_eq!(m["errors_total"], 1, "{m}");
+    // A budget below the body limit is refused at start.
+    let o = fx
+        .serve_cmd("127.0.0.1:0", &["--limit", "body_memory_bytes=1048576"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("below max_body_bytes"), "{err}");
+}
+
+#[test]
 fn health_reports_hashing_that_cannot_finish() {
     let fx = Fixture::new(&[]);
     let svc = fx.start(&[
@@ -568,4 +612,28 @@ fn bad_limit_arguments_exit_2() {
         assert_eq!(o.status.code(), Some(2), "{arg}: {err}");
         assert!(err.contains("--limit"), "{arg}: {err}");
     }
+}
+
+#[test]
+fn sigterm_with_a_slow_sender_still_exits_0_in_bounded_time() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let fx = Fixture::new(&[]);
+    let mut svc = fx.start(&["--limit", "body_timeout_ms=2000"]);
+    let mut slow = slow_bodies(&svc, 1).remove(0);
+    // An idle kept-alive connection too: closed at once by the shutdown.
+    let mut idle = connect(&svc);
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_reply(&mut idle).unwrap().status, 200);
+    thread::sleep(Duration::from_millis(200));
+    let t0 = Instant::now();
+    kill(Pid::from_raw(svc.pid()), Signal::SIGTERM).unwrap();
+    assert!(closed_within(&mut idle, Duration::from_secs(2)));
+    // The slow body gets its 408 at its deadline, then the service exits.
+    let r = read_reply(&mut slow).expect("the slow sender's answer");
+    assert_eq!(r.status, 408, "{r:?}");
+    let st = svc.wait_exit(Duration::from_secs(10));
+    assert_eq!(st.code(), Some(0), "stderr: {}", svc.stderr.lock().unwrap());
+    assert!(t0.elapsed() < Duration::from_secs(6), "{:?}", t0.elapsed());
 }
