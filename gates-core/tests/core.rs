@@ -1931,8 +1931,18 @@ mod props {
         }
     }
 
+    /// 256 cases a property (a few seconds in all); PROPTEST_CASES=N for a
+    /// longer run, as the nightly fault matrix does.
+    fn config() -> ProptestConfig {
+        let mut c = ProptestConfig::default();
+        if std::env::var_os("PROPTEST_CASES").is_none() {
+            c.cases = 256;
+        }
+        c
+    }
+
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+        #![proptest_config(config())]
 
         #[test]
         fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
