@@ -732,6 +732,55 @@ mod tests {
     }
 
     #[test]
+    fn email_to_alone_means_the_local_sendmail() {
+        let found = |_: &str| Ok(PathBuf::from("/opt/mta/sendmail"));
+        let none = |c: &str| Err(format!("no {c} program found (looked on PATH)"));
+        let only_to = vars(&[("EMAIL_TO", "ops@x.org")]);
+        assert_eq!(
+            configure_with_finder(Channel::Email, &only_to, &found),
+            Config::Ready(Target::Email(EmailConfig {
+                to: vec!["ops@x.org".into()],
+                from: "dhash-notify@localhost".into(),
+                transport: EmailTransport::Sendmail {
+                    command: "/opt/mta/sendmail".into()
+                },
+            }))
+        );
+        match configure_with_finder(Channel::Email, &only_to, &none) {
+            Config::Invalid(why) => {
+                assert!(why.contains("no sendmail program found"), "{why}");
+                assert!(why.contains("EMAIL_SMTP_HOST"), "{why}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let with_host = vars(&[("EMAIL_TO", "ops@x.org"), ("EMAIL_SMTP_HOST", "mx.x.org")]);
+        assert!(matches!(
+            configure_with_finder(Channel::Email, &with_host, &none),
+            Config::Ready(Target::Email(EmailConfig {
+                transport: EmailTransport::Smtp { .. },
+                ..
+            }))
+        ));
+        let smtp_no_host = vars(&[("EMAIL_TO", "ops@x.org"), ("EMAIL_TRANSPORT", "smtp")]);
+        assert!(matches!(
+            configure_with_finder(Channel::Email, &smtp_no_host, &found),
+            Config::Invalid(_)
+        ));
+        let named = vars(&[("EMAIL_TO", "ops@x.org"), ("EMAIL_SENDMAIL", "msmtp")]);
+        let seen = std::cell::RefCell::new(String::new());
+        let spy = |c: &str| {
+            *seen.borrow_mut() = c.to_string();
+            Ok(PathBuf::from("/usr/bin/msmtp"))
+        };
+        assert!(matches!(
+            configure_with_finder(Channel::Email, &named, &spy),
+            Config::Ready(_)
+        ));
+        assert_eq!(*seen.borrow(), "msmtp");
+        assert!(find_sendmail("/nonexistent/dir/sendmail").is_err());
+    }
+
+    #[test]
     fn discord_respects_every_limit() {
         let mut r = rendered(&"m".repeat(5000));
         r.title = "t".repeat(3000);
