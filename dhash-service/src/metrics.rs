@@ -18,7 +18,8 @@
 //!   moment a hash worker takes the received body to the answer, injected
 //!   latency included (a slow upload is not hash time).
 //! - `client_timeouts_total`: a request head or body that did not arrive
-//!   within its deadline (connection closed, or 408 for a body).
+//!   within its deadline (connection closed, or 408 for a body); a
+//!   kept-alive connection closed after idling that long is not counted.
 //! - `head_rejected_total`: request heads refused before routing: too large
 //!   or too many header lines (431), target too long (414), malformed (400).
 //! - `connections_refused_total`: connections over `max_connections` (503).

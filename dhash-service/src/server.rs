@@ -352,16 +352,25 @@ async fn serve_connection(
     mut stop: watch::Receiver<bool>,
     builder: &http1::Builder,
 ) {
-    let svc_state = st.clone();
+    let stats = Arc::new(ConnStats::default());
+    let (svc_state, svc_stats) = (st.clone(), stats.clone());
     let svc = service_fn(move |req| {
-        let st = svc_state.clone();
-        async move { Ok::<_, Infallible>(handle(req, &st).await) }
+        let (st, stats) = (svc_state.clone(), svc_stats.clone());
+        async move {
+            stats.served.fetch_add(1, Ordering::Relaxed);
+            let r = handle(req, &st).await;
+            let read = stats.read.load(Ordering::Relaxed);
+            stats.mark.store(read, Ordering::Relaxed);
+            Ok::<_, Infallible>(r)
+        }
     });
     let io = Guarded {
         io: TokioIo::new(stream),
         first_line: Some(0),
         limit: st.config.limits.request_line_bytes as usize + REQUEST_LINE_SLACK,
         st: st.clone(),
+        stats: stats.clone(),
+        tmp: vec![0u8; READ_CHUNK].into_boxed_slice(),
     };
     let conn = builder.serve_connection(io, svc);
     let mut conn = std::pin::pin!(conn);
@@ -384,7 +393,15 @@ async fn serve_connection(
             // hyper answered 431 or 400 itself.
             inc(&m.head_rejected_total);
         } else if e.is_timeout() {
-            inc(&m.client_timeouts_total);
+            // A kept-alive connection that sent nothing more is idle, not
+            // slow: only a started head, or no request at all, counts.
+            let (served, read) = (
+                stats.served.load(Ordering::Relaxed),
+                stats.read.load(Ordering::Relaxed),
+            );
+            if served == 0 || read > stats.mark.load(Ordering::Relaxed) {
+                inc(&m.client_timeouts_total);
+            }
         }
         if st.verbose {
             eprintln!("dhash-service: connection ended: {e}");
@@ -394,6 +411,8 @@ async fn serve_connection(
 
 /// Room for the method and the version around the target in a request line.
 const REQUEST_LINE_SLACK: usize = 64;
+/// Bytes read from a socket at a time.
+const READ_CHUNK: usize = 16 * 1024;
 
 /// A connection's IO that refuses a first request line running past its
 /// limit with 414 and closes. Without it hyper would read on to the head
@@ -406,25 +425,41 @@ struct Guarded {
     first_line: Option<usize>,
     limit: usize,
     st: Arc<State>,
+    stats: Arc<ConnStats>,
+    tmp: Box<[u8]>,
 }
 
-impl Guarded {
-    fn refuse(&mut self) -> std::io::Error {
-        inc(&self.st.metrics.head_rejected_total);
-        let limit = self.st.config.limits.request_line_bytes;
-        let body = json!({
-            "error": format!("request line of over {} bytes: its target exceeds the limit of {limit} bytes", self.limit),
-            "limit_bytes": limit,
-        })
-        .to_string();
-        let text = format!(
-            "HTTP/1.1 414 URI Too Long\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        // Nothing else was written on this connection yet; never wait.
-        let _ = self.io.inner().try_write(text.as_bytes());
-        std::io::Error::new(std::io::ErrorKind::InvalidData, "request line too long")
-    }
+/// What a connection has done, to tell a slow client from an idle one.
+#[derive(Default)]
+struct ConnStats {
+    /// Bytes read from the client.
+    read: AtomicU64,
+    /// `read` when the last request was answered.
+    mark: AtomicU64,
+    /// Requests that reached the service.
+    served: AtomicU64,
+}
+
+/// Answers 414 on a connection whose first line ran past `line_limit`.
+fn refuse_line(
+    io: &TokioIo<tokio::net::TcpStream>,
+    st: &State,
+    line_limit: usize,
+) -> std::io::Error {
+    inc(&st.metrics.head_rejected_total);
+    let limit = st.config.limits.request_line_bytes;
+    let body = json!({
+        "error": format!("request line of over {line_limit} bytes: its target exceeds the limit of {limit} bytes"),
+        "limit_bytes": limit,
+    })
+    .to_string();
+    let text = format!(
+        "HTTP/1.1 414 URI Too Long\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    // Nothing else was written on this connection yet; never wait.
+    let _ = io.inner().try_write(text.as_bytes());
+    std::io::Error::new(std::io::ErrorKind::InvalidData, "request line too long")
 }
 
 impl hyper::rt::Read for Guarded {
@@ -434,28 +469,30 @@ impl hyper::rt::Read for Guarded {
         mut buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        let Some(seen) = this.first_line else {
-            return Pin::new(&mut this.io).poll_read(cx, buf);
-        };
-        // Read through a small buffer to look at the bytes (no unsafe).
-        let mut tmp = [0u8; 4096];
-        let want = buf.remaining().min(tmp.len());
-        let mut rb = hyper::rt::ReadBuf::new(&mut tmp[..want]);
+        // Read through a buffer of our own to see the bytes (hyper's cursor
+        // only advances by unsafe code, which this workspace denies).
+        let want = buf.remaining().min(this.tmp.len());
+        let mut rb = hyper::rt::ReadBuf::new(&mut this.tmp[..want]);
         ready!(Pin::new(&mut this.io).poll_read(cx, rb.unfilled()))?;
         let got = rb.filled();
-        let line = match got.iter().position(|&b| b == b'\n') {
-            Some(i) => {
+        this.stats
+            .read
+            .fetch_add(got.len() as u64, Ordering::Relaxed);
+        if let Some(seen) = this.first_line {
+            let line = match got.iter().position(|&b| b == b'\n') {
+                Some(i) => {
+                    this.first_line = None;
+                    seen + i
+                }
+                None => {
+                    this.first_line = Some(seen + got.len());
+                    seen + got.len()
+                }
+            };
+            if line > this.limit {
                 this.first_line = None;
-                seen + i
+                return Poll::Ready(Err(refuse_line(&this.io, &this.st, this.limit)));
             }
-            None => {
-                this.first_line = Some(seen + got.len());
-                seen + got.len()
-            }
-        };
-        if line > this.limit {
-            this.first_line = None;
-            return Poll::Ready(Err(this.refuse()));
         }
         buf.put_slice(got);
         Poll::Ready(Ok(()))

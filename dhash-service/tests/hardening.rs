@@ -366,11 +366,18 @@ fn slow_bodies_are_cut_off_at_their_deadline() {
     // A slow head is closed at its deadline too.
     drop(svc);
     let svc = fx.start(&["--limit", "header_timeout_ms=1000"]);
+    // A kept-alive connection that served a request, then idles: closed at
+    // the same deadline, but idle is not slow (not counted).
+    let mut kept = connect(&svc);
+    kept.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_reply(&mut kept).unwrap().status, 200);
     let mut s = connect(&svc);
     s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").unwrap();
     let t0 = Instant::now();
     assert!(closed_within(&mut s, Duration::from_secs(5)));
     assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
+    assert!(closed_within(&mut kept, Duration::from_secs(2)));
     let m = metrics(&svc);
     assert_eq!(m["client_timeouts_total"], 1, "{m}");
     assert_eq!(get(&svc.u("/health")).status, 200);
