@@ -1465,6 +1465,9 @@ fn library_send_never_fails_and_reports() {
     let p = Project::new(&[("webhook", "info")], "2s");
     std::fs::create_dir_all(p.root().join("monitor_logs")).expect("mkdir");
     let project = gates_core::project::Project::open(p.root()).expect("project");
+    // A caller that knows its project reads that project's secrets file (here
+    // none); otherwise `send` finds the project itself, once.
+    dhash_notify::dotenv::load(&project.root).expect("no .env.notifications");
     let env = project.env("staging").expect("env");
     let em = gates_core::Emitter::sink("monitor_dhash", "staging");
     let n = dhash_notify::Notification::new(
