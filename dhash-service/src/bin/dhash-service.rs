@@ -55,8 +55,8 @@ struct ServeArgs {
     faults: Vec<(String, String)>,
     /// Override a client limit of config.json, e.g. --limit body_timeout_ms=5000
     /// (repeatable). Keys: header_bytes, header_lines, request_line_bytes,
-    /// header_timeout_ms, body_timeout_ms, body_readers, max_connections,
-    /// hash_stall_ms.
+    /// header_timeout_ms, body_timeout_ms, body_readers, body_memory_bytes,
+    /// max_connections, hash_stall_ms; each is range-checked.
     #[arg(long = "limit", value_name = "KEY=VALUE", value_parser = config::limit_arg)]
     limits: Vec<(String, String)>,
     /// Hash worker threads.
