@@ -192,7 +192,7 @@ mod tests {
             .file_type()
             .is_symlink());
         // Reopening (a continued run) keeps the lines and the link.
-        RunLog::open_with_aliases(primary, &[alias.clone()]).expect("reopen");
+        RunLog::open_with_aliases(primary, std::slice::from_ref(&alias)).expect("reopen");
         assert_eq!(fs::read_to_string(&alias).expect("read"), via_alias);
     }
 }
