@@ -841,6 +841,9 @@ fn backup_problems(tp: &TestProject) -> Vec<String> {
 
 // ---------------------------------------------------------------- the test
 
+/// One family of the matrix: its random stream and size in, what it tried out.
+type Family = fn(Rng, Size) -> Tally;
+
 #[test]
 fn fault_matrix() {
     let seed = seed();
@@ -850,7 +853,7 @@ fn fault_matrix() {
     let started = Instant::now();
     // The bundles every family uses, built before the families start.
     let _ = (base_bundle("v1", &[], false), base_bundle("v2", &[], true));
-    let families: Vec<(&str, fn(Rng, Size) -> Tally)> = vec![
+    let families: Vec<(&str, Family)> = vec![
         ("kill", kill_points),
         ("pairs", concurrent_pairs),
         ("config", config_mutations),
@@ -1178,7 +1181,7 @@ fn kill_points(mut rng: Rng, size: Size) -> Tally {
                 }
             }
             "deploy-bad" => {
-                let (base, kind) = if c.n % 2 == 0 { (&badh, "health_fail") } else { (&badc, "crash_at_start") };
+                let (base, kind) = if c.n.is_multiple_of(2) { (&badh, "health_fail") } else { (&badc, "crash_at_start") };
                 let tag = format!("b{}", c.n);
                 let (_, id) = dist(&c.tp, base, &tag);
                 let args = deploy_args(&tag);
@@ -1340,7 +1343,7 @@ fn violation(release: &str) -> String {
 
 impl Chain {
     /// Back to v1 at schema 2 (B1's state), by a rollback when needed.
-    fn to_v1(&mut self, t: &mut Tally) -> bool {
+    fn back_to_v1(&mut self, t: &mut Tally) -> bool {
         let schema = rusqlite::Connection::open_with_flags(&self.tp.env(ENV).database, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .and_then(|c| c.query_row("SELECT MAX(version) FROM schema_migrations", [], |r| r.get::<_, Option<i64>>(0)))
             .ok()
@@ -1397,7 +1400,7 @@ fn concurrent_pairs(mut rng: Rng, size: Size) -> Tally {
             } else {
                 State::V1
             };
-            if !c.to_v1(&mut t) {
+            if !c.back_to_v1(&mut t) {
                 reap(&c.tp);
                 chain = Chain::new(&mut t);
                 continue;
