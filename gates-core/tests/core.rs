@@ -1380,6 +1380,21 @@ fn environment_names_paths_and_commands_are_checked() {
 }
 
 #[test]
+fn deep_nesting_is_an_error_not_a_stack_overflow() {
+    for open in ["[", "{\"environments\":", "{\"a\":"] {
+        for text in [
+            open.repeat(100_000),
+            format!("{}1{}", open.repeat(5000), "]".repeat(5000)),
+        ] {
+            let e = GatesFile::parse(Path::new(GATES_PATH), &text).expect_err("deep");
+            assert_eq!(e.file, Path::new(GATES_PATH), "{e}");
+            let e = Topology::parse(Path::new(TOPO_PATH), &text).expect_err("deep");
+            assert_eq!(e.file, Path::new(TOPO_PATH), "{e}");
+        }
+    }
+}
+
+#[test]
 fn a_byte_order_mark_is_named_not_a_syntax_error_at_column_1() {
     let text = format!(
         "\u{feff}{}",
