@@ -467,6 +467,12 @@ fn retention_keeps_the_newest_n_and_never_the_one_just_made() {
     fs::write(&prod, b"not mine").unwrap();
     let out = run(backup_cmd(&tp).args(["--env", "staging", "--keep", "2"]));
     assert!(out.status.success(), "{}", show(&out));
+    // Both environments back up into backups/ here: the operator is told.
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("shares the backup folder"),
+        "{}",
+        show(&out)
+    );
     let evs = events(&out);
     let newest = PathBuf::from(
         event(&evs, "backup.verified").unwrap()["path"]
