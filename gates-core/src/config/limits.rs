@@ -95,3 +95,45 @@ fn range_msg_u64(r: &RangeInclusive<u64>, n: u64) -> String {
         r.end()
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The line backup_dhash's `--keep` can use, so the flag and
+    /// `retention.backups` accept exactly the same counts.
+    #[test]
+    fn keep_flag_and_config_share_the_range() {
+        let cmd = || {
+            clap::Command::new("backup_dhash").arg(
+                clap::Arg::new("keep")
+                    .long("keep")
+                    .value_parser(clap::value_parser!(u64).range(RETENTION_BACKUPS)),
+            )
+        };
+        for bad in ["0", "10001"] {
+            let e = cmd()
+                .try_get_matches_from(["backup_dhash", "--keep", bad])
+                .expect_err(bad);
+            assert!(e.to_string().contains("1..=10000"), "{e}");
+            assert!(check_backups_keep(bad.parse().expect("n")).is_err());
+        }
+        let m = cmd()
+            .try_get_matches_from(["backup_dhash", "--keep", "10000"])
+            .expect("in range");
+        assert_eq!(m.get_one::<u64>("keep"), Some(&10_000));
+        assert_eq!(check_backups_keep(10_000), Ok(10_000));
+        assert_eq!(
+            check_backups_keep(0),
+            Err("expected a whole number from 1 to 10000, found 0".to_string())
+        );
+    }
+
+    #[test]
+    fn ranges_describe_themselves_as_errors_say_them() {
+        assert_eq!(GATE_WINDOW.describe(), "from 0ms to 7days");
+        assert_eq!(CADENCE_EVERY.describe(), "from 100ms to 1h");
+        assert!(MONITOR_DURATION.contains(Duration::from_secs(240 * 60)));
+        assert!(!MONITOR_DURATION.contains(Duration::ZERO));
+    }
+}
