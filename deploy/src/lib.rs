@@ -19,10 +19,11 @@
 
 pub mod bundle;
 pub mod state;
+pub mod tee;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, Context};
 use dhash_migrate::release::{self, ReleaseManifest};
@@ -31,6 +32,7 @@ use dhash_migrate::MigrationStore;
 use gates_core::config::EnvConfig;
 use gates_core::lock::{EnvLock, LockBusy};
 use gates_core::project::Project;
+use gates_core::runlog::{RunKind, RunLog};
 use gates_core::sample::Health;
 use gates_core::{Emitter, Exit, Level, ToolError};
 use serde_json::{json, Value};
@@ -49,7 +51,14 @@ pub struct DeployOptions {
     /// `dist/dhash-<tag>/`; `None`: the newest bundle by created_at.
     pub tag: Option<String>,
     pub dry_run: bool,
+    /// Accepted as before; a backup is taken by default now.
     pub backup_first: bool,
+    /// Take no pre-deploy backup (a backup.verified event on stdin is still used).
+    pub no_backup: bool,
+    /// Start no background T+60 watch once the release is live.
+    pub no_monitor: bool,
+    /// Deploy a release recorded failed/rolled-back/quarantined, knowingly.
+    pub retry_failed: bool,
     pub skip_health_check: bool,
     /// Refuse (before switching) when the release has pending migrations.
     pub no_migrate: bool,
@@ -71,7 +80,9 @@ pub struct DeployReport {
 /// point (tests of crash safety). Points: `deploy-started`,
 /// `deploy-installing` (copy done, not yet renamed), `deploy-installed`,
 /// `deploy-migrated`, `deploy-switched`, `deploy-stopped`, `deploy-restarted`,
-/// `deploy-healthy` (verified, not yet recorded).
+/// `deploy-healthy` (verified, not yet recorded), `deploy-unhealthy`
+/// (recorded failed, switch-back journaled, nothing switched back yet),
+/// `deploy-switched-back` (current back, schema not yet).
 pub fn crash_point(em: &Emitter, point: &str) {
     if std::env::var("DHASH_TEST_CRASH_AT").is_ok_and(|v| v == point) {
         em.human(&format!(
@@ -112,18 +123,261 @@ pub fn run_tool(opts: &DeployOptions) -> anyhow::Result<Exit> {
     if opts.dry_run {
         return dry_run(&project, env, opts, upstream, &em);
     }
-    deploy(&project, env, opts, upstream, &em)?;
-    Ok(Exit::Ok)
+    // Preflight, before anything changes (the dry run checks the same).
+    check_config(&project, env, &em)?;
+    let resolved = resolve_bundle(&project, opts.tag.as_deref(), false, &em)?;
+
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+    let log = match RunLog::create(&project.root, env, RunKind::Deploy, &stamp) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            em.human(&format!("warning: no run log: {e:#}"));
+            None
+        }
+    };
+    let tee = log
+        .as_ref()
+        .and_then(|l| match tee::StderrTee::start(l.clone()) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                em.human(&format!("warning: stderr is not copied to the log: {e:#}"));
+                None
+            }
+        });
+    if let Some(l) = &log {
+        em.human(&format!("log: {}", l.path().display()));
+    }
+    let result = deploy(&project, env, opts, upstream, &resolved.bundle, &em).and_then(|report| {
+        if opts.no_monitor {
+            em.human(&format!(
+                "--no-monitor: no T+60 watch was started; start one with `monitor_dhash --env {}`",
+                env.name
+            ));
+            Ok(Exit::Ok)
+        } else {
+            start_watch(&project, env, &report, &em)
+        }
+    });
+    if let (Err(e), Some(l)) = (&result, &log) {
+        l.line(&format!("{TOOL}: error: {e:#}"));
+    }
+    if let Some(l) = &log {
+        em.human(&format!("log: {}", l.path().display()));
+    }
+    drop(tee);
+    result
 }
 
-/// Placeholders (refused in production) in the topology and gates files.
+/// `DHASH_MONITOR_BIN`: the monitor to start after a deploy (default:
+/// `monitor_dhash` beside this executable).
+pub const MONITOR_BIN_VAR: &str = "DHASH_MONITOR_BIN";
+/// How long a started watch has to register in `<install_root>/watch.json`.
+const WATCH_REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The monitor binary a deploy starts.
+fn monitor_bin() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os(MONITOR_BIN_VAR).filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().context("cannot find this executable")?;
+    Ok(exe
+        .parent()
+        .map(|d| d.join("monitor_dhash"))
+        .unwrap_or_else(|| PathBuf::from("monitor_dhash")))
+}
+
+/// Starts the T+60 watch of the release just deployed, in the background
+/// (`monitor_dhash --env E --release ID [--backup B] --detach`, its own
+/// process group, no terminal), and waits up to 10 s for it to register in
+/// `<install_root>/watch.json`. Emits `monitor.detached`. When it does not
+/// register, says so at level critical and returns exit 5: the release is
+/// live but nobody watches it.
+pub fn start_watch(
+    project: &Project,
+    env: &EnvConfig,
+    report: &DeployReport,
+    em: &Emitter,
+) -> anyhow::Result<Exit> {
+    use std::os::unix::process::CommandExt;
+    // A watch of this very release already runs (a redeploy of it): it keeps
+    // its window; a second watcher would only attach to it.
+    if let Ok(Some(w)) = gates_core::watch::active(env) {
+        if w.release.as_deref() == Some(report.release.as_str()) {
+            em.emit(
+                "monitor.detached",
+                Level::Info,
+                format!(
+                    "the T+60 watch of {} already runs (pid {}, until {}): it keeps its window",
+                    report.release, w.pid, w.window_end
+                ),
+                json!({"pid": w.pid, "release": report.release, "log": w.log, "events": w.events,
+                       "started_at": w.started_at, "window_end": w.window_end, "existing": true}),
+            );
+            em.human(&format!(
+                "follow it with `monitor_dhash --env {}` (attaches) or `tail -f {}`; stop it with `kill {}`",
+                env.name,
+                w.log.display(),
+                w.pid
+            ));
+            return Ok(Exit::Ok);
+        }
+    }
+    let bin = monitor_bin()?;
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.args(["--env", &env.name, "--release", &report.release]);
+    if let Some(b) = &report.backup {
+        cmd.arg("--backup").arg(b);
+    }
+    cmd.arg("--detach")
+        .env(gates_core::project::ROOT_VAR, &project.root)
+        .current_dir(&project.root)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0);
+    let watch_file = env.install_root.join("watch.json");
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            return unwatched(
+                env,
+                report,
+                format!("{} could not be started: {e}", bin.display()),
+                em,
+            )
+        }
+    };
+    let pid = child.id();
+    let deadline = Instant::now() + WATCH_REGISTER_TIMEOUT;
+    loop {
+        if let Some(w) =
+            read_watch(&watch_file).filter(|w| w["pid"].as_u64() == Some(u64::from(pid)))
+        {
+            let log = w["log"].as_str().unwrap_or("").to_string();
+            let events = w["events"].as_str().unwrap_or("").to_string();
+            em.emit(
+                "monitor.detached",
+                Level::Info,
+                format!(
+                    "T+60 watch of {} started in the background (pid {pid}, until {})",
+                    report.release,
+                    w["window_end"].as_str().unwrap_or("the window ends")
+                ),
+                json!({"pid": pid, "release": report.release, "log": log, "events": events,
+                       "started_at": w["started_at"], "window_end": w["window_end"],
+                       "watch_file": watch_file}),
+            );
+            em.human(&format!(
+                "the watch runs on its own: follow it with `monitor_dhash --env {}` (attaches) or `tail -f {log}`; stop it with `kill {pid}`",
+                env.name
+            ));
+            return Ok(Exit::Ok);
+        }
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                return unwatched(
+                    env,
+                    report,
+                    format!(
+                        "{} --detach exited ({status}) before registering in {}",
+                        bin.display(),
+                        watch_file.display()
+                    ),
+                    em,
+                )
+            }
+            Ok(None) => {}
+            Err(e) => return unwatched(env, report, format!("waiting for the watch: {e}"), em),
+        }
+        if Instant::now() >= deadline {
+            // Not registered: stop it, so that "unwatched" is the truth and a
+            // monitor started by hand is the only actor.
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = child.wait();
+            return unwatched(
+                env,
+                report,
+                format!(
+                    "pid {pid} did not register in {} within {} (it was stopped)",
+                    watch_file.display(),
+                    gates_core::duration::human(WATCH_REGISTER_TIMEOUT)
+                ),
+                em,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Ends a running watch of another release than the one just made current
+/// (its result is `superseded`), so no watcher acts on a replaced release.
+fn supersede_watch(env: &EnvConfig, release: &str, em: &Emitter) {
+    let reason = format!("deploy_dhash made {release} current on {}", env.name);
+    match gates_core::watch::supersede(env, Some(release), &reason) {
+        Ok(Some(w)) => em.human(&format!(
+            "ended the watch of {} (pid {}): superseded by {release}",
+            w.release.as_deref().unwrap_or("nothing"),
+            w.pid
+        )),
+        Ok(None) => {}
+        Err(e) => em.human(&format!(
+            "warning: could not end the running watch of {}: {e:#}",
+            env.name
+        )),
+    }
+}
+
+fn read_watch(path: &Path) -> Option<Value> {
+    let text = fs::read_to_string(path).ok()?;
+    serde_json::from_str::<Value>(&text)
+        .ok()
+        .filter(Value::is_object)
+}
+
+/// The release is live but its watch did not start: loud, recorded, exit 5.
+fn unwatched(
+    env: &EnvConfig,
+    report: &DeployReport,
+    why: String,
+    em: &Emitter,
+) -> anyhow::Result<Exit> {
+    let msg = format!(
+        "{} IS LIVE BUT UNWATCHED on {}: the T+60 watch did not start ({why}); no gate will roll it back. Start it now: monitor_dhash --env {}",
+        report.release, env.name, env.name
+    );
+    em.emit(
+        "monitor.failed",
+        Level::Critical,
+        msg.clone(),
+        json!({"release": report.release, "reason": why, "unwatched": true}),
+    );
+    let _ = env.ledger().append(
+        "deploy",
+        json!({"release": report.release, "tag": report.tag, "result": "unwatched", "reason": why}),
+    );
+    Err(ToolError::new(Exit::Inconclusive, anyhow!(msg)).into())
+}
+
+/// Preflight of the configuration, shared by the dry run and the real run:
+/// the gates file must load and have a section (with gates) for the
+/// environment, or the T+60 watch could not start after the switch; the
+/// refusal (exit 2) names the file and `environments.<env>`. Placeholders
+/// are refused in production and returned as warnings elsewhere.
 fn check_config(project: &Project, env: &EnvConfig, em: &Emitter) -> anyhow::Result<Vec<String>> {
     let mut warnings = Vec::new();
     let mut found = project.topology.check_placeholders(&env.name)?.to_vec();
-    if project.gates_path().is_file() {
-        let gates = project.gates(None)?;
-        found.extend(gates.check_placeholders(&env.name)?.iter().cloned());
-    }
+    let refuse = |e: gates_core::config::ConfigError| {
+        anyhow::Error::from(e).context(format!(
+            "refusing to deploy to {}: its T+60 watch could not start (nothing was changed)",
+            env.name
+        ))
+    };
+    let gates = project.gates(None).map_err(refuse)?;
+    gates.require_env(&env.name).map_err(refuse)?;
+    found.extend(gates.check_placeholders(&env.name)?.iter().cloned());
     for p in found {
         let w = format!(
             "unresolved placeholder at {} in {}: {:?}",
@@ -476,16 +730,50 @@ pub fn dry_run(
     let current = state::current_id(env);
     let mut from = current.clone();
     if let Some(j) = &journal {
+        let switching_back =
+            j.step == "switch-back" || j.step == "recovery-failed" || st.is_failed(&j.release);
         checks.push(Check {
             name: "journal",
             ok: true,
-            detail: format!(
-                "a previous deploy of {} (pid {}) stopped at step {:?}; the real run takes over from it",
-                j.release, j.pid, j.step
-            ),
+            detail: if switching_back {
+                format!(
+                    "a previous deploy of {} (pid {}) was killed switching back from it; the real run first finishes that switch-back to {}",
+                    j.release,
+                    j.pid,
+                    j.from.as_deref().unwrap_or("nothing (no previous release)")
+                )
+            } else {
+                format!(
+                    "a previous deploy of {} (pid {}) stopped at step {:?}; the real run takes over from it",
+                    j.release, j.pid, j.step
+                )
+            },
         });
-        if current.as_deref() == Some(j.release.as_str()) {
+        if switching_back || current.as_deref() == Some(j.release.as_str()) {
             from = j.from.clone();
+        }
+    }
+    if let Some(rec) = st.releases.get(&id).filter(|r| r.is_bad()) {
+        let msg = format!(
+            "{id} is recorded {} ({}); the deploy refuses it{}",
+            rec.state,
+            rec.reason.as_deref().unwrap_or("no reason recorded"),
+            if opts.retry_failed {
+                " unless --retry-failed (given: it goes ahead)"
+            } else {
+                " (build a new release, or pass --retry-failed)"
+            }
+        );
+        checks.push(Check {
+            name: "release-state",
+            ok: opts.retry_failed,
+            detail: msg.clone(),
+        });
+        if !opts.retry_failed {
+            block(
+                &mut fatal,
+                ToolError::new(Exit::Failed, anyhow!(msg)).into(),
+            );
         }
     }
     let from = switch_back_target(env, &st, from, &id);
@@ -514,9 +802,9 @@ pub fn dry_run(
             } else if from.is_some()
                 && !lacking.is_empty()
                 && backup.is_none()
-                && !opts.backup_first
+                && !will_backup(opts, env, current.as_deref())
             {
-                Some(format!("{} lack(s) a .down.sql and no backup is taken: the deploy would refuse (use --backup-first)", lacking.join(", ")))
+                Some(format!("{} lack(s) a .down.sql and no backup is taken (--no-backup): the deploy would refuse", lacking.join(", ")))
             } else {
                 None
             };
@@ -565,7 +853,7 @@ pub fn dry_run(
             "use the backup announced on stdin as the rollback point: {}",
             p.display()
         ));
-    } else if opts.backup_first {
+    } else if will_backup(opts, env, current.as_deref()) {
         steps.push(format!(
             "back up {} into {} (the rollback point)",
             env.name,
@@ -602,6 +890,17 @@ pub fn dry_run(
         "keep the newest {} releases (never the current or last known-good one)",
         env.retention.releases
     ));
+    steps.push(if opts.no_monitor {
+        "--no-monitor: start no T+60 watch".to_string()
+    } else {
+        format!(
+            "start the T+60 watch in the background (monitor_dhash --env {} --release {id}{} --detach), wait up to {} for {}; exit 5 if it does not register (live but unwatched)",
+            env.name,
+            if backup.is_some() || will_backup(opts, env, current.as_deref()) { " --backup <the backup>" } else { "" },
+            gates_core::duration::human(WATCH_REGISTER_TIMEOUT),
+            env.install_root.join("watch.json").display()
+        )
+    });
 
     for c in &checks {
         em.human(&format!(
@@ -639,6 +938,13 @@ pub fn dry_run(
         None => Ok(Exit::Ok),
         Some(e) => Err(e.context("dry run: the deploy would not go ahead")),
     }
+}
+
+/// Whether the deploy takes its own pre-deploy backup (when no
+/// backup.verified arrived on stdin): by default, unless `--no-backup`, or
+/// nothing is deployed yet and there is no database (nothing to restore).
+fn will_backup(opts: &DeployOptions, env: &EnvConfig, current: Option<&str>) -> bool {
+    (opts.backup_first || !opts.no_backup) && (current.is_some() || env.database.exists())
 }
 
 /// Whether `name` is a temporary name deploy itself makes: in releases/,
@@ -849,6 +1155,7 @@ impl Run<'_> {
         );
         self.mark("failed", Some(reason.clone()));
         let _ = self.step("switch-back");
+        crash_point(self.em, "deploy-unhealthy");
         match self.switch_back() {
             Ok(note) => {
                 self.ledger(
@@ -926,6 +1233,7 @@ impl Run<'_> {
             ),
             json!({"release": prev, "from": self.id(), "switch_back": true}),
         );
+        supersede_watch(self.env, &prev, self.em);
         crash_point(self.em, "deploy-switched-back");
         let schema = self.revert_schema()?;
         let restored = schema
@@ -1053,6 +1361,121 @@ impl Run<'_> {
     }
 }
 
+/// Finishes the switch-back of a deploy that was killed while undoing its
+/// failed release (journal step `switch-back` or `recovery-failed`, or its
+/// release already recorded failed): marks that release failed, switches
+/// `current` back to the release that served before it (never a failed
+/// one), brings the schema back with the failed release's down migrations
+/// (or its pre-deploy backup), restarts and verifies health. Emits
+/// `deploy.interrupted` then `deploy.failed` (`finished_interrupted: true`);
+/// exit 4 when the switch-back fails again.
+fn finish_switch_back(
+    project: &Project,
+    env: &EnvConfig,
+    lock: &EnvLock,
+    j: Journal,
+    st: &mut ReleasesState,
+    em: &Emitter,
+) -> anyhow::Result<()> {
+    let target = switch_back_target(env, st, j.from.clone(), &j.release);
+    em.emit(
+        "deploy.interrupted",
+        Level::Warning,
+        format!(
+            "a previous deploy of {} (pid {}, started {}) was killed at step {:?} while switching back from it; finishing the switch-back to {}",
+            j.release,
+            j.pid,
+            j.started_at,
+            j.step,
+            target.as_deref().unwrap_or("nothing (no previous release)")
+        ),
+        json!({"release": j.release, "from": j.from, "step": j.step, "pid": j.pid, "backup": j.backup,
+               "migrations_applied": j.migrations_applied, "switch_back_to": target}),
+    );
+    let _ = env.ledger().append(
+        "deploy",
+        json!({"release": j.release, "tag": j.tag, "from": j.from, "result": "interrupted", "step": j.step,
+               "backup": j.backup, "migrations": j.migrations_applied, "pid": j.pid}),
+    );
+    let dest = env.releases_dir().join(&j.release);
+    let manifest = ReleaseManifest::read(&dest).unwrap_or_else(|_| ReleaseManifest {
+        id: j.release.clone(),
+        tag: j.tag.clone(),
+        schema_version: 0,
+        created_at: String::new(),
+        files: Default::default(),
+    });
+    let mut journal = j.clone();
+    journal.pid = std::process::id();
+    journal.from = target.clone();
+    let mut run = Run {
+        project,
+        env,
+        em,
+        lock,
+        dest,
+        manifest,
+        from: target,
+        // What served when the interrupted deploy began.
+        current: j.from.clone(),
+        backup: j.backup.clone(),
+        journal,
+        st: st.clone(),
+        started: Instant::now(),
+    };
+    let reason = run
+        .st
+        .releases
+        .get(&j.release)
+        .and_then(|r| r.reason.clone())
+        .unwrap_or_else(|| "its deploy was interrupted while switching back".to_string());
+    if !run.st.is_failed(&j.release) {
+        run.mark("failed", Some(reason.clone()));
+    }
+    run.step("switch-back")?;
+    let outcome = run.switch_back();
+    *st = run.st.clone();
+    match outcome {
+        Ok(note) => {
+            let note = format!("finished the interrupted switch-back: {note}");
+            run.ledger(
+                "failed",
+                json!({"reason": reason, "switched_back_to": run.from, "note": note}),
+            );
+            em.emit(
+                "deploy.failed",
+                Level::Error,
+                format!("deploy of {} failed ({reason}); {note}", j.release),
+                json!({"release": j.release, "from": run.from, "backup": run.backup, "reason": reason,
+                       "switched_back": run.from.is_some(), "switched_back_to": run.from, "note": note,
+                       "finished_interrupted": true}),
+            );
+            Journal::remove(env)?;
+            Ok(())
+        }
+        Err(e) => {
+            let what = format!("{e:#}");
+            run.ledger("failed", json!({"reason": reason, "recovery_error": what}));
+            em.emit(
+                "deploy.failed",
+                Level::Critical,
+                format!("the interrupted switch-back from {} FAILED again: {what}", j.release),
+                json!({"release": j.release, "from": run.from, "backup": run.backup, "reason": reason,
+                       "switched_back": false, "recovery_error": what, "finished_interrupted": true}),
+            );
+            let _ = run.step("recovery-failed");
+            Err(ToolError::new(
+                Exit::RollbackFailed,
+                anyhow!(
+                    "a deploy of {} was killed while switching back from it, and finishing that switch-back failed: {what}; restore with rollback_dhash",
+                    j.release
+                ),
+            )
+            .into())
+        }
+    }
+}
+
 /// Restores a backup (down migrations failed): the backup crate's restore
 /// through dhash_rollback, which also restarts and proves health.
 fn restore_backup(
@@ -1075,17 +1498,16 @@ fn restore_backup(
     Ok(())
 }
 
-/// The deploy itself (not a dry run).
+/// The deploy itself (not a dry run) of the bundle `b` (see
+/// [`resolve_bundle`]); the caller has run the configuration preflight.
 pub fn deploy(
     project: &Project,
     env: &EnvConfig,
     opts: &DeployOptions,
     upstream_backup: Option<PathBuf>,
+    b: &release::Bundle,
     em: &Emitter,
 ) -> anyhow::Result<DeployReport> {
-    check_config(project, env, em)?;
-    let resolved = resolve_bundle(project, opts.tag.as_deref(), false, em)?;
-    let b = &resolved.bundle;
     bundle::verify_release(&b.dir).map_err(|e| {
         ToolError::new(Exit::Failed, e.context("refusing to deploy a bundle that does not match its release.json; nothing was changed"))
     })?;
@@ -1127,13 +1549,45 @@ pub fn deploy(
         .into());
     }
     let started = Instant::now();
+    let mut st = ReleasesState::load(env)?;
+    let mut interrupted = Journal::load(env)?;
+    let id = b.manifest.id.clone();
+    if env.releases_dir().is_dir() || interrupted.is_some() {
+        fs::create_dir_all(env.releases_dir())
+            .with_context(|| format!("creating {}", env.releases_dir().display()))?;
+        cleanup_partials(env, em);
+    }
+
+    // A deploy killed while switching back from its failed release: finish
+    // that switch-back first, never move on to the failed release.
+    if let Some(j) = interrupted.clone() {
+        if j.step == "switch-back" || j.step == "recovery-failed" || st.is_failed(&j.release) {
+            finish_switch_back(project, env, &lock, j, &mut st, em)?;
+            interrupted = None;
+        }
+    }
+    if let Some(rec) = st.releases.get(&id).filter(|r| r.is_bad()) {
+        if !opts.retry_failed {
+            return Err(ToolError::new(
+                Exit::Failed,
+                anyhow!(
+                    "{id} is recorded {} in {} ({}): it is never deployed again; build a new release (a new tag), or pass --retry-failed to try this one knowingly (nothing was changed)",
+                    rec.state,
+                    ReleasesState::path(env).display(),
+                    rec.reason.as_deref().unwrap_or("no reason recorded")
+                ),
+            )
+            .into());
+        }
+        em.human(&format!(
+            "warning: --retry-failed: deploying {id}, recorded {} ({})",
+            rec.state,
+            rec.reason.as_deref().unwrap_or("no reason recorded")
+        ));
+    }
     fs::create_dir_all(env.releases_dir())
         .with_context(|| format!("creating {}", env.releases_dir().display()))?;
-    cleanup_partials(env, em);
-    let st = ReleasesState::load(env)?;
-    let interrupted = Journal::load(env)?;
     let current = state::current_id(env);
-    let id = b.manifest.id.clone();
 
     let mut from = current.clone();
     let mut backup = upstream_backup;
@@ -1253,10 +1707,10 @@ pub fn deploy(
             if run.from.is_some()
                 && !lacking.is_empty()
                 && run.backup.is_none()
-                && !opts.backup_first
+                && !will_backup(opts, env, run.current.as_deref())
             {
                 let e = anyhow!(
-                    "{} ha(s) no .down.sql and no backup is taken: if the deploy failed, the schema could not be brought back for {}; deploy with --backup-first",
+                    "{} ha(s) no .down.sql and no backup is taken (--no-backup): if the deploy failed, the schema could not be brought back for {}; deploy without --no-backup",
                     lacking.join(", "),
                     run.from.as_deref().unwrap_or("the previous release")
                 );
@@ -1287,7 +1741,7 @@ pub fn deploy(
                 ))
             }
         }
-    } else if opts.backup_first {
+    } else if will_backup(opts, env, run.current.as_deref()) {
         run.step("backup")?;
         let bo = dhash_backup::BackupOptions {
             dry_run: false,
@@ -1371,6 +1825,7 @@ pub fn deploy(
         format!("switched {} to {id}", env.current_link().display()),
         json!({"release": id, "from": run.current}),
     );
+    supersede_watch(env, &id, em);
     run.step("switched")?;
     crash_point(em, "deploy-switched");
 

@@ -171,15 +171,17 @@ impl Run {
     }
 }
 
+/// deploy_dhash on staging without the background watch (the tests of the
+/// watch start it themselves).
 fn deploy_cmd(tp: &TestProject, args: &[&str]) -> Command {
     let mut c = tp.cmd_path(Path::new(BIN));
-    c.args(["--env", "staging"]).args(args);
+    c.args(["--env", "staging", "--no-monitor"]).args(args);
     c
 }
 
 fn deploy_cmd_env(tp: &TestProject, env: &str, args: &[&str]) -> Run {
     tp.cmd_path(Path::new(BIN))
-        .args(["--env", env])
+        .args(["--env", env, "--no-monitor"])
         .args(args)
         .output()
         .expect("run deploy_dhash")
@@ -807,16 +809,16 @@ fn backups_are_rollback_points() {
         &[("health_fail", "true")],
         &[NOTE, NODOWN],
     ));
-    let r = deploy(&tp, &["--tag", "nodown"]);
+    let r = deploy(&tp, &["--tag", "nodown", "--no-backup"]);
     r.expect(1);
     assert!(
-        r.stderr.contains("0004_create_labels") && r.stderr.contains("--backup-first"),
+        r.stderr.contains("0004_create_labels") && r.stderr.contains("--no-backup"),
         "{}",
         r.stderr
     );
     assert!(!tp.env("staging").releases_dir().join(&nodown).exists());
 
-    // With --backup-first it goes ahead; the release does not start, the
+    // With a backup (--backup-first, the default) it goes ahead; the release does not start, the
     // down migration is missing, so the pre-deploy backup is restored.
     let r = deploy(&tp, &["--tag", "nodown", "--backup-first"]);
     r.expect(1);
@@ -1038,4 +1040,335 @@ fn dry_run_on_a_fresh_checkout_plans_everything_and_changes_nothing() {
         .expect("checks")
         .iter()
         .all(|c| c["ok"] == true || c["name"] == "health"));
+}
+
+// ---------------------------------------------------------------------------
+// Backup and the T+60 watch by default; the run log.
+
+/// A stand-in monitor_dhash (DHASH_MONITOR_BIN) running `body` in sh.
+fn fake_monitor(tp: &TestProject, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = tp.root().join("fake-monitor.sh");
+    fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("script");
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).expect("chmod");
+    path
+}
+
+/// Kills a process on drop (a test never leaves one behind).
+struct KillOnDrop(u32);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.0.to_string()).status();
+    }
+}
+
+#[test]
+fn plain_deploy_backs_up_then_starts_the_watch_in_the_background() {
+    let tp = project();
+    let v1 = release_id(&bundle(&tp, "v1", &[], &[]));
+    deploy(&tp, &["--tag", "v1"]).expect(0);
+    let v2 = release_id(&bundle(&tp, "v2", &[], &[NOTE]));
+    let watch = tp.env("staging").install_root.join("watch.json");
+    let monitor = fake_monitor(
+        &tp,
+        &format!(
+            r#"echo "$@" > '{root}/monitor-args'
+printf '{{"pid": %s, "release": "x", "started_at": "2026-01-01T00:00:00Z", "window_end": "2026-01-01T01:00:00Z", "log": "{root}/monitor_logs/w.log", "events": "{root}/monitor_logs/w.jsonl"}}' $$ > '{watch}'
+exec sleep 30"#,
+            root = tp.root().display(),
+            watch = watch.display()
+        ),
+    );
+    let r: Run = tp
+        .cmd_path(Path::new(BIN))
+        .args(["--env", "staging", "--tag", "v2"])
+        .env("DHASH_MONITOR_BIN", &monitor)
+        .output()
+        .expect("run")
+        .into();
+    let detached = r.of("monitor.detached");
+    let pid = detached
+        .first()
+        .and_then(|d| d["pid"].as_u64())
+        .map(|p| p as u32);
+    let _guard = pid.map(KillOnDrop);
+    r.expect(0);
+    let pid = pid.expect("monitor.detached has the pid");
+    assert!(testkit::pid_alive(pid), "the watch outlives the deploy");
+
+    // A verified backup was taken by default and handed to the watch.
+    let backup = r.one("backup.verified")["path"]
+        .as_str()
+        .expect("path")
+        .to_string();
+    assert_eq!(r.one("deploy.healthy")["backup"], backup.as_str());
+    let args = fs::read_to_string(tp.root().join("monitor-args")).expect("args");
+    assert_eq!(
+        args.trim(),
+        format!("--env staging --release {v2} --backup {backup} --detach")
+    );
+    let d = detached[0];
+    assert_eq!(d["release"], v2.as_str());
+    assert!(d["log"].as_str().expect("log").ends_with("w.log"));
+    assert!(
+        r.stderr.contains("monitor_dhash --env staging")
+            && r.stderr.contains(&format!("kill {pid}")),
+        "{}",
+        r.stderr
+    );
+
+    // The run's human log, under every name the runbooks tail.
+    let logs: Vec<PathBuf> = fs::read_dir(tp.root().join("logs"))
+        .expect("logs/")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    for prefix in ["deploy_staging_", "deploy-staging-"] {
+        let l = logs
+            .iter()
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
+            })
+            .max()
+            .unwrap_or_else(|| panic!("no logs/{prefix}*: {logs:?}"));
+        let text = fs::read_to_string(l).expect("log");
+        assert!(
+            text.contains("deploy.healthy") && text.contains("monitor.detached"),
+            "{text}"
+        );
+    }
+    assert!(
+        r.stderr.contains("monitor_logs/deploy_staging_"),
+        "{}",
+        r.stderr
+    );
+    let _ = v1;
+}
+
+#[test]
+fn a_watch_that_does_not_start_is_loud_and_exits_5() {
+    let tp = project();
+    let v1 = release_id(&bundle(&tp, "v1", &[], &[]));
+    for monitor in [
+        fake_monitor(&tp, "echo cannot >&2; exit 2"),
+        tp.root().join("no-such-monitor"),
+    ] {
+        let r: Run = tp
+            .cmd_path(Path::new(BIN))
+            .args(["--env", "staging", "--tag", "v1"])
+            .env("DHASH_MONITOR_BIN", &monitor)
+            .output()
+            .expect("run")
+            .into();
+        r.expect(5);
+        let failed = r.one("monitor.failed");
+        assert_eq!(failed["level"], "critical");
+        assert!(
+            failed["msg"]
+                .as_str()
+                .expect("msg")
+                .contains("LIVE BUT UNWATCHED")
+                && failed["msg"]
+                    .as_str()
+                    .expect("msg")
+                    .contains("monitor_dhash --env staging"),
+            "{failed}"
+        );
+        assert_eq!(r.one("deploy.healthy")["release"], v1.as_str());
+        assert_eq!(health(&tp)["release"], v1.as_str(), "live");
+        assert_eq!(
+            ledger(&tp, "deploy").last().expect("record")["result"],
+            "unwatched"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Issue 13 #3: killed while switching back, then rerun.
+
+#[test]
+fn killed_while_switching_back_then_rerun_finishes_it_and_never_deploys_the_failed_release() {
+    let tp = project();
+    let v1 = release_id(&bundle(&tp, "v1", &[], &[]));
+    deploy(&tp, &["--tag", "v1"]).expect(0);
+
+    for (tag, point) in [
+        ("bad", "deploy-unhealthy"),
+        ("bad2", "deploy-switched-back"),
+    ] {
+        let bad = release_id(&bundle(&tp, tag, &[("health_fail", "true")], &[NOTE]));
+        crash(&tp, tag, point);
+        assert_eq!(state(&tp)["releases"][&bad]["state"], "failed");
+
+        // The same command again: finishes the switch-back, never goes to `bad`.
+        let r = deploy(&tp, &["--tag", tag]);
+        r.expect(1);
+        let interrupted = r.one("deploy.interrupted");
+        assert_eq!(interrupted["release"], bad.as_str());
+        assert_eq!(interrupted["switch_back_to"], v1.as_str());
+        let failed = r.one("deploy.failed");
+        assert_eq!(failed["finished_interrupted"], true, "{point}");
+        assert_eq!(failed["switched_back_to"], v1.as_str());
+        assert!(r.of("migrate.applied").is_empty(), "{point}: {}", r.stdout);
+        assert!(
+            r.of("deploy.switched")
+                .iter()
+                .all(|e| e["release"] == v1.as_str()),
+            "{point}: never switched to {bad}"
+        );
+        assert!(r.of("deploy.started").is_empty());
+        assert!(
+            r.stderr.contains("never deployed again") && r.stderr.contains("--retry-failed"),
+            "{}",
+            r.stderr
+        );
+        assert_eq!(current_target(&tp).as_deref(), Some(v1.as_str()));
+        assert_eq!(health(&tp)["release"], v1.as_str(), "{point}: v1 serves");
+        assert_eq!(db_version(&tp), Some(2), "{point}: schema back to v1's");
+        assert!(!tp
+            .env("staging")
+            .install_root
+            .join("deploy.journal.json")
+            .exists());
+        let st = state(&tp);
+        assert_eq!(st["releases"][&bad]["state"], "failed");
+        assert_eq!(st["last_known_good"], v1.as_str());
+
+        // Once more: refused before anything changes.
+        let before = tree(&tp.env("staging").install_root);
+        let r = deploy(&tp, &["--tag", tag]);
+        r.expect(1);
+        assert!(r.stderr.contains("never deployed again"), "{}", r.stderr);
+        assert!(r.of("deploy.started").is_empty());
+        let after = tree(&tp.env("staging").install_root);
+        let changed: Vec<_> = after
+            .iter()
+            .filter(|(k, v)| {
+                before.get(*k) != Some(v) && !k.starts_with("ledger") && !k.starts_with("data")
+            })
+            .collect();
+        assert!(changed.is_empty(), "{changed:?}");
+        deploy(&tp, &["--tag", tag, "--dry-run"]).expect(1);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Issue 13 #5: a deploy whose watch cannot start is refused before anything.
+
+#[test]
+fn a_deploy_whose_watch_cannot_start_is_refused_by_dry_run_and_real_run_alike() {
+    let tp = project();
+    bundle(&tp, "v1", &[], &[]);
+    let gates = tp.root().join("quality-gates-config.json");
+    let original = fs::read_to_string(&gates).expect("gates");
+    let mut without: Value = serde_json::from_str(&original).expect("json");
+    without["environments"]
+        .as_object_mut()
+        .expect("environments")
+        .remove("staging");
+    let cases: Vec<(&str, Option<String>, &str)> = vec![
+        (
+            "no section",
+            Some(serde_json::to_string_pretty(&without).expect("enc")),
+            "environments.staging",
+        ),
+        (
+            "unparsable",
+            Some("{ not json".to_string()),
+            "quality-gates-config.json",
+        ),
+        ("missing", None, "quality-gates-config.json"),
+    ];
+    for (what, content, needle) in cases {
+        match &content {
+            Some(c) => fs::write(&gates, c).expect("write"),
+            None => fs::remove_file(&gates).expect("rm"),
+        }
+        let before = tree(tp.root());
+        let dry = deploy(&tp, &["--tag", "v1", "--dry-run"]);
+        dry.expect(2);
+        let real = deploy(&tp, &["--tag", "v1"]);
+        real.expect(2);
+        for r in [&dry, &real] {
+            assert!(
+                r.stderr.contains(&gates.display().to_string())
+                    || r.stderr.contains("quality-gates-config.json"),
+                "{what}: {}",
+                r.stderr
+            );
+            assert!(r.stderr.contains(needle), "{what}: {}", r.stderr);
+            assert!(
+                r.stderr.contains("watch could not start"),
+                "{what}: {}",
+                r.stderr
+            );
+        }
+        let line = |r: &Run| {
+            r.stderr
+                .lines()
+                .find(|l| l.contains("watch could not start"))
+                .map(|l| l[l.find("refusing").unwrap_or(0)..].to_string())
+        };
+        assert_eq!(line(&dry), line(&real), "{what}: the same message");
+        assert!(real.of("deploy.started").is_empty());
+        assert_eq!(tree(tp.root()), before, "{what}: nothing changed");
+        assert!(!tp.env("staging").install_root.exists());
+    }
+    fs::write(&gates, original).expect("restore");
+    deploy(&tp, &["--tag", "v1"]).expect(0);
+}
+
+#[test]
+fn the_real_monitor_is_started_detached_and_stops_on_kill() {
+    let tp = project();
+    let v1 = release_id(&bundle(&tp, "v1", &[], &[]));
+    let r: Run = tp
+        .cmd_path(Path::new(BIN))
+        .args(["--env", "staging", "--tag", "v1"])
+        .output()
+        .expect("run")
+        .into();
+    let pid = r
+        .of("monitor.detached")
+        .first()
+        .and_then(|d| d["pid"].as_u64())
+        .map(|p| p as u32);
+    let guard = pid.map(KillOnDrop);
+    r.expect(0);
+    let pid = pid.expect("pid");
+    let d = r.one("monitor.detached");
+    assert_eq!(d["release"], v1.as_str());
+    assert!(testkit::pid_alive(pid));
+    let watch: Value = serde_json::from_str(
+        &fs::read_to_string(tp.env("staging").install_root.join("watch.json")).expect("watch.json"),
+    )
+    .expect("json");
+    assert_eq!(watch["pid"].as_u64(), Some(u64::from(pid)));
+    assert_eq!(watch["release"], v1.as_str());
+    assert_eq!(d["log"], watch["log"]);
+
+    // A redeploy of the same release keeps that watch (no second watcher).
+    let r = deploy_cmd_env_monitor(&tp, &["--tag", "v1"]);
+    r.expect(0);
+    let again = r.one("monitor.detached");
+    assert_eq!(again["pid"].as_u64(), Some(u64::from(pid)));
+    assert_eq!(again["existing"], true);
+
+    // `kill <pid>` stops it cleanly (seed 004).
+    drop(guard);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while testkit::pid_alive(pid) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!testkit::pid_alive(pid), "the watch ended on SIGTERM");
+}
+
+fn deploy_cmd_env_monitor(tp: &TestProject, args: &[&str]) -> Run {
+    tp.cmd_path(Path::new(BIN))
+        .args(["--env", "staging"])
+        .args(args)
+        .output()
+        .expect("run deploy_dhash")
+        .into()
 }

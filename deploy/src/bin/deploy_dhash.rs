@@ -8,11 +8,25 @@ use dhash_deploy::DeployOptions;
 
 fn after_help() -> String {
     format!(
-        "Steps: verify the bundle's checksums (release.json) -> take the environment lock ->
-(--backup-first: backup) -> install into <install_root>/releases/<id>/ (temp name +
+        "Steps: preflight (the gates file must have a section with gates for the environment,
+or the T+60 watch could not start: exit 2 naming the file and environments.<env>;
+placeholders refused in production) -> find or build the bundle -> verify its checksums
+(release.json) -> take the environment lock -> verified pre-deploy backup (the default;
+--no-backup skips it; a backup.verified event on stdin is used instead; none when
+nothing is deployed and there is no database) -> install into <install_root>/releases/<id>/ (temp name +
 rename; skipped when already installed and verified) -> apply pending migrations (the
 new release's) -> switch <install_root>/current atomically -> restart the service ->
-wait for health. If the new release does not become healthy: it is marked failed in
+wait for health -> start the T+60 watch in the background: monitor_dhash --env E
+--release ID [--backup B] --detach, own process group, no terminal; it must register in
+<install_root>/watch.json within 10 s; event monitor.detached (pid, release, log,
+events); follow it with `monitor_dhash --env E` (attaches) or `tail -f <log>`, stop it
+with `kill <pid>`. --no-monitor skips it. If the watch does not register, the event
+monitor.failed (level critical) says the release is LIVE BUT UNWATCHED and the exit code
+is 5: start `monitor_dhash --env E` by hand. The human log of the run is
+monitor_logs/deploy_<env>_<ts>.log, linked as logs/deploy_<env>_<ts>.log and
+logs/deploy-<env>-<ts>.log (path printed on stderr).
+
+If the new release does not become healthy: it is marked failed in
 releases.json (never a switch-back target again), current is switched back to the
 previous release, the migrations this deploy applied are reverted with the new
 release's .down.sql files (or the pre-deploy backup is restored when they cannot run),
@@ -32,18 +46,27 @@ When pending migrations lack a .down.sql and there is no backup, the deploy refu
 (use --backup-first). A backup.verified event read on stdin (backup_dhash | deploy_dhash)
 is the rollback point; --backup-first then takes no second backup.
 A deploy killed at any instant leaves current on a complete release; the next run reads
-<install_root>/deploy.journal.json, reports where it stopped and finishes the job.
+<install_root>/deploy.journal.json, reports where it stopped and finishes the job. A
+deploy killed while switching back from its failed release is finished by the next run
+(switch-back, schema, restart, health; deploy.failed with finished_interrupted) before
+anything else; a release recorded failed, rolled-back or quarantined in releases.json
+is never deployed again (exit 1) unless --retry-failed.
 --dry-run validates (bundle checksums, config and placeholders, lock, free disk, health
 endpoint, pending migrations) and lists the steps; it changes no file outside target/
 (a bundle it must build goes to a temporary folder, not dist/):
   deploy_dhash --dry-run --env staging > deploy-dryrun.log 2>&1
 
 Events (stdout, JSON lines): deploy.started, deploy.installed, deploy.switched,
-deploy.healthy (release, from, backup) or deploy.failed; deploy.interrupted,
+deploy.healthy (release, from, backup) or deploy.failed; monitor.detached or
+monitor.failed; deploy.interrupted,
 deploy.planned (dry run), deploy.pruned; migrate.*, backup.*, service.* of the steps.
 
 {}",
         gates_core::exit::EXIT_CODES_HELP
+    )
+    .replace(
+        "  5   a watch ended inconclusive",
+        "  5   deployed, but the T+60 watch did not start: LIVE BUT UNWATCHED (deploy_dhash);\n      a watch ended inconclusive",
     )
 }
 
@@ -61,10 +84,21 @@ struct Args {
     /// Validate and list the steps; change nothing.
     #[arg(long)]
     dry_run: bool,
-    /// Back up the environment first (while holding the lock), unless a
-    /// backup.verified event arrives on stdin.
-    #[arg(long)]
+    /// Back up the environment first (the default; kept for the runbooks).
+    #[arg(long, conflicts_with = "no_backup")]
     backup_first: bool,
+    /// Take no pre-deploy backup (a backup.verified event on stdin is still
+    /// the rollback point).
+    #[arg(long)]
+    no_backup: bool,
+    /// Start no background T+60 watch once the release is live (quick-deploy
+    /// runs its own, in the foreground).
+    #[arg(long)]
+    no_monitor: bool,
+    /// Deploy a release recorded failed, rolled-back or quarantined in
+    /// releases.json, knowingly (refused otherwise).
+    #[arg(long)]
+    retry_failed: bool,
     /// Do not wait for health after the restart (the release is recorded as unverified).
     #[arg(long)]
     skip_health_check: bool,
@@ -83,6 +117,9 @@ fn main() -> ExitCode {
         tag: a.tag,
         dry_run: a.dry_run,
         backup_first: a.backup_first,
+        no_backup: a.no_backup,
+        no_monitor: a.no_monitor,
+        retry_failed: a.retry_failed,
         skip_health_check: a.skip_health_check,
         no_migrate: a.no_migrate,
         verbose: a.verbose,
