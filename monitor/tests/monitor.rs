@@ -1036,3 +1036,129 @@ fn a_window_shorter_than_a_gate_is_inconclusive_and_names_it() {
 fn done_log(evs: &[Value]) -> PathBuf {
     PathBuf::from(find(evs, "monitor.started")[0]["log"].as_str().unwrap())
 }
+
+/// Issue 12: a manual `rollback_dhash` ends the running watch of the
+/// release it replaced (superseded, exit 6), so the watcher never acts on
+/// a release that is no longer current.
+#[test]
+fn a_manual_rollback_ends_the_watch_of_the_release_it_replaced() {
+    // Built (if stale) before the window starts, not during it.
+    testkit::bin_path("rollback_dhash");
+    let s = setup();
+    let v2 = deploy_bad(&s, &[]);
+    let gates = fast_gates(&s.tp, s.env, "alert", json!({}));
+    let child = watch(&s.tp, s.env, &gates, "120", &["--release", &v2])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_watch(&s.tp, s.env, Some(child.id()));
+    let rb =
+        s.tp.cmd("rollback_dhash")
+            .args(["--env", s.env, "--force", "--backup"])
+            .arg(&s.backup)
+            .output()
+            .unwrap();
+    assert_eq!(rb.status.code(), Some(0), "{}", describe(&rb));
+    // Either the rollback told it (watch::supersede) or it saw `current`
+    // change at its next poll, whichever came first.
+    let out = wait_bounded(child, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(6), "{}", describe(&out));
+    assert_eq!(completed_result(&out), "superseded");
+    let evs = events(&out.stdout);
+    assert!(
+        find(&evs, "rollback.started").is_empty(),
+        "the watcher did not act"
+    );
+    assert_eq!(health(&s.tp, s.env)["release"], s.good.as_str());
+}
+
+/// Issue 12 acceptance: a release is live (as after `deploy_dhash`), then
+/// two `monitor_dhash --env staging`: one watcher, the second attached and
+/// ending with the same result and exit code (passed, 0).
+#[test]
+fn a_second_monitor_of_a_healthy_window_attaches_and_ends_with_the_same_result() {
+    let tp = TestProject::new();
+    let env = tp.env_name();
+    tp.install_and_start(env, &tp.bundle("v1", &[]));
+    let gates = fast_gates(&tp, env, "auto-rollback", json!({}));
+    let _l = load(&tp, env, 12);
+    let first = watch(&tp, env, &gates, "7", &[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_watch(&tp, env, Some(first.id()));
+    let second = monitor(&tp, &["--env", env]).output().unwrap();
+    let first = wait_bounded(first, Duration::from_secs(30));
+    assert_eq!(first.status.code(), Some(0), "{}", describe(&first));
+    assert_eq!(second.status.code(), Some(0), "{}", describe(&second));
+    assert_eq!(completed_result(&first), "passed");
+    assert_eq!(completed_result(&second), "passed");
+    let evs = events(&second.stdout);
+    assert_eq!(find(&evs, "monitor.attached").len(), 1);
+    // The attached one printed the watcher's events, not its own.
+    assert_eq!(
+        find(&evs, "monitor.completed")[0],
+        find(&events(&first.stdout), "monitor.completed")[0]
+    );
+    assert_eq!(
+        ledger(&tp, env, "monitor")
+            .iter()
+            .filter(|r| r["state"] == "started")
+            .count(),
+        1,
+        "one evaluator"
+    );
+}
+
+/// A watcher killed (-9) while a monitor is attached: the attached one says
+/// the watcher died without a result (exit 1); the next monitor recovers the
+/// stale lock and continues the same window.
+#[test]
+fn an_attached_monitor_reports_a_dead_watcher_and_the_window_is_continued() {
+    let tp = TestProject::new();
+    let env = tp.env_name();
+    tp.install_and_start(env, &tp.bundle("v1", &[]));
+    let gates = fast_gates(&tp, env, "alert", json!({}));
+    let mut first = watch(&tp, env, &gates, "60", &[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let info = wait_for_watch(&tp, env, Some(first.id()));
+    let attached = monitor(&tp, &["--env", env])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    first.kill().unwrap();
+    let first = first.wait_with_output().unwrap();
+    let start = find(&events(&first.stdout), "monitor.started")[0]["window_start"].clone();
+    let attached = wait_bounded(attached, Duration::from_secs(20));
+    assert_eq!(attached.status.code(), Some(1), "{}", describe(&attached));
+    let lost = find(&events(&attached.stdout), "monitor.watcher-lost")
+        .first()
+        .map(|e| (*e).clone())
+        .unwrap_or_else(|| panic!("{}", describe(&attached)));
+    assert_eq!(lost["pid"], info.pid);
+    assert!(lost["msg"].as_str().unwrap().contains("without a result"));
+
+    let again = watch(&tp, env, &gates, "60", &[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let info2 = wait_for_watch(&tp, env, Some(again.id()));
+    assert_eq!(info2.started_at, info.started_at, "the same window");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(info2.pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let again = wait_bounded(again, Duration::from_secs(20));
+    let st = find(&events(&again.stdout), "monitor.started")[0].clone();
+    assert_eq!(st["continued"], true, "{st}");
+    assert_eq!(st["window_start"], start);
+}

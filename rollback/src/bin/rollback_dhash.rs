@@ -15,7 +15,9 @@ use gates_core::Emitter;
     about = "Restore an environment from a verified backup: verify the sidecar and every manifest hash, \
              stop the service, swap data and release in (the replaced state goes to <install_root>/quarantine/), \
              start it, require consecutive OK health checks and run the post-rollback smoke tests. \
-             A rerun after an interruption (even kill -9) resumes and completes the restore.",
+             A rerun after an interruption (even kill -9) resumes and completes the restore. \
+             The rolled-back release is recorded rolled-back in releases.json (never last_known_good \
+             again), and a running monitor_dhash watch of it is ended as superseded.",
     after_help = EXIT_CODES_HELP
 )]
 struct Args {
@@ -124,17 +126,44 @@ fn run(args: Args) -> anyhow::Result<Exit> {
         }
         prompt(p)
     };
-    if let (true, false, Some(release)) = (triggered, args.dry_run, violated_release.as_deref()) {
-        return match dhash_rollback::rollback_release(&project, env, &lock, &opts, release, &em)? {
-            RollbackOutcome::Done(_) => Ok(Exit::GateRolledBack),
-            RollbackOutcome::Skipped { .. } => Ok(Exit::Ok),
-        };
+    let report = if let (true, false, Some(release)) =
+        (triggered, args.dry_run, violated_release.as_deref())
+    {
+        match dhash_rollback::rollback_release(&project, env, &lock, &opts, release, &em)? {
+            RollbackOutcome::Done(r) => r,
+            RollbackOutcome::Skipped { .. } => return Ok(Exit::Ok),
+        }
+    } else {
+        dhash_rollback::rollback_with(&project, env, &lock, &opts, &em, &mut confirm)?
+    };
+    if !args.dry_run {
+        // The watch of the release just replaced must not act on it any more.
+        // The environment lock goes first: that watcher may be waiting for it.
+        drop(lock);
+        end_replaced_watch(env, report.release.as_deref(), &em);
     }
-    dhash_rollback::rollback_with(&project, env, &lock, &opts, &em, &mut confirm)?;
     if triggered && !args.dry_run {
         return Ok(Exit::GateRolledBack);
     }
     Ok(Exit::Ok)
+}
+
+fn end_replaced_watch(env: &gates_core::config::EnvConfig, restored: Option<&str>, em: &Emitter) {
+    let reason = format!(
+        "rollback_dhash restored {}",
+        restored.unwrap_or("a backup without a release")
+    );
+    match gates_core::watch::supersede(env, restored, &reason) {
+        Ok(Some(w)) => em.human(&format!(
+            "the running watch of {} (pid {}) was ended: superseded by this rollback",
+            w.release.as_deref().unwrap_or("the replaced release"),
+            w.pid
+        )),
+        Ok(None) => {}
+        Err(e) => em.human(&format!(
+            "warning: could not end the running watch of the replaced release: {e:#}"
+        )),
+    }
 }
 
 fn prompt(p: &Prepared) -> anyhow::Result<bool> {
