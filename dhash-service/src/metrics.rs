@@ -12,7 +12,7 @@
 //!   and the `failure_fraction` fault).
 //! - `errors_total`: 5xx answers on `/api/` endpoints (database errors, the
 //!   `error_fraction` fault, a full work queue).
-//! - `rejected_total`: 413 answers (body over the limit).
+//! - `rejected_total`: 413 answers (body over the limit, or an image over the pixel limit).
 //! - `low_confidence_total`: hashes that joined the low-confidence queue.
 //! - `hash_time_ms`: the time of each hash attempt (200 and 422), from the
 //!   moment a hash worker takes the received body to the answer, injected

@@ -148,6 +148,8 @@ pub fn serve(opts: &ServeOptions, em: &Emitter) -> anyhow::Result<Exit> {
     config.faults.apply(&opts.faults).map_err(fail)?;
     config.limits.apply(&opts.limits).map_err(fail)?;
     config.validate().map_err(gates_core::exit::usage_error)?;
+    // Reads DHASH_DECODE_BUDGET_BYTES now, so a bad value is said at start-up.
+    let _ = crate::dhash::decodes();
 
     let (mut conn, db_state) = db::check(&opts.database, release.schema_version, &release.id)
         .map_err(|e| fail(format!("refusing to start: {e}")))?;
@@ -1001,6 +1003,14 @@ fn hash_answer(body: &[u8], st: &State) -> (u16, Value) {
     }
     let result = match dhash::hash_bytes(body) {
         Ok(r) => r,
+        // Over the pixel limit is the client's doing, like an oversized body:
+        // refused and counted apart, so hostile uploads cannot move the
+        // extraction-failure gate into rolling back a healthy release.
+        Err(e @ dhash::ExtractError::TooLarge { .. }) => {
+            inc(&m.rejected_total);
+            m.observe_ms(ms_since(t0));
+            return (413, json!({"error": e.to_string()}));
+        }
         Err(e) => {
             inc(&m.extraction_failures_total);
             m.observe_ms(ms_since(t0));

@@ -434,7 +434,7 @@ fn oversized_images_are_refused_before_decoding_and_memory_stays_bounded() {
     let answers = post_concurrently(&svc.u("/api/dhash/hash"), vec![bomb; 8]);
     let took = t0.elapsed();
     for (status, j) in &answers {
-        assert_eq!(*status, 422, "{j}");
+        assert_eq!(*status, 413, "{j}");
         let err = j["error"].as_str().unwrap();
         assert!(
             err.contains("16000x16000") && err.contains("too large") && err.contains("50000000"),
@@ -450,7 +450,11 @@ fn oversized_images_are_refused_before_decoding_and_memory_stays_bounded() {
     );
     assert!(after < 150 << 20, "peak RSS {} MB", after >> 20);
     let m = svc.metrics();
-    assert_eq!(m["extraction_failures_total"], 8, "{m}");
+    assert_eq!(
+        m["rejected_total"], 8,
+        "refused, not extraction failures: {m}"
+    );
+    assert_eq!(m["extraction_failures_total"], 0, "{m}");
     assert_eq!(fx.stored_hashes(), 0);
 
     // Normal images still hash, concurrently, right after.
