@@ -245,7 +245,10 @@ fn the_premerge_workflows_pass_actionlint_and_carry_the_seeds_names() {
         "premerge_artifacts/",
         "monitor_logs/",
     ] {
-        assert!(text.contains(artifact), "premerge-validation.yml uploads {artifact}");
+        assert!(
+            text.contains(artifact),
+            "premerge-validation.yml uploads {artifact}"
+        );
     }
     for os in ["ubuntu-latest", "macos-latest", "windows-latest"] {
         assert!(text.contains(os), "premerge-validation.yml runs on {os}");
@@ -257,7 +260,10 @@ fn the_premerge_workflows_pass_actionlint_and_carry_the_seeds_names() {
         "\n  premerge-validation:",
         "\n  premerge-artifacts-upload:",
     ] {
-        assert!(text.contains(job), "premerge-validation.yml has job {job:?}");
+        assert!(
+            text.contains(job),
+            "premerge-validation.yml has job {job:?}"
+        );
     }
     assert!(text.contains("workflow_call:"), "premerge.yml can call it");
     let caller_text = std::fs::read_to_string(&caller).unwrap();
@@ -301,3 +307,51 @@ mod fresh_clone;
 /// configs, hostile archives, with invariants checked after every step.
 #[path = "faults.rs"]
 mod faults;
+
+#[test]
+fn npm_start_starts_the_installed_release_of_an_environment() {
+    let tp = TestProject::new();
+    link_scripts(&tp);
+    for name in ["package.json", "package-lock.json"] {
+        std::os::unix::fs::symlink(repo().join(name), tp.root().join(name)).unwrap();
+    }
+    // Nothing installed: a clear refusal naming the way out, exit 1.
+    let out = shell(&tp, "npm start --silent -- --env staging")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        describe("npm start", &out)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("deploy one first"), "{err}");
+
+    let v1 = tp.bundle("v1.0.0", &[]);
+    tp.install("staging", &v1);
+    let out = shell(
+        &tp,
+        "npm ci --silent && npm start --silent -- --env staging",
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", describe("npm start", &out));
+    assert_eq!(health(&tp, "staging")["status"], "ok");
+    let started = testkit::events(&out.stdout);
+    assert!(
+        started.iter().any(|e| e["event"] == "service.started"),
+        "{}",
+        describe("npm start", &out)
+    );
+    // Running already: said, not started twice.
+    let out = shell(&tp, "npm start --silent -- --env staging")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        describe("npm start again", &out)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already running"));
+}

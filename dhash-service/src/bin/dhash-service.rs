@@ -34,6 +34,20 @@ enum Command {
     /// Send a steady mix of valid, low-confidence and undecodable images.
     #[command(after_help = EXIT_CODES_HELP)]
     Load(LoadArgs),
+    /// Start an environment's installed release through its service control
+    /// (`npm start`), and wait until it answers /health. Already running:
+    /// says so, exit 0. Nothing installed: exit 1, naming the deploy command.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Start(StartArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct StartArgs {
+    /// Environment (from environments.json).
+    #[arg(long, default_value = "production")]
+    env: String,
+    #[arg(long, short)]
+    verbose: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -206,7 +220,37 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
             load::run(&opts, &em)?;
             Ok(Exit::Ok)
         }
+        Command::Start(a) => start(a),
     }
+}
+
+/// `dhash-service start --env E`: the environment's own start, never a second copy.
+fn start(a: StartArgs) -> anyhow::Result<Exit> {
+    let project = gates_core::project::Project::discover()?;
+    let env = project.env(&a.env)?;
+    let em = Emitter::stdout("dhash-service", &env.name, a.verbose);
+    let Some(release) = gates_core::service::current_release(env) else {
+        return Err(gates_core::ToolError::new(
+            Exit::Failed,
+            anyhow::anyhow!(
+                "no release is installed for {} ({} has no current release): deploy one first, \
+                 e.g. ./scripts/deploy_dhash.sh --env {}",
+                env.name,
+                env.install_root.display(),
+                env.name
+            ),
+        )
+        .into());
+    };
+    if let Some(pid) = gates_core::service::running_pid(env) {
+        em.human(&format!(
+            "{} is already running release {release} (pid {pid})",
+            env.name
+        ));
+        return Ok(Exit::Ok);
+    }
+    gates_core::service::start(env, &em)?;
+    Ok(Exit::Ok)
 }
 
 fn main() -> ExitCode {
