@@ -237,7 +237,7 @@ fn the_premerge_workflows_pass_actionlint_and_carry_the_seeds_names() {
     assert!(out.status.success(), "{}", describe("actionlint", &out));
     let text = std::fs::read_to_string(&wf).unwrap();
     for artifact in [
-        "backups/*.zip.sha256",
+        "backups/dhash_*.zip.sha256",
         "deploy-dryrun.log",
         "migrate-dryrun.log",
         "postdeploy-smoketests.log",
