@@ -21,7 +21,7 @@ pub struct Verified {
 
 /// SHA-256 of a file, streamed.
 pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
-    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut f = gates_core::fsutil::open_regular(path, "the release file")?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
@@ -70,8 +70,15 @@ fn walk(dir: &Path, rel: &str, out: &mut Vec<(String, PathBuf)>) -> anyhow::Resu
             );
         } else if ft.is_dir() {
             walk(&e.path(), &rel_path, out)?;
-        } else {
+        } else if ft.is_file() {
             out.push((rel_path, e.path()));
+        } else {
+            // A FIFO would block the reader forever, a device read garbage.
+            bail!(
+                "{} is {}; a release holds regular files only",
+                e.path().display(),
+                gates_core::fsutil::describe_file_type(&ft)
+            );
         }
     }
     Ok(())
@@ -147,7 +154,7 @@ pub fn copy_release(from: &Path, to: &Path, expected: &ReleaseManifest) -> anyho
         if let Some(parent) = dst.parent() {
             fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
         }
-        let mut input = File::open(&src).with_context(|| format!("opening {}", src.display()))?;
+        let mut input = gates_core::fsutil::open_regular(&src, "the release file")?;
         let mut output =
             File::create(&dst).with_context(|| format!("creating {}", dst.display()))?;
         let mut h = Sha256::new();
@@ -203,7 +210,10 @@ pub fn copy_release(from: &Path, to: &Path, expected: &ReleaseManifest) -> anyho
 /// The active (non-default) faults of a bundle's config.json, for warnings.
 pub fn active_faults(dir: &Path) -> anyhow::Result<Vec<String>> {
     let path = dir.join("config.json");
-    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut text = String::new();
+    gates_core::fsutil::open_regular(&path, "the service config")?
+        .read_to_string(&mut text)
+        .with_context(|| format!("reading {}", path.display()))?;
     let v: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
     if !v.is_object() {

@@ -1372,3 +1372,29 @@ fn deploy_cmd_env_monitor(tp: &TestProject, args: &[&str]) -> Run {
         .expect("run deploy_dhash")
         .into()
 }
+
+#[test]
+fn a_fifo_in_a_bundle_is_refused_without_blocking() {
+    let tp = project();
+    let b = bundle(&tp, "v1", &[], &[]);
+    let cfg = b.join("config.json");
+    fs::remove_file(&cfg).expect("rm");
+    assert!(Command::new("mkfifo")
+        .arg(&cfg)
+        .status()
+        .expect("mkfifo")
+        .success());
+    let started = std::time::Instant::now();
+    for args in [vec!["--tag", "v1"], vec!["--tag", "v1", "--dry-run"]] {
+        let r = deploy(&tp, &args);
+        r.expect(1);
+        assert!(
+            r.stderr.contains("config.json") && r.stderr.contains("FIFO"),
+            "{args:?}: {}",
+            r.stderr
+        );
+        assert!(r.of("deploy.started").is_empty());
+    }
+    assert!(started.elapsed() < Duration::from_secs(60), "never blocked");
+    assert!(!tp.env("staging").releases_dir().exists());
+}

@@ -28,8 +28,12 @@ impl ReleaseManifest {
     /// Reads `dir/release.json`.
     pub fn read(dir: &Path) -> anyhow::Result<ReleaseManifest> {
         let path = dir.join(MANIFEST);
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(
+            &mut crate::fsutil::open_regular(&path, "the release manifest")?,
+            &mut text,
+        )
+        .with_context(|| format!("reading {}", path.display()))?;
         serde_json::from_str(&text)
             .with_context(|| format!("{}: not a valid release manifest", path.display()))
     }
