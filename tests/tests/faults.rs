@@ -53,7 +53,19 @@
 //! points); `large` tries every config mutation, every named crash point and
 //! four times the random kills, and staggers the concurrent pairs three
 //! ways. The seed is printed first (`faults: seed N`); failures quote it.
-//! The families are `kill`, `pairs`, `config`, `archives`.
+//! The families are `kill`, `pairs`, `config`, `archives`; they run side by
+//! side, each on its own test projects. `DHASH_FAULTS_VERBOSE=1` lists the
+//! config mutations a run picks.
+//!
+//! Measured on the 2-core dev machine (binaries already built): small 52 s
+//! (18 kill points, 15 pairs, 306 config mutations, 19 hostile archives);
+//! large 4 min 27 s (69 kill points, 45 pairs, 2291 config mutations, 19
+//! archives). When `testkit::bin_path` has to rebuild stale tool binaries
+//! first, that build comes on top.
+//!
+//! Release bundles are slim (see `base_bundle`): the real `dhash-service
+//! bundle` output with `bin/dhash-service` replaced by a wrapper that execs
+//! the workspace binary, so backups and restores take a fraction of a second.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -215,7 +227,11 @@ impl Run {
             self.signal
                 .map(|s| format!(", signal {s}"))
                 .unwrap_or_default(),
-            if self.killed { " (killed by the matrix)" } else { "" },
+            if self.killed {
+                " (killed by the matrix)"
+            } else {
+                ""
+            },
             if self.timed_out { " (TIMED OUT)" } else { "" },
             self.secs,
             names.join(" "),
@@ -234,7 +250,10 @@ impl Run {
         } else if let Some(sig) = self.signal {
             Some(format!("died of signal {sig} nobody sent"))
         } else if !self.code.is_some_and(|c| DOCUMENTED.contains(&c)) {
-            Some(format!("exit code {:?} is not in the documented table", self.code))
+            Some(format!(
+                "exit code {:?} is not in the documented table",
+                self.code
+            ))
         } else if !self.code.is_some_and(|c| allowed.contains(&c)) {
             Some(format!("exit {:?}, expected one of {allowed:?}", self.code))
         } else {
@@ -256,10 +275,20 @@ fn run_cmd(cmd: Command, label: &str, kill: Kill, timeout: Duration) -> Run {
 }
 
 /// [`run_cmd`] with `input` written to the tool's stdin (then closed).
-fn run_cmd_input(mut cmd: Command, label: &str, input: Option<String>, kill: Kill, timeout: Duration) -> Run {
-    cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+fn run_cmd_input(
+    mut cmd: Command,
+    label: &str,
+    input: Option<String>,
+    kill: Kill,
+    timeout: Duration,
+) -> Run {
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let started = Instant::now();
     let mut child = cmd
         .spawn()
@@ -467,7 +496,10 @@ fn retag(dir: &Path, tag: &str) -> String {
     for (p, sha) in &files {
         text.push_str(&format!("{p} {sha}\n"));
     }
-    let id = format!("{tag}-{}", &hex::encode(Sha256::digest(text.as_bytes()))[..8]);
+    let id = format!(
+        "{tag}-{}",
+        &hex::encode(Sha256::digest(text.as_bytes()))[..8]
+    );
     manifest["tag"] = json!(tag);
     manifest["id"] = json!(id);
     fs::write(&rel, serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
@@ -495,7 +527,8 @@ fn project() -> TestProject {
             e["service"]["start_timeout"] = json!("15s");
             e["service"]["stop_timeout"] = json!("3s");
             e["health"] = json!({"checks_required": 3, "interval": 0.2, "timeout": "5s"});
-            e["monitor"] = json!({"duration": "10s", "cadence": [{"every": "1s"}], "probe_timeout": "2s"});
+            e["monitor"] =
+                json!({"duration": "10s", "cadence": [{"every": "1s"}], "probe_timeout": "2s"});
             e["notifications"]["quiet_period"] = json!("1s");
             e["notifications"]["timeout"] = json!("2s");
             e["retention"] = json!({"backups": 500, "releases": 5});
@@ -568,7 +601,8 @@ fn current_id(tp: &TestProject) -> Option<String> {
 /// A tiny PNG, different per `n`.
 fn png(n: u64) -> Vec<u8> {
     let img = image::GrayImage::from_fn(24, 24, |x, y| {
-        let v = (u64::from(x) * 37 + u64::from(y) * 11 + n * 101 + (u64::from(x * y) * n) % 97) % 256;
+        let v =
+            (u64::from(x) * 37 + u64::from(y) * 11 + n * 101 + (u64::from(x * y) * n) % 97) % 256;
         image::Luma([v as u8])
     });
     let mut buf = std::io::Cursor::new(Vec::new());
@@ -603,13 +637,19 @@ impl World {
         let url = format!("{}/api/dhash/hash", tp.base_url(ENV));
         for _ in 0..n {
             self.next_png += 1;
-            let a = gates_core::probe::post(&url, "image/png", &png(self.next_png), Duration::from_secs(10))?;
+            let a = gates_core::probe::post(
+                &url,
+                "image/png",
+                &png(self.next_png),
+                Duration::from_secs(10),
+            )?;
             if a.status != 200 {
                 return Err(format!("POST {url}: {} {}", a.status, a.body));
             }
             let v: Value = serde_json::from_str(&a.body).map_err(|e| format!("{e}: {}", a.body))?;
             let id = v["id"].as_i64().ok_or_else(|| format!("no id: {v}"))?;
-            self.rows.insert(id, v["dhash"].as_str().unwrap_or_default().to_string());
+            self.rows
+                .insert(id, v["dhash"].as_str().unwrap_or_default().to_string());
         }
         Ok(())
     }
@@ -623,7 +663,14 @@ impl World {
     /// Right after a kill only the structural invariants hold (the rerun
     /// finishes the rest): `current` complete, nothing partial offered as a
     /// backup, and (unless a restore was cut) every row.
-    fn check_rows(&self, tp: &TestProject, t: &mut Tally, ctx: &str, settled: bool, rows: bool) -> bool {
+    fn check_rows(
+        &self,
+        tp: &TestProject,
+        t: &mut Tally,
+        ctx: &str,
+        settled: bool,
+        rows: bool,
+    ) -> bool {
         let problems = self.problems(tp, settled, rows);
         if problems.is_empty() {
             return true;
@@ -647,10 +694,14 @@ impl World {
         let mut want_schema = None;
         match (&target, &id) {
             (Ok(_), Some(id)) if release_dir.is_file() => {
-                let m: Value = serde_json::from_str(&fs::read_to_string(&release_dir).unwrap_or_default())
-                    .unwrap_or(Value::Null);
+                let m: Value =
+                    serde_json::from_str(&fs::read_to_string(&release_dir).unwrap_or_default())
+                        .unwrap_or(Value::Null);
                 if m["id"] != id.as_str() {
-                    p.push(format!("current -> {id}, but its release.json says id {}", m["id"]));
+                    p.push(format!(
+                        "current -> {id}, but its release.json says id {}",
+                        m["id"]
+                    ));
                 }
                 want_schema = m["schema_version"].as_i64();
                 let state_file = env.install_root.join("releases.json");
@@ -676,7 +727,9 @@ impl World {
             Err(e) => p.push(format!("database {}: {e}", env.database.display())),
             Ok(conn) => {
                 let have: Result<Option<i64>, _> =
-                    conn.query_row("SELECT MAX(version) FROM schema_migrations", [], |r| r.get(0));
+                    conn.query_row("SELECT MAX(version) FROM schema_migrations", [], |r| {
+                        r.get(0)
+                    });
                 match (have, want_schema) {
                     _ if !settled => {}
                     (Ok(Some(h)), Some(w)) => {
@@ -688,13 +741,21 @@ impl World {
                             ));
                         }
                     }
-                    (have, want) => p.push(format!("schema version: database {have:?}, release {want:?}")),
+                    (have, want) => p.push(format!(
+                        "schema version: database {have:?}, release {want:?}"
+                    )),
                 }
                 let mut missing = Vec::new();
-                let rows = if check_rows { &self.rows } else { &BTreeMap::new() };
+                let rows = if check_rows {
+                    &self.rows
+                } else {
+                    &BTreeMap::new()
+                };
                 for (rid, dhash) in rows {
                     let got: Result<String, _> =
-                        conn.query_row("SELECT dhash FROM hashes WHERE id = ?1", [rid], |r| r.get(0));
+                        conn.query_row("SELECT dhash FROM hashes WHERE id = ?1", [rid], |r| {
+                            r.get(0)
+                        });
                     match got {
                         Ok(d) if d == *dhash || dhash.is_empty() => {}
                         Ok(d) => missing.push(format!("{rid} (dhash {d}, was {dhash})")),
@@ -730,7 +791,9 @@ impl World {
                 self.rollbacks
             ));
         }
-        let quarantined = fs::read_dir(env.quarantine_dir()).map(|d| d.count()).unwrap_or(0);
+        let quarantined = fs::read_dir(env.quarantine_dir())
+            .map(|d| d.count())
+            .unwrap_or(0);
         if quarantined > self.rollbacks {
             p.push(format!(
                 "{quarantined} entries in {}, for {} rollbacks",
@@ -741,7 +804,9 @@ impl World {
         // Stray services: one dhash-service serve per environment at most.
         let services: Vec<(u32, String)> = project_processes(tp.root())
             .into_iter()
-            .filter(|(_, c)| c.contains(" serve ") && c.contains(&*env.install_root.to_string_lossy()))
+            .filter(|(_, c)| {
+                c.contains(" serve ") && c.contains(&*env.install_root.to_string_lossy())
+            })
             .collect();
         let pid = fs::read_to_string(env.pid_file())
             .ok()
@@ -758,19 +823,29 @@ impl World {
             ));
         }
         if settled {
-            for f in ["rollback.journal", "deploy.journal.json", ".rollback.partial"] {
+            for f in [
+                "rollback.journal",
+                "deploy.journal.json",
+                ".rollback.partial",
+            ] {
                 if env.install_root.join(f).exists() {
                     p.push(format!("{f} is still pending after a finished run"));
                 }
             }
             let h = gates_core::probe::get(&env.health_url, Duration::from_secs(3));
-            let v = h.as_ref().ok().and_then(|a| serde_json::from_str::<Value>(&a.body).ok());
+            let v = h
+                .as_ref()
+                .ok()
+                .and_then(|a| serde_json::from_str::<Value>(&a.body).ok());
             match v {
-                Some(v) if v["status"] == "ok" && id.as_deref().is_some_and(|i| v["release"] == i) => {}
+                Some(v)
+                    if v["status"] == "ok" && id.as_deref().is_some_and(|i| v["release"] == i) => {}
                 other => p.push(format!(
                     "the service does not serve current ({}) healthy: {}",
                     id.as_deref().unwrap_or("?"),
-                    other.map(|v| v.to_string()).unwrap_or_else(|| format!("{h:?}"))
+                    other
+                        .map(|v| v.to_string())
+                        .unwrap_or_else(|| format!("{h:?}"))
                 )),
             }
         }
@@ -805,7 +880,9 @@ fn backup_problems(tp: &TestProject) -> Vec<String> {
         }
         let path = e.path();
         if !e.file_type().is_ok_and(|f| f.is_file()) {
-            p.push(format!("{name} matches the seeds' glob dhash_*.zip but is not a regular file"));
+            p.push(format!(
+                "{name} matches the seeds' glob dhash_*.zip but is not a regular file"
+            ));
             continue;
         }
         if name.contains("partial") || name.contains(".tmp") {
@@ -814,17 +891,35 @@ fn backup_problems(tp: &TestProject) -> Vec<String> {
         }
         let sidecar = PathBuf::from(format!("{}.sha256", path.display()));
         match fs::read_to_string(&sidecar) {
-            Err(_) => p.push(format!("{name} has no sidecar: the seeds' sha256sum -c fails on it")),
+            Err(_) => p.push(format!(
+                "{name} has no sidecar: the seeds' sha256sum -c fails on it"
+            )),
             Ok(text) => {
-                let want = text.split_whitespace().next().unwrap_or_default().to_string();
+                let want = text
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
                 if want != sha256_file(&path) {
-                    p.push(format!("{name} does not match its sidecar (a torn backup offered)"));
+                    p.push(format!(
+                        "{name} does not match its sidecar (a torn backup offered)"
+                    ));
                 }
             }
         }
     }
-    let out = run_tool(tp, "backup_dhash", &s(&["--env", ENV, "--list"]), &[], Kill::Never, Duration::from_secs(60));
-    if out.timed_out || out.stderr.contains("panicked at") || !out.code.is_some_and(|c| DOCUMENTED.contains(&c)) {
+    let out = run_tool(
+        tp,
+        "backup_dhash",
+        &s(&["--env", ENV, "--list"]),
+        &[],
+        Kill::Never,
+        Duration::from_secs(60),
+    );
+    if out.timed_out
+        || out.stderr.contains("panicked at")
+        || !out.code.is_some_and(|c| DOCUMENTED.contains(&c))
+    {
         p.push(format!("backup_dhash --list: {}", out.show()));
     }
     for ev in out.events() {
@@ -985,16 +1080,31 @@ fn killed_run(
     let timeout = Duration::from_secs(120);
     match point {
         Point::Named(p) => {
-            let mut r = run_tool(tp, bin, args, &[("DHASH_TEST_CRASH_AT", p)], Kill::Never, timeout);
+            let mut r = run_tool(
+                tp,
+                bin,
+                args,
+                &[("DHASH_TEST_CRASH_AT", p)],
+                Kill::Never,
+                timeout,
+            );
             if r.signal == Some(9) {
                 r.killed = true;
             }
             r
         }
         Point::Random => {
-            let d = rng.between(Duration::from_millis(30), Duration::from_secs_f64(typical * 1.1));
+            let d = rng.between(
+                Duration::from_millis(30),
+                Duration::from_secs_f64(typical * 1.1),
+            );
             let (cmd, label) = tool(tp, bin, args, &[]);
-            run_cmd(cmd, &format!("{label} [kill -9 after {:.3}s]", d.as_secs_f64()), Kill::After(d), timeout)
+            run_cmd(
+                cmd,
+                &format!("{label} [kill -9 after {:.3}s]", d.as_secs_f64()),
+                Kill::After(d),
+                timeout,
+            )
         }
         Point::InRollback => {
             let d = rng.between(Duration::ZERO, Duration::from_millis(3000));
@@ -1002,7 +1112,10 @@ fn killed_run(
             let (cmd, label) = tool(tp, bin, args, &[]);
             run_cmd(
                 cmd,
-                &format!("{label} [kill -9 {:.3}s after rollback.started]", d.as_secs_f64()),
+                &format!(
+                    "{label} [kill -9 {:.3}s after rollback.started]",
+                    d.as_secs_f64()
+                ),
                 Kill::AfterEvent("rollback.started", d, fallback),
                 timeout,
             )
@@ -1044,7 +1157,14 @@ impl Chain {
         let b1 = deployed_with_backup(&tp, &mut w, t)?;
         let v1 = current_id(&tp)?;
         let rows_b1 = w.rows.clone();
-        Some(Chain { tp, w, b1, rows_b1, v1, n: 0 })
+        Some(Chain {
+            tp,
+            w,
+            b1,
+            rows_b1,
+            v1,
+            n: 0,
+        })
     }
 
     fn b1(&self) -> String {
@@ -1052,16 +1172,35 @@ impl Chain {
     }
 
     /// The rollback to B1, killed at `point`, then rerun.
-    fn rollback_kill(&mut self, t: &mut Tally, point: &Point, typical: &mut f64, rng: &mut Rng) -> bool {
+    fn rollback_kill(
+        &mut self,
+        t: &mut Tally,
+        point: &Point,
+        typical: &mut f64,
+        rng: &mut Rng,
+    ) -> bool {
         let args = s(&["--env", ENV, "--force", "--backup", &self.b1()]);
         let before = ledger_rollbacks(&self.tp);
         let r = killed_run(&self.tp, "rollback_dhash", &args, point, *typical, rng);
         t.count += 1;
         let ctx = format!("kill point: rollback_dhash at {point:?}");
         r.check(t, &[0], &ctx);
-        self.w.check_rows(&self.tp, t, &format!("{ctx}: right after the kill\n  {}", r.show()), false, false);
+        self.w.check_rows(
+            &self.tp,
+            t,
+            &format!("{ctx}: right after the kill\n  {}", r.show()),
+            false,
+            false,
+        );
         let killed_done = r.count("rollback.completed");
-        let again = run_tool(&self.tp, "rollback_dhash", &args, &[], Kill::Never, Duration::from_secs(120));
+        let again = run_tool(
+            &self.tp,
+            "rollback_dhash",
+            &args,
+            &[],
+            Kill::Never,
+            Duration::from_secs(120),
+        );
         let rerun_ctx = format!("{ctx}, then the rerun\n  killed run: {}", r.show());
         if !again.check(t, &[0], &rerun_ctx) {
             return false;
@@ -1077,9 +1216,18 @@ impl Chain {
         }
         self.w.rollbacks = after;
         self.w.rows = self.rows_b1.clone();
-        let ok = self.w.check(&self.tp, t, &format!("{rerun_ctx}\n  rerun: {}", again.show()), true);
+        let ok = self.w.check(
+            &self.tp,
+            t,
+            &format!("{rerun_ctx}\n  rerun: {}", again.show()),
+            true,
+        );
         if current_id(&self.tp).as_deref() != Some(self.v1.as_str()) {
-            t.fail(format!("{rerun_ctx}: current is {:?}, not the backup's {}", current_id(&self.tp), self.v1));
+            t.fail(format!(
+                "{rerun_ctx}: current is {:?}, not the backup's {}",
+                current_id(&self.tp),
+                self.v1
+            ));
             return false;
         }
         ok
@@ -1102,30 +1250,49 @@ fn kill_points(mut rng: Rng, size: Size) -> Tally {
     } else {
         (2, 2, 2, 1, 2, 1, 1, 2)
     };
-    for p in named(&mut rng, BACKUP_POINTS, nb).into_iter().chain((0..rb).map(|_| Point::Random)) {
+    for p in named(&mut rng, BACKUP_POINTS, nb)
+        .into_iter()
+        .chain((0..rb).map(|_| Point::Random))
+    {
         plan.push(("backup", p, Point::Random));
     }
-    let mut rollback_points: Vec<Point> = named(&mut rng, ROLLBACK_POINTS, if large { 7 } else { 2 });
-    for p in named(&mut rng, DEPLOY_POINTS, ng).into_iter().chain((0..rg).map(|_| Point::Random)) {
+    let mut rollback_points: Vec<Point> =
+        named(&mut rng, ROLLBACK_POINTS, if large { 7 } else { 2 });
+    for p in named(&mut rng, DEPLOY_POINTS, ng)
+        .into_iter()
+        .chain((0..rg).map(|_| Point::Random))
+    {
         let second = rollback_points.pop().unwrap_or(Point::Random);
         plan.push(("deploy-good", p, second));
     }
-    for p in named(&mut rng, BAD_DEPLOY_POINTS, nbad).into_iter().chain((0..rbad).map(|_| Point::Random)) {
+    for p in named(&mut rng, BAD_DEPLOY_POINTS, nbad)
+        .into_iter()
+        .chain((0..rbad).map(|_| Point::Random))
+    {
         plan.push(("deploy-bad", p, Point::Random));
     }
-    for p in named(&mut rng, ROLLBACK_POINTS, nm).into_iter().chain((0..rm).map(|_| Point::InRollback)) {
+    for p in named(&mut rng, ROLLBACK_POINTS, nm)
+        .into_iter()
+        .chain((0..rm).map(|_| Point::InRollback))
+    {
         plan.push(("monitor", p, Point::Random));
     }
     for _ in 0..(if large { 4 } else { 1 }) {
         plan.push(("migrate", Point::Random, Point::Random));
     }
     rng.shuffle(&mut plan);
-    eprintln!("faults: kill: plan {:?}", plan.iter().map(|(f, p, q)| format!("{f}@{p:?}/{q:?}")).collect::<Vec<_>>());
+    eprintln!(
+        "faults: kill: plan {:?}",
+        plan.iter()
+            .map(|(f, p, q)| format!("{f}@{p:?}/{q:?}"))
+            .collect::<Vec<_>>()
+    );
     let v2 = base_bundle("v2", &[], true);
     let badh = base_bundle("badh", &[("health_fail", "true")], true);
     let badc = base_bundle("badc", &[("crash_at_start", "true")], true);
     let badq = base_bundle("badq", &[("low_confidence_flood", "1500")], true);
-    let (mut t_backup, mut t_deploy, mut t_bad, mut t_rollback, mut t_migrate) = (1.0f64, 2.0f64, 4.0f64, 3.0f64, 0.3f64);
+    let (mut t_backup, mut t_deploy, mut t_bad, mut t_rollback, mut t_migrate) =
+        (1.0f64, 2.0f64, 4.0f64, 3.0f64, 0.3f64);
     let mut chain: Option<Chain> = None;
     for (i, (family, point, second)) in plan.iter().enumerate() {
         if chain.is_none() {
@@ -1144,12 +1311,29 @@ fn kill_points(mut rng: Rng, size: Size) -> Tally {
                 t.count += 1;
                 let ctx = format!("kill point #{i}: backup_dhash at {point:?}");
                 r.check(&mut t, &[0], &ctx);
-                c.w.check(&c.tp, &mut t, &format!("{ctx}: right after the kill\n  {}", r.show()), false);
-                let again = run_tool(&c.tp, "backup_dhash", &args, &[], Kill::Never, Duration::from_secs(120));
+                c.w.check(
+                    &c.tp,
+                    &mut t,
+                    &format!("{ctx}: right after the kill\n  {}", r.show()),
+                    false,
+                );
+                let again = run_tool(
+                    &c.tp,
+                    "backup_dhash",
+                    &args,
+                    &[],
+                    Kill::Never,
+                    Duration::from_secs(120),
+                );
                 let ctx = format!("{ctx}, then the rerun\n  killed run: {}", r.show());
                 if again.check(&mut t, &[0], &ctx) {
                     t_backup = again.secs.max(0.3);
-                    c.w.check(&c.tp, &mut t, &format!("{ctx}\n  rerun: {}", again.show()), true)
+                    c.w.check(
+                        &c.tp,
+                        &mut t,
+                        &format!("{ctx}\n  rerun: {}", again.show()),
+                        true,
+                    )
                 } else {
                     false
                 }
@@ -1163,15 +1347,36 @@ fn kill_points(mut rng: Rng, size: Size) -> Tally {
                 t.count += 1;
                 let ctx = format!("kill point #{i}: deploy_dhash (good release {id}) at {point:?}");
                 r.check(&mut t, &[0], &ctx);
-                c.w.check(&c.tp, &mut t, &format!("{ctx}: right after the kill\n  {}", r.show()), false);
-                let again = run_tool(&c.tp, "deploy_dhash", &args, &[], Kill::Never, Duration::from_secs(120));
+                c.w.check(
+                    &c.tp,
+                    &mut t,
+                    &format!("{ctx}: right after the kill\n  {}", r.show()),
+                    false,
+                );
+                let again = run_tool(
+                    &c.tp,
+                    "deploy_dhash",
+                    &args,
+                    &[],
+                    Kill::Never,
+                    Duration::from_secs(120),
+                );
                 let ctx = format!("{ctx}, then the rerun\n  killed run: {}", r.show());
                 let mut ok = again.check(&mut t, &[0], &ctx);
                 if ok {
                     t_deploy = again.secs.max(0.5);
-                    ok = c.w.check(&c.tp, &mut t, &format!("{ctx}\n  rerun: {}", again.show()), true);
+                    ok = c.w.check(
+                        &c.tp,
+                        &mut t,
+                        &format!("{ctx}\n  rerun: {}", again.show()),
+                        true,
+                    );
                     if current_id(&c.tp).as_deref() != Some(id.as_str()) {
-                        t.fail(format!("{ctx}: current is {:?}, not {id}\n  rerun: {}", current_id(&c.tp), again.show()));
+                        t.fail(format!(
+                            "{ctx}: current is {:?}, not {id}\n  rerun: {}",
+                            current_id(&c.tp),
+                            again.show()
+                        ));
                         ok = false;
                     }
                 }
@@ -1181,26 +1386,45 @@ fn kill_points(mut rng: Rng, size: Size) -> Tally {
                 }
             }
             "deploy-bad" => {
-                let (base, kind) = if c.n.is_multiple_of(2) { (&badh, "health_fail") } else { (&badc, "crash_at_start") };
+                let (base, kind) = if c.n.is_multiple_of(2) {
+                    (&badh, "health_fail")
+                } else {
+                    (&badc, "crash_at_start")
+                };
                 let tag = format!("b{}", c.n);
                 let (_, id) = dist(&c.tp, base, &tag);
                 let args = deploy_args(&tag);
                 let r = killed_run(&c.tp, "deploy_dhash", &args, point, t_bad, &mut rng);
                 t.count += 1;
-                let ctx = format!("kill point #{i}: deploy_dhash (bad release {id}, {kind}) at {point:?}");
+                let ctx = format!(
+                    "kill point #{i}: deploy_dhash (bad release {id}, {kind}) at {point:?}"
+                );
                 r.check(&mut t, &[1], &ctx);
-                c.w.check(&c.tp, &mut t, &format!("{ctx}: right after the kill\n  {}", r.show()), false);
-                let failed_before = releases_state(&c.tp)["releases"][id.as_str()]["state"] == "failed";
-                let again = run_tool(&c.tp, "deploy_dhash", &args, &[], Kill::Never, Duration::from_secs(120));
+                c.w.check(
+                    &c.tp,
+                    &mut t,
+                    &format!("{ctx}: right after the kill\n  {}", r.show()),
+                    false,
+                );
+                let failed_before =
+                    releases_state(&c.tp)["releases"][id.as_str()]["state"] == "failed";
+                let again = run_tool(
+                    &c.tp,
+                    "deploy_dhash",
+                    &args,
+                    &[],
+                    Kill::Never,
+                    Duration::from_secs(120),
+                );
                 let ctx = format!("{ctx}, then the rerun\n  killed run: {}", r.show());
                 let mut ok = again.check(&mut t, &[1, 2], &ctx);
                 if ok {
                     t_bad = again.secs.max(1.0);
                 }
-                let switched_to_bad = again
-                    .events()
-                    .iter()
-                    .any(|e| e["event"] == "deploy.switched" && e.to_string().contains(&format!("\"release\":\"{id}\"")));
+                let switched_to_bad = again.events().iter().any(|e| {
+                    e["event"] == "deploy.switched"
+                        && e.to_string().contains(&format!("\"release\":\"{id}\""))
+                });
                 if failed_before && switched_to_bad {
                     t.fail(format!(
                         "{ctx}: the rerun switched onto {id}, a release already marked failed (issue 13 #3)\n  rerun: {}",
@@ -1209,10 +1433,20 @@ fn kill_points(mut rng: Rng, size: Size) -> Tally {
                     ok = false;
                 }
                 if current_id(&c.tp).as_deref() != Some(c.v1.as_str()) {
-                    t.fail(format!("{ctx}: current is {:?}, not the previous release {}\n  rerun: {}", current_id(&c.tp), c.v1, again.show()));
+                    t.fail(format!(
+                        "{ctx}: current is {:?}, not the previous release {}\n  rerun: {}",
+                        current_id(&c.tp),
+                        c.v1,
+                        again.show()
+                    ));
                     ok = false;
                 }
-                c.w.check(&c.tp, &mut t, &format!("{ctx}\n  rerun: {}", again.show()), true) && ok
+                c.w.check(
+                    &c.tp,
+                    &mut t,
+                    &format!("{ctx}\n  rerun: {}", again.show()),
+                    true,
+                ) && ok
             }
             "migrate" => {
                 // Forward to v2's schema (expand before deploy), killed; then back, killed.
@@ -1222,27 +1456,59 @@ fn kill_points(mut rng: Rng, size: Size) -> Tally {
                 let mut ok = true;
                 for (step, args, ahead) in [
                     ("forward", s(&["--env", ENV, "--release", &dir]), Some(3)),
-                    ("backward", s(&["--env", ENV, "--type", "backward", "--target", "2", "--release", &dir]), None),
+                    (
+                        "backward",
+                        s(&[
+                            "--env",
+                            ENV,
+                            "--type",
+                            "backward",
+                            "--target",
+                            "2",
+                            "--release",
+                            &dir,
+                        ]),
+                        None,
+                    ),
                 ] {
                     let p = if step == "forward" { point } else { second };
                     let r = killed_run(&c.tp, "migrate_dhash", &args, p, t_migrate, &mut rng);
                     t.count += 1;
                     let ctx = format!("kill point #{i}: migrate_dhash {step} at {p:?}");
                     r.check(&mut t, &[0], &ctx);
-                    let again = run_tool(&c.tp, "migrate_dhash", &args, &[], Kill::Never, Duration::from_secs(120));
+                    let again = run_tool(
+                        &c.tp,
+                        "migrate_dhash",
+                        &args,
+                        &[],
+                        Kill::Never,
+                        Duration::from_secs(120),
+                    );
                     let ctx = format!("{ctx}, then the rerun\n  killed run: {}", r.show());
                     ok &= again.check(&mut t, &[0], &ctx);
                     t_migrate = again.secs.max(0.1);
                     c.w.schema_ahead = ahead;
                     let want = if ahead.is_some() { 3 } else { 2 };
                     let have = rusqlite::Connection::open(&c.tp.env(ENV).database)
-                        .and_then(|db| db.query_row("SELECT MAX(version) FROM schema_migrations", [], |r| r.get::<_, i64>(0)))
+                        .and_then(|db| {
+                            db.query_row("SELECT MAX(version) FROM schema_migrations", [], |r| {
+                                r.get::<_, i64>(0)
+                            })
+                        })
                         .ok();
                     if have != Some(want) {
-                        t.fail(format!("{ctx}: schema {have:?} after the rerun, want {want}\n  rerun: {}", again.show()));
+                        t.fail(format!(
+                            "{ctx}: schema {have:?} after the rerun, want {want}\n  rerun: {}",
+                            again.show()
+                        ));
                         ok = false;
                     }
-                    ok &= c.w.check(&c.tp, &mut t, &format!("{ctx}\n  rerun: {}", again.show()), true);
+                    ok &= c.w.check(
+                        &c.tp,
+                        &mut t,
+                        &format!("{ctx}\n  rerun: {}", again.show()),
+                        true,
+                    );
                 }
                 c.w.schema_ahead = None;
                 ok
@@ -1251,21 +1517,53 @@ fn kill_points(mut rng: Rng, size: Size) -> Tally {
                 // A monitor rolling back a flooding release, killed in the middle.
                 let tag = format!("q{}", c.n);
                 let (_, id) = dist(&c.tp, &badq, &tag);
-                let d = run_tool(&c.tp, "deploy_dhash", &deploy_args(&tag), &[], Kill::Never, Duration::from_secs(120));
+                let d = run_tool(
+                    &c.tp,
+                    "deploy_dhash",
+                    &deploy_args(&tag),
+                    &[],
+                    Kill::Never,
+                    Duration::from_secs(120),
+                );
                 let ctx = format!("kill point #{i}: monitor_dhash rolling back {id} at {point:?}");
-                if !d.check(&mut t, &[0], &format!("{ctx}: deploying the flooding release")) {
+                if !d.check(
+                    &mut t,
+                    &[0],
+                    &format!("{ctx}: deploying the flooding release"),
+                ) {
                     false
                 } else {
                     let args = s(&[
-                        "--env", ENV, "--config", "fast-gates.json", "--duration", "10s",
-                        "--release", &id, "--backup", &c.b1(),
+                        "--env",
+                        ENV,
+                        "--config",
+                        "fast-gates.json",
+                        "--duration",
+                        "10s",
+                        "--release",
+                        &id,
+                        "--backup",
+                        &c.b1(),
                     ]);
                     let before = ledger_rollbacks(&c.tp);
                     let r = killed_run(&c.tp, "monitor_dhash", &args, point, 6.0, &mut rng);
                     t.count += 1;
                     r.check(&mut t, &[3], &ctx);
-                    c.w.check_rows(&c.tp, &mut t, &format!("{ctx}: right after the kill\n  {}", r.show()), false, false);
-                    let again = run_tool(&c.tp, "monitor_dhash", &args, &[], Kill::Never, Duration::from_secs(120));
+                    c.w.check_rows(
+                        &c.tp,
+                        &mut t,
+                        &format!("{ctx}: right after the kill\n  {}", r.show()),
+                        false,
+                        false,
+                    );
+                    let again = run_tool(
+                        &c.tp,
+                        "monitor_dhash",
+                        &args,
+                        &[],
+                        Kill::Never,
+                        Duration::from_secs(120),
+                    );
                     let ctx = format!("{ctx}, then the rerun\n  killed run: {}", r.show());
                     let mut ok = again.check(&mut t, &[3, 6], &ctx);
                     if again.code == Some(0) {
@@ -1283,20 +1581,35 @@ fn kill_points(mut rng: Rng, size: Size) -> Tally {
                     c.w.rollbacks = after;
                     c.w.rows = c.rows_b1.clone();
                     if current_id(&c.tp).as_deref() != Some(c.v1.as_str()) {
-                        t.fail(format!("{ctx}: current is {:?}, not the backup's {}\n  rerun: {}", current_id(&c.tp), c.v1, again.show()));
+                        t.fail(format!(
+                            "{ctx}: current is {:?}, not the backup's {}\n  rerun: {}",
+                            current_id(&c.tp),
+                            c.v1,
+                            again.show()
+                        ));
                         ok = false;
                     }
                     let st = releases_state(&c.tp);
-                    if st["releases"][id.as_str()]["state"] == "healthy" || st["last_known_good"] == id.as_str() {
+                    if st["releases"][id.as_str()]["state"] == "healthy"
+                        || st["last_known_good"] == id.as_str()
+                    {
                         t.fail(format!(
                             "{ctx}: releases.json still calls the rolled-back {id} healthy / last known good (issue 13, release states): {st}"
                         ));
                     }
-                    c.w.check(&c.tp, &mut t, &format!("{ctx}\n  rerun: {}", again.show()), true) && ok
+                    c.w.check(
+                        &c.tp,
+                        &mut t,
+                        &format!("{ctx}\n  rerun: {}", again.show()),
+                        true,
+                    ) && ok
                 }
             }
         };
-        eprintln!("faults: kill: #{i} {family} at {point:?} / {second:?}: {}", if ok { "held" } else { "BROKEN" });
+        eprintln!(
+            "faults: kill: #{i} {family} at {point:?} / {second:?}: {}",
+            if ok { "held" } else { "BROKEN" }
+        );
         if !ok {
             // Start the next kill on a fresh environment, so one defect is reported once.
             if let Some(c) = chain.take() {
@@ -1344,33 +1657,66 @@ fn violation(release: &str) -> String {
 impl Chain {
     /// Back to v1 at schema 2 (B1's state), by a rollback when needed.
     fn back_to_v1(&mut self, t: &mut Tally) -> bool {
-        let schema = rusqlite::Connection::open_with_flags(&self.tp.env(ENV).database, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .and_then(|c| c.query_row("SELECT MAX(version) FROM schema_migrations", [], |r| r.get::<_, Option<i64>>(0)))
-            .ok()
-            .flatten();
+        let schema = rusqlite::Connection::open_with_flags(
+            &self.tp.env(ENV).database,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .and_then(|c| {
+            c.query_row("SELECT MAX(version) FROM schema_migrations", [], |r| {
+                r.get::<_, Option<i64>>(0)
+            })
+        })
+        .ok()
+        .flatten();
         if current_id(&self.tp).as_deref() == Some(self.v1.as_str()) && schema == Some(2) {
             return true;
         }
-        let r = run_tool(&self.tp, "rollback_dhash", &s(&["--env", ENV, "--force", "--backup", &self.b1()]), &[], Kill::Never, Duration::from_secs(120));
+        let r = run_tool(
+            &self.tp,
+            "rollback_dhash",
+            &s(&["--env", ENV, "--force", "--backup", &self.b1()]),
+            &[],
+            Kill::Never,
+            Duration::from_secs(120),
+        );
         let ok = r.check(t, &[0], "pairs: back to B1 between pairs");
         self.w.rollbacks = ledger_rollbacks(&self.tp);
         self.w.rows = self.rows_b1.clone();
         self.w.schema_ahead = None;
-        ok && self.w.check(&self.tp, t, &format!("pairs: back to B1 between pairs\n  {}", r.show()), true)
+        ok && self.w.check(
+            &self.tp,
+            t,
+            &format!("pairs: back to B1 between pairs\n  {}", r.show()),
+            true,
+        )
     }
 
     fn deploy_new(&mut self, t: &mut Tally, base: &Path, prefix: &str) -> Option<String> {
         self.n += 1;
         let tag = format!("{prefix}{}", self.n);
         let (_, id) = dist(&self.tp, base, &tag);
-        let r = run_tool(&self.tp, "deploy_dhash", &deploy_args(&tag), &[], Kill::Never, Duration::from_secs(120));
-        r.check(t, &[0], &format!("pairs: deploying {id}")).then_some(id)
+        let r = run_tool(
+            &self.tp,
+            "deploy_dhash",
+            &deploy_args(&tag),
+            &[],
+            Kill::Never,
+            Duration::from_secs(120),
+        );
+        r.check(t, &[0], &format!("pairs: deploying {id}"))
+            .then_some(id)
     }
 }
 
 fn concurrent_pairs(mut rng: Rng, size: Size) -> Tally {
     let mut t = Tally::default();
-    let tools = [Tool::Backup, Tool::Deploy, Tool::Rollback, Tool::Migrate, Tool::Monitor];
+    let tools = [
+        Tool::Backup,
+        Tool::Deploy,
+        Tool::Rollback,
+        Tool::Migrate,
+        Tool::Monitor,
+    ];
     let mut pairs = Vec::new();
     for (i, a) in tools.iter().enumerate() {
         for b in &tools[i..] {
@@ -1393,7 +1739,9 @@ fn concurrent_pairs(mut rng: Rng, size: Size) -> Tally {
                 return t;
             };
             let has = |x: Tool| *a == x || *b == x;
-            let state = if has(Tool::Monitor) && has(Tool::Rollback) || (*a == Tool::Monitor && *b == Tool::Monitor) {
+            let state = if has(Tool::Monitor) && has(Tool::Rollback)
+                || (*a == Tool::Monitor && *b == Tool::Monitor)
+            {
                 State::Flood
             } else if has(Tool::Rollback) {
                 State::V2
@@ -1415,34 +1763,53 @@ fn concurrent_pairs(mut rng: Rng, size: Size) -> Tally {
                 State::Flood => c.deploy_new(&mut t, &badq, "f"),
             };
             let Some(serving) = serving else { continue };
-            c.w.check(&c.tp, &mut t, &format!("pairs: state {state:?} before {a:?} + {b:?}"), true);
+            c.w.check(
+                &c.tp,
+                &mut t,
+                &format!("pairs: state {state:?} before {a:?} + {b:?}"),
+                true,
+            );
             c.n += 1;
             let target_tag = format!("d{}", c.n);
             let (target_dir, target_id) = dist(&c.tp, &v2, &target_tag);
             let b1 = c.b1();
             let command = |which: Tool| -> (Command, String, Option<String>, Vec<i32>) {
-                let (bin, args, input, allowed): (&str, Vec<String>, Option<String>, Vec<i32>) = match which {
-                    Tool::Backup => ("backup_dhash", s(&["--env", ENV]), None, vec![0, 75]),
-                    Tool::Deploy => ("deploy_dhash", deploy_args(&target_tag), None, vec![0, 75]),
-                    Tool::Rollback => (
-                        "rollback_dhash",
-                        s(&["--env", ENV, "--on-violation", "--backup", &b1]),
-                        Some(violation(&serving)),
-                        vec![0, 3, 75],
-                    ),
-                    Tool::Migrate => (
-                        "migrate_dhash",
-                        s(&["--env", ENV, "--release", &target_dir.to_string_lossy()]),
-                        None,
-                        vec![0, 75],
-                    ),
-                    Tool::Monitor => (
-                        "monitor_dhash",
-                        s(&["--env", ENV, "--config", "fast-gates.json", "--duration", "4s", "--release", &serving, "--backup", &b1]),
-                        None,
-                        vec![0, 3, 5, 6, 75],
-                    ),
-                };
+                let (bin, args, input, allowed): (&str, Vec<String>, Option<String>, Vec<i32>) =
+                    match which {
+                        Tool::Backup => ("backup_dhash", s(&["--env", ENV]), None, vec![0, 75]),
+                        Tool::Deploy => {
+                            ("deploy_dhash", deploy_args(&target_tag), None, vec![0, 75])
+                        }
+                        Tool::Rollback => (
+                            "rollback_dhash",
+                            s(&["--env", ENV, "--on-violation", "--backup", &b1]),
+                            Some(violation(&serving)),
+                            vec![0, 3, 75],
+                        ),
+                        Tool::Migrate => (
+                            "migrate_dhash",
+                            s(&["--env", ENV, "--release", &target_dir.to_string_lossy()]),
+                            None,
+                            vec![0, 75],
+                        ),
+                        Tool::Monitor => (
+                            "monitor_dhash",
+                            s(&[
+                                "--env",
+                                ENV,
+                                "--config",
+                                "fast-gates.json",
+                                "--duration",
+                                "4s",
+                                "--release",
+                                &serving,
+                                "--backup",
+                                &b1,
+                            ]),
+                            None,
+                            vec![0, 3, 5, 6, 75],
+                        ),
+                    };
                 let (cmd, label) = tool(&c.tp, bin, &args, &[]);
                 (cmd, label, input, allowed)
             };
@@ -1451,10 +1818,17 @@ fn concurrent_pairs(mut rng: Rng, size: Size) -> Tally {
             let (ca, la, ia, aa) = command(*a);
             let (cb, lb, ib, ab) = command(*b);
             let (ra, rb) = std::thread::scope(|sc| {
-                let ha = sc.spawn(|| run_cmd_input(ca, &la, ia, Kill::Never, Duration::from_secs(120)));
+                let ha =
+                    sc.spawn(|| run_cmd_input(ca, &la, ia, Kill::Never, Duration::from_secs(120)));
                 let hb = sc.spawn(|| {
                     std::thread::sleep(delay);
-                    run_cmd_input(cb, &format!("{lb} [started {:.3}s later]", delay.as_secs_f64()), ib, Kill::Never, Duration::from_secs(120))
+                    run_cmd_input(
+                        cb,
+                        &format!("{lb} [started {:.3}s later]", delay.as_secs_f64()),
+                        ib,
+                        Kill::Never,
+                        Duration::from_secs(120),
+                    )
                 });
                 (ha.join().unwrap(), hb.join().unwrap())
             });
@@ -1479,7 +1853,9 @@ fn concurrent_pairs(mut rng: Rng, size: Size) -> Tally {
                 State::V1 => &[0],
             };
             if !want.contains(&acted) {
-                t.fail(format!("{ctx}: {acted} completed rollbacks for one violation (want {want:?}){both}"));
+                t.fail(format!(
+                    "{ctx}: {acted} completed rollbacks for one violation (want {want:?}){both}"
+                ));
             }
             let events = |name: &str| ra.count(name) + rb.count(name);
             if *a == Tool::Deploy && *b == Tool::Deploy && events("deploy.switched") > 1 {
@@ -1500,7 +1876,10 @@ fn concurrent_pairs(mut rng: Rng, size: Size) -> Tally {
             }
             c.w.rollbacks = after;
             c.w.schema_ahead = has(Tool::Migrate).then_some(3);
-            if !c.w.check(&c.tp, &mut t, &format!("{ctx}: after the pair{both}"), true) {
+            if !c
+                .w
+                .check(&c.tp, &mut t, &format!("{ctx}: after the pair{both}"), true)
+            {
                 reap(&c.tp);
                 chain = Chain::new(&mut t);
             }
@@ -1598,7 +1977,11 @@ fn render_dup(v: &Value, dup: &[Seg], out: &mut String) {
                 if i > 0 {
                     out.push_str(", ");
                 }
-                let rest: &[Seg] = if dup.first() == Some(&Seg::Index(i)) { &dup[1..] } else { &[] };
+                let rest: &[Seg] = if dup.first() == Some(&Seg::Index(i)) {
+                    &dup[1..]
+                } else {
+                    &[]
+                };
                 render_dup(child, rest, out);
             }
             out.push(']');
@@ -1623,12 +2006,23 @@ fn mutations_of(file: &'static str, doc: &Value) -> Vec<Mutated> {
     let mut out = Vec::new();
     for path in &paths {
         let at = label(path);
-        let original = node_mut(&mut doc.clone(), path).cloned().unwrap_or(Value::Null);
+        let original = node_mut(&mut doc.clone(), path)
+            .cloned()
+            .unwrap_or(Value::Null);
         let retyped = match &original {
             Value::Number(n) => json!(n.to_string()),
-            Value::String(s) => s.trim_end_matches(|c: char| c.is_alphabetic()).parse::<f64>().map(|f| json!(f)).unwrap_or(json!(42)),
+            Value::String(s) => s
+                .trim_end_matches(|c: char| c.is_alphabetic())
+                .parse::<f64>()
+                .map(|f| json!(f))
+                .unwrap_or(json!(42)),
             Value::Bool(b) => json!(b.to_string()),
-            Value::Array(a) => Value::Object(a.iter().enumerate().map(|(i, v)| (i.to_string(), v.clone())).collect()),
+            Value::Array(a) => Value::Object(
+                a.iter()
+                    .enumerate()
+                    .map(|(i, v)| (i.to_string(), v.clone()))
+                    .collect(),
+            ),
             Value::Object(m) => Value::Array(m.values().cloned().collect()),
             Value::Null => json!(0),
         };
@@ -1704,7 +2098,10 @@ fn mutations_of(file: &'static str, doc: &Value) -> Vec<Mutated> {
         ("truncated", pretty[..pretty.len() / 2].to_string()),
         ("trailing garbage", format!("{pretty}\n}}}}")),
         ("byte order mark", format!("\u{feff}{pretty}")),
-        ("not UTF-8", format!("{}\u{0}\u{1}", &pretty[..pretty.len() - 2]).replace('\u{0}', "\u{fffd}")),
+        (
+            "not UTF-8",
+            format!("{}\u{0}\u{1}", &pretty[..pretty.len() - 2]).replace('\u{0}', "\u{fffd}"),
+        ),
     ] {
         out.push(Mutated {
             file,
@@ -1755,7 +2152,10 @@ fn config_mutations(mut rng: Rng, size: Size) -> Tally {
     tiny_recording(&recording);
     let rec = recording.to_string_lossy().to_string();
     let commands: [(&str, Vec<String>); 2] = [
-        ("deploy_dhash", s(&["--env", ENV, "--dry-run", "--tag", "v1"])),
+        (
+            "deploy_dhash",
+            s(&["--env", ENV, "--dry-run", "--tag", "v1"]),
+        ),
         ("monitor_dhash", s(&["--env", ENV, "--replay", &rec])),
     ];
     let run_both = |tp: &TestProject| -> Vec<Run> {
@@ -1781,14 +2181,16 @@ fn config_mutations(mut rng: Rng, size: Size) -> Tally {
     let regression = |m: &Mutated| {
         (m.file == "quality-gates-config.json"
             && m.kind == "deleted"
-            && (m.path == "environments.production" || m.path == "environments.production.quality_gates"))
+            && (m.path == "environments.production"
+                || m.path == "environments.production.quality_gates"))
             || (m.kind == "1e300" && m.path.ends_with("p95_hash_time.window_minutes"))
             || (m.kind == "duplicated" && m.path == "environments.production")
     };
     let chosen: Vec<Mutated> = match size {
         Size::Large => all,
         Size::Small => {
-            let (mut must, mut rest): (Vec<Mutated>, Vec<Mutated>) = all.into_iter().partition(regression);
+            let (mut must, mut rest): (Vec<Mutated>, Vec<Mutated>) =
+                all.into_iter().partition(regression);
             rng.shuffle(&mut rest);
             rest.truncate(300);
             must.extend(rest);
@@ -1796,6 +2198,11 @@ fn config_mutations(mut rng: Rng, size: Size) -> Tally {
         }
     };
     eprintln!("faults: config: {} of {total} mutations", chosen.len());
+    if std::env::var_os("DHASH_FAULTS_VERBOSE").is_some() {
+        for m in &chosen {
+            eprintln!("faults: config: will try [{}]", m.what);
+        }
+    }
     let mut by_code: BTreeMap<String, usize> = BTreeMap::new();
     for m in &chosen {
         let (path, pristine) = if m.file == "environments.json" {
@@ -1809,13 +2216,21 @@ fn config_mutations(mut rng: Rng, size: Size) -> Tally {
         fs::write(path, pristine).unwrap();
         let mut codes = Vec::new();
         for r in &runs {
-            codes.push(r.code.map(|c| c.to_string()).unwrap_or_else(|| "signal".into()));
+            codes.push(
+                r.code
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "signal".into()),
+            );
             let ctx = format!("config mutation [{}] ({} bytes)", m.what, m.text.len());
             if !r.check(&mut t, &[0, 2], &ctx) {
                 continue;
             }
             if r.code == Some(2) && !r.stderr.contains(m.file) {
-                t.fail(format!("{ctx}: exit 2 without naming {}\n{}", m.file, r.show()));
+                t.fail(format!(
+                    "{ctx}: exit 2 without naming {}\n{}",
+                    m.file,
+                    r.show()
+                ));
             }
         }
         *by_code.entry(codes.join("/")).or_default() += 1;
@@ -1826,8 +2241,14 @@ fn config_mutations(mut rng: Rng, size: Size) -> Tally {
                 runs[0].show()
             ));
         }
-        if m.kind == "duplicated" && m.file == "quality-gates-config.json" && runs[1].code == Some(0) {
-            t.fail(format!("{ctx}: a duplicate key is accepted silently by the monitor (issue 13 #6)\n{}", runs[1].show()));
+        if m.kind == "duplicated"
+            && m.file == "quality-gates-config.json"
+            && runs[1].code == Some(0)
+        {
+            t.fail(format!(
+                "{ctx}: a duplicate key is accepted silently by the monitor (issue 13 #6)\n{}",
+                runs[1].show()
+            ));
         }
         if regression(m) && m.kind == "deleted" && runs[0].code == Some(0) {
             t.fail(format!(
@@ -1847,7 +2268,14 @@ fn config_mutations(mut rng: Rng, size: Size) -> Tally {
 /// (returned with the rows it holds).
 fn deployed_with_backup(tp: &TestProject, w: &mut World, t: &mut Tally) -> Option<PathBuf> {
     dist(tp, &base_bundle("v1", &[], false), "v1");
-    let r = run_tool(tp, "deploy_dhash", &deploy_args("v1"), &[], Kill::Never, Duration::from_secs(120));
+    let r = run_tool(
+        tp,
+        "deploy_dhash",
+        &deploy_args("v1"),
+        &[],
+        Kill::Never,
+        Duration::from_secs(120),
+    );
     if !r.check(t, &[0], "setup: deploy v1") {
         return None;
     }
@@ -1855,7 +2283,14 @@ fn deployed_with_backup(tp: &TestProject, w: &mut World, t: &mut Tally) -> Optio
         t.fail(format!("setup: posting images to v1: {e}"));
         return None;
     }
-    let b = run_tool(tp, "backup_dhash", &s(&["--env", ENV]), &[], Kill::Never, Duration::from_secs(120));
+    let b = run_tool(
+        tp,
+        "backup_dhash",
+        &s(&["--env", ENV]),
+        &[],
+        Kill::Never,
+        Duration::from_secs(120),
+    );
     if !b.check(t, &[0], "setup: backup of v1") {
         return None;
     }
@@ -1928,14 +2363,16 @@ fn rebuild(src: &Path, dst: &Path, edit: impl FnOnce(&mut Vec<Entry>, &mut Value
     let opts = SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
     for (name, bytes, link) in &entries {
         if *link {
-            z.add_symlink(name.as_str(), String::from_utf8_lossy(bytes), opts).unwrap();
+            z.add_symlink(name.as_str(), String::from_utf8_lossy(bytes), opts)
+                .unwrap();
         } else {
             z.start_file(name.as_str(), opts).unwrap();
             z.write_all(bytes).unwrap();
         }
     }
     z.start_file("manifest.json", opts).unwrap();
-    z.write_all(&serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+    z.write_all(&serde_json::to_vec_pretty(&manifest).unwrap())
+        .unwrap();
     z.finish().unwrap();
 }
 
@@ -1983,7 +2420,11 @@ fn hostile_archives(rng: Rng, _size: Size) -> Tally {
     };
     let root = tp.root().to_path_buf();
     let env = tp.env(ENV);
-    let nonce = format!("{}-{:x}", std::process::id(), rng.clone().next() & 0xffff_ffff);
+    let nonce = format!(
+        "{}-{:x}",
+        std::process::id(),
+        rng.clone().next() & 0xffff_ffff
+    );
     let escape = PathBuf::from(format!("/tmp/dhash-faults-escape-{nonce}"));
     let abs = PathBuf::from(format!("/tmp/dhash-faults-abs-{nonce}"));
     let linkdir = PathBuf::from(format!("/tmp/dhash-faults-linkdir-{nonce}"));
@@ -1991,110 +2432,184 @@ fn hostile_archives(rng: Rng, _size: Size) -> Tally {
     let up = "../".repeat(14);
     let slip = format!("data/{up}tmp/dhash-faults-escape-{nonce}");
     let rel_link = format!("{up}tmp/dhash-faults-linkdir-{nonce}");
-    let name_at = |i: usize| root.join(format!("backups/dhash_production_29990101T0000000{i:02}Z.zip"));
+    let name_at = |i: usize| {
+        root.join(format!(
+            "backups/dhash_production_29990101T0000000{i:02}Z.zip"
+        ))
+    };
     type Make<'a> = Box<dyn Fn(&Path) + 'a>;
     let cases: Vec<(&str, Make)> = vec![
-        ("zip-slip ../ entry", Box::new(|p: &Path| {
-            rebuild(&good, p, |e, m| add_listed(e, m, &slip, b"evil"));
-            write_sidecar(&root, p);
-        })),
-        ("absolute entry name", Box::new(|p: &Path| {
-            rebuild(&good, p, |e, m| add_listed(e, m, &abs.to_string_lossy(), b"evil"));
-            write_sidecar(&root, p);
-        })),
-        ("symlink entry escaping (absolute), then a file through it", Box::new(|p: &Path| {
-            rebuild(&good, p, |e, m| {
-                e.push(("data/evil-link".into(), linkdir.to_string_lossy().as_bytes().to_vec(), true));
-                add_listed(e, m, "data/evil-link/payload", b"evil");
-            });
-            write_sidecar(&root, p);
-        })),
-        ("symlink entry escaping (relative), then a file through it", Box::new(|p: &Path| {
-            rebuild(&good, p, |e, m| {
-                e.push(("data/evil-rel".into(), rel_link.as_bytes().to_vec(), true));
-                add_listed(e, m, "data/evil-rel/payload", b"evil");
-            });
-            write_sidecar(&root, p);
-        })),
-        ("duplicate entry names", Box::new(|p: &Path| {
-            rebuild(&good, p, |e, m| {
-                add_listed(e, m, "data/faultsAA", b"first");
-                add_listed(e, m, "data/faultsAB", b"second");
-            });
-            assert!(patch_bytes(p, b"data/faultsAB", b"data/faultsAA") >= 2);
-            write_sidecar(&root, p);
-        })),
-        ("the database twice, the second not SQLite", Box::new(|p: &Path| {
-            rebuild(&good, p, |e, m| add_listed(e, m, "data/dhash.sqlite4", &b"not a database ".repeat(100)));
-            assert!(patch_bytes(p, b"data/dhash.sqlite4", b"data/dhash.sqlite3") >= 2);
-            write_sidecar(&root, p);
-        })),
-        ("sidecar with a wrong hash", Box::new(|p: &Path| {
-            fs::copy(&good, p).unwrap();
-            let rel = p.strip_prefix(&root).unwrap();
-            fs::write(format!("{}.sha256", p.display()), format!("{}  {}\n", "1".repeat(64), rel.display())).unwrap();
-        })),
-        ("sidecar edited to garbage", Box::new(|p: &Path| {
-            fs::copy(&good, p).unwrap();
-            fs::write(format!("{}.sha256", p.display()), "this is not a checksum\n").unwrap();
-        })),
-        ("no sidecar", Box::new(|p: &Path| {
-            fs::copy(&good, p).unwrap();
-        })),
-        ("truncated zip (sidecar of the truncated bytes)", Box::new(|p: &Path| {
-            let bytes = fs::read(&good).unwrap();
-            fs::write(p, &bytes[..bytes.len() * 6 / 10]).unwrap();
-            write_sidecar(&root, p);
-        })),
-        ("a byte flipped (sidecar recomputed)", Box::new(|p: &Path| {
-            let mut bytes = fs::read(&good).unwrap();
-            let at = bytes.len() / 3;
-            bytes[at] ^= 0x40;
-            fs::write(p, &bytes).unwrap();
-            write_sidecar(&root, p);
-        })),
-        ("manifest lying about a size (16 MiB of zeros listed as 10 bytes)", Box::new(|p: &Path| {
-            rebuild(&good, p, |e, m| {
-                let zeros = vec![0u8; 16 << 20];
-                add_listed(e, m, "data/filler.bin", &zeros);
-                let files = m["files"].as_array_mut().unwrap();
-                let last = files.len() - 1;
-                files[last]["bytes"] = json!(10);
-            });
-            write_sidecar(&root, p);
-        })),
-        ("database not SQLite, manifest matching it", Box::new(|p: &Path| {
-            rebuild(&good, p, |e, m| {
-                let junk = b"SQLite format 3\0 but not really ".repeat(200);
-                for (name, bytes, _) in e.iter_mut() {
-                    if name == "data/dhash.sqlite3" {
-                        *bytes = junk.clone();
+        (
+            "zip-slip ../ entry",
+            Box::new(|p: &Path| {
+                rebuild(&good, p, |e, m| add_listed(e, m, &slip, b"evil"));
+                write_sidecar(&root, p);
+            }),
+        ),
+        (
+            "absolute entry name",
+            Box::new(|p: &Path| {
+                rebuild(&good, p, |e, m| {
+                    add_listed(e, m, &abs.to_string_lossy(), b"evil")
+                });
+                write_sidecar(&root, p);
+            }),
+        ),
+        (
+            "symlink entry escaping (absolute), then a file through it",
+            Box::new(|p: &Path| {
+                rebuild(&good, p, |e, m| {
+                    e.push((
+                        "data/evil-link".into(),
+                        linkdir.to_string_lossy().as_bytes().to_vec(),
+                        true,
+                    ));
+                    add_listed(e, m, "data/evil-link/payload", b"evil");
+                });
+                write_sidecar(&root, p);
+            }),
+        ),
+        (
+            "symlink entry escaping (relative), then a file through it",
+            Box::new(|p: &Path| {
+                rebuild(&good, p, |e, m| {
+                    e.push(("data/evil-rel".into(), rel_link.as_bytes().to_vec(), true));
+                    add_listed(e, m, "data/evil-rel/payload", b"evil");
+                });
+                write_sidecar(&root, p);
+            }),
+        ),
+        (
+            "duplicate entry names",
+            Box::new(|p: &Path| {
+                rebuild(&good, p, |e, m| {
+                    add_listed(e, m, "data/faultsAA", b"first");
+                    add_listed(e, m, "data/faultsAB", b"second");
+                });
+                assert!(patch_bytes(p, b"data/faultsAB", b"data/faultsAA") >= 2);
+                write_sidecar(&root, p);
+            }),
+        ),
+        (
+            "the database twice, the second not SQLite",
+            Box::new(|p: &Path| {
+                rebuild(&good, p, |e, m| {
+                    add_listed(e, m, "data/dhash.sqlite4", &b"not a database ".repeat(100))
+                });
+                assert!(patch_bytes(p, b"data/dhash.sqlite4", b"data/dhash.sqlite3") >= 2);
+                write_sidecar(&root, p);
+            }),
+        ),
+        (
+            "sidecar with a wrong hash",
+            Box::new(|p: &Path| {
+                fs::copy(&good, p).unwrap();
+                let rel = p.strip_prefix(&root).unwrap();
+                fs::write(
+                    format!("{}.sha256", p.display()),
+                    format!("{}  {}\n", "1".repeat(64), rel.display()),
+                )
+                .unwrap();
+            }),
+        ),
+        (
+            "sidecar edited to garbage",
+            Box::new(|p: &Path| {
+                fs::copy(&good, p).unwrap();
+                fs::write(
+                    format!("{}.sha256", p.display()),
+                    "this is not a checksum\n",
+                )
+                .unwrap();
+            }),
+        ),
+        (
+            "no sidecar",
+            Box::new(|p: &Path| {
+                fs::copy(&good, p).unwrap();
+            }),
+        ),
+        (
+            "truncated zip (sidecar of the truncated bytes)",
+            Box::new(|p: &Path| {
+                let bytes = fs::read(&good).unwrap();
+                fs::write(p, &bytes[..bytes.len() * 6 / 10]).unwrap();
+                write_sidecar(&root, p);
+            }),
+        ),
+        (
+            "a byte flipped (sidecar recomputed)",
+            Box::new(|p: &Path| {
+                let mut bytes = fs::read(&good).unwrap();
+                let at = bytes.len() / 3;
+                bytes[at] ^= 0x40;
+                fs::write(p, &bytes).unwrap();
+                write_sidecar(&root, p);
+            }),
+        ),
+        (
+            "manifest lying about a size (16 MiB of zeros listed as 10 bytes)",
+            Box::new(|p: &Path| {
+                rebuild(&good, p, |e, m| {
+                    let zeros = vec![0u8; 16 << 20];
+                    add_listed(e, m, "data/filler.bin", &zeros);
+                    let files = m["files"].as_array_mut().unwrap();
+                    let last = files.len() - 1;
+                    files[last]["bytes"] = json!(10);
+                });
+                write_sidecar(&root, p);
+            }),
+        ),
+        (
+            "database not SQLite, manifest matching it",
+            Box::new(|p: &Path| {
+                rebuild(&good, p, |e, m| {
+                    let junk = b"SQLite format 3\0 but not really ".repeat(200);
+                    for (name, bytes, _) in e.iter_mut() {
+                        if name == "data/dhash.sqlite3" {
+                            *bytes = junk.clone();
+                        }
                     }
-                }
-                for f in m["files"].as_array_mut().unwrap() {
-                    if f["path"] == "data/dhash.sqlite3" {
-                        f["bytes"] = json!(junk.len());
-                        f["sha256"] = json!(hex::encode(Sha256::digest(&junk)));
+                    for f in m["files"].as_array_mut().unwrap() {
+                        if f["path"] == "data/dhash.sqlite3" {
+                            f["bytes"] = json!(junk.len());
+                            f["sha256"] = json!(hex::encode(Sha256::digest(&junk)));
+                        }
                     }
-                }
-            });
-            write_sidecar(&root, p);
-        })),
-        ("not a zip at all", Box::new(|p: &Path| {
-            fs::write(p, b"PK\x03\x04 this is not a zip file at all".repeat(50)).unwrap();
-            write_sidecar(&root, p);
-        })),
-        ("empty file", Box::new(|p: &Path| {
-            fs::write(p, b"").unwrap();
-            write_sidecar(&root, p);
-        })),
-        ("a FIFO", Box::new(|p: &Path| {
-            let ok = Command::new("mkfifo").arg(p).status().is_ok_and(|s| s.success());
-            assert!(ok, "mkfifo {}", p.display());
-        })),
-        ("a directory", Box::new(|p: &Path| {
-            fs::create_dir_all(p.join("data")).unwrap();
-        })),
+                });
+                write_sidecar(&root, p);
+            }),
+        ),
+        (
+            "not a zip at all",
+            Box::new(|p: &Path| {
+                fs::write(p, b"PK\x03\x04 this is not a zip file at all".repeat(50)).unwrap();
+                write_sidecar(&root, p);
+            }),
+        ),
+        (
+            "empty file",
+            Box::new(|p: &Path| {
+                fs::write(p, b"").unwrap();
+                write_sidecar(&root, p);
+            }),
+        ),
+        (
+            "a FIFO",
+            Box::new(|p: &Path| {
+                let ok = Command::new("mkfifo")
+                    .arg(p)
+                    .status()
+                    .is_ok_and(|s| s.success());
+                assert!(ok, "mkfifo {}", p.display());
+            }),
+        ),
+        (
+            "a directory",
+            Box::new(|p: &Path| {
+                fs::create_dir_all(p.join("data")).unwrap();
+            }),
+        ),
     ];
     let sentinels = [escape.clone(), abs.clone(), linkdir.join("payload")];
     let before_pid = gates_core::service::running_pid(&env);
@@ -2104,8 +2619,18 @@ fn hostile_archives(rng: Rng, _size: Size) -> Tally {
         let special = matches!(*what, "a FIFO" | "a directory");
         paths.push((what.to_string(), name_at(i), special, Some(make)));
     }
-    paths.push(("/dev/zero (a device, endless)".into(), PathBuf::from("/dev/zero"), true, None));
-    paths.push(("a path that does not exist".into(), root.join("backups/dhash_production_29990101T000000099Z.zip"), false, None));
+    paths.push((
+        "/dev/zero (a device, endless)".into(),
+        PathBuf::from("/dev/zero"),
+        true,
+        None,
+    ));
+    paths.push((
+        "a path that does not exist".into(),
+        root.join("backups/dhash_production_29990101T000000099Z.zip"),
+        false,
+        None,
+    ));
     for (what, p, special, make) in &paths {
         if let Some(make) = make {
             make(p);
@@ -2113,9 +2638,30 @@ fn hostile_archives(rng: Rng, _size: Size) -> Tally {
         t.count += 1;
         let arg = p.to_string_lossy().to_string();
         let runs = [
-            run_tool(&tp, "backup_dhash", &s(&["--verify", &arg]), &[], Kill::Never, Duration::from_secs(30)),
-            run_tool(&tp, "rollback_dhash", &s(&["--env", ENV, "--dry-run", "--backup", &arg]), &[], Kill::Never, Duration::from_secs(30)),
-            run_tool(&tp, "rollback_dhash", &s(&["--env", ENV, "--force", "--backup", &arg]), &[], Kill::Never, Duration::from_secs(60)),
+            run_tool(
+                &tp,
+                "backup_dhash",
+                &s(&["--verify", &arg]),
+                &[],
+                Kill::Never,
+                Duration::from_secs(30),
+            ),
+            run_tool(
+                &tp,
+                "rollback_dhash",
+                &s(&["--env", ENV, "--dry-run", "--backup", &arg]),
+                &[],
+                Kill::Never,
+                Duration::from_secs(30),
+            ),
+            run_tool(
+                &tp,
+                "rollback_dhash",
+                &s(&["--env", ENV, "--force", "--backup", &arg]),
+                &[],
+                Kill::Never,
+                Duration::from_secs(60),
+            ),
         ];
         eprintln!(
             "faults: archives: [{what}]: exits {:?} in {:.1}s",
@@ -2128,14 +2674,24 @@ fn hostile_archives(rng: Rng, _size: Size) -> Tally {
                 continue;
             }
             if r.secs > 15.0 {
-                t.fail(format!("{ctx}: refused, but only after {:.1}s\n{}", r.secs, r.show()));
+                t.fail(format!(
+                    "{ctx}: refused, but only after {:.1}s\n{}",
+                    r.secs,
+                    r.show()
+                ));
             }
             let said = r.stderr.to_lowercase();
             if *special
                 && (said.contains("does not exist")
-                    || !["fifo", "named pipe", "directory", "device", "not a regular file"]
-                        .iter()
-                        .any(|k| said.contains(k)))
+                    || ![
+                        "fifo",
+                        "named pipe",
+                        "directory",
+                        "device",
+                        "not a regular file",
+                    ]
+                    .iter()
+                    .any(|k| said.contains(k)))
             {
                 t.fail(format!(
                     "{ctx}: the message does not say what the path is (FIFO, directory, device) (issue 13 #9)\n{}",
@@ -2145,11 +2701,15 @@ fn hostile_archives(rng: Rng, _size: Size) -> Tally {
         }
         for s in &sentinels {
             if s.exists() {
-                t.fail(format!("hostile archive [{what}]: {} was written outside the project", s.display()));
+                t.fail(format!(
+                    "hostile archive [{what}]: {} was written outside the project",
+                    s.display()
+                ));
                 let _ = fs::remove_file(s);
             }
         }
-        if gates_core::service::running_pid(&env) != before_pid || current_id(&tp) != before_current {
+        if gates_core::service::running_pid(&env) != before_pid || current_id(&tp) != before_current
+        {
             t.fail(format!(
                 "hostile archive [{what}]: the environment changed (pid {:?} -> {:?}, current {:?} -> {:?})",
                 before_pid,
@@ -2166,7 +2726,12 @@ fn hostile_archives(rng: Rng, _size: Size) -> Tally {
             }
             let _ = fs::remove_file(format!("{}.sha256", p.display()));
         }
-        w.check(&tp, &mut t, &format!("after hostile archive [{what}]"), true);
+        w.check(
+            &tp,
+            &mut t,
+            &format!("after hostile archive [{what}]"),
+            true,
+        );
     }
     let _ = fs::remove_dir_all(&linkdir);
     let _ = fs::remove_file(&escape);
