@@ -640,6 +640,31 @@ fn without_a_tag_the_checkouts_release_is_planned_then_applied() {
     assert!(r.stderr.contains("reusing"), "{}", r.stderr);
     assert_eq!(r.of("migrate.completed").len(), 1);
 
+    // --tag of a git tag: that tag's migrations, not the checkout's.
+    git(p.root(), &["tag", "v1"]);
+    p.migrations("dhash-service/migrations", &[M3, M3D]);
+    git(p.root(), &["add", "-A"]);
+    git(p.root(), &["commit", "-q", "-m", "source column"]);
+    let r = p.run(&["--env", "staging", "--tag", "v1", "--dry-run"]);
+    r.ok();
+    assert!(r.stderr.contains("from git tag v1"), "{}", r.stderr);
+    assert_eq!(
+        r.of("migrate.planned")[0]["versions"],
+        serde_json::json!([]),
+        "v1 has 0001 and 0002 only"
+    );
+    let r = p.run(&["--env", "staging", "--dry-run"]);
+    r.ok();
+    assert_eq!(
+        r.of("migrate.planned")[0]["versions"],
+        serde_json::json!([3]),
+        "the checkout has 0003"
+    );
+    assert!(
+        !p.root().join("dist/dhash-v1").exists(),
+        "dry runs build nothing into dist/"
+    );
+
     // --installed when nothing is deployed: said, exit 2.
     let r = p.run(&["--env", "staging", "--installed", "--dry-run"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
