@@ -496,7 +496,15 @@ fn cargo_build(tree: &Path, exe_dir: &Path, em: &Emitter) -> anyhow::Result<Opti
         .filter(|t| t.join("CACHEDIR.TAG").is_file() || t.join(".rustc_info.json").is_file());
     match (target, profile.as_str()) {
         (Some(t), p) => {
-            cmd.arg("--target-dir").arg(t);
+            // Another tree (a tag's, extracted to a temp folder) builds in a
+            // folder of its own: its dhash-service would otherwise replace the
+            // checkout's in target/<profile>/, and a later, "fresh" build of the
+            // checkout would report that binary as its own.
+            if tree.starts_with(t.parent().unwrap_or(t)) {
+                cmd.arg("--target-dir").arg(t);
+            } else {
+                cmd.arg("--target-dir").arg(t.join("tag-builds"));
+            }
             match p {
                 "debug" => {}
                 "release" => {
