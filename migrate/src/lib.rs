@@ -669,6 +669,12 @@ pub fn run_tool(opts: &ToolOptions) -> anyhow::Result<Exit> {
         ));
     }
     let read_only = opts.dry_run || opts.status;
+    if env.install_root.join(ROLLBACK_JOURNAL).exists() && env.lock_path().exists() && !opts.status
+    {
+        // A rollback that is running right now holds the lock beside its
+        // journal: that is "busy" (exit 75), not an interrupted one.
+        drop(env.lock(TOOL)?);
+    }
     if !opts.status {
         refuse_pending_rollback(env)?;
     } else if let Err(e) = refuse_pending_rollback(env) {

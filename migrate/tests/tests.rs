@@ -703,6 +703,20 @@ fn a_pending_rollback_journal_is_respected() {
         assert!(r.of("migrate.applied").is_empty());
         assert!(!p.db().exists(), "{args:?}: nothing was done");
     }
+    // A rollback running right now holds the lock beside its journal: busy
+    // (75), not "interrupted" (issue 13 fault matrix).
+    let lock =
+        gates_core::lock::EnvLock::acquire(&p.install_root().join(".lock"), "staging", "rollback")
+            .expect("hold the lock");
+    for args in [
+        vec!["--env", "staging", "--tag", "v1"],
+        vec!["--env", "staging", "--tag", "v1", "--dry-run"],
+    ] {
+        let r = p.run(&args);
+        assert_eq!(r.code, 75, "{args:?}: {}", r.stderr);
+        assert!(!r.stderr.contains("interrupted rollback"), "{}", r.stderr);
+    }
+    drop(lock);
     // --status only reads: it warns and reports.
     let r = p.run(&["--env", "staging", "--tag", "v1", "--status"]);
     r.ok();
