@@ -992,7 +992,9 @@ fn unknown_tag_exits_2_naming_both_ways_and_changes_nothing() {
         r.expect(2);
         assert!(
             r.stderr.contains("dhash-service bundle --tag v9.9.9")
-                && r.stderr.contains("git tag v9.9.9"),
+                && r.stderr.contains("git tag v9.9.9")
+                && r.stderr.contains("dist_dir of")
+                && r.stderr.contains("environments.json"),
             "{}",
             r.stderr
         );

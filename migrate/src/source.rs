@@ -116,11 +116,13 @@ fn resolve_tag(project: &Project, tag: &str, plan: bool, em: &Emitter) -> anyhow
             Err(e) => format!("{} is not a git checkout ({e})", project.root.display()),
         };
         return Err(usage_error(format!(
-            "no release bundle for tag {tag:?}: {} does not exist (available tags: {}) and {why}. \
+            "no release bundle for tag {tag:?}: {} does not exist (available tags: {}; bundles are read from \
+             dist_dir of {}) and {why}. \
              Either build the bundle: `dhash-service bundle --tag {tag} --out {}` in the checkout of that release, \
              or tag the commit to deploy in this checkout: `git tag {tag} <commit>`, then rerun (nothing was changed)",
             dist.join(format!("{BUNDLE_PREFIX}{tag}")).display(),
             available_tags(dist),
+            project.topology.file.display(),
             dist.display()
         )));
     };
