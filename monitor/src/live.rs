@@ -845,6 +845,16 @@ impl Watch<'_> {
         // (another actor may have rolled it back or replaced it meanwhile).
         let lock = match acquire(self.env, self.em) {
             Ok(l) => l,
+            Err(e) if e.downcast_ref::<SupersededWhileWaiting>().is_some() => {
+                let why = e
+                    .downcast_ref::<SupersededWhileWaiting>()
+                    .map(|s| s.0.clone())
+                    .unwrap_or_default();
+                self.log.line(&format!(
+                    "Rollback not started: {why}; the release is no longer this watch's to undo"
+                ));
+                return Outcome::Superseded(why);
+            }
             Err(e) => {
                 self.timeline.rollback_initiated = Some(gates_core::event::now_rfc3339());
                 return self.after_rollback(Some(cause), &reason, others, Err(e));
@@ -1117,8 +1127,16 @@ impl Watch<'_> {
     }
 }
 
+/// The watch was superseded (a deploy or a manual rollback replaced its
+/// release) while it waited for the environment lock to roll back.
+#[derive(Debug, thiserror::Error)]
+#[error("superseded while waiting for the environment lock: {0}")]
+struct SupersededWhileWaiting(String);
+
 /// The rollback takes the environment lock; another run (a deploy finishing,
-/// an operator's manual rollback) may hold it briefly, so wait a little.
+/// an operator's manual rollback) may hold it briefly, so wait a little. A
+/// watcher told meanwhile that its release was replaced stops waiting
+/// ([`SupersededWhileWaiting`]): the release is no longer its to undo.
 fn acquire(env: &EnvConfig, em: &Emitter) -> anyhow::Result<EnvLock> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -1128,6 +1146,9 @@ fn acquire(env: &EnvConfig, em: &Emitter) -> anyhow::Result<EnvLock> {
                 if e.downcast_ref::<gates_core::lock::LockBusy>().is_some()
                     && Instant::now() < deadline =>
             {
+                if let Some(m) = watch::take_superseded(env, std::process::id()) {
+                    return Err(SupersededWhileWaiting(m.reason).into());
+                }
                 em.debug(&format!("waiting for the environment lock: {e:#}"));
                 std::thread::sleep(Duration::from_millis(500));
             }
