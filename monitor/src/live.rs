@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -218,9 +218,28 @@ pub fn run(
         );
         return Ok(Exit::Failed);
     }
+    // Signals are handled from the start: a kill while waiting for the lock
+    // still ends with a result and an exit code.
+    let stop = stop_flag();
+    // An interrupted rollback is finished before anything else (issue 13 #2),
+    // even when the release asked for is no longer current: a rollback killed
+    // after its switch leaves exactly that state.
+    let pending = match dhash_rollback::pending(env) {
+        Ok(p) => p,
+        Err(e) => {
+            return Err(ToolError::new(
+                Exit::RollbackFailed,
+                e.context("a rollback journal is pending but cannot be read: run rollback_dhash --force to finish it"),
+            )
+            .into())
+        }
+    };
     let current = gates_core::service::current_release(env);
     let asked = args.release.clone().or(up.release.clone());
-    if let Some(r) = asked.as_deref().filter(|r| current.as_deref() != Some(*r)) {
+    if let Some(r) = asked
+        .as_deref()
+        .filter(|r| pending.is_none() && current.as_deref() != Some(*r))
+    {
         let msg = format!(
             "release {r} is not the current release of {} (current: {}): it was replaced or rolled back; nothing to watch",
             env.name,
@@ -234,7 +253,10 @@ pub fn run(
         );
         return Ok(Exit::Superseded);
     }
-    let release = asked.or(current);
+    let release = match &pending {
+        Some(j) => j.previous_release.clone().or(asked),
+        None => asked.or(current),
+    };
 
     let guard = match claim_or_attach(env, release.as_deref(), em, tee)? {
         Role::Watcher(g) => g,
@@ -248,17 +270,6 @@ pub fn run(
         .or(up.backup.clone())
         .or_else(|| ledger_backup(env, release.as_deref()));
 
-    // An interrupted rollback is finished before anything else (issue 13 #2).
-    let pending = match dhash_rollback::pending(env) {
-        Ok(p) => p,
-        Err(e) => {
-            return Err(ToolError::new(
-                Exit::RollbackFailed,
-                e.context("a rollback journal is pending but cannot be read: run rollback_dhash --force to finish it"),
-            )
-            .into())
-        }
-    };
     if let Some(j) = pending {
         let log = RunLog::create(&project.root, env, RunKind::Monitor, &stamp(now))?;
         let events = events_path(env, now);
@@ -419,13 +430,6 @@ pub fn run(
             "dry_run": args.dry_run,
         }),
     )?;
-
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        // A second handler cannot be installed (tests run one monitor per process); polling goes on without it.
-        let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
-    }
 
     let me = std::process::id();
     let mut sched_ms = now_ms();
@@ -923,6 +927,24 @@ impl Watch<'_> {
     /// (killed mid-rollback), then reports it like its own: notification,
     /// incident record, ledger, `monitor.completed` (exit 3, or 4 when it
     /// cannot be finished). Never `passed`.
+    /// Another actor finished (or took over) the rollback this monitor was
+    /// waiting to finish: nothing was done here, the window is superseded.
+    fn pending_taken_over(&mut self, why: &str) -> anyhow::Result<Exit> {
+        let msg = format!(
+            "the rollback of {} was finished by another run: {why}; nothing was done by this monitor",
+            self.env.name
+        );
+        self.em.emit(
+            "monitor.completed",
+            Level::Warning,
+            msg.clone(),
+            json!({"result": "superseded", "samples": 0, "release": self.release,
+                   "pid": std::process::id(), "never_evaluated": [], "gates": {}}),
+        );
+        self.log.line(&format!("Monitoring superseded: {msg}"));
+        Ok(Exit::Superseded)
+    }
+
     fn finish_pending(&mut self, j: &dhash_rollback::Journal) -> anyhow::Result<Exit> {
         let cause = j
             .reason
@@ -964,6 +986,11 @@ impl Watch<'_> {
             (Exit::RollbackFailed, "rollback-failed")
         } else {
             let res = acquire(self.env, self.em).and_then(|lock| {
+                // Under the lock: a journal that is gone now belonged to a
+                // rollback that was running, not to an interrupted one.
+                if dhash_rollback::pending(self.env)?.is_none() {
+                    return Err(NothingPending.into());
+                }
                 // No backup named: the journal's is resumed.
                 let opts = dhash_rollback::RollbackOptions {
                     backup: None,
@@ -973,6 +1000,17 @@ impl Watch<'_> {
                 };
                 dhash_rollback::rollback(self.project, self.env, &lock, &opts, self.em)
             });
+            if let Err(e) = &res {
+                let why = if e.downcast_ref::<NothingPending>().is_some() {
+                    Some(e.to_string())
+                } else {
+                    e.downcast_ref::<SupersededWhileWaiting>()
+                        .map(|s| s.0.clone())
+                };
+                if let Some(why) = why {
+                    return self.pending_taken_over(&why);
+                }
+            }
             match self.after_rollback(None, &cause, &[], res) {
                 Outcome::RolledBack => (Exit::GateRolledBack, "rolled-back"),
                 _ => (Exit::RollbackFailed, "rollback-failed"),
@@ -1137,6 +1175,32 @@ struct SupersededWhileWaiting(String);
 /// an operator's manual rollback) may hold it briefly, so wait a little. A
 /// watcher told meanwhile that its release was replaced stops waiting
 /// ([`SupersededWhileWaiting`]): the release is no longer its to undo.
+/// The process's SIGINT/SIGTERM flag, its handler installed on first use.
+fn stop_flag() -> Arc<AtomicBool> {
+    static STOP: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    STOP.get_or_init(|| {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        // A second handler cannot be installed (tests run one monitor per process); polling goes on without it.
+        let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+        stop
+    })
+    .clone()
+}
+
+/// The lock was awaited for a rollback journal that was gone once it was
+/// had: that rollback was running, not interrupted, and has finished.
+#[derive(Debug)]
+struct NothingPending;
+
+impl std::fmt::Display for NothingPending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the rollback that was running has finished: nothing is pending")
+    }
+}
+
+impl std::error::Error for NothingPending {}
+
 fn acquire(env: &EnvConfig, em: &Emitter) -> anyhow::Result<EnvLock> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -1148,6 +1212,9 @@ fn acquire(env: &EnvConfig, em: &Emitter) -> anyhow::Result<EnvLock> {
             {
                 if let Some(m) = watch::take_superseded(env, std::process::id()) {
                     return Err(SupersededWhileWaiting(m.reason).into());
+                }
+                if stop_flag().load(Ordering::SeqCst) {
+                    anyhow::bail!("interrupted (signal) while waiting for the environment lock");
                 }
                 em.debug(&format!("waiting for the environment lock: {e:#}"));
                 std::thread::sleep(Duration::from_millis(500));

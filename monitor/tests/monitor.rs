@@ -736,6 +736,18 @@ fn two_monitors_at_once_roll_back_exactly_once() {
 /// reports rolled-back (exit 3), never passed.
 #[test]
 fn a_monitor_killed_mid_rollback_is_finished_by_the_rerun() {
+    killed_mid_rollback_then_rerun("rollback-data-restored", false);
+}
+
+/// Killed after the switch, `current` is already the old release: a rerun
+/// that names the bad release (as a detached watcher is started) must still
+/// finish the journal, not call the window superseded (fault matrix).
+#[test]
+fn a_rerun_naming_the_rolled_back_release_still_finishes_the_rollback() {
+    killed_mid_rollback_then_rerun("rollback-switched", true);
+}
+
+fn killed_mid_rollback_then_rerun(point: &str, rerun_names_release: bool) {
     let s = setup();
     let bad = deploy_bad(&s, &[("low_confidence_flood", "1500")]);
     let gates = fast_gates(&s.tp, s.env, "auto-rollback", json!({}));
@@ -747,16 +759,23 @@ fn a_monitor_killed_mid_rollback_is_finished_by_the_rerun() {
         "30",
         &["--backup", s.backup.to_str().unwrap()],
     )
-    .env("DHASH_TEST_CRASH_AT", "rollback-data-restored")
+    .env("DHASH_TEST_CRASH_AT", point)
     .output()
     .unwrap();
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(out.status.signal(), Some(9), "{}", describe(&out));
     assert!(env.install_root.join("rollback.journal").is_file());
-    assert!(env.install_root.join(".rollback.partial").exists());
     assert_eq!(incidents(&s.tp, s.env), 0);
 
-    let rerun = watch(&s.tp, s.env, &gates, "30", &[]).output().unwrap();
+    let backup = s.backup.to_str().unwrap();
+    let rerun_args: Vec<&str> = if rerun_names_release {
+        vec!["--release", bad.as_str(), "--backup", backup]
+    } else {
+        vec![]
+    };
+    let rerun = watch(&s.tp, s.env, &gates, "30", &rerun_args)
+        .output()
+        .unwrap();
     assert_eq!(rerun.status.code(), Some(3), "{}", describe(&rerun));
     let evs = events(&rerun.stdout);
     let pending = find(&evs, "monitor.rollback-pending");
