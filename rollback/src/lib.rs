@@ -336,8 +336,10 @@ pub fn rollback_with(
     }
 
     // Another environment's backup is refused before any real work.
-    if !backup.is_file() {
-        let msg = format!("the backup {} does not exist", backup.display());
+    // A FIFO, a directory or a device is named for what it is (and never
+    // opened, so nothing blocks), not called missing.
+    if let Err(e) = gates_core::fsutil::require_regular_file(&backup, "the backup") {
+        let msg = format!("{e:#}");
         em.emit(
             "rollback.refused",
             Level::Error,

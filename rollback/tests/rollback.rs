@@ -766,3 +766,28 @@ fn a_violation_of_a_release_no_longer_current_is_skipped_not_rolled_back_twice()
     let results: Vec<&str> = rec.iter().map(|r| r["result"].as_str().unwrap()).collect();
     assert_eq!(results, vec!["skipped", "completed", "skipped"]);
 }
+
+/// Issue 13 #9: a FIFO or a folder given as the backup is named for what it
+/// is, promptly (a FIFO is never opened), and nothing is touched.
+#[test]
+fn a_fifo_or_a_folder_as_the_backup_is_named_and_refused_promptly() {
+    let (tp, _) = project_with_release(false);
+    let fifo = tp.root().join("backups/dhash_staging_fifo.zip");
+    fs::create_dir_all(fifo.parent().unwrap()).unwrap();
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let folder = tp.root().join("backups/dhash_staging_dir.zip");
+    fs::create_dir_all(&folder).unwrap();
+    for (path, what) in [(&fifo, "FIFO"), (&folder, "directory")] {
+        for extra in [&["--dry-run"][..], &["--force"][..]] {
+            let t0 = std::time::Instant::now();
+            let mut cmd = rb(&tp);
+            cmd.args(["--env", "staging", "--backup"]).arg(path).args(extra);
+            let out = run(&mut cmd);
+            assert!(t0.elapsed() < std::time::Duration::from_secs(15));
+            assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains(what) && !err.contains("does not exist"), "{err}");
+        }
+    }
+}
