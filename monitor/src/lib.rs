@@ -126,8 +126,10 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
             args.decisions_csv.as_deref(),
         );
     }
-    let env = project.env(&env_name)?.clone();
-    let gates_file = project.gates(args.config.as_deref())?;
+    // The gates file may set the watch's duration and cadence for an
+    // environment (seed 004's profile, quality-gates-mobius.json); --duration
+    // still wins.
+    let (env, gates_file) = project.watch_setup(&env_name, args.config.as_deref())?;
     let gates = gates_file.env(&env_name)?.gates.clone();
     for p in gates_file
         .check_placeholders(&env_name)?

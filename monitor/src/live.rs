@@ -392,6 +392,10 @@ pub fn run(
         "release": release,
         "backup": backup.as_ref().map(|p| p.display().to_string()),
         "duration_secs": duration.as_secs_f64(),
+        "cadence": env.monitor.cadence.iter().map(|p| json!({
+            "every_secs": p.every.as_secs_f64(),
+            "for_secs": p.for_.map(|d| d.as_secs_f64()),
+        })).collect::<Vec<_>>(),
         "window_start": ts_of(window_start_ms),
         "window_end": ts_of(window_end_ms),
         "continued": continuation.is_some(),

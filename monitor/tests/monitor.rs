@@ -1236,3 +1236,60 @@ fn a_watcher_superseded_while_waiting_for_the_lock_does_not_roll_back() {
     assert_eq!(quarantines(&s.tp, s.env), 0);
     assert_eq!(incidents(&s.tp, s.env), 0);
 }
+
+/// Issue 12: a gates file's `monitoring` section (seed 004's profile,
+/// `--config quality-gates-mobius.json`) sets the watch's duration and
+/// cadence; `--duration` still wins over it.
+#[test]
+fn a_gates_profile_sets_the_watch_duration_and_cadence() {
+    let tp = TestProject::new();
+    let env = tp.env_name();
+    tp.install_and_start(env, &tp.bundle("v1", &[]));
+    let mobius: Value = serde_json::from_slice(
+        &std::fs::read(testkit::workspace_root().join("quality-gates-mobius.json")).unwrap(),
+    )
+    .unwrap();
+    let phases = &mobius["environments"]["production"]["monitoring"]["cadence"];
+    assert_eq!(phases.as_array().map(Vec::len), Some(3), "{mobius}");
+    // The shipped profile's own phases, scaled down to a 3 s window here.
+    let mut gates = mobius.clone();
+    gates["environments"][env] = mobius["environments"]["production"].clone();
+    gates["environments"][env]["monitoring"] =
+        json!({"duration": "3s", "cadence": [{"every": "1s", "until": "2s"}, {"every": "2s"}]});
+    let path = tp.root().join("profile.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&gates).unwrap()).unwrap();
+    let out = tp
+        .cmd_path(Path::new(MONITOR))
+        .args(["--env", env, "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let evs = events(&out.stdout);
+    let started = find(&evs, "monitor.started");
+    assert_eq!(started.len(), 1, "{}", describe(&out));
+    assert_eq!(started[0]["duration_secs"], 3.0, "{}", started[0]);
+    assert_eq!(
+        started[0]["cadence"][0]["every_secs"], 1.0,
+        "{}",
+        started[0]
+    );
+    assert_eq!(
+        started[0]["cadence"][1]["every_secs"], 2.0,
+        "{}",
+        started[0]
+    );
+    // --duration wins over the profile.
+    let out = tp
+        .cmd_path(Path::new(MONITOR))
+        .args(["--env", env, "--duration", "2", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let evs = events(&out.stdout);
+    assert_eq!(
+        find(&evs, "monitor.started")[0]["duration_secs"],
+        2.0,
+        "{}",
+        describe(&out)
+    );
+}
