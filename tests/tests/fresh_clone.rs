@@ -77,7 +77,11 @@ fn git(dir: &Path, args: &[&str]) {
         .current_dir(dir)
         .output()
         .expect("git");
-    assert!(out.status.success(), "{}", describe(&format!("git {args:?}"), &out));
+    assert!(
+        out.status.success(),
+        "{}",
+        describe(&format!("git {args:?}"), &out)
+    );
 }
 
 impl Clone {
@@ -109,7 +113,18 @@ impl Clone {
             ports,
         };
         clone.scale_config();
-        git(&clone.root, &["-c", "user.name=ops", "-c", "user.email=ops@example.com", "commit", "-qam", "local ports and test time scale"]);
+        git(
+            &clone.root,
+            &[
+                "-c",
+                "user.name=ops",
+                "-c",
+                "user.email=ops@example.com",
+                "commit",
+                "-qam",
+                "local ports and test time scale",
+            ],
+        );
         git(&clone.root, &["tag", "v1.2.3"]);
         clone
     }
@@ -117,9 +132,16 @@ impl Clone {
     /// Ports and time scale, as described in the module doc.
     fn scale_config(&self) {
         let topo_path = self.root.join("environments.json");
-        let text = std::fs::read_to_string(&topo_path).expect("environments.json")
-            .replace("127.0.0.1:3000", &format!("127.0.0.1:{}", self.ports["production"]))
-            .replace("127.0.0.1:3001", &format!("127.0.0.1:{}", self.ports["staging"]));
+        let text = std::fs::read_to_string(&topo_path)
+            .expect("environments.json")
+            .replace(
+                "127.0.0.1:3000",
+                &format!("127.0.0.1:{}", self.ports["production"]),
+            )
+            .replace(
+                "127.0.0.1:3001",
+                &format!("127.0.0.1:{}", self.ports["staging"]),
+            );
         let mut topo: Value = serde_json::from_str(&text).expect("environments.json parses");
         for (env, secs) in [("production", "30s"), ("staging", "20s")] {
             let m = &mut topo["environments"][env]["monitor"];
@@ -130,7 +152,8 @@ impl Clone {
 
         let gates_path = self.root.join("quality-gates-config.json");
         let mut gates: Value =
-            serde_json::from_slice(&std::fs::read(&gates_path).expect("gates file")).expect("parses");
+            serde_json::from_slice(&std::fs::read(&gates_path).expect("gates file"))
+                .expect("parses");
         if let Some(envs) = gates["environments"].as_object_mut() {
             for env in envs.values_mut() {
                 if let Some(gs) = env["quality_gates"].as_object_mut() {
@@ -144,13 +167,19 @@ impl Clone {
                 }
             }
         }
-        std::fs::write(&gates_path, serde_json::to_vec_pretty(&gates).expect("json")).expect("write");
+        std::fs::write(
+            &gates_path,
+            serde_json::to_vec_pretty(&gates).expect("json"),
+        )
+        .expect("write");
     }
 
     /// The commands as a new user's shell runs them: no build shortcuts.
     fn bash(&self, script: &str) -> Command {
-        let script = script
-            .replace("localhost:3000", &format!("localhost:{}", self.ports["production"]));
+        let script = script.replace(
+            "localhost:3000",
+            &format!("localhost:{}", self.ports["production"]),
+        );
         let mut c = Command::new("bash");
         c.args(["-c", &format!("set -eo pipefail\n{script}")])
             .current_dir(&self.root)
@@ -177,7 +206,11 @@ impl Clone {
     fn run(&self, what: &str, script: &str) -> String {
         let out = self.bash(script).output().expect("bash");
         let text = describe(what, &out);
-        std::fs::write(self.root.join(format!("{}.out", what.replace(' ', "_"))), &text).ok();
+        std::fs::write(
+            self.root.join(format!("{}.out", what.replace(' ', "_"))),
+            &text,
+        )
+        .ok();
         assert!(out.status.success(), "{text}");
         String::from_utf8_lossy(&out.stdout).to_string()
     }
@@ -185,8 +218,10 @@ impl Clone {
     /// `script` in a pseudo-terminal (util-linux `script`), `input` typed.
     fn run_in_terminal(&self, what: &str, script: &str, input: &str) -> String {
         let file = self.root.join(format!("{}.sh", what.replace(' ', "_")));
-        let script = script
-            .replace("localhost:3000", &format!("localhost:{}", self.ports["production"]));
+        let script = script.replace(
+            "localhost:3000",
+            &format!("localhost:{}", self.ports["production"]),
+        );
         std::fs::write(&file, format!("set -eo pipefail\n{script}")).expect("write script");
         let mut c = Command::new("script");
         c.args(["-qefc"])
@@ -196,7 +231,12 @@ impl Clone {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        for var in ["DHASH_ROOT", "DHASH_NO_BUILD", "DHASH_PROFILE", "CARGO_TARGET_DIR"] {
+        for var in [
+            "DHASH_ROOT",
+            "DHASH_NO_BUILD",
+            "DHASH_PROFILE",
+            "CARGO_TARGET_DIR",
+        ] {
             c.env_remove(var);
         }
         let mut child = c.spawn().expect("script(1)");
@@ -207,7 +247,11 @@ impl Clone {
         }
         let out = child.wait_with_output().expect("script(1) output");
         let text = describe(what, &out);
-        std::fs::write(self.root.join(format!("{}.out", what.replace(' ', "_"))), &text).ok();
+        std::fs::write(
+            self.root.join(format!("{}.out", what.replace(' ', "_"))),
+            &text,
+        )
+        .ok();
         assert!(out.status.success(), "{text}");
         String::from_utf8_lossy(&out.stdout).to_string()
     }
@@ -218,16 +262,19 @@ impl Clone {
 
     /// Every row of the environment's hashes table, in id order.
     fn rows(&self, env: &str) -> Vec<Vec<String>> {
-        let db = self.root.join(".dhash").join(env).join("data/dhash.sqlite3");
+        let db = self
+            .root
+            .join(".dhash")
+            .join(env)
+            .join("data/dhash.sqlite3");
         let conn = rusqlite::Connection::open(&db).expect("open database");
-        let mut stmt = conn.prepare("SELECT * FROM hashes ORDER BY id").expect("select");
+        let mut stmt = conn
+            .prepare("SELECT * FROM hashes ORDER BY id")
+            .expect("select");
         let n = stmt.column_count();
         stmt.query_map([], |r| {
             (0..n)
-                .map(|i| {
-                    r.get_ref(i)
-                        .map(|v| format!("{v:?}"))
-                })
+                .map(|i| r.get_ref(i).map(|v| format!("{v:?}")))
                 .collect::<Result<Vec<_>, _>>()
         })
         .expect("rows")
@@ -245,7 +292,8 @@ impl Clone {
                 ])
             });
             let mut buf = std::io::Cursor::new(Vec::new());
-            img.write_to(&mut buf, image::ImageFormat::Png).expect("png");
+            img.write_to(&mut buf, image::ImageFormat::Png)
+                .expect("png");
             testkit::post_image(&format!("{}/api/dhash/hash", self.url(env)), buf.get_ref());
         }
     }
@@ -319,7 +367,11 @@ sha256sum -c "${LATEST_BACKUP}.sha256"
 ./scripts/smoke_tests.sh --env production --post-rollback
 "#,
     );
-    assert_eq!(c.rows("production"), before, "the rollback restored every row");
+    assert_eq!(
+        c.rows("production"),
+        before,
+        "the rollback restored every row"
+    );
 
     // Seed 003, "Standard Deployment": the deploy's background watch is
     // joined by the runbook's own monitor, which attaches and ends with it.
@@ -429,7 +481,10 @@ echo "Rollback completed at: $(date -Iseconds)" >> session.log
     );
 
     // Seed 000: manual rollback with staging and production backups present.
-    c.run("backups of both", "./scripts/backup_dhash.sh --env staging\n./scripts/backup_dhash.sh --env production");
+    c.run(
+        "backups of both",
+        "./scripts/backup_dhash.sh --env staging\n./scripts/backup_dhash.sh --env production",
+    );
     let before = c.rows("production");
     c.post_images("production", 20..24);
     c.run(
@@ -442,5 +497,9 @@ sha256sum -c "${LATEST_BACKUP}.sha256"
 ./health-check.sh
 "#,
     );
-    assert_eq!(c.rows("production"), before, "seed 000's rollback restored the production rows");
+    assert_eq!(
+        c.rows("production"),
+        before,
+        "seed 000's rollback restored the production rows"
+    );
 }
