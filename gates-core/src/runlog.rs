@@ -109,8 +109,9 @@ impl RunLog {
     }
 }
 
-/// `alias` → `target` as a relative symlink (an existing link is replaced).
-fn link(target: &Path, alias: &Path) -> anyhow::Result<()> {
+/// `alias` → `target` as a relative symlink (an existing link is replaced;
+/// anything else at `alias` is left alone and reported).
+pub fn link(target: &Path, alias: &Path) -> anyhow::Result<()> {
     let dir = alias.parent().unwrap_or_else(|| Path::new("."));
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let rel = relative_to(target, dir);

@@ -109,7 +109,34 @@ pub fn append_fallback(
             m.insert("payload".into(), p.clone());
         }
     }
-    gates_core::fsutil::append_line(&env.notify.fallback_file, &redacted_line(&line)?, true)
+    gates_core::fsutil::append_line(&env.notify.fallback_file, &redacted_line(&line)?, true)?;
+    link_audit_trail(&env.notify.fallback_file);
+    Ok(())
+}
+
+/// Seed 002 reads the audit trail in `notifications/fallback/`, seed 003 in
+/// `monitor_logs/notification_fallback.jsonl`: one file, linked under the
+/// other name (once per process).
+fn link_audit_trail(fallback: &Path) {
+    static DONE: std::sync::Once = std::sync::Once::new();
+    DONE.call_once(|| {
+        let (Ok(project), Some(name)) = (
+            gates_core::project::Project::discover(),
+            fallback.file_name(),
+        ) else {
+            return;
+        };
+        let alias = project
+            .root
+            .join("notifications")
+            .join("fallback")
+            .join(name);
+        if alias != fallback {
+            if let Err(e) = gates_core::runlog::link(fallback, &alias) {
+                eprintln!("notify: {e:#}");
+            }
+        }
+    });
 }
 
 static SEQ: AtomicU64 = AtomicU64::new(0);

@@ -647,6 +647,18 @@ fn client_errors_are_not_retried() {
         "{reason}"
     );
     assert_eq!(p.out_copies().len(), 1);
+    // Seed 002's audit trail, notifications/fallback/, is the same file.
+    let seed_002 = p
+        .root()
+        .join("notifications/fallback/notification_fallback.jsonl");
+    assert!(std::fs::symlink_metadata(&seed_002)
+        .expect("notifications/fallback/ alias")
+        .file_type()
+        .is_symlink());
+    assert_eq!(
+        std::fs::read_to_string(&seed_002).expect("read alias"),
+        std::fs::read_to_string(p.fallback_file()).expect("read fallback")
+    );
     p.assert_nothing_lost(&[&r]);
 }
 
