@@ -15,8 +15,9 @@ pub enum Exit {
     GateRolledBack,
     /// 4: a rollback was needed and failed (the page-someone case).
     RollbackFailed,
-    /// 5: the watch ended without evaluating every gate (its window shorter
-    /// than a gate's, or no data): inconclusive, never a pass.
+    /// 5: the release is live but was not judged: the watch ended without
+    /// evaluating every auto-rollback gate (its window shorter than a gate's,
+    /// or no data), or deploy could not start the watch. Never a pass.
     Inconclusive,
     /// 6: the watch ended because its release was replaced (a newer deploy
     /// or a rollback) before the window closed: nothing was decided.
@@ -47,7 +48,8 @@ pub const EXIT_CODES_HELP: &str = "Exit codes:
   2   usage or configuration error
   3   a quality gate was violated and the rollback succeeded
   4   a rollback was needed and failed (page someone)
-  5   a watch ended inconclusive: some gate was never evaluated (window too short, no data)
+  5   live but not judged: a watch ended inconclusive (an auto-rollback gate was never
+      evaluated: window too short, no data), or deploy could not start its watch
   6   a watch was superseded: its release was replaced before the window closed
   75  another run holds the environment's lock";
 
