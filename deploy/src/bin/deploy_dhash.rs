@@ -64,10 +64,6 @@ deploy.planned (dry run), deploy.pruned; migrate.*, backup.*, service.* of the s
 {}",
         gates_core::exit::EXIT_CODES_HELP
     )
-    .replace(
-        "  5   a watch ended inconclusive",
-        "  5   deployed, but the T+60 watch did not start: LIVE BUT UNWATCHED (deploy_dhash);\n      a watch ended inconclusive",
-    )
 }
 
 /// Deploys a release bundle (dist/dhash-<tag>/) to an environment.
