@@ -355,3 +355,174 @@ fn npm_start_starts_the_installed_release_of_an_environment() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("already running"));
 }
+
+/// Records of `kind` in the environment's ledger.
+fn ledger(tp: &TestProject, env: &str, kind: &str) -> Vec<Value> {
+    tp.env(env).ledger().records(kind).unwrap()
+}
+
+/// The project's own gates file replaced by seconds-long windows: the watch
+/// that deploy_dhash starts in the background reads it.
+fn use_fast_gates(tp: &TestProject, env: &str) {
+    let fast = fast_gates(tp, env);
+    std::fs::copy(&fast, tp.root().join("quality-gates-config.json")).unwrap();
+}
+
+/// Issue 12: `deploy_dhash --env staging`, then `monitor_dhash --env
+/// staging`: one watcher (started by deploy, in the background), the second
+/// invocation attached and ending with the same result and exit code.
+#[test]
+fn a_monitor_after_a_plain_deploy_attaches_to_its_background_watch() {
+    let tp = TestProject::new();
+    link_scripts(&tp);
+    let env = "staging";
+    use_fast_gates(&tp, env);
+    tp.bundle("v1", &[]);
+    // Traffic (valid images only), so the rate gates decide within the window.
+    let mut load_cmd = tp.cmd("dhash-service");
+    load_cmd
+        .args(["load", "--env", env, "--rate", "5", "--duration", "40s"])
+        .args(["--mix", "valid=100"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let out = shell(
+        &tp,
+        &format!("./scripts/deploy_dhash.sh --env {env} --tag v1"),
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", describe("deploy", &out));
+    let evs = testkit::events(&out.stdout);
+    let detached = evs
+        .iter()
+        .find(|e| e["event"] == "monitor.detached")
+        .unwrap_or_else(|| panic!("{}", describe("deploy", &out)))
+        .clone();
+    let pid = detached["pid"].as_u64().unwrap() as u32;
+    assert!(testkit::pid_alive(pid));
+    let mut load = load_cmd.spawn().unwrap();
+
+    let out = shell(&tp, &format!("./scripts/monitor_dhash.sh --env {env}"))
+        .output()
+        .unwrap();
+    let _ = load.kill();
+    let _ = load.wait();
+    let evs = testkit::events(&out.stdout);
+    let attached: Vec<_> = evs
+        .iter()
+        .filter(|e| e["event"] == "monitor.attached")
+        .collect();
+    assert_eq!(attached.len(), 1, "{}", describe("monitor", &out));
+    assert_eq!(attached[0]["pid"].as_u64(), Some(pid as u64));
+    let completed: Vec<_> = evs
+        .iter()
+        .filter(|e| e["event"] == "monitor.completed")
+        .collect();
+    assert_eq!(completed.len(), 1, "{}", describe("monitor", &out));
+    assert_eq!(
+        completed[0]["pid"].as_u64(),
+        Some(pid as u64),
+        "the watcher's own result"
+    );
+    assert_eq!(
+        completed[0]["result"],
+        "passed",
+        "{}",
+        describe("monitor", &out)
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", describe("monitor", &out));
+    // One watcher: one window started and one completed in the ledger.
+    let windows = ledger(&tp, env, "monitor");
+    assert_eq!(
+        windows.iter().filter(|r| r["state"] == "started").count(),
+        1,
+        "{windows:?}"
+    );
+    assert!(
+        !testkit::pid_alive(pid),
+        "the watcher ended with its window"
+    );
+}
+
+/// Issue 12: a bad release under the background watcher deploy started is
+/// rolled back exactly once, while a monitor started by hand attaches and
+/// reports the same outcome (exit 3).
+#[test]
+fn a_bad_release_under_the_background_watch_is_rolled_back_once() {
+    let tp = TestProject::new();
+    link_scripts(&tp);
+    let env = "staging";
+    use_fast_gates(&tp, env);
+    let v1 = tp.bundle("v1", &[]);
+    tp.bundle("bad", &[("low_confidence_flood", "1500")]);
+    let out = shell(
+        &tp,
+        &format!("./scripts/deploy_dhash.sh --env {env} --tag v1 --no-monitor"),
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", describe("deploy v1", &out));
+    let stored: Vec<i64> = (0..3).map(|i| post_png(&tp, env, i * 50)).collect();
+
+    let out = shell(
+        &tp,
+        &format!("./scripts/deploy_dhash.sh --env {env} --tag bad"),
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", describe("deploy bad", &out));
+    assert!(
+        testkit::events(&out.stdout)
+            .iter()
+            .any(|e| e["event"] == "backup.verified"),
+        "a plain deploy over a running release backs it up first: {}",
+        describe("deploy bad", &out)
+    );
+    // Two operators follow the watch at once.
+    let a = shell(&tp, &format!("./scripts/monitor_dhash.sh --env {env}"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let b = shell(&tp, &format!("node scripts/monitor_dhash.js --env {env}"))
+        .output()
+        .unwrap();
+    let a = a.wait_with_output().unwrap();
+    for (who, out) in [("monitor a", &a), ("monitor b", &b)] {
+        assert_eq!(out.status.code(), Some(3), "{}", describe(who, out));
+        let evs = testkit::events(&out.stdout);
+        assert!(
+            evs.iter()
+                .any(|e| e["event"] == "monitor.completed" && e["result"] == "rolled-back"),
+            "{}",
+            describe(who, out)
+        );
+    }
+    let v1_id: String =
+        serde_json::from_slice::<Value>(&std::fs::read(v1.join("release.json")).unwrap()).unwrap()
+            ["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    assert_eq!(health(&tp, env)["release"], v1_id.as_str());
+    let completed: Vec<_> = ledger(&tp, env, "rollback")
+        .into_iter()
+        .filter(|r| r["result"] == "completed")
+        .collect();
+    assert_eq!(completed.len(), 1, "exactly one rollback: {completed:?}");
+    let incidents = std::fs::read_dir(tp.env(env).log_dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("incident_"))
+        .count();
+    assert_eq!(incidents, 1);
+    let conn = rusqlite::Connection::open(tp.env(env).database).unwrap();
+    for id in stored {
+        let n: i64 = conn
+            .query_row("SELECT COUNT(*) FROM hashes WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(n, 1, "hash {id} is still there");
+    }
+}
