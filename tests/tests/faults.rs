@@ -248,7 +248,9 @@ impl Run {
         } else if self.killed {
             None
         } else if let Some(sig) = self.signal {
-            Some(format!("died of signal {sig}, not sent by the matrix (no documented exit code)"))
+            Some(format!(
+                "died of signal {sig}, not sent by the matrix (no documented exit code)"
+            ))
         } else if !self.code.is_some_and(|c| DOCUMENTED.contains(&c)) {
             Some(format!(
                 "exit code {:?} is not in the documented table",
