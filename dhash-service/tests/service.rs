@@ -1318,9 +1318,9 @@ fn load_driver_moves_the_counters() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("no request reached"));
 }
 
-/// dHash agreement with Python's `imagehash.dhash` on generated images.
-#[path = "imagehash.rs"]
-mod imagehash;
 /// The service under abusive clients: header and body limits, slow readers.
 #[path = "hardening.rs"]
 mod hardening;
+/// dHash agreement with Python's `imagehash.dhash` on generated images.
+#[path = "imagehash.rs"]
+mod imagehash;

@@ -14,12 +14,12 @@ pub mod lock;
 pub mod probe;
 pub mod project;
 pub mod redact;
-pub mod runlog;
 pub mod release;
+pub mod runlog;
 pub mod sample;
-pub mod watch;
 #[cfg(unix)]
 pub mod service;
+pub mod watch;
 
 pub use event::{Emitter, Event, Level};
 pub use exit::{Exit, ToolError};

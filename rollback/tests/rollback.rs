@@ -782,12 +782,17 @@ fn a_fifo_or_a_folder_as_the_backup_is_named_and_refused_promptly() {
         for extra in [&["--dry-run"][..], &["--force"][..]] {
             let t0 = std::time::Instant::now();
             let mut cmd = rb(&tp);
-            cmd.args(["--env", "staging", "--backup"]).arg(path).args(extra);
+            cmd.args(["--env", "staging", "--backup"])
+                .arg(path)
+                .args(extra);
             let out = run(&mut cmd);
             assert!(t0.elapsed() < std::time::Duration::from_secs(15));
             assert_eq!(out.status.code(), Some(1), "{}", show(&out));
             let err = String::from_utf8_lossy(&out.stderr);
-            assert!(err.contains(what) && !err.contains("does not exist"), "{err}");
+            assert!(
+                err.contains(what) && !err.contains("does not exist"),
+                "{err}"
+            );
         }
     }
 }
