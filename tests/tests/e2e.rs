@@ -106,8 +106,19 @@ fn quick_deploy_good_then_bad_rolls_back_to_good() {
         .unwrap()
     };
 
-    // From empty state: the good release, a short window, exit 0.
-    let out = quick_deploy("good", 4);
+    // From empty state: the good release, a short window under traffic (so
+    // every gate is evaluated: no traffic would be inconclusive, exit 5), exit 0.
+    let mut load = tp
+        .cmd("dhash-service")
+        .args(["load", "--env", env, "--rate", "5", "--duration", "60s"])
+        .args(["--mix", "valid=100"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = quick_deploy("good", 8);
+    let _ = load.kill();
+    let _ = load.wait();
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -115,6 +126,27 @@ fn quick_deploy_good_then_bad_rolls_back_to_good() {
         describe("quick-deploy good", &out)
     );
     assert_eq!(health(&tp, env)["release"], good_id.as_str());
+    // stdout is JSON lines only (`./quick-deploy.sh ... | jq` works), each
+    // event once, ending with the watch's result.
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}")))
+        .collect();
+    assert!(lines
+        .iter()
+        .all(|v| v["event"].is_string() && v["ts"].is_string()));
+    let verified = lines
+        .iter()
+        .filter(|v| v["event"] == "backup.verified")
+        .count();
+    assert_eq!(verified, 1, "the backup's events pass through once: {text}");
+    assert!(
+        lines
+            .iter()
+            .any(|v| v["event"] == "monitor.completed" && v["result"] == "passed"),
+        "{text}"
+    );
     let stored: Vec<i64> = (0..4).map(|i| post_png(&tp, env, i * 40)).collect();
 
     // The bad release: the monitor trips, rolls back, exit 3.
