@@ -2013,5 +2013,58 @@ mod props {
                 prop_assert!(e.is_err(), "{name} cut at {at} must not load");
             }
         }
+
+        /// Events on stdin (issue 13): any bytes, split in lines, give one
+        /// item per non-blank line with its own line number, never a panic;
+        /// an object with the envelope is an event, any other object is
+        /// forwarded as `Other`, anything else is `Malformed`.
+        #[test]
+        fn upstream_lines_never_panic_and_keep_their_numbers(
+            lines in prop::collection::vec(upstream_line(), 0..24)
+        ) {
+            let mut input = Vec::new();
+            for l in &lines {
+                input.extend_from_slice(l);
+                input.push(b'\n');
+            }
+            let items: Vec<_> =
+                gates_core::event::read_upstream(std::io::Cursor::new(input)).collect();
+            let expected: Vec<usize> = lines
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| !String::from_utf8_lossy(l).trim().is_empty())
+                .map(|(i, _)| i + 1)
+                .collect();
+            let got: Vec<usize> = items
+                .iter()
+                .map(|u| match u {
+                    gates_core::event::Upstream::Event { line_no, .. }
+                    | gates_core::event::Upstream::Other { line_no, .. }
+                    | gates_core::event::Upstream::Malformed { line_no, .. } => *line_no,
+                })
+                .collect();
+            prop_assert_eq!(got, expected);
+            for u in &items {
+                if let gates_core::event::Upstream::Malformed { raw, .. } = u {
+                    let parsed = serde_json::from_str::<Value>(raw);
+                    prop_assert!(!matches!(parsed, Ok(Value::Object(_))), "{raw}");
+                }
+            }
+        }
+    }
+
+    /// A line of stdin: an envelope-shaped event, another JSON value, or raw bytes.
+    fn upstream_line() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            (key(), key(), any::<i64>()).prop_map(|(tool, ev, n)| serde_json::json!({
+                "ts": "2026-12-02T00:00:00Z", "tool": tool, "env": "production",
+                "event": format!("{ev}.done"), "level": "info", "msg": n.to_string()
+            })
+            .to_string()
+            .into_bytes()),
+            json().prop_map(|v| v.to_string().into_bytes()),
+            prop::collection::vec(any::<u8>(), 0..64)
+                .prop_map(|b| b.into_iter().filter(|c| *c != b'\n').collect()),
+        ]
     }
 }
