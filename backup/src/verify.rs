@@ -741,3 +741,45 @@ mod tests {
         assert!(!link_stays_inside("data/link", "/etc/passwd"));
     }
 }
+
+/// Property tests (issue 13): a backup's bytes, or the manifest inside a
+/// well-formed zip, can be anything; reading them is an error value, never a
+/// panic.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+    use std::io::Write;
+
+    fn zip_with_manifest(text: &[u8]) -> Vec<u8> {
+        let mut zw = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        zw.start_file(MANIFEST, zip::write::SimpleFileOptions::default())
+            .expect("start");
+        zw.write_all(text).expect("write");
+        zw.finish().expect("finish").into_inner()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn arbitrary_bytes_are_not_a_backup(bytes in prop::collection::vec(any::<u8>(), 0..4096)) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("dhash_production_x.zip");
+            std::fs::write(&path, &bytes).expect("write");
+            prop_assert!(read_manifest(&path).is_err());
+        }
+
+        #[test]
+        fn any_manifest_text_is_parsed_or_refused(text in prop_oneof![
+            "\\PC{0,200}",
+            prop::collection::btree_map("[a-z_]{1,10}", "\\PC{0,12}", 0..6)
+                .prop_map(|m| serde_json::to_string(&m).expect("json")),
+        ]) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("dhash_production_x.zip");
+            std::fs::write(&path, zip_with_manifest(text.as_bytes())).expect("write");
+            let _ = read_manifest(&path);
+        }
+    }
+}

@@ -294,7 +294,7 @@ fn row_sample(
         .deserialize(Some(headers))
         .map_err(|e| anyhow!("{name}: line {line}: {e}"))?;
     row.to_sample()
-        .map_err(|e| anyhow!("{name}: sample at t_ms {}: {e}", row.t_ms))
+        .map_err(|e| anyhow!("{name}: line {line} (sample at t_ms {}): {e}", row.t_ms))
 }
 
 /// Writes samples as CSV (used by tests and the benchmark generator).
@@ -383,5 +383,79 @@ mod tests {
         assert!(results[0].is_ok());
         let err = format!("{:#}", results[1].as_ref().expect_err("bad number"));
         assert!(err.contains("bad.csv: line 3"), "{err}");
+    }
+}
+
+/// Property tests (issue 13): whatever a recording holds, reading it gives
+/// samples or errors that name the line, never a panic.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn read_all(bytes: &[u8]) -> Vec<Result<Sample, String>> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("rec.csv");
+        std::fs::write(&path, bytes).expect("write");
+        match read_samples(&path) {
+            Err(e) => vec![Err(format!("{e:#}"))],
+            Ok(it) => it.map(|r| r.map_err(|e| format!("{e:#}"))).collect(),
+        }
+    }
+
+    fn cell() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[0-9.eE+-]{0,14}",
+            "\\PC{0,16}",
+            Just(String::new()),
+            Just("NaN".to_string()),
+            Just("inf".to_string()),
+            Just("1e309".to_string()),
+            Just("-1".to_string()),
+            Just("ok".to_string()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..2048)) {
+            read_all(&bytes);
+        }
+
+        #[test]
+        fn csv_rows_of_any_cells_are_samples_or_errors_naming_their_line(
+            rows in prop::collection::vec(
+                prop::collection::vec(cell(), HEADER.len()..=HEADER.len()), 1..6)
+        ) {
+            let mut w = csv::Writer::from_writer(Vec::new());
+            w.write_record(HEADER).expect("header");
+            for r in &rows {
+                w.write_record(r).expect("row");
+            }
+            let bytes = w.into_inner().expect("csv");
+            for (i, r) in read_all(&bytes).iter().enumerate() {
+                if let Err(e) = r {
+                    prop_assert!(e.contains(&format!("line {}", i + 2)), "{e}");
+                }
+            }
+        }
+
+        #[test]
+        fn json_lines_of_any_objects_never_panic(
+            rows in prop::collection::vec(
+                prop::collection::btree_map("[a-z_]{1,12}", cell(), 0..8), 1..6)
+        ) {
+            let text: String = rows
+                .iter()
+                .map(|m| format!("{}\n", serde_json::to_string(m).expect("json")))
+                .collect();
+            for (i, r) in read_all(text.as_bytes()).iter().enumerate() {
+                if let Err(e) = r {
+                    prop_assert!(e.contains(&format!("line {}", i + 1)), "{e}");
+                }
+            }
+        }
     }
 }
