@@ -416,6 +416,8 @@ timeout 2 tail -f logs/deploy_*.log || [ $? -eq 124 ]
     .expect("health answers JSON");
     assert_eq!(health["status"], "ok", "{health}");
     c.post_images("production", 1..6);
+    // Stored before every backup that follows: a rollback to any of them keeps them.
+    let posted = c.rows("production");
     // From here on both services are in use, as in production.
     let _traffic = Traffic::start(&c);
     c.run(
@@ -443,7 +445,6 @@ node scripts/notify.js --type test --env staging --message "Test message" --dry-
     );
 
     // Seed 002, "Emergency Rollback".
-    let posted = c.rows("production");
     c.run(
         "seed002 emergency rollback",
         r#"
@@ -578,11 +579,11 @@ echo "Rollback completed at: $(date -Iseconds)" >> session.log
     );
 
     // Seed 000: manual rollback with staging and production backups present.
+    let before = c.rows("production");
     c.run(
         "backups of both",
         "./scripts/backup_dhash.sh --env staging\n./scripts/backup_dhash.sh --env production",
     );
-    let before = c.rows("production");
     c.post_images("production", 20..24);
     let backup = c.newest_production_backup();
     c.run(
