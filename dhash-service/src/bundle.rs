@@ -59,22 +59,7 @@ pub fn release_id(tag: &str, files: &BTreeMap<String, String>) -> String {
     format!("{tag}-{}", &sha256_hex(text.as_bytes())[..8])
 }
 
-pub fn validate_tag(tag: &str) -> Result<(), String> {
-    let ok = !tag.is_empty()
-        && tag.len() <= 100
-        && !tag.starts_with('.')
-        && !tag.starts_with('-')
-        && tag
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid tag {tag:?}: use letters, digits, '.', '_' and '-' (not first), at most 100 characters"
-        ))
-    }
-}
+pub use gates_core::release::validate_tag;
 
 /// A migration file name: `NNNN_name.up.sql` or `NNNN_name.down.sql`.
 pub fn parse_migration_name(file: &str) -> Option<(i64, bool)> {

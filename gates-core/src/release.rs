@@ -12,6 +12,26 @@ use serde::{Deserialize, Serialize};
 
 pub const MANIFEST: &str = "release.json";
 
+/// Whether `tag` may name a release: letters, digits, '.', '_' and '-' (not
+/// first, so it never reads as an option or a hidden file), at most 100
+/// characters. The bundle builder, deploy and migrate all check tags here.
+pub fn validate_tag(tag: &str) -> Result<(), String> {
+    let ok = !tag.is_empty()
+        && tag.len() <= 100
+        && !tag.starts_with('.')
+        && !tag.starts_with('-')
+        && tag
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid tag {tag:?}: use letters, digits, '.', '_' and '-' (not first), at most 100 characters"
+        ))
+    }
+}
+
 /// `release.json` (unknown fields are ignored).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReleaseManifest {

@@ -72,20 +72,7 @@ pub fn resolve(
 /// A tag as `dhash-service bundle` accepts it (checked here too: a tag is
 /// passed to git, and must never read as an option).
 pub fn validate_tag(tag: &str) -> anyhow::Result<()> {
-    let ok = !tag.is_empty()
-        && tag.len() <= 100
-        && !tag.starts_with('.')
-        && !tag.starts_with('-')
-        && tag
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(usage_error(format!(
-            "invalid tag {tag:?}: use letters, digits, '.', '_' and '-' (not first), at most 100 characters"
-        )))
-    }
+    gates_core::release::validate_tag(tag).map_err(usage_error)
 }
 
 fn existing(dist: &Path, tag: &str) -> Option<PathBuf> {
