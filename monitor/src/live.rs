@@ -877,23 +877,15 @@ impl Watch<'_> {
         let resuming = dhash_rollback::pending(self.env).ok().flatten().is_some();
         if let (Some(r), false) = (self.release.clone(), resuming) {
             if !dhash_rollback::is_current(self.env, &r) {
-                return match dhash_rollback::rollback_release(
+                let result = dhash_rollback::rollback_release(
                     self.project,
                     self.env,
                     &lock,
                     &opts,
                     &r,
                     self.em,
-                ) {
-                    Ok(dhash_rollback::RollbackOutcome::Skipped { reason, .. }) => {
-                        self.log.line(&format!("Rollback skipped: {reason}"));
-                        Outcome::Superseded(reason)
-                    }
-                    Ok(dhash_rollback::RollbackOutcome::Done(report)) => {
-                        self.after_rollback(Some(cause), &reason, others, Ok(report))
-                    }
-                    Err(e) => self.after_rollback(Some(cause), &reason, others, Err(e)),
-                };
+                );
+                return self.settle(cause, &reason, others, result);
             }
         }
         self.timeline.rollback_initiated = Some(gates_core::event::now_rfc3339());
@@ -915,15 +907,27 @@ impl Watch<'_> {
                 .map(dhash_rollback::RollbackOutcome::Done),
         };
         drop(lock);
+        self.settle(cause, &reason, others, result)
+    }
+
+    /// The watch's outcome of a rollback it asked for: skipped (the release
+    /// was no longer current: superseded), done, or failed.
+    fn settle(
+        &mut self,
+        cause: &Decision,
+        reason: &str,
+        others: &[Decision],
+        result: anyhow::Result<dhash_rollback::RollbackOutcome>,
+    ) -> Outcome {
         match result {
             Ok(dhash_rollback::RollbackOutcome::Skipped { reason, .. }) => {
                 self.log.line(&format!("Rollback skipped: {reason}"));
                 Outcome::Superseded(reason)
             }
             Ok(dhash_rollback::RollbackOutcome::Done(report)) => {
-                self.after_rollback(Some(cause), &reason, others, Ok(report))
+                self.after_rollback(Some(cause), reason, others, Ok(report))
             }
-            Err(e) => self.after_rollback(Some(cause), &reason, others, Err(e)),
+            Err(e) => self.after_rollback(Some(cause), reason, others, Err(e)),
         }
     }
 
