@@ -74,6 +74,9 @@ pub struct DeployReport {
     pub backup: Option<PathBuf>,
     pub migrations: Vec<i64>,
     pub health_checked: bool,
+    /// The release was already serving, recorded healthy and answering:
+    /// nothing was switched, restarted or backed up.
+    pub unchanged: bool,
 }
 
 /// `DHASH_TEST_CRASH_AT=<point>` kills the process with SIGKILL at that
@@ -148,7 +151,15 @@ pub fn run_tool(opts: &DeployOptions) -> anyhow::Result<Exit> {
         em.human(&format!("log: {}", l.path().display()));
     }
     let result = deploy(&project, env, opts, upstream, &resolved.bundle, &em).and_then(|report| {
-        if opts.no_monitor {
+        if report.unchanged {
+            // Nothing changed, so no new window: a watch of this release
+            // that is still running keeps its own.
+            em.human(&format!(
+                "nothing was deployed, so no new T+60 watch; `monitor_dhash --env {}` attaches to one still running",
+                env.name
+            ));
+            Ok(Exit::Ok)
+        } else if opts.no_monitor {
             em.human(&format!(
                 "--no-monitor: no T+60 watch was started; start one with `monitor_dhash --env {}`",
                 env.name
@@ -1500,6 +1511,52 @@ fn restore_backup(
 
 /// The deploy itself (not a dry run) of the bundle `b` (see
 /// [`resolve_bundle`]); the caller has run the configuration preflight.
+/// Act once: the release asked for already serves, is recorded healthy and
+/// answers health now (checked under the lock). A second deploy of it (a
+/// rerun, a second operator) is a no-op that says so: no backup, no switch,
+/// no restart. A current release that is unhealthy is deployed again (a repair).
+fn already_serving(
+    env: &EnvConfig,
+    st: &ReleasesState,
+    id: &str,
+    tag: &str,
+    em: &Emitter,
+) -> Option<DeployReport> {
+    let healthy = st
+        .releases
+        .get(id)
+        .is_some_and(|r| r.state == gates_core::release::state::HEALTHY);
+    if !healthy
+        || gates_core::probe::probe_health(&env.health_url, env.health.timeout)
+            != Health::Ok
+    {
+        return None;
+    }
+    let msg = format!(
+        "{id} is already live on {} and healthy: nothing to change (no backup, switch or restart)",
+        env.name
+    );
+    em.emit(
+        "deploy.unchanged",
+        Level::Info,
+        msg,
+        json!({"release": id, "tag": tag}),
+    );
+    let _ = env.ledger().append(
+        "deploy",
+        json!({"release": id, "tag": tag, "from": id, "result": "unchanged"}),
+    );
+    Some(DeployReport {
+        release: id.to_string(),
+        tag: tag.to_string(),
+        from: Some(id.to_string()),
+        backup: None,
+        migrations: Vec::new(),
+        health_checked: true,
+        unchanged: true,
+    })
+}
+
 pub fn deploy(
     project: &Project,
     env: &EnvConfig,
@@ -1588,6 +1645,11 @@ pub fn deploy(
     fs::create_dir_all(env.releases_dir())
         .with_context(|| format!("creating {}", env.releases_dir().display()))?;
     let current = state::current_id(env);
+    if interrupted.is_none() && current.as_deref() == Some(id.as_str()) {
+        if let Some(report) = already_serving(env, &st, &id, &b.manifest.tag, em) {
+            return Ok(report);
+        }
+    }
 
     let mut from = current.clone();
     let mut backup = upstream_backup;
@@ -1891,5 +1953,6 @@ pub fn deploy(
         backup: run.backup.clone(),
         migrations: run.journal.migrations_applied.clone(),
         health_checked: !opts.skip_health_check,
+        unchanged: false,
     })
 }

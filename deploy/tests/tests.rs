@@ -1400,3 +1400,40 @@ fn a_fifo_in_a_bundle_is_refused_without_blocking() {
     assert!(started.elapsed() < Duration::from_secs(60), "never blocked");
     assert!(!tp.env("staging").releases_dir().exists());
 }
+
+/// Act once (fault matrix: two deploys of one release both switched and
+/// restarted): deploying the release that already serves, healthy, is a
+/// no-op that says so: no backup, no switch, no restart, no new watch.
+#[test]
+fn deploying_the_release_already_serving_changes_nothing() {
+    let tp = project();
+    bundle(&tp, "v1", &[], &[]);
+    deploy(&tp, &["--tag", "v1"]).expect(0);
+    let env = tp.env("staging");
+    let pid = gates_core::service::running_pid(&env).expect("running");
+    let backups = |tp: &TestProject| {
+        fs::read_dir(tp.root().join("backups"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let before = backups(&tp);
+    // Without --no-monitor: an unchanged release starts no new watch either.
+    let r = deploy_cmd_env_monitor(&tp, &["--tag", "v1"]);
+    r.expect(0);
+    r.one("deploy.unchanged");
+    assert!(r.of("deploy.switched").is_empty(), "{}", r.stdout);
+    assert!(r.of("backup.verified").is_empty(), "{}", r.stdout);
+    assert!(r.of("monitor.detached").is_empty(), "{}", r.stdout);
+    assert_eq!(
+        gates_core::service::running_pid(&env),
+        Some(pid),
+        "no restart"
+    );
+    assert_eq!(backups(&tp), before, "no backup taken");
+    // A serving release that does not answer health is deployed again (a repair).
+    gates_core::service::stop(&env, &gates_core::Emitter::sink("test", "staging")).expect("stop");
+    let r = deploy(&tp, &["--tag", "v1"]);
+    r.expect(0);
+    assert!(r.of("deploy.unchanged").is_empty(), "{}", r.stdout);
+    r.one("deploy.healthy");
+}
