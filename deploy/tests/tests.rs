@@ -347,16 +347,22 @@ fn deploy_v1_then_v2_with_a_schema_change() {
     assert_eq!(st["last_known_good"], v2.as_str());
     assert_eq!(st["releases"][&v1]["state"], "healthy");
 
-    // Redeploying the current release without the health wait: installed
-    // copy verified and kept, restarted, recorded as unverified.
-    let r = deploy(&tp, &["--tag", "v2", "--skip-health-check"]);
+    // Redeploying the current, healthy release changes nothing (act once).
+    let r = deploy(&tp, &["--tag", "v2"]);
+    r.expect(0);
+    r.one("deploy.unchanged");
+    assert!(r.of("deploy.switched").is_empty());
+
+    // Back to the installed v1 without the health wait: installed copy
+    // verified and kept, restarted, recorded as unverified.
+    let r = deploy(&tp, &["--tag", "v1", "--skip-health-check"]);
     r.expect(0);
     assert_eq!(r.one("deploy.installed")["copied"], false);
     assert_eq!(r.one("deploy.healthy")["health_checked"], false);
     assert!(r.of("health.checked").is_empty());
-    assert_eq!(r.one("deploy.started")["switch_back_to"], v1.as_str());
-    assert_eq!(state(&tp)["releases"][&v2]["state"], "unverified");
-    assert_eq!(health(&tp)["release"], v2.as_str());
+    assert_eq!(r.one("deploy.started")["switch_back_to"], v2.as_str());
+    assert_eq!(state(&tp)["releases"][&v1]["state"], "unverified");
+    assert_eq!(health(&tp)["release"], v1.as_str());
 }
 
 #[test]
@@ -918,12 +924,13 @@ fn no_tag_deploys_the_checkout_building_its_bundle_once_per_commit() {
     assert_eq!(health(&tp)["release"], first.as_str());
     assert_eq!(db_version(&tp), Some(2));
 
-    // The same commit again: the bundle is reused, not rebuilt.
+    // The same commit again: the bundle is reused, not rebuilt, and the
+    // release already serving is not deployed twice.
     let r = deploy(&tp, &[]);
     r.expect(0);
     assert!(r.of("bundle.created").is_empty(), "{}", r.stderr);
     assert!(r.stderr.contains("reusing"), "{}", r.stderr);
-    assert_eq!(r.one("deploy.healthy")["release"], first.as_str());
+    assert_eq!(r.one("deploy.unchanged")["release"], first.as_str());
 
     // A change to the release's inputs, not committed: never the clean
     // commit's bundle; a -dirty one, built from the work tree.
@@ -1151,14 +1158,15 @@ exec sleep 30"#,
 #[test]
 fn a_watch_that_does_not_start_is_loud_and_exits_5() {
     let tp = project();
-    let v1 = release_id(&bundle(&tp, "v1", &[], &[]));
-    for monitor in [
-        fake_monitor(&tp, "echo cannot >&2; exit 2"),
-        tp.root().join("no-such-monitor"),
+    // A new release each time: redeploying the serving one would change nothing.
+    for (tag, monitor) in [
+        ("v1", fake_monitor(&tp, "echo cannot >&2; exit 2")),
+        ("v2", tp.root().join("no-such-monitor")),
     ] {
+        let v1 = release_id(&bundle(&tp, tag, &[], &[]));
         let r: Run = tp
             .cmd_path(Path::new(BIN))
-            .args(["--env", "staging", "--tag", "v1"])
+            .args(["--env", "staging", "--tag", tag])
             .env("DHASH_MONITOR_BIN", &monitor)
             .output()
             .expect("run")
@@ -1350,12 +1358,13 @@ fn the_real_monitor_is_started_detached_and_stops_on_kill() {
     assert_eq!(watch["release"], v1.as_str());
     assert_eq!(d["log"], watch["log"]);
 
-    // A redeploy of the same release keeps that watch (no second watcher).
+    // A redeploy of the same release changes nothing and keeps that watch
+    // (no second watcher).
     let r = deploy_cmd_env_monitor(&tp, &["--tag", "v1"]);
     r.expect(0);
-    let again = r.one("monitor.detached");
-    assert_eq!(again["pid"].as_u64(), Some(u64::from(pid)));
-    assert_eq!(again["existing"], true);
+    r.one("deploy.unchanged");
+    assert!(r.of("monitor.detached").is_empty(), "{}", r.stdout);
+    assert!(testkit::pid_alive(pid), "the first watch goes on");
 
     // `kill <pid>` stops it cleanly (seed 004).
     drop(guard);
