@@ -1527,8 +1527,7 @@ fn already_serving(
         .get(id)
         .is_some_and(|r| r.state == gates_core::release::state::HEALTHY);
     if !healthy
-        || gates_core::probe::probe_health(&env.health_url, env.health.timeout)
-            != Health::Ok
+        || gates_core::probe::probe_health(&env.health_url, env.health.timeout) != Health::Ok
     {
         return None;
     }
