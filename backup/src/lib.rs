@@ -126,12 +126,5 @@ impl Manifest {
     }
 }
 
-/// `DHASH_TEST_CRASH_AT=<point>` kills the process with SIGKILL at that named
-/// point, so tests can crash a run deterministically (the same as `kill -9`).
-pub fn crash_point(point: &str) {
-    if std::env::var("DHASH_TEST_CRASH_AT").is_ok_and(|v| v == point) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL);
-        // SIGKILL cannot be caught; this line is never reached.
-        std::process::abort();
-    }
-}
+/// See [`gates_core::crash`]: the one definition of the test crash points.
+pub use gates_core::crash::crash_point;

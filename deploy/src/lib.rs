@@ -91,8 +91,7 @@ pub fn crash_point(em: &Emitter, point: &str) {
         em.human(&format!(
             "DHASH_TEST_CRASH_AT={point}: killing this process (SIGKILL)"
         ));
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL);
-        std::process::abort();
+        gates_core::crash::crash_point(point);
     }
 }
 

@@ -692,6 +692,21 @@ fn killed_while_installing_or_after_migrating_then_rerun_finishes() {
     assert_eq!(current_target(&tp).as_deref(), Some(v2.as_str()));
     assert_eq!(db_version(&tp), Some(4));
     rerun(&tp, "v3", &v3);
+
+    // Killed between spawning the new service and writing its pidfile: the
+    // rerun stops the service nothing names (it holds the port) and ends
+    // with exactly one, the pidfile's.
+    let v4 = release_id(&bundle(&tp, "v4", &[], &[NOTE, LABELS]));
+    crash(&tp, "v4", "service-spawned");
+    rerun(&tp, "v4", &v4);
+    let env = tp.env("staging");
+    let pid = gates_core::service::running_pid(&env);
+    assert!(pid.is_some());
+    assert_eq!(
+        gates_core::service::service_processes(&env),
+        pid.into_iter().collect::<Vec<_>>(),
+        "stray services after the rerun"
+    );
     let deploys = ledger(&tp, "deploy");
     assert!(deploys
         .iter()

@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod crash;
 pub mod duration;
 pub mod event;
 pub mod exit;

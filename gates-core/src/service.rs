@@ -17,6 +17,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -263,6 +264,7 @@ fn start_local(env: &EnvConfig, bind: &str, em: &Emitter) -> anyhow::Result<()> 
             bin.display()
         );
     }
+    stop_orphans(env, None, em)?;
     check_port_free(bind, &pid_file)?;
     fs::create_dir_all(&env.data_dir)
         .with_context(|| format!("creating {}", env.data_dir.display()))?;
@@ -306,6 +308,9 @@ fn start_local(env: &EnvConfig, bind: &str, em: &Emitter) -> anyhow::Result<()> 
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
     let pid = child.id();
+    // A kill here leaves a service no pidfile names: `stop` and the next
+    // `start` find it by its command line (see `service_processes`).
+    crate::crash::crash_point("service-spawned");
     if let Err(e) = crate::fsutil::write_atomic(&pid_file, format!("{pid}\n").as_bytes()) {
         terminate(&mut child);
         return Err(e.context("writing the pidfile"));
@@ -358,6 +363,12 @@ fn start_local(env: &EnvConfig, bind: &str, em: &Emitter) -> anyhow::Result<()> 
 }
 
 fn stop_local(env: &EnvConfig, em: &Emitter) -> anyhow::Result<()> {
+    let stopped = stop_pidfile_service(env, em)?;
+    stop_orphans(env, stopped, em)
+}
+
+/// Stops the service `service.pid` names; returns its pid when it was running.
+fn stop_pidfile_service(env: &EnvConfig, em: &Emitter) -> anyhow::Result<Option<u32>> {
     let (_, stop_timeout) = env.service.timeouts();
     let t0 = Instant::now();
     let pid_file = env.pid_file();
@@ -370,7 +381,7 @@ fn stop_local(env: &EnvConfig, em: &Emitter) -> anyhow::Result<()> {
                 format!("{} service was not running (no pidfile)", env.name),
                 json!({"was_running": false}),
             );
-            return Ok(());
+            return Ok(None);
         }
         Err(e) => {
             let _ = fs::remove_file(&pid_file);
@@ -380,7 +391,7 @@ fn stop_local(env: &EnvConfig, em: &Emitter) -> anyhow::Result<()> {
                 format!("{} service: unreadable pidfile removed ({e:#})", env.name),
                 json!({"was_running": false, "stale_pidfile": true}),
             );
-            return Ok(());
+            return Ok(None);
         }
     };
     match process_cmdline(pid) {
@@ -395,7 +406,7 @@ fn stop_local(env: &EnvConfig, em: &Emitter) -> anyhow::Result<()> {
                 ),
                 json!({"pid": pid, "was_running": false, "stale_pidfile": true}),
             );
-            return Ok(());
+            return Ok(None);
         }
         Some(cmd) if !cmd.contains(SERVICE_BINARY) => {
             let _ = fs::remove_file(&pid_file);
@@ -409,36 +420,12 @@ fn stop_local(env: &EnvConfig, em: &Emitter) -> anyhow::Result<()> {
                 ),
                 json!({"pid": pid, "was_running": false, "stale_pidfile": true, "recycled_pid": true}),
             );
-            return Ok(());
+            return Ok(None);
         }
         Some(_) => {}
     }
 
-    let npid = pid_of(pid)?;
-    let mut signal = "SIGTERM";
-    if let Err(e) = kill(npid, Signal::SIGTERM) {
-        if e != nix::errno::Errno::ESRCH {
-            bail!("cannot signal pid {pid}: {e}");
-        }
-    }
-    if !wait_gone(pid, stop_timeout) {
-        signal = "SIGKILL";
-        em.emit(
-            "service.stop-escalated",
-            Level::Warning,
-            format!(
-                "{} service pid {pid} ignored SIGTERM for {}; sending SIGKILL",
-                env.name,
-                crate::duration::human(stop_timeout)
-            ),
-            json!({"pid": pid}),
-        );
-        let _ = killpg(npid, Signal::SIGKILL);
-        let _ = kill(npid, Signal::SIGKILL);
-        if !wait_gone(pid, Duration::from_secs(5)) {
-            bail!("pid {pid} is still running after SIGKILL");
-        }
-    }
+    let signal = terminate_pid(env, pid, stop_timeout, em)?;
     let _ = fs::remove_file(&pid_file);
     em.emit(
         "service.stopped",
@@ -446,7 +433,105 @@ fn stop_local(env: &EnvConfig, em: &Emitter) -> anyhow::Result<()> {
         format!("{} service pid {pid} stopped ({signal})", env.name),
         json!({"pid": pid, "was_running": true, "signal": signal, "seconds": secs(t0.elapsed())}),
     );
+    Ok(Some(pid))
+}
+
+/// SIGTERM, then after `stop_timeout` SIGKILL; returns the signal that ended it.
+fn terminate_pid(
+    env: &EnvConfig,
+    pid: u32,
+    stop_timeout: Duration,
+    em: &Emitter,
+) -> anyhow::Result<&'static str> {
+    let npid = pid_of(pid)?;
+    if let Err(e) = kill(npid, Signal::SIGTERM) {
+        if e != nix::errno::Errno::ESRCH {
+            bail!("cannot signal pid {pid}: {e}");
+        }
+    }
+    if wait_gone(pid, stop_timeout) {
+        return Ok("SIGTERM");
+    }
+    em.emit(
+        "service.stop-escalated",
+        Level::Warning,
+        format!(
+            "{} service pid {pid} ignored SIGTERM for {}; sending SIGKILL",
+            env.name,
+            crate::duration::human(stop_timeout)
+        ),
+        json!({"pid": pid}),
+    );
+    let _ = killpg(npid, Signal::SIGKILL);
+    let _ = kill(npid, Signal::SIGKILL);
+    if !wait_gone(pid, Duration::from_secs(5)) {
+        bail!("pid {pid} is still running after SIGKILL");
+    }
+    Ok("SIGKILL")
+}
+
+/// Stops this environment's services that no pidfile names (`except`: the
+/// one the pidfile named). A tool killed between spawning the service and
+/// writing `service.pid` leaves one behind, holding the port; nothing else
+/// would ever stop it.
+fn stop_orphans(env: &EnvConfig, except: Option<u32>, em: &Emitter) -> anyhow::Result<()> {
+    let (_, stop_timeout) = env.service.timeouts();
+    for pid in service_processes(env)
+        .into_iter()
+        .filter(|p| Some(*p) != except)
+    {
+        let t0 = Instant::now();
+        let signal = terminate_pid(env, pid, stop_timeout, em)?;
+        em.emit(
+            "service.stopped",
+            Level::Warning,
+            format!(
+                "{} service pid {pid} was running without a pidfile (left by an interrupted run); stopped it ({signal})",
+                env.name
+            ),
+            json!({"pid": pid, "was_running": true, "orphan": true, "signal": signal,
+                   "seconds": secs(t0.elapsed())}),
+        );
+    }
     Ok(())
+}
+
+/// Live `dhash-service serve` processes started for this environment: their
+/// `--data-dir` argument is the environment's data dir. Read from `/proc`;
+/// empty where there is none (the pidfile is then the only record).
+pub fn service_processes(env: &EnvConfig) -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let want = env.data_dir.as_os_str().as_encoded_bytes();
+    let mut found = Vec::new();
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(raw) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
+        let is_service = args.first().is_some_and(|a0| {
+            Path::new(std::ffi::OsStr::from_bytes(a0))
+                .file_name()
+                .is_some_and(|n| n == SERVICE_BINARY)
+        }) && args.get(1) == Some(&&b"serve"[..]);
+        let ours = args
+            .windows(2)
+            .any(|w| w[0] == b"--data-dir" && w[1] == want);
+        // A zombie keeps no cmdline, so it never matches; check liveness anyway.
+        if is_service && ours && pid > 1 && process_cmdline(pid).is_some() {
+            found.push(pid);
+        }
+    }
+    found.sort_unstable();
+    found
 }
 
 fn check_port_free(bind: &str, pid_file: &Path) -> anyhow::Result<()> {

@@ -395,6 +395,16 @@ pub fn rollback_with(
     // 2. Extract + verify into the stage (the environment is untouched).
     let stage = env.install_root.join(STAGE);
     let mut j = match resume {
+        // The swap finished before the interrupt: the restored data and
+        // release are in place (maybe already served). Redoing it would
+        // quarantine the restore itself.
+        Some(j) if j.step >= Step::Starting => {
+            em.human(&format!(
+                "resuming at step {:?}: the restore is complete on disk",
+                j.step
+            ));
+            j
+        }
         Some(j) if j.step > Step::Extracting && stage.is_dir() => {
             em.human(&format!("resuming at step {:?}", j.step));
             j
@@ -436,10 +446,10 @@ pub fn rollback_with(
         format!(
             "{} {} (release {}, schema {}, created {})",
             backup.display(),
-            if skip_validation {
-                "extracted WITHOUT verification"
-            } else {
-                "verified and extracted"
+            match (skip_validation, j.step >= Step::Starting) {
+                (_, true) => "already restored by the interrupted run",
+                (true, false) => "extracted WITHOUT verification",
+                (false, false) => "verified and extracted",
             },
             manifest.release.as_deref().unwrap_or("none"),
             manifest
@@ -479,7 +489,9 @@ pub fn rollback_with(
     }
 
     // 3.-6. The swap. From here on the environment is touched: failures are exit 4.
-    if let Err(e) = swap(env, &mut j, em) {
+    if j.step >= Step::Starting {
+        // Done by the interrupted run (see above).
+    } else if let Err(e) = swap(env, &mut j, em) {
         return Err(fail(env, &j, em, started, e, "restore"));
     }
     // The replaced release is out of service for good: never healthy, never

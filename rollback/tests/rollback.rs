@@ -643,6 +643,15 @@ fn crash_and_resume(f: &Fixture, point: &str) {
     assert_eq!(started["resumed"], touched, "{point}");
     assert_eq!(started["backup"], f.backup.to_string_lossy().as_ref());
     assert_restored(f, &since, &after);
+    // One service for the environment, the one the pidfile names: none left
+    // behind by the killed run (issue 13: a kill between spawn and pidfile).
+    let pid = gates_core::service::running_pid(&f.env);
+    assert!(pid.is_some(), "{point}: the service runs after the rerun");
+    assert_eq!(
+        gates_core::service::service_processes(&f.env),
+        pid.into_iter().collect::<Vec<_>>(),
+        "{point}: stray services after the rerun"
+    );
 }
 
 #[test]
@@ -670,6 +679,7 @@ fn kill_9_during_rollback_then_rerun_restores_fully_late_steps() {
         "rollback-data-restored",
         "rollback-release-installed",
         "rollback-switched",
+        "service-spawned",
         "rollback-started",
     ]
     .iter()

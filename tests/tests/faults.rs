@@ -1052,6 +1052,7 @@ const DEPLOY_POINTS: &[&str] = &[
     "deploy-stopped",
     "deploy-restarted",
     "deploy-healthy",
+    "service-spawned",
 ];
 const BAD_DEPLOY_POINTS: &[&str] = &[
     "deploy-installed",
@@ -1068,6 +1069,7 @@ const ROLLBACK_POINTS: &[&str] = &[
     "rollback-data-restored",
     "rollback-release-installed",
     "rollback-switched",
+    "service-spawned",
 ];
 
 /// Runs a command to be killed at `point`; the label says where, for a replay.
