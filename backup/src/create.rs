@@ -135,40 +135,12 @@ fn walk(
     Ok(out)
 }
 
-/// The release `current` points at: (id, absolute dir). None when there is no link.
+/// The release `current` points at: (id, dir). None when there is no link;
+/// a broken link is an error (never back up a broken environment silently).
 pub(crate) fn current_release(env: &EnvConfig) -> anyhow::Result<Option<(String, PathBuf)>> {
-    let link = env.current_link();
-    let target = match fs::read_link(&link) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            // Not a link: a plain folder named `current` is a release too.
-            if link.is_dir() {
-                let id = "current".to_string();
-                return Ok(Some((id, link)));
-            }
-            return Err(anyhow::anyhow!("reading the link {}: {e}", link.display()));
-        }
-    };
-    let dir = if target.is_absolute() {
-        target
-    } else {
-        env.install_root.join(target)
-    };
-    if !dir.is_dir() {
-        bail!(
-            "{} points at {}, which is not a folder: the environment is broken; fix or redeploy before backing up",
-            link.display(),
-            dir.display()
-        );
-    }
-    let dir = fs::canonicalize(&dir).with_context(|| format!("resolving {}", dir.display()))?;
-    let id = dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .map(str::to_string)
-        .ok_or_else(|| anyhow::anyhow!("{} has no usable release name", dir.display()))?;
-    Ok(Some((id, dir)))
+    Ok(gates_core::install::current_release_checked(env)
+        .context("before backing up")?
+        .map(|c| (c.id, c.dir)))
 }
 
 fn release_schema_version(dir: &Path) -> Option<i64> {
@@ -601,7 +573,7 @@ pub fn create(
         });
     }
     let started = Instant::now();
-    let journal = env.install_root.join("rollback.journal");
+    let journal = gates_core::install::rollback_journal(env);
     if journal.exists() {
         bail!(
             "an interrupted rollback of {} is pending ({}): its state is half restored; rerun rollback_dhash --env {} first",

@@ -24,22 +24,8 @@ const MANIFEST_LIMIT: u64 = 256 * 1024 * 1024;
 /// The most a sidecar may take (one line; bounded memory on a hostile file).
 const SIDECAR_LIMIT: u64 = 64 * 1024;
 
-/// SHA-256 of a file, streamed.
-pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
-    let mut f = open_regular(path, "the file")?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; BUF];
-    loop {
-        let n = match f.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-        };
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
-}
+/// SHA-256 of a file, streamed (one definition: [`gates_core::fsutil::sha256_file`]).
+pub use gates_core::fsutil::sha256_file;
 
 fn sidecar_path(zip: &Path) -> PathBuf {
     PathBuf::from(format!("{}.sha256", zip.display()))

@@ -19,22 +19,7 @@ pub struct Verified {
     pub bytes: u64,
 }
 
-/// SHA-256 of a file, streamed.
-pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
-    let mut f = gates_core::fsutil::open_regular(path, "the release file")?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
-}
+pub use gates_core::fsutil::sha256_file;
 
 /// The id's hash part: first 8 hex of SHA-256 over the sorted
 /// `"<path> <sha>\n"` lines of `files` (SPEC "Release bundle").

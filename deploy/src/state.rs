@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 pub use gates_core::release::{ReleaseRecord, ReleasesState, STATE_FILE};
 
-pub const JOURNAL_FILE: &str = "deploy.journal.json";
+pub const JOURNAL_FILE: &str = gates_core::install::DEPLOY_JOURNAL;
 
 fn now() -> String {
     gates_core::event::now_rfc3339()
@@ -95,9 +95,7 @@ impl Journal {
 
 /// The release id `current` points at (the link's folder name), if any.
 pub fn current_id(env: &EnvConfig) -> Option<String> {
-    let target = fs::read_link(env.current_link()).ok()?;
-    let name = target.file_name()?.to_string_lossy().to_string();
-    env.releases_dir().join(&name).is_dir().then_some(name)
+    gates_core::install::current_release_id(env)
 }
 
 /// Installed release folders (not the dot-named in-progress ones).

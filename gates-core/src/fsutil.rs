@@ -218,6 +218,94 @@ pub fn open_regular(path: &Path, what: &str) -> anyhow::Result<File> {
     Ok(f)
 }
 
+/// SHA-256 of a regular file, streamed, as lowercase hex.
+pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut f = open_regular(path, "the file")?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Whether two paths name the same file: canonical paths when both exist,
+/// else the absolute paths.
+pub fn same_path(a: &Path, b: &Path) -> bool {
+    match (fs::canonicalize(a), fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => absolute(a) == absolute(b),
+    }
+}
+
+/// `path` made absolute against the working directory (unchanged if that fails).
+pub fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// Moves `src` to `dst`, which must not exist: a rename, or across
+/// filesystems a copy under a temporary name, renamed into place, then the
+/// source removed. Both parents are synced.
+pub fn move_path(src: &Path, dst: &Path) -> anyhow::Result<()> {
+    if let Some(parent) = dst.parent() {
+        fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    match fs::rename(src, dst) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {
+            let tmp = temp_path_for(dst);
+            let _ = fs::remove_dir_all(&tmp);
+            copy_tree(src, &tmp)
+                .with_context(|| format!("copying {} to {}", src.display(), tmp.display()))?;
+            fs::rename(&tmp, dst)
+                .with_context(|| format!("renaming {} to {}", tmp.display(), dst.display()))?;
+            if src.is_dir() {
+                fs::remove_dir_all(src)
+            } else {
+                fs::remove_file(src)
+            }
+            .with_context(|| format!("removing {}", src.display()))?;
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("moving {} to {}", src.display(), dst.display()))
+        }
+    }
+    if let Some(parent) = dst.parent() {
+        fsync_dir(parent).with_context(|| format!("syncing {}", parent.display()))?;
+    }
+    if let Some(parent) = src.parent() {
+        let _ = fsync_dir(parent);
+    }
+    Ok(())
+}
+
+/// Copies a tree (files synced, symlinks kept as links).
+fn copy_tree(src: &Path, dst: &Path) -> anyhow::Result<()> {
+    let meta = fs::symlink_metadata(src)?;
+    if meta.is_dir() {
+        fs::create_dir_all(dst)?;
+        for e in fs::read_dir(src)? {
+            let e = e?;
+            copy_tree(&e.path(), &dst.join(e.file_name()))?;
+        }
+    } else if meta.file_type().is_symlink() {
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(fs::read_link(src)?, dst)?;
+    } else {
+        fs::copy(src, dst)?;
+        File::open(dst)?.sync_all()?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

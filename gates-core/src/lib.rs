@@ -10,6 +10,7 @@ pub mod event;
 pub mod exit;
 pub mod fsutil;
 pub mod gates;
+pub mod install;
 pub mod ledger;
 pub mod lock;
 pub mod probe;

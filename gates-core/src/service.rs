@@ -171,19 +171,9 @@ pub fn running_pid(env: &EnvConfig) -> Option<u32> {
         .map(|_| pid)
 }
 
-/// The id of the release `current` points at: `release.json`'s `id`, else
-/// the folder name.
+/// The id of the release `current` points at (see [`crate::install`]).
 pub fn current_release(env: &EnvConfig) -> Option<String> {
-    let link = env.current_link();
-    let from_json = fs::read_to_string(link.join("release.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(str::to_string));
-    from_json.or_else(|| {
-        fs::read_link(&link)
-            .ok()
-            .and_then(|t| t.file_name().map(|n| n.to_string_lossy().to_string()))
-    })
+    crate::install::current_release_id(env)
 }
 
 /// The last `n` lines of a log file (empty when unreadable), redacted.

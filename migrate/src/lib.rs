@@ -599,7 +599,7 @@ pub const TOOL: &str = "migrate_dhash";
 
 /// The file an interrupted rollback leaves in the install root (owned by
 /// rollback_dhash; backup and deploy refuse while it exists, and so do we).
-pub const ROLLBACK_JOURNAL: &str = "rollback.journal";
+pub const ROLLBACK_JOURNAL: &str = gates_core::install::ROLLBACK_JOURNAL;
 
 /// Refuses while an interrupted rollback is pending: its state is half
 /// restored, and migrating under it would mix two schemas.

@@ -88,10 +88,9 @@ pub fn newest_bundle(dist: &Path) -> Option<Bundle> {
 
 /// The release `current` points at, if any: (folder, manifest).
 pub fn current_release(env: &EnvConfig) -> Option<(PathBuf, ReleaseManifest)> {
-    let link = env.current_link();
-    let target = fs::canonicalize(&link).ok()?;
-    let manifest = ReleaseManifest::read(&target).ok()?;
-    Some((target, manifest))
+    let dir = gates_core::install::current_release(env)?.dir;
+    let manifest = ReleaseManifest::read(&dir).ok()?;
+    Some((dir, manifest))
 }
 
 /// Which release's migrations the operator asked for.

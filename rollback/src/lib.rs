@@ -37,9 +37,9 @@ use serde_json::json;
 
 pub const TOOL: &str = "rollback_dhash";
 /// File name of the journal under the install root.
-pub const JOURNAL: &str = "rollback.journal";
+pub const JOURNAL: &str = gates_core::install::ROLLBACK_JOURNAL;
 /// The extraction folder under the install root.
-pub const STAGE: &str = ".rollback.partial";
+pub const STAGE: &str = gates_core::install::ROLLBACK_STAGE;
 
 #[derive(Debug, Clone, Default)]
 pub struct RollbackOptions {
@@ -98,7 +98,7 @@ pub struct Journal {
 }
 
 pub fn journal_path(env: &EnvConfig) -> PathBuf {
-    env.install_root.join(JOURNAL)
+    gates_core::install::rollback_journal(env)
 }
 
 /// The journal of an interrupted rollback, if any.
@@ -148,26 +148,6 @@ fn failed(e: anyhow::Error) -> anyhow::Error {
     ToolError::new(Exit::Failed, e).into()
 }
 
-fn abs(p: &Path) -> PathBuf {
-    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
-}
-
-fn same_path(a: &Path, b: &Path) -> bool {
-    match (fs::canonicalize(a), fs::canonicalize(b)) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => abs(a) == abs(b),
-    }
-}
-
-/// The release `current` points at (folder name), if any.
-fn current_release_id(env: &EnvConfig) -> Option<String> {
-    let target = fs::read_link(env.current_link()).ok()?;
-    target
-        .file_name()
-        .and_then(|n| n.to_str())
-        .map(str::to_string)
-}
-
 /// What a guarded rollback ([`rollback_release`]) did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RollbackOutcome {
@@ -187,7 +167,7 @@ pub enum RollbackOutcome {
 
 /// Whether `current` is `release` (by folder name or by its manifest's id).
 pub fn is_current(env: &EnvConfig, release: &str) -> bool {
-    current_release_id(env).as_deref() == Some(release)
+    gates_core::install::current_release_id(env).as_deref() == Some(release)
         || gates_core::service::current_release(env).as_deref() == Some(release)
 }
 
@@ -216,7 +196,8 @@ pub fn rollback_release(
     }
     let journal = pending(env).ok().flatten();
     if journal.is_none() && !is_current(env, release) {
-        let current = gates_core::service::current_release(env).or_else(|| current_release_id(env));
+        let current = gates_core::service::current_release(env)
+            .or_else(|| gates_core::install::current_release_id(env));
         let reason = format!(
             "release {release} is no longer the current one (current: {}): it was already rolled back or replaced; nothing was done",
             current.as_deref().unwrap_or("none")
@@ -280,7 +261,7 @@ pub fn rollback_with(
     };
     let resume = match (&journal, &opts.backup) {
         (Some(j), None) => Some(j.clone()),
-        (Some(j), Some(b)) if same_path(&j.backup, b) => Some(j.clone()),
+        (Some(j), Some(b)) if fsutil::same_path(&j.backup, b) => Some(j.clone()),
         (Some(j), Some(b)) => {
             em.emit(
                 "rollback.superseded",
@@ -298,7 +279,7 @@ pub fn rollback_with(
     };
     let backup = match (&resume, &opts.backup) {
         (Some(j), _) => j.backup.clone(),
-        (None, Some(b)) => abs(b),
+        (None, Some(b)) => fsutil::absolute(b),
         (None, None) => dhash_backup::newest_verified(env, em).map_err(failed)?,
     };
     let reason = opts
@@ -424,7 +405,7 @@ pub fn rollback_with(
                 previous_release: prior
                     .as_ref()
                     .and_then(|j| j.previous_release.clone())
-                    .or_else(|| current_release_id(env)),
+                    .or_else(|| gates_core::install::current_release_id(env)),
                 stage: stage.clone(),
                 quarantine,
                 // A resumed run that lost its stage keeps its step: the
@@ -733,64 +714,6 @@ fn extract_stage(env: &EnvConfig, j: &mut Journal, em: &Emitter) -> anyhow::Resu
     Ok(())
 }
 
-/// Moves `src` to `dst` (a rename; across filesystems a copy, then the source
-/// is removed). `dst` must not exist.
-fn move_path(src: &Path, dst: &Path) -> anyhow::Result<()> {
-    if let Some(parent) = dst.parent() {
-        fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    }
-    match fs::rename(src, dst) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(18) => {
-            // EXDEV: copy to a temporary name, rename it in place, remove the source.
-            let tmp = fsutil::temp_path_for(dst);
-            let _ = fs::remove_dir_all(&tmp);
-            copy_tree(src, &tmp)
-                .with_context(|| format!("copying {} to {}", src.display(), tmp.display()))?;
-            fs::rename(&tmp, dst)
-                .with_context(|| format!("renaming {} to {}", tmp.display(), dst.display()))?;
-            if src.is_dir() {
-                fs::remove_dir_all(src)
-            } else {
-                fs::remove_file(src)
-            }
-            .with_context(|| format!("removing {}", src.display()))?;
-        }
-        Err(e) => {
-            return Err(anyhow!(
-                "moving {} to {}: {e}",
-                src.display(),
-                dst.display()
-            ))
-        }
-    }
-    if let Some(parent) = dst.parent() {
-        fsutil::fsync_dir(parent).with_context(|| format!("syncing {}", parent.display()))?;
-    }
-    if let Some(parent) = src.parent() {
-        let _ = fsutil::fsync_dir(parent);
-    }
-    Ok(())
-}
-
-fn copy_tree(src: &Path, dst: &Path) -> anyhow::Result<()> {
-    let meta = fs::symlink_metadata(src)?;
-    if meta.is_dir() {
-        fs::create_dir_all(dst)?;
-        for e in fs::read_dir(src)? {
-            let e = e?;
-            copy_tree(&e.path(), &dst.join(e.file_name()))?;
-        }
-    } else if meta.file_type().is_symlink() {
-        #[cfg(unix)]
-        std::os::unix::fs::symlink(fs::read_link(src)?, dst)?;
-    } else {
-        fs::copy(src, dst)?;
-        fs::File::open(dst)?.sync_all()?;
-    }
-    Ok(())
-}
-
 /// A free name in the quarantine (`name`, `name.1`, ...).
 fn quarantine_slot(q: &Path, name: &str) -> PathBuf {
     let first = q.join(name);
@@ -868,7 +791,7 @@ fn swap(env: &EnvConfig, j: &mut Journal, em: &Emitter) -> anyhow::Result<()> {
     if staged_data.is_dir() {
         if env.data_dir.exists() {
             let slot = quarantine_slot(&q, "data");
-            move_path(&env.data_dir, &slot)?;
+            fsutil::move_path(&env.data_dir, &slot)?;
             em.emit(
                 "rollback.quarantined",
                 Level::Info,
@@ -881,7 +804,7 @@ fn swap(env: &EnvConfig, j: &mut Journal, em: &Emitter) -> anyhow::Result<()> {
             );
         }
         dhash_backup::crash_point("rollback-data-quarantined");
-        move_path(&staged_data, &env.data_dir)?;
+        fsutil::move_path(&staged_data, &env.data_dir)?;
     } else if !env.data_dir.is_dir() {
         bail!(
             "neither the staged data nor {} exists: rerun rollback_dhash to extract again",
@@ -926,11 +849,11 @@ fn swap(env: &EnvConfig, j: &mut Journal, em: &Emitter) -> anyhow::Result<()> {
                     ),
                     json!({"what": "release", "from": target, "to": slot}),
                 );
-                move_path(&target, &slot)?;
-                move_path(&staged_release, &target)?;
+                fsutil::move_path(&target, &slot)?;
+                fsutil::move_path(&staged_release, &target)?;
             }
         } else {
-            move_path(&staged_release, &target)?;
+            fsutil::move_path(&staged_release, &target)?;
         }
     } else if !target.is_dir() {
         bail!(
@@ -950,7 +873,7 @@ fn swap(env: &EnvConfig, j: &mut Journal, em: &Emitter) -> anyhow::Result<()> {
         let old = env.releases_dir().join(&prev);
         if old.is_dir() {
             let slot = quarantine_slot(&q.join("releases"), &prev);
-            move_path(&old, &slot)?;
+            fsutil::move_path(&old, &slot)?;
             em.emit(
                 "rollback.quarantined",
                 Level::Info,
@@ -972,7 +895,7 @@ fn place_database(env: &EnvConfig, j: &Journal, q: &Path, em: &Emitter) -> anyho
         return Ok(());
     };
     let restored = env.data_dir.join(rel);
-    if same_path(&restored, &env.database) || !restored.is_file() {
+    if fsutil::same_path(&restored, &env.database) || !restored.is_file() {
         return Ok(());
     }
     for suffix in ["", "-wal", "-shm", "-journal"] {
@@ -982,10 +905,10 @@ fn place_database(env: &EnvConfig, j: &Journal, q: &Path, em: &Emitter) -> anyho
                 .file_name()
                 .and_then(|n| n.to_str())
                 .unwrap_or("database");
-            move_path(&live, &quarantine_slot(&q.join("database"), name))?;
+            fsutil::move_path(&live, &quarantine_slot(&q.join("database"), name))?;
         }
     }
-    move_path(&restored, &env.database)?;
+    fsutil::move_path(&restored, &env.database)?;
     em.debug(&format!("database restored to {}", env.database.display()));
     Ok(())
 }
@@ -1010,7 +933,7 @@ fn dry_run(
                "created_at": manifest.created_at, "files": manifest.files.len(),
                "bytes": manifest.total_bytes(), "skip_validation": skip_validation, "dry_run": true}),
     );
-    let current = current_release_id(env);
+    let current = gates_core::install::current_release_id(env);
     let data_files = manifest
         .files
         .iter()
@@ -1100,7 +1023,7 @@ mod tests {
         std::os::unix::fs::symlink("release.json", src.join("manifest")).expect("symlink");
 
         let dst = dst_root.path().join("quarantine/release");
-        move_path(&src, &dst).expect("move across filesystems");
+        fsutil::move_path(&src, &dst).expect("move across filesystems");
 
         assert!(!src.exists(), "the source is removed");
         assert_eq!(
