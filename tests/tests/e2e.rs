@@ -279,6 +279,9 @@ mod fresh_clone;
 #[path = "faults.rs"]
 mod faults;
 
+#[path = "docs.rs"]
+mod docs;
+
 #[test]
 fn npm_start_starts_the_installed_release_of_an_environment() {
     let tp = TestProject::new();
