@@ -1,5 +1,6 @@
-//! The event contract (DESIGN.md): one JSON object per line on stdout, with the
-//! envelope `{ts, tool, env, event, level, msg}` plus event-specific fields.
+//! The event contract (README "Events (stdout, JSON lines)"): one JSON
+//! object per line on stdout, with the envelope `{ts, tool, env, event,
+//! level, msg}` plus event-specific fields.
 //! Human progress goes to stderr. Upstream events read on stdin are forwarded
 //! unchanged, so the last stage of a pipeline sees everything.
 
