@@ -68,7 +68,8 @@ impl ReleaseManifest {
 /// each installed release, and the last known-good one.
 pub const STATE_FILE: &str = "releases.json";
 
-/// The states a release is recorded in.
+/// The names of the states a release is recorded in, as `releases.json`
+/// spells them (see [`ReleaseState`]).
 pub mod state {
     /// Installed (copied and verified), not yet live.
     pub const INSTALLED: &str = "installed";
@@ -86,12 +87,109 @@ pub mod state {
     pub const QUARANTINED: &str = "quarantined";
 }
 
+/// The state a release is recorded in; serialized as its [`state`] name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ReleaseState {
+    /// [`state::INSTALLED`]
+    Installed,
+    /// [`state::HEALTHY`]
+    Healthy,
+    /// [`state::UNVERIFIED`]
+    Unverified,
+    /// [`state::FAILED`]
+    Failed,
+    /// [`state::ROLLED_BACK`]
+    RolledBack,
+    /// [`state::QUARANTINED`]
+    Quarantined,
+    /// A name this version does not know (a newer tool wrote it): kept and
+    /// written back as is, neither healthy nor bad, as before states were typed.
+    Unknown(String),
+}
+
+impl ReleaseState {
+    /// Every state this version knows.
+    pub const KNOWN: [ReleaseState; 6] = [
+        ReleaseState::Installed,
+        ReleaseState::Healthy,
+        ReleaseState::Unverified,
+        ReleaseState::Failed,
+        ReleaseState::RolledBack,
+        ReleaseState::Quarantined,
+    ];
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            ReleaseState::Installed => state::INSTALLED,
+            ReleaseState::Healthy => state::HEALTHY,
+            ReleaseState::Unverified => state::UNVERIFIED,
+            ReleaseState::Failed => state::FAILED,
+            ReleaseState::RolledBack => state::ROLLED_BACK,
+            ReleaseState::Quarantined => state::QUARANTINED,
+            ReleaseState::Unknown(name) => name,
+        }
+    }
+
+    /// The state `name` spells (never fails: see [`ReleaseState::Unknown`]).
+    pub fn parse(name: &str) -> ReleaseState {
+        Self::KNOWN
+            .into_iter()
+            .find(|s| s.as_str() == name)
+            .unwrap_or_else(|| ReleaseState::Unknown(name.to_string()))
+    }
+
+    /// Failed, rolled back or quarantined: never deployed or switched back to.
+    pub fn is_bad(&self) -> bool {
+        matches!(
+            self,
+            ReleaseState::Failed | ReleaseState::RolledBack | ReleaseState::Quarantined
+        )
+    }
+}
+
+impl std::fmt::Display for ReleaseState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<&str> for ReleaseState {
+    fn from(name: &str) -> Self {
+        ReleaseState::parse(name)
+    }
+}
+
+/// Callers written when states were strings compare with a name.
+impl PartialEq<&str> for ReleaseState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<str> for ReleaseState {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl Serialize for ReleaseState {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        ser.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ReleaseState {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        Ok(ReleaseState::parse(&String::deserialize(de)?))
+    }
+}
+
 /// One release's record in `releases.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReleaseRecord {
     #[serde(default)]
     pub tag: String,
-    pub state: String,
+    pub state: ReleaseState,
     #[serde(default)]
     pub schema_version: Option<i64>,
     #[serde(default)]
@@ -105,10 +203,7 @@ pub struct ReleaseRecord {
 impl ReleaseRecord {
     /// Failed, rolled back or quarantined: never deployed or switched back to.
     pub fn is_bad(&self) -> bool {
-        matches!(
-            self.state.as_str(),
-            state::FAILED | state::ROLLED_BACK | state::QUARANTINED
-        )
+        self.state.is_bad()
     }
 }
 
@@ -167,25 +262,27 @@ impl ReleasesState {
         id: &str,
         tag: &str,
         schema_version: i64,
-        state: &str,
+        state: impl Into<ReleaseState>,
         reason: Option<String>,
     ) {
+        let state = state.into();
         let t = crate::event::now_rfc3339();
         let rec = self
             .releases
             .entry(id.to_string())
             .or_insert_with(|| ReleaseRecord {
                 tag: tag.to_string(),
-                state: state.to_string(),
+                state: state.clone(),
                 schema_version: Some(schema_version),
                 installed_at: Some(t.clone()),
                 updated_at: None,
                 reason: None,
             });
-        rec.state = state.to_string();
+        let healthy = state == ReleaseState::Healthy;
+        rec.state = state;
         rec.updated_at = Some(t);
         rec.reason = reason;
-        if state == state::HEALTHY {
+        if healthy {
             self.last_known_good = Some(id.to_string());
         }
         self.repair_last_known_good();
@@ -196,34 +293,34 @@ impl ReleasesState {
     /// it stops being the last known-good release. A release without a record
     /// gets one (tag and schema unknown). Returns whether anything changed.
     pub fn mark_rolled_back(&mut self, id: &str, reason: &str) -> bool {
-        self.mark_bad(id, state::ROLLED_BACK, reason)
+        self.mark_bad(id, ReleaseState::RolledBack, reason)
     }
 
     /// Marks a release moved to quarantine (see [`state::QUARANTINED`]).
     pub fn mark_quarantined(&mut self, id: &str, reason: &str) -> bool {
-        self.mark_bad(id, state::QUARANTINED, reason)
+        self.mark_bad(id, ReleaseState::Quarantined, reason)
     }
 
     /// Marks a release failed (see [`state::FAILED`]).
     pub fn mark_failed(&mut self, id: &str, reason: &str) -> bool {
-        self.mark_bad(id, state::FAILED, reason)
+        self.mark_bad(id, ReleaseState::Failed, reason)
     }
 
-    fn mark_bad(&mut self, id: &str, state: &str, reason: &str) -> bool {
+    fn mark_bad(&mut self, id: &str, state: ReleaseState, reason: &str) -> bool {
         let t = crate::event::now_rfc3339();
         let rec = self
             .releases
             .entry(id.to_string())
             .or_insert_with(|| ReleaseRecord {
                 tag: String::new(),
-                state: state.to_string(),
+                state: state.clone(),
                 schema_version: None,
                 installed_at: None,
                 updated_at: None,
                 reason: None,
             });
         let changed = rec.state != state || rec.reason.as_deref() != Some(reason);
-        rec.state = state.to_string();
+        rec.state = state;
         rec.updated_at = Some(t);
         rec.reason = Some(reason.to_string());
         self.repair_last_known_good();
@@ -236,7 +333,7 @@ impl ReleasesState {
         let ok = |st: &ReleasesState, id: &str| {
             st.releases
                 .get(id)
-                .is_some_and(|r| r.state == state::HEALTHY)
+                .is_some_and(|r| r.state == ReleaseState::Healthy)
         };
         if let Some(l) = self.last_known_good.clone() {
             if ok(self, &l) {
@@ -246,7 +343,7 @@ impl ReleasesState {
         self.last_known_good = self
             .releases
             .iter()
-            .filter(|(_, r)| r.state == state::HEALTHY)
+            .filter(|(_, r)| r.state == ReleaseState::Healthy)
             .max_by(|a, b| a.1.updated_at.cmp(&b.1.updated_at))
             .map(|(id, _)| id.clone());
     }
@@ -278,5 +375,37 @@ mod tests {
         .expect("json");
         old.repair_last_known_good();
         assert_eq!(old.last_known_good.as_deref(), Some("y"));
+    }
+
+    /// Typed states change nothing on disk: every name, known or not, reads
+    /// and writes back byte for byte.
+    #[test]
+    fn releases_json_round_trips_byte_for_byte() {
+        // The text `save` writes (field order of ReleaseRecord).
+        let names = ReleaseState::KNOWN.map(|s| s.as_str().to_string());
+        let records: Vec<String> = names
+            .iter()
+            .map(String::as_str)
+            .chain(["from-a-newer-tool"])
+            .enumerate()
+            .map(|(i, name)| {
+                format!(
+                    "    \"r{i}\": {{\n      \"tag\": \"t\",\n      \"state\": \"{name}\",\n      \"schema_version\": 1,\n      \"installed_at\": null,\n      \"updated_at\": null\n    }}"
+                )
+            })
+            .collect();
+        let text = format!(
+            "{{\n  \"last_known_good\": null,\n  \"releases\": {{\n{}\n  }}\n}}",
+            records.join(",\n")
+        );
+        let st: ReleasesState = serde_json::from_str(&text).expect("parse");
+        assert_eq!(st.releases["r1"].state, ReleaseState::Healthy);
+        assert_eq!(st.releases["r4"].state, state::ROLLED_BACK);
+        assert_eq!(
+            st.releases["r6"].state,
+            ReleaseState::Unknown("from-a-newer-tool".into())
+        );
+        assert!(!st.is_failed("r6"));
+        assert_eq!(serde_json::to_string_pretty(&st).expect("json"), text);
     }
 }
