@@ -162,15 +162,7 @@ fn quick_deploy_good_then_bad_rolls_back_to_good() {
         good_id.as_str(),
         "the good release serves again"
     );
-    let conn = rusqlite::Connection::open(tp.env(env).database).unwrap();
-    for id in stored {
-        let n: i64 = conn
-            .query_row("SELECT COUNT(*) FROM hashes WHERE id = ?1", [id], |r| {
-                r.get(0)
-            })
-            .unwrap();
-        assert_eq!(n, 1, "hash {id} stored before the deploy is still there");
-    }
+    assert_all_stored(&tp, env, &stored);
     // Notifications: delivered to the loopback webhook, or in the fallback file.
     let delivered: Vec<String> = hook.requests().iter().map(|r| r.body_text()).collect();
     let fallback = std::fs::read_to_string(tp.env(env).notify.fallback_file).unwrap_or_default();
@@ -490,6 +482,11 @@ fn a_bad_release_under_the_background_watch_is_rolled_back_once() {
         .filter(|e| e.file_name().to_string_lossy().starts_with("incident_"))
         .count();
     assert_eq!(incidents, 1);
+    assert_all_stored(&tp, env, &stored);
+}
+
+/// Every hash posted before the deploy is still stored exactly once.
+fn assert_all_stored(tp: &TestProject, env: &str, stored: &[i64]) {
     let conn = rusqlite::Connection::open(tp.env(env).database).unwrap();
     for id in stored {
         let n: i64 = conn
@@ -497,6 +494,6 @@ fn a_bad_release_under_the_background_watch_is_rolled_back_once() {
                 r.get(0)
             })
             .unwrap();
-        assert_eq!(n, 1, "hash {id} is still there");
+        assert_eq!(n, 1, "hash {id} stored before the deploy is still there");
     }
 }

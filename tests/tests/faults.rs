@@ -1185,56 +1185,38 @@ impl Chain {
     ) -> bool {
         let args = s(&["--env", ENV, "--force", "--backup", &self.b1()]);
         let before = ledger_rollbacks(&self.tp);
-        let r = killed_run(&self.tp, "rollback_dhash", &args, point, *typical, rng);
-        t.count += 1;
-        let ctx = format!("kill point: rollback_dhash at {point:?}");
-        r.check(t, &[0], &ctx);
-        self.w.check_rows(
-            &self.tp,
+        let run = ("rollback_dhash", &args[..]);
+        let what = "kill point: rollback_dhash";
+        let x = self.kill_then_rerun(
             t,
-            &format!("{ctx}: right after the kill\n  {}", r.show()),
-            false,
-            false,
+            what,
+            run,
+            point,
+            *typical,
+            &[0],
+            Some(false),
+            rng,
+            |_| {},
         );
-        let killed_done = r.count("rollback.completed");
-        let again = run_tool(
-            &self.tp,
-            "rollback_dhash",
-            &args,
-            &[],
-            Kill::Never,
-            Duration::from_secs(120),
-        );
-        let rerun_ctx = format!("{ctx}, then the rerun\n  killed run: {}", r.show());
-        if !again.check(t, &[0], &rerun_ctx) {
+        if !x.again.check(t, &[0], &x.ctx) {
             return false;
         }
-        *typical = again.secs.max(0.5);
+        *typical = x.again.secs.max(0.5);
+        let killed_done = x.r.count("rollback.completed");
         let after = ledger_rollbacks(&self.tp);
         if after < before + 1 || after > before + 1 + killed_done {
             t.fail(format!(
-                "{rerun_ctx}: {} completed rollbacks recorded for one request (killed run completed {killed_done})\n{}",
+                "{}: {} completed rollbacks recorded for one request (killed run completed {killed_done})\n{}",
+                x.ctx,
                 after - before,
-                again.show()
+                x.again.show()
             ));
         }
         self.w.rollbacks = after;
         self.w.rows = self.rows_b1.clone();
-        let ok = self.w.check(
-            &self.tp,
-            t,
-            &format!("{rerun_ctx}\n  rerun: {}", again.show()),
-            true,
-        );
-        if current_id(&self.tp).as_deref() != Some(self.v1.as_str()) {
-            t.fail(format!(
-                "{rerun_ctx}: current is {:?}, not the backup's {}",
-                current_id(&self.tp),
-                self.v1
-            ));
-            return false;
-        }
-        ok
+        let ok = self.settled(t, &x);
+        let v1 = self.v1.clone();
+        self.current_is(t, &x, &v1, "the backup's release") && ok
     }
 }
 
@@ -1291,324 +1273,40 @@ fn kill_points(mut rng: Rng, size: Size) -> Tally {
             .map(|(f, p, q)| format!("{f}@{p:?}/{q:?}"))
             .collect::<Vec<_>>()
     );
-    let v2 = base_bundle("v2", &[], true);
-    let badh = base_bundle("badh", &[("health_fail", "true")], true);
-    let badc = base_bundle("badc", &[("crash_at_start", "true")], true);
-    let badq = base_bundle("badq", &[("low_confidence_flood", "1500")], true);
-    let (mut t_backup, mut t_deploy, mut t_bad, mut t_rollback, mut t_migrate) =
-        (1.0f64, 2.0f64, 4.0f64, 3.0f64, 0.3f64);
+    let bundles = Bundles {
+        v2: base_bundle("v2", &[], true),
+        badh: base_bundle("badh", &[("health_fail", "true")], true),
+        badc: base_bundle("badc", &[("crash_at_start", "true")], true),
+        badq: base_bundle("badq", &[("low_confidence_flood", "1500")], true),
+    };
+    let mut typical = Typical {
+        backup: 1.0,
+        deploy: 2.0,
+        bad: 4.0,
+        rollback: 3.0,
+        migrate: 0.3,
+    };
     let mut chain: Option<Chain> = None;
     for (i, (family, point, second)) in plan.iter().enumerate() {
         if chain.is_none() {
             chain = Chain::new(&mut t);
-            if chain.is_none() {
-                t.fail("kill points: could not set up an environment; stopping this family".into());
-                break;
-            }
         }
-        let c = chain.as_mut().unwrap();
+        let Some(c) = chain.as_mut() else {
+            t.fail("kill points: could not set up an environment; stopping this family".into());
+            break;
+        };
         c.n += 1;
+        let k = KillPoint {
+            ctx: format!("kill point #{i}"),
+            point,
+            second,
+        };
         let ok = match *family {
-            "backup" => {
-                let args = s(&["--env", ENV]);
-                let r = killed_run(&c.tp, "backup_dhash", &args, point, t_backup, &mut rng);
-                t.count += 1;
-                let ctx = format!("kill point #{i}: backup_dhash at {point:?}");
-                r.check(&mut t, &[0], &ctx);
-                c.w.check(
-                    &c.tp,
-                    &mut t,
-                    &format!("{ctx}: right after the kill\n  {}", r.show()),
-                    false,
-                );
-                let again = run_tool(
-                    &c.tp,
-                    "backup_dhash",
-                    &args,
-                    &[],
-                    Kill::Never,
-                    Duration::from_secs(120),
-                );
-                let ctx = format!("{ctx}, then the rerun\n  killed run: {}", r.show());
-                if again.check(&mut t, &[0], &ctx) {
-                    t_backup = again.secs.max(0.3);
-                    c.w.check(
-                        &c.tp,
-                        &mut t,
-                        &format!("{ctx}\n  rerun: {}", again.show()),
-                        true,
-                    )
-                } else {
-                    false
-                }
-            }
-            "deploy-good" => {
-                let tag = format!("g{}", c.n);
-                let (_, id) = dist(&c.tp, &v2, &tag);
-                let _ = c.w.post(&c.tp, 1);
-                let args = deploy_args(&tag);
-                let r = killed_run(&c.tp, "deploy_dhash", &args, point, t_deploy, &mut rng);
-                t.count += 1;
-                let ctx = format!("kill point #{i}: deploy_dhash (good release {id}) at {point:?}");
-                r.check(&mut t, &[0], &ctx);
-                c.w.check(
-                    &c.tp,
-                    &mut t,
-                    &format!("{ctx}: right after the kill\n  {}", r.show()),
-                    false,
-                );
-                let again = run_tool(
-                    &c.tp,
-                    "deploy_dhash",
-                    &args,
-                    &[],
-                    Kill::Never,
-                    Duration::from_secs(120),
-                );
-                let ctx = format!("{ctx}, then the rerun\n  killed run: {}", r.show());
-                let mut ok = again.check(&mut t, &[0], &ctx);
-                if ok {
-                    t_deploy = again.secs.max(0.5);
-                    ok = c.w.check(
-                        &c.tp,
-                        &mut t,
-                        &format!("{ctx}\n  rerun: {}", again.show()),
-                        true,
-                    );
-                    if current_id(&c.tp).as_deref() != Some(id.as_str()) {
-                        t.fail(format!(
-                            "{ctx}: current is {:?}, not {id}\n  rerun: {}",
-                            current_id(&c.tp),
-                            again.show()
-                        ));
-                        ok = false;
-                    }
-                }
-                ok && {
-                    let _ = c.w.post(&c.tp, 1);
-                    c.rollback_kill(&mut t, second, &mut t_rollback, &mut rng)
-                }
-            }
-            "deploy-bad" => {
-                let (base, kind) = if c.n.is_multiple_of(2) {
-                    (&badh, "health_fail")
-                } else {
-                    (&badc, "crash_at_start")
-                };
-                let tag = format!("b{}", c.n);
-                let (_, id) = dist(&c.tp, base, &tag);
-                let args = deploy_args(&tag);
-                let r = killed_run(&c.tp, "deploy_dhash", &args, point, t_bad, &mut rng);
-                t.count += 1;
-                let ctx = format!(
-                    "kill point #{i}: deploy_dhash (bad release {id}, {kind}) at {point:?}"
-                );
-                r.check(&mut t, &[1], &ctx);
-                c.w.check(
-                    &c.tp,
-                    &mut t,
-                    &format!("{ctx}: right after the kill\n  {}", r.show()),
-                    false,
-                );
-                let failed_before =
-                    releases_state(&c.tp)["releases"][id.as_str()]["state"] == "failed";
-                let again = run_tool(
-                    &c.tp,
-                    "deploy_dhash",
-                    &args,
-                    &[],
-                    Kill::Never,
-                    Duration::from_secs(120),
-                );
-                let ctx = format!("{ctx}, then the rerun\n  killed run: {}", r.show());
-                let mut ok = again.check(&mut t, &[1, 2], &ctx);
-                if ok {
-                    t_bad = again.secs.max(1.0);
-                }
-                let switched_to_bad = again.events().iter().any(|e| {
-                    e["event"] == "deploy.switched"
-                        && e.to_string().contains(&format!("\"release\":\"{id}\""))
-                });
-                if failed_before && switched_to_bad {
-                    t.fail(format!(
-                        "{ctx}: the rerun switched onto {id}, a release already marked failed (issue 13 #3)\n  rerun: {}",
-                        again.show()
-                    ));
-                    ok = false;
-                }
-                if current_id(&c.tp).as_deref() != Some(c.v1.as_str()) {
-                    t.fail(format!(
-                        "{ctx}: current is {:?}, not the previous release {}\n  rerun: {}",
-                        current_id(&c.tp),
-                        c.v1,
-                        again.show()
-                    ));
-                    ok = false;
-                }
-                c.w.check(
-                    &c.tp,
-                    &mut t,
-                    &format!("{ctx}\n  rerun: {}", again.show()),
-                    true,
-                ) && ok
-            }
-            "migrate" => {
-                // Forward to v2's schema (expand before deploy), killed; then back, killed.
-                let tag = format!("m{}", c.n);
-                let (dir, _) = dist(&c.tp, &v2, &tag);
-                let dir = dir.to_string_lossy().to_string();
-                let mut ok = true;
-                for (step, args, ahead) in [
-                    ("forward", s(&["--env", ENV, "--release", &dir]), Some(3)),
-                    (
-                        "backward",
-                        s(&[
-                            "--env",
-                            ENV,
-                            "--type",
-                            "backward",
-                            "--target",
-                            "2",
-                            "--release",
-                            &dir,
-                        ]),
-                        None,
-                    ),
-                ] {
-                    let p = if step == "forward" { point } else { second };
-                    let r = killed_run(&c.tp, "migrate_dhash", &args, p, t_migrate, &mut rng);
-                    t.count += 1;
-                    let ctx = format!("kill point #{i}: migrate_dhash {step} at {p:?}");
-                    r.check(&mut t, &[0], &ctx);
-                    let again = run_tool(
-                        &c.tp,
-                        "migrate_dhash",
-                        &args,
-                        &[],
-                        Kill::Never,
-                        Duration::from_secs(120),
-                    );
-                    let ctx = format!("{ctx}, then the rerun\n  killed run: {}", r.show());
-                    ok &= again.check(&mut t, &[0], &ctx);
-                    t_migrate = again.secs.max(0.1);
-                    c.w.schema_ahead = ahead;
-                    let want = if ahead.is_some() { 3 } else { 2 };
-                    let have = rusqlite::Connection::open(&c.tp.env(ENV).database)
-                        .and_then(|db| {
-                            db.query_row("SELECT MAX(version) FROM schema_migrations", [], |r| {
-                                r.get::<_, i64>(0)
-                            })
-                        })
-                        .ok();
-                    if have != Some(want) {
-                        t.fail(format!(
-                            "{ctx}: schema {have:?} after the rerun, want {want}\n  rerun: {}",
-                            again.show()
-                        ));
-                        ok = false;
-                    }
-                    ok &= c.w.check(
-                        &c.tp,
-                        &mut t,
-                        &format!("{ctx}\n  rerun: {}", again.show()),
-                        true,
-                    );
-                }
-                c.w.schema_ahead = None;
-                ok
-            }
-            _ => {
-                // A monitor rolling back a flooding release, killed in the middle.
-                let tag = format!("q{}", c.n);
-                let (_, id) = dist(&c.tp, &badq, &tag);
-                let d = run_tool(
-                    &c.tp,
-                    "deploy_dhash",
-                    &deploy_args(&tag),
-                    &[],
-                    Kill::Never,
-                    Duration::from_secs(120),
-                );
-                let ctx = format!("kill point #{i}: monitor_dhash rolling back {id} at {point:?}");
-                if !d.check(
-                    &mut t,
-                    &[0],
-                    &format!("{ctx}: deploying the flooding release"),
-                ) {
-                    false
-                } else {
-                    let args = s(&[
-                        "--env",
-                        ENV,
-                        "--config",
-                        "fast-gates.json",
-                        "--duration",
-                        "10s",
-                        "--release",
-                        &id,
-                        "--backup",
-                        &c.b1(),
-                    ]);
-                    let before = ledger_rollbacks(&c.tp);
-                    let r = killed_run(&c.tp, "monitor_dhash", &args, point, 6.0, &mut rng);
-                    t.count += 1;
-                    r.check(&mut t, &[3], &ctx);
-                    c.w.check_rows(
-                        &c.tp,
-                        &mut t,
-                        &format!("{ctx}: right after the kill\n  {}", r.show()),
-                        false,
-                        false,
-                    );
-                    let again = run_tool(
-                        &c.tp,
-                        "monitor_dhash",
-                        &args,
-                        &[],
-                        Kill::Never,
-                        Duration::from_secs(120),
-                    );
-                    let ctx = format!("{ctx}, then the rerun\n  killed run: {}", r.show());
-                    let mut ok = again.check(&mut t, &[3, 6], &ctx);
-                    if again.code == Some(0) {
-                        t.fail(format!("{ctx}: the rerun reported a pass after an interrupted rollback (issue 13 #2)\n  rerun: {}", again.show()));
-                    }
-                    let after = ledger_rollbacks(&c.tp);
-                    if after != before + 1 {
-                        t.fail(format!(
-                            "{ctx}: {} completed rollbacks for one violation (want exactly 1)\n  rerun: {}",
-                            after - before,
-                            again.show()
-                        ));
-                        ok = false;
-                    }
-                    c.w.rollbacks = after;
-                    c.w.rows = c.rows_b1.clone();
-                    if current_id(&c.tp).as_deref() != Some(c.v1.as_str()) {
-                        t.fail(format!(
-                            "{ctx}: current is {:?}, not the backup's {}\n  rerun: {}",
-                            current_id(&c.tp),
-                            c.v1,
-                            again.show()
-                        ));
-                        ok = false;
-                    }
-                    let st = releases_state(&c.tp);
-                    if st["releases"][id.as_str()]["state"] == "healthy"
-                        || st["last_known_good"] == id.as_str()
-                    {
-                        t.fail(format!(
-                            "{ctx}: releases.json still calls the rolled-back {id} healthy / last known good (issue 13, release states): {st}"
-                        ));
-                    }
-                    c.w.check(
-                        &c.tp,
-                        &mut t,
-                        &format!("{ctx}\n  rerun: {}", again.show()),
-                        true,
-                    ) && ok
-                }
-            }
+            "backup" => c.kill_backup(&mut t, &k, &mut typical, &mut rng),
+            "deploy-good" => c.kill_deploy_good(&mut t, &k, &bundles, &mut typical, &mut rng),
+            "deploy-bad" => c.kill_deploy_bad(&mut t, &k, &bundles, &mut typical, &mut rng),
+            "migrate" => c.kill_migrate(&mut t, &k, &bundles, &mut typical, &mut rng),
+            _ => c.kill_monitor(&mut t, &k, &bundles, &mut rng),
         };
         eprintln!(
             "faults: kill: #{i} {family} at {point:?} / {second:?}: {}",
@@ -1625,6 +1323,331 @@ fn kill_points(mut rng: Rng, size: Size) -> Tally {
         reap(&c.tp);
     }
     t
+}
+
+/// The base bundles the kill points deploy (each under a fresh tag).
+struct Bundles {
+    v2: PathBuf,
+    badh: PathBuf,
+    badc: PathBuf,
+    badq: PathBuf,
+}
+
+/// How long each kind of run took last time: random kills land within it.
+struct Typical {
+    backup: f64,
+    deploy: f64,
+    bad: f64,
+    rollback: f64,
+    migrate: f64,
+}
+
+/// One planned kill: where, and where the follow-up run is killed.
+struct KillPoint<'a> {
+    ctx: String,
+    point: &'a Point,
+    second: &'a Point,
+}
+
+/// A killed run and its rerun to completion.
+struct Killed {
+    r: Run,
+    again: Run,
+    /// Names the kill and the killed run, for reports about the rerun.
+    ctx: String,
+}
+
+/// A command run to completion, as an operator reruns it.
+fn rerun_tool(tp: &TestProject, bin: &str, args: &[String]) -> Run {
+    run_tool(tp, bin, args, &[], Kill::Never, Duration::from_secs(120))
+}
+
+impl Chain {
+    /// Runs `bin args` killed at `point` (when it finishes first, its exit
+    /// must be one of `exits`), checks the invariants right after the kill
+    /// (`rows`: also every stored row; None: no check, the run is cut in a
+    /// transaction), calls `before_rerun`, then reruns the same command to
+    /// completion.
+    #[allow(clippy::too_many_arguments)]
+    fn kill_then_rerun(
+        &mut self,
+        t: &mut Tally,
+        what: &str,
+        (bin, args): (&str, &[String]),
+        point: &Point,
+        typical: f64,
+        exits: &[i32],
+        rows: Option<bool>,
+        rng: &mut Rng,
+        before_rerun: impl FnOnce(&TestProject),
+    ) -> Killed {
+        let r = killed_run(&self.tp, bin, args, point, typical, rng);
+        t.count += 1;
+        let ctx = format!("{what} at {point:?}");
+        r.check(t, exits, &ctx);
+        if let Some(rows) = rows {
+            let after = format!("{ctx}: right after the kill\n  {}", r.show());
+            self.w.check_rows(&self.tp, t, &after, false, rows);
+        }
+        before_rerun(&self.tp);
+        let again = rerun_tool(&self.tp, bin, args);
+        let ctx = format!("{ctx}, then the rerun\n  killed run: {}", r.show());
+        Killed { r, again, ctx }
+    }
+
+    /// The invariants once a rerun has finished.
+    fn settled(&self, t: &mut Tally, k: &Killed) -> bool {
+        let ctx = format!("{}\n  rerun: {}", k.ctx, k.again.show());
+        self.w.check(&self.tp, t, &ctx, true)
+    }
+
+    /// `current` must be `want` after the rerun.
+    fn current_is(&self, t: &mut Tally, k: &Killed, want: &str, what: &str) -> bool {
+        let cur = current_id(&self.tp);
+        if cur.as_deref() == Some(want) {
+            return true;
+        }
+        t.fail(format!(
+            "{}: current is {cur:?}, not {what} {want}\n  rerun: {}",
+            k.ctx,
+            k.again.show()
+        ));
+        false
+    }
+
+    fn kill_backup(
+        &mut self,
+        t: &mut Tally,
+        k: &KillPoint,
+        ty: &mut Typical,
+        rng: &mut Rng,
+    ) -> bool {
+        let args = s(&["--env", ENV]);
+        let what = format!("{}: backup_dhash", k.ctx);
+        let run = ("backup_dhash", &args[..]);
+        let x = self.kill_then_rerun(
+            t,
+            &what,
+            run,
+            k.point,
+            ty.backup,
+            &[0],
+            Some(true),
+            rng,
+            |_| {},
+        );
+        if !x.again.check(t, &[0], &x.ctx) {
+            return false;
+        }
+        ty.backup = x.again.secs.max(0.3);
+        self.settled(t, &x)
+    }
+
+    /// A good release deployed, killed, rerun; then the rollback to B1 killed at the second point.
+    fn kill_deploy_good(
+        &mut self,
+        t: &mut Tally,
+        k: &KillPoint,
+        b: &Bundles,
+        ty: &mut Typical,
+        rng: &mut Rng,
+    ) -> bool {
+        let tag = format!("g{}", self.n);
+        let (_, id) = dist(&self.tp, &b.v2, &tag);
+        let _ = self.w.post(&self.tp, 1);
+        let args = deploy_args(&tag);
+        let what = format!("{}: deploy_dhash (good release {id})", k.ctx);
+        let run = ("deploy_dhash", &args[..]);
+        let x = self.kill_then_rerun(
+            t,
+            &what,
+            run,
+            k.point,
+            ty.deploy,
+            &[0],
+            Some(true),
+            rng,
+            |_| {},
+        );
+        if !x.again.check(t, &[0], &x.ctx) {
+            return false;
+        }
+        ty.deploy = x.again.secs.max(0.5);
+        let ok = self.settled(t, &x) & self.current_is(t, &x, &id, "the deployed release");
+        ok && {
+            let _ = self.w.post(&self.tp, 1);
+            self.rollback_kill(t, k.second, &mut ty.rollback, rng)
+        }
+    }
+
+    /// A failing release deployed, killed, rerun: it must end on v1, never on the failed one.
+    fn kill_deploy_bad(
+        &mut self,
+        t: &mut Tally,
+        k: &KillPoint,
+        b: &Bundles,
+        ty: &mut Typical,
+        rng: &mut Rng,
+    ) -> bool {
+        let (base, kind) = if self.n.is_multiple_of(2) {
+            (&b.badh, "health_fail")
+        } else {
+            (&b.badc, "crash_at_start")
+        };
+        let tag = format!("b{}", self.n);
+        let (_, id) = dist(&self.tp, base, &tag);
+        let args = deploy_args(&tag);
+        let what = format!("{}: deploy_dhash (bad release {id}, {kind})", k.ctx);
+        // Whether the killed run had already marked it failed, read right after the kill.
+        let mut failed_before = false;
+        let run = ("deploy_dhash", &args[..]);
+        let x = self.kill_then_rerun(
+            t,
+            &what,
+            run,
+            k.point,
+            ty.bad,
+            &[1],
+            Some(true),
+            rng,
+            |tp| {
+                failed_before = releases_state(tp)["releases"][id.as_str()]["state"] == "failed";
+            },
+        );
+        let mut ok = x.again.check(t, &[1, 2], &x.ctx);
+        if ok {
+            ty.bad = x.again.secs.max(1.0);
+        }
+        let switched_to_bad = x.again.events().iter().any(|e| {
+            e["event"] == "deploy.switched"
+                && e.to_string().contains(&format!("\"release\":\"{id}\""))
+        });
+        if failed_before && switched_to_bad {
+            t.fail(format!(
+                "{}: the rerun switched onto {id}, a release already marked failed (issue 13 #3)\n  rerun: {}",
+                x.ctx,
+                x.again.show()
+            ));
+            ok = false;
+        }
+        let v1 = self.v1.clone();
+        ok &= self.current_is(t, &x, &v1, "the previous release");
+        self.settled(t, &x) && ok
+    }
+
+    /// Forward to v2's schema (expand before deploy), killed; then back, killed at the second point.
+    fn kill_migrate(
+        &mut self,
+        t: &mut Tally,
+        k: &KillPoint,
+        b: &Bundles,
+        ty: &mut Typical,
+        rng: &mut Rng,
+    ) -> bool {
+        let tag = format!("m{}", self.n);
+        let (dir, _) = dist(&self.tp, &b.v2, &tag);
+        let dir = dir.to_string_lossy().to_string();
+        let forward = s(&["--env", ENV, "--release", &dir]);
+        let backward = s(&[
+            "--env",
+            ENV,
+            "--type",
+            "backward",
+            "--target",
+            "2",
+            "--release",
+            &dir,
+        ]);
+        let mut ok = true;
+        for (step, args, point, ahead) in [
+            ("forward", forward, k.point, Some(3)),
+            ("backward", backward, k.second, None),
+        ] {
+            let what = format!("{}: migrate_dhash {step}", k.ctx);
+            let run = ("migrate_dhash", &args[..]);
+            let x = self.kill_then_rerun(t, &what, run, point, ty.migrate, &[0], None, rng, |_| {});
+            ok &= x.again.check(t, &[0], &x.ctx);
+            ty.migrate = x.again.secs.max(0.1);
+            self.w.schema_ahead = ahead;
+            let want = if ahead.is_some() { 3 } else { 2 };
+            let have = rusqlite::Connection::open(&self.tp.env(ENV).database)
+                .and_then(|db| {
+                    db.query_row("SELECT MAX(version) FROM schema_migrations", [], |r| {
+                        r.get::<_, i64>(0)
+                    })
+                })
+                .ok();
+            if have != Some(want) {
+                t.fail(format!(
+                    "{}: schema {have:?} after the rerun, want {want}\n  rerun: {}",
+                    x.ctx,
+                    x.again.show()
+                ));
+                ok = false;
+            }
+            ok &= self.settled(t, &x);
+        }
+        self.w.schema_ahead = None;
+        ok
+    }
+
+    /// A monitor rolling back a flooding release, killed in the middle, then rerun:
+    /// exactly one rollback, never a pass.
+    fn kill_monitor(&mut self, t: &mut Tally, k: &KillPoint, b: &Bundles, rng: &mut Rng) -> bool {
+        let tag = format!("q{}", self.n);
+        let (_, id) = dist(&self.tp, &b.badq, &tag);
+        let d = rerun_tool(&self.tp, "deploy_dhash", &deploy_args(&tag));
+        let what = format!("{}: monitor_dhash rolling back {id}", k.ctx);
+        if !d.check(t, &[0], &format!("{what}: deploying the flooding release")) {
+            return false;
+        }
+        let args = s(&[
+            "--env",
+            ENV,
+            "--config",
+            "fast-gates.json",
+            "--duration",
+            "10s",
+            "--release",
+            &id,
+            "--backup",
+            &self.b1(),
+        ]);
+        let before = ledger_rollbacks(&self.tp);
+        let run = ("monitor_dhash", &args[..]);
+        let x = self.kill_then_rerun(t, &what, run, k.point, 6.0, &[3], Some(false), rng, |_| {});
+        let mut ok = x.again.check(t, &[3, 6], &x.ctx);
+        if x.again.code == Some(0) {
+            t.fail(format!(
+                "{}: the rerun reported a pass after an interrupted rollback (issue 13 #2)\n  rerun: {}",
+                x.ctx,
+                x.again.show()
+            ));
+        }
+        let after = ledger_rollbacks(&self.tp);
+        if after != before + 1 {
+            t.fail(format!(
+                "{}: {} completed rollbacks for one violation (want exactly 1)\n  rerun: {}",
+                x.ctx,
+                after - before,
+                x.again.show()
+            ));
+            ok = false;
+        }
+        self.w.rollbacks = after;
+        self.w.rows = self.rows_b1.clone();
+        let v1 = self.v1.clone();
+        ok &= self.current_is(t, &x, &v1, "the backup's release");
+        let st = releases_state(&self.tp);
+        if st["releases"][id.as_str()]["state"] == "healthy" || st["last_known_good"] == id.as_str()
+        {
+            t.fail(format!(
+                "{}: releases.json still calls the rolled-back {id} healthy / last known good (issue 13, release states): {st}",
+                x.ctx
+            ));
+        }
+        self.settled(t, &x) && ok
+    }
 }
 
 // ---------------------------------------------------------------- concurrent pairs
@@ -1699,14 +1722,7 @@ impl Chain {
         self.n += 1;
         let tag = format!("{prefix}{}", self.n);
         let (_, id) = dist(&self.tp, base, &tag);
-        let r = run_tool(
-            &self.tp,
-            "deploy_dhash",
-            &deploy_args(&tag),
-            &[],
-            Kill::Never,
-            Duration::from_secs(120),
-        );
+        let r = rerun_tool(&self.tp, "deploy_dhash", &deploy_args(&tag));
         r.check(t, &[0], &format!("pairs: deploying {id}"))
             .then_some(id)
     }
@@ -2272,14 +2288,7 @@ fn config_mutations(mut rng: Rng, size: Size) -> Tally {
 /// (returned with the rows it holds).
 fn deployed_with_backup(tp: &TestProject, w: &mut World, t: &mut Tally) -> Option<PathBuf> {
     dist(tp, &base_bundle("v1", &[], false), "v1");
-    let r = run_tool(
-        tp,
-        "deploy_dhash",
-        &deploy_args("v1"),
-        &[],
-        Kill::Never,
-        Duration::from_secs(120),
-    );
+    let r = rerun_tool(tp, "deploy_dhash", &deploy_args("v1"));
     if !r.check(t, &[0], "setup: deploy v1") {
         return None;
     }

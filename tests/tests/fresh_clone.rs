@@ -70,20 +70,15 @@ impl Drop for Traffic {
 /// What a new user's shell does not have: the test harness's build
 /// shortcuts, and secrets of the machine running the tests.
 fn scrub(c: &mut Command) {
-    for var in [
+    let harness = [
         "DHASH_ROOT",
         "DHASH_NO_BUILD",
         "DHASH_PROFILE",
         "CARGO_TARGET_DIR",
         "CARGO_BUILD_TARGET_DIR",
-        "SLACK_WEBHOOK",
-        "SLACK_WEBHOOK_URL",
-        "TEAMS_WEBHOOK",
-        "TEAMS_WEBHOOK_URL",
-        "DISCORD_WEBHOOK_URL",
-        "WEBHOOK_URL",
         "EMAIL_TO",
-    ] {
+    ];
+    for var in harness.iter().chain(gates_core::redact::SECRET_VARS) {
         c.env_remove(var);
     }
 }
@@ -246,14 +241,7 @@ impl Clone {
 
     fn run(&self, what: &str, script: &str) -> String {
         let out = self.bash(script).output().expect("bash");
-        let text = describe(what, &out);
-        std::fs::write(
-            self.root.join(format!("{}.out", what.replace(' ', "_"))),
-            &text,
-        )
-        .ok();
-        assert!(out.status.success(), "{text}");
-        String::from_utf8_lossy(&out.stdout).to_string()
+        self.succeeded(what, &out)
     }
 
     /// `script` in a pseudo-terminal (util-linux `script`), `input` typed.
@@ -280,7 +268,13 @@ impl Clone {
             stdin.write_all(input.as_bytes()).expect("type");
         }
         let out = child.wait_with_output().expect("script(1) output");
-        let text = describe(what, &out);
+        self.succeeded(what, &out)
+    }
+
+    /// Keeps the step's output beside the clone (for a failing run's
+    /// post-mortem), asserts it succeeded and returns its stdout.
+    fn succeeded(&self, what: &str, out: &std::process::Output) -> String {
+        let text = describe(what, out);
         std::fs::write(
             self.root.join(format!("{}.out", what.replace(' ', "_"))),
             &text,
