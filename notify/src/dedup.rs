@@ -13,6 +13,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use gates_core::config::EnvConfig;
+use gates_core::{Emitter, Level};
+use serde_json::json;
+
+use crate::Notification;
 
 pub const STATE_FILE: &str = "notify_state.json";
 
@@ -90,6 +94,69 @@ fn lock(path: &Path) -> anyhow::Result<std::fs::File> {
     file.lock()
         .with_context(|| format!("locking {}", lock_path.display()))?;
     Ok(file)
+}
+
+/// One notification's quiet period: its key (environment + dedup key), the
+/// state file and how long the period lasts.
+pub(crate) struct Quiet {
+    key: Option<String>,
+    state: PathBuf,
+    period: Duration,
+}
+
+impl Quiet {
+    /// No key (none given, or `--no-dedup`): always sent.
+    pub fn new(env: &EnvConfig, n: &Notification, no_dedup: bool) -> Quiet {
+        Quiet {
+            key: n
+                .dedup_key
+                .as_deref()
+                .filter(|_| !no_dedup)
+                .map(|k| format!("{}|{k}", env.name)),
+            state: state_path(env),
+            period: env.notify.quiet_period,
+        }
+    }
+
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+
+    /// Sent within the quiet period: said (`notify.skipped`, reason duplicate).
+    pub fn already_sent(&self, title: &str, level: Level, em: &Emitter) -> bool {
+        let Some(k) = &self.key else {
+            return false;
+        };
+        let Some(ago) = recently_sent(&self.state, k, self.period) else {
+            return false;
+        };
+        em.emit(
+            "notify.skipped",
+            Level::Info,
+            format!(
+                "{title:?} already sent {} ago, within the quiet period of {}; not sent again",
+                gates_core::duration::human(ago),
+                gates_core::duration::human(self.period)
+            ),
+            json!({"reason": "duplicate", "title": title, "level": level,
+                   "quiet_period_seconds": self.period.as_secs_f64()}),
+        );
+        true
+    }
+
+    /// Records a delivery; a failure is said, not fatal (the alert may then
+    /// be sent again within the period).
+    pub fn remember(&self, em: &Emitter) {
+        let Some(k) = &self.key else {
+            return;
+        };
+        if let Err(e) = record(&self.state, k, self.period) {
+            em.human(&format!(
+                "cannot record the alert in {} ({e:#}); it may be sent again within the quiet period",
+                crate::record::show(&self.state)
+            ));
+        }
+    }
 }
 
 #[cfg(test)]

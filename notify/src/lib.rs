@@ -91,12 +91,10 @@ pub mod dedup;
 pub mod deliver;
 pub mod dotenv;
 pub mod record;
+pub mod render;
+mod report;
+pub mod route;
 pub mod truncate;
-
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{mpsc, Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
@@ -105,9 +103,6 @@ use gates_core::event::Event;
 use gates_core::{Emitter, Level};
 
 pub use channels::Channel;
-use channels::{Config, Rendered, Target};
-use deliver::{Outcome, Policy};
-use record::FallbackEntry;
 
 /// Milestone events `notify` sends from stdin whatever their level.
 pub const DEFAULT_MILESTONES: &[&str] = &[
@@ -121,9 +116,6 @@ pub const DEFAULT_MILESTONES: &[&str] = &[
     "gate.resolved",
     "backup.failed",
 ];
-
-/// Extra time the caller waits, past the deadline, for channels to report.
-const GRACE: Duration = Duration::from_millis(300);
 
 /// One notification.
 #[derive(Debug, Clone, PartialEq)]
@@ -282,38 +274,16 @@ pub(crate) fn redact(text: &str) -> String {
     gates_core::redact::global().redact(text)
 }
 
-/// Says "channel X is not configured" once per process.
-fn first_skip(channel: Channel) -> bool {
-    static SEEN: OnceLock<Mutex<HashSet<Channel>>> = OnceLock::new();
-    SEEN.get_or_init(|| Mutex::new(HashSet::new()))
-        .lock()
-        .map(|mut s| s.insert(channel))
-        .unwrap_or(true)
-}
-
-/// The routed channels for a level, in route order, each once.
+/// The routed channels for a level, in route order, each once (routes
+/// naming no known channel are left out; [`route::route`] lists them).
 pub fn routed(env: &EnvConfig, level: Level, only: Option<&[Channel]>) -> Vec<Channel> {
-    let mut out = Vec::new();
-    for r in &env.notify.routes {
-        let Ok(ch) = r.channel.parse::<Channel>() else {
-            continue;
-        };
-        if level.severity() < r.min_level.severity() || out.contains(&ch) {
-            continue;
-        }
-        if only.is_some_and(|o| !o.contains(&ch)) {
-            continue;
-        }
-        out.push(ch);
-    }
-    out
+    route::route(&env.notify.routes, level, only).channels
 }
 
-struct Job {
-    channel: Channel,
-    target: Target,
-}
-
+/// [`send`] with the binaries' settings. The steps, in order: route (which
+/// channels the level reaches), dedup (the quiet period), deliver (every
+/// configured channel at once, through the one retrier), record (events,
+/// the fallback file and the audit copy, then the quiet period's key).
 pub fn send_with(
     env: &EnvConfig,
     n: &Notification,
@@ -321,181 +291,43 @@ pub fn send_with(
     em: &Emitter,
     settings: &SendSettings,
 ) -> DeliveryReport {
-    let mut report = DeliveryReport::default();
     ensure_dotenv(em);
     // Titles in events and messages: redacted and short, whatever came in.
     let title = truncate::chars(&redact(&n.title), truncate::TITLE_MAX);
-    let key = n
-        .dedup_key
-        .as_deref()
-        .filter(|_| !settings.no_dedup)
-        .map(|k| format!("{}|{k}", env.name));
-    let state = dedup::state_path(env);
-    if let Some(k) = &key {
-        if let Some(ago) = dedup::recently_sent(&state, k, env.notify.quiet_period) {
-            em.emit(
-                "notify.skipped",
-                Level::Info,
-                format!(
-                    "{title:?} already sent {} ago, within the quiet period of {}; not sent again",
-                    gates_core::duration::human(ago),
-                    gates_core::duration::human(env.notify.quiet_period)
-                ),
-                json!({"reason": "duplicate", "title": title, "level": n.level,
-                       "quiet_period_seconds": env.notify.quiet_period.as_secs_f64()}),
-            );
-            report.deduplicated = true;
-            return report;
-        }
-    }
-
     let only = settings.only.as_deref();
-    let selected = routed(env, n.level, only);
-    if selected.is_empty() {
-        em.emit(
-            "notify.skipped",
-            Level::Debug,
-            format!(
-                "no route takes level {} for {title:?}; nothing to send",
-                n.level
-            ),
-            json!({"reason": "no route", "title": title, "level": n.level}),
-        );
-        if only.is_some() || n.level.severity() >= Level::Info.severity() {
-            em.human(&format!(
-                "no channel route takes level {} in environment {} (see notifications.routes); nothing sent",
-                n.level, env.name
-            ));
-        }
-        return report;
+    let routing = route::route(&env.notify.routes, n.level, only);
+    route::report_unknown(&routing, &env.name, em);
+    // The quiet period is checked before "no route" is said, as it always was.
+    let quiet = dedup::Quiet::new(env, n, settings.no_dedup);
+    if quiet.already_sent(&title, n.level, em) {
+        return DeliveryReport {
+            deduplicated: true,
+            ..DeliveryReport::default()
+        };
     }
-
-    let (rendered, full) = render(env, n);
-    let mut jobs = Vec::new();
-    let mut failures: Vec<(Channel, Outcome)> = Vec::new();
-    let mut missing = Vec::new();
-    for ch in &selected {
-        match channels::configure(*ch) {
-            Config::Ready(target) => jobs.push(Job {
-                channel: *ch,
-                target,
-            }),
-            Config::Missing(why) => {
-                missing.push(*ch);
-                report.skipped.push(ch.name().to_string());
-                if first_skip(*ch) {
-                    em.human(&format!("{ch}: skipped, not configured ({why})"));
-                    em.emit(
-                        "notify.skipped",
-                        Level::Debug,
-                        format!("{ch} skipped: {why}"),
-                        json!({"channel": ch.name(), "reason": redact(&why)}),
-                    );
-                }
-            }
-            Config::Invalid(why) => failures.push((
-                *ch,
-                Outcome {
-                    delivered: false,
-                    attempts: 0,
-                    status: None,
-                    reason: redact(&format!("misconfigured: {why}")),
-                },
-            )),
-        }
+    if routing.channels.is_empty() {
+        route::report_no_route(&env.name, n.level, &title, only.is_some(), em);
+        return DeliveryReport::default();
     }
-
-    let ctx = Ctx {
+    let mut report = DeliveryReport::default();
+    let (rendered, full) = render::render(env, n);
+    let plan = route::plan(&routing.channels, em, &mut report);
+    let ctx = report::Ctx {
         env,
         r: &rendered,
         full: &full,
-        key: key.as_deref(),
+        key: quiet.key(),
         em,
     };
     if opts.dry_run {
-        dry_run(&ctx, &selected, &missing, &failures, &mut report);
+        report::dry_run(&ctx, &routing.channels, &plan, &mut report);
         return report;
     }
-
-    let mut outcomes: Vec<(Channel, Outcome)> = deliver_all(env, &rendered, key.as_deref(), jobs);
-    outcomes.append(&mut failures);
-    if outcomes.is_empty() {
-        // Every routed channel lacks its secret: file-based notification.
-        let reason = format!(
-            "no channel configured for level {} (set {})",
-            n.level,
-            missing
-                .iter()
-                .map(|c| c.secret_vars())
-                .collect::<Vec<_>>()
-                .join("; ")
-        );
-        let entry = FallbackEntry {
-            channel: "none".into(),
-            reason,
-            attempts: 0,
-            status: None,
-            dry_run: false,
-            payload: None,
-        };
-        fall_back(&ctx, &entry, &mut report);
-        let copy = vec![json!({"channel": "none", "status": "fallback", "reason": entry.reason})];
-        write_copy(&ctx, false, copy, &mut report);
-        return report;
-    }
-
-    let mut copies = Vec::new();
-    for (ch, o) in &outcomes {
-        if o.delivered {
-            report.sent.push(ch.name().to_string());
-            em.emit(
-                "notify.sent",
-                Level::Info,
-                format!(
-                    "{ch}: delivered {:?} after {} attempt(s)",
-                    rendered.title, o.attempts
-                ),
-                json!({"channel": ch.name(), "attempts": o.attempts, "status": o.status,
-                       "title": rendered.title, "level": n.level}),
-            );
-            copies.push(
-                json!({"channel": ch.name(), "status": "sent", "attempts": o.attempts,
-                               "http_status": o.status}),
-            );
-        } else {
-            let entry = FallbackEntry {
-                channel: ch.name().to_string(),
-                reason: o.reason.clone(),
-                attempts: o.attempts,
-                status: o.status,
-                dry_run: false,
-                payload: None,
-            };
-            fall_back(&ctx, &entry, &mut report);
-            copies.push(
-                json!({"channel": ch.name(), "status": "fallback", "reason": o.reason,
-                               "attempts": o.attempts, "http_status": o.status,
-                               "payload": channels::preview(*ch, &rendered, key.as_deref())}),
-            );
-        }
-    }
-    for ch in &missing {
-        copies.push(json!({"channel": ch.name(), "status": "skipped", "reason": "not configured"}));
-    }
-    // The audit copy: whenever something was not delivered, and whenever the
-    // channels got a cut text (so the full text is kept somewhere, once).
-    if !report.fallback.is_empty() || full.truncated {
-        write_copy(&ctx, false, copies, &mut report);
-    }
-    if let Some(k) = &key {
-        if !report.sent.is_empty() {
-            if let Err(e) = dedup::record(&state, k, env.notify.quiet_period) {
-                em.human(&format!(
-                    "cannot record the alert in {} ({e:#}); it may be sent again within the quiet period",
-                    record::show(&state)
-                ));
-            }
-        }
+    let mut outcomes = deliver::deliver_all(env, &rendered, quiet.key(), plan.jobs);
+    outcomes.extend(plan.invalid);
+    report::outcomes(&ctx, &outcomes, &plan.missing, &mut report);
+    if !report.sent.is_empty() {
+        quiet.remember(em);
     }
     report
 }
@@ -524,327 +356,6 @@ fn ensure_dotenv(em: &Emitter) {
             format!("{e}; the file is ignored, channels use the environment only"),
             json!({"file": e.path, "line": e.line, "problem": e.problem}),
         );
-    }
-}
-
-/// The notification as the channels get it (redacted, then cut to
-/// [`truncate::MESSAGE_MAX`] and the field limits) and as given (redacted,
-/// whole: kept once, in the audit copy).
-fn render<'a>(env: &EnvConfig, n: &'a Notification) -> (Rendered, record::FullText<'a>) {
-    let redactor = gates_core::redact::global();
-    // Redact before cutting, so a cut never leaves half a secret behind.
-    let message = redactor.redact_cow(&n.message);
-    let title = redactor.redact(&n.title);
-    let fields = record::redact_value(&Value::Object(n.fields.clone()));
-    let fields = match fields {
-        Value::Object(m) => m,
-        _ => Map::new(),
-    };
-    let mut truncated = false;
-    let mut cut = |text: &str, max: usize| {
-        if truncate::exceeds(text, max) {
-            truncated = true;
-            truncate::chars(text, max)
-        } else {
-            text.to_string()
-        }
-    };
-    let short_message = cut(&message, truncate::MESSAGE_MAX);
-    let short_title = cut(&title, truncate::TITLE_MAX);
-    let mut short_fields = Map::new();
-    for (i, (k, v)) in fields.iter().enumerate() {
-        if i >= truncate::FIELDS_MAX {
-            truncated = true;
-            break;
-        }
-        let v = match v {
-            Value::String(s) => Value::String(cut(s, truncate::FIELD_MAX)),
-            other => {
-                let text = other.to_string();
-                if truncate::exceeds(&text, truncate::FIELD_MAX) {
-                    Value::String(cut(&text, truncate::FIELD_MAX))
-                } else {
-                    other.clone()
-                }
-            }
-        };
-        short_fields.insert(truncate::chars(k, 200), v);
-    }
-    let rendered = Rendered {
-        env: env.name.clone(),
-        level: n.level,
-        title: short_title,
-        message: short_message,
-        fields: short_fields,
-        ts: gates_core::event::now_rfc3339(),
-    };
-    let full = record::FullText {
-        title,
-        message_chars: message.chars().count(),
-        message,
-        fields,
-        truncated,
-        out_path: record::out_path(env, &rendered),
-    };
-    (rendered, full)
-}
-
-/// What the recording helpers share for one notification.
-struct Ctx<'a> {
-    env: &'a EnvConfig,
-    r: &'a Rendered,
-    full: &'a record::FullText<'a>,
-    key: Option<&'a str>,
-    em: &'a Emitter,
-}
-
-fn dry_run(
-    ctx: &Ctx<'_>,
-    selected: &[Channel],
-    missing: &[Channel],
-    invalid: &[(Channel, Outcome)],
-    report: &mut DeliveryReport,
-) {
-    let (env, r, em) = (ctx.env, ctx.r, ctx.em);
-    let mut copies = Vec::new();
-    for ch in selected {
-        let configured = !missing.contains(ch);
-        let payload = channels::preview(*ch, r, ctx.key);
-        let broken = invalid.iter().find(|(c, _)| c == ch);
-        let reason = match broken {
-            Some((_, o)) => format!("dry-run: not sent (and it would fail: {})", o.reason),
-            None if configured => "dry-run: not sent".to_string(),
-            None => format!(
-                "dry-run: not sent (and not configured: set {})",
-                ch.secret_vars()
-            ),
-        };
-        let entry = FallbackEntry {
-            channel: ch.name().to_string(),
-            reason: reason.clone(),
-            attempts: 0,
-            status: None,
-            dry_run: true,
-            payload: Some(payload.clone()),
-        };
-        match record::append_fallback(env, r, ctx.full, ctx.key, &entry) {
-            Ok(()) => {
-                em.emit(
-                    "notify.recorded",
-                    Level::Info,
-                    format!(
-                        "dry run: {ch} would receive {:?}; recorded in {}",
-                        r.title,
-                        record::show(&env.notify.fallback_file)
-                    ),
-                    json!({"channel": ch.name(), "dry_run": true, "configured": configured,
-                           "file": env.notify.fallback_file, "title": r.title, "level": r.level}),
-                );
-                report
-                    .fallback
-                    .push((ch.name().to_string(), "dry-run".to_string()));
-            }
-            Err(e) => fallback_failed(env, &e, em, report),
-        }
-        copies.push(
-            json!({"channel": ch.name(), "status": "dry_run", "configured": configured,
-                           "payload": payload}),
-        );
-    }
-    write_copy(ctx, true, copies, report);
-}
-
-fn fall_back(ctx: &Ctx<'_>, entry: &FallbackEntry, report: &mut DeliveryReport) {
-    let (env, r, em) = (ctx.env, ctx.r, ctx.em);
-    match record::append_fallback(env, r, ctx.full, ctx.key, entry) {
-        Ok(()) => {
-            em.emit(
-                "notify.fallback",
-                Level::Warning,
-                format!(
-                    "{}: not delivered ({}); recorded in {}",
-                    entry.channel,
-                    entry.reason,
-                    record::show(&env.notify.fallback_file)
-                ),
-                json!({"channel": entry.channel, "reason": entry.reason, "attempts": entry.attempts,
-                       "status": entry.status, "file": env.notify.fallback_file,
-                       "title": r.title, "level": r.level}),
-            );
-            report
-                .fallback
-                .push((entry.channel.clone(), entry.reason.clone()));
-        }
-        Err(e) => fallback_failed(env, &e, em, report),
-    }
-}
-
-fn fallback_failed(env: &EnvConfig, e: &anyhow::Error, em: &Emitter, report: &mut DeliveryReport) {
-    let msg = redact(&format!(
-        "cannot write the fallback file {}: {e:#}",
-        env.notify.fallback_file.display()
-    ));
-    em.emit(
-        "notify.failed",
-        Level::Error,
-        msg.clone(),
-        json!({"file": env.notify.fallback_file}),
-    );
-    report.fallback_error.get_or_insert(msg);
-}
-
-fn write_copy(ctx: &Ctx<'_>, dry_run: bool, deliveries: Vec<Value>, report: &mut DeliveryReport) {
-    match record::write_out_copy(ctx.r, ctx.full, ctx.key, dry_run, deliveries) {
-        Ok(p) => {
-            ctx.em
-                .debug(&format!("audit copy written to {}", record::show(&p)));
-            report.out_file = Some(p);
-        }
-        Err(e) => ctx.em.human(&format!(
-            "cannot write the audit copy in {}: {e:#}{}",
-            record::show(&ctx.env.notify.out_dir),
-            if ctx.full.truncated {
-                "; the full text of a long message is lost (the fallback file has its start)"
-            } else {
-                ""
-            }
-        )),
-    }
-}
-
-/// Sends to every configured channel concurrently, bounded by the deadline.
-fn deliver_all(
-    env: &EnvConfig,
-    r: &Rendered,
-    key: Option<&str>,
-    jobs: Vec<Job>,
-) -> Vec<(Channel, Outcome)> {
-    if jobs.is_empty() {
-        return Vec::new();
-    }
-    let policy = Policy::for_budget(env.notify.timeout);
-    let cancel = Arc::new(AtomicBool::new(false));
-    let (tx, rx) = mpsc::channel::<(usize, Outcome)>();
-    let mut counters = Vec::new();
-    let mut results: Vec<Option<Outcome>> = Vec::new();
-    for (i, job) in jobs.iter().enumerate() {
-        let attempts = Arc::new(AtomicU32::new(0));
-        counters.push(Arc::clone(&attempts));
-        results.push(None);
-        let prepared = match prepare(job, r, key) {
-            Ok(p) => p,
-            Err(reason) => {
-                results[i] = Some(Outcome {
-                    delivered: false,
-                    attempts: 0,
-                    status: None,
-                    reason,
-                });
-                continue;
-            }
-        };
-        let (tx, cancel) = (tx.clone(), Arc::clone(&cancel));
-        let spawned = std::thread::Builder::new()
-            .name(format!("notify-{}", job.channel))
-            .spawn(move || {
-                let outcome = deliver::run(&policy, &cancel, &attempts, |t| prepared.attempt(t));
-                let _ = tx.send((i, outcome));
-            });
-        if let Err(e) = spawned {
-            results[i] = Some(Outcome {
-                delivered: false,
-                attempts: 0,
-                status: None,
-                reason: format!("cannot start a delivery thread: {e}"),
-            });
-        }
-    }
-    drop(tx);
-    let hard_stop = policy.deadline + GRACE;
-    while results.iter().any(Option::is_none) {
-        let wait = hard_stop.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(wait) {
-            Ok((i, o)) => results[i] = Some(o),
-            Err(_) => break,
-        }
-    }
-    // Threads still running are abandoned; they start no new attempt.
-    cancel.store(true, Ordering::SeqCst);
-    jobs.iter()
-        .zip(results)
-        .zip(counters)
-        .map(|((job, res), attempts)| {
-            let o = res.unwrap_or_else(|| {
-                let n = attempts.load(Ordering::SeqCst);
-                Outcome {
-                    delivered: false,
-                    attempts: n,
-                    status: None,
-                    reason: format!(
-                        "no answer within the notification timeout of {} ({n} attempt(s))",
-                        gates_core::duration::human(env.notify.timeout)
-                    ),
-                }
-            });
-            (job.channel, o)
-        })
-        .collect()
-}
-
-/// A channel's request, ready to be attempted from a delivery thread.
-enum Prepared {
-    Http {
-        agent: ureq::Agent,
-        channel: Channel,
-        url: String,
-        body: Vec<u8>,
-    },
-    Email {
-        cfg: channels::EmailConfig,
-        msg: Box<lettre::Message>,
-    },
-}
-
-impl Prepared {
-    fn attempt(&self, timeout: Duration) -> deliver::Attempt {
-        match self {
-            Prepared::Http {
-                agent,
-                channel,
-                url,
-                body,
-            } => deliver::http_attempt(agent, *channel, url, body, timeout),
-            Prepared::Email { cfg, msg } => deliver::email_attempt(cfg, msg, timeout),
-        }
-    }
-}
-
-fn prepare(job: &Job, r: &Rendered, key: Option<&str>) -> Result<Prepared, String> {
-    match &job.target {
-        Target::Http { url } => {
-            let payload = match job.channel {
-                Channel::Slack => channels::slack_payload(r),
-                Channel::Teams => channels::teams_payload(r),
-                Channel::Discord => channels::discord_payload(r),
-                _ => channels::webhook_payload(r, key),
-            };
-            let body = serde_json::to_vec(&payload)
-                .map_err(|e| format!("cannot encode the payload: {e}"))?;
-            Ok(Prepared::Http {
-                agent: deliver::http_agent(),
-                channel: job.channel,
-                url: url.clone(),
-                body,
-            })
-        }
-        Target::Email(cfg) => {
-            let (subject, body) = channels::email_content(r);
-            let msg = deliver::build_email(cfg, &subject, &body)?;
-            Ok(Prepared::Email {
-                cfg: cfg.clone(),
-                msg: Box::new(msg),
-            })
-        }
     }
 }
 
