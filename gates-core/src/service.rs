@@ -62,7 +62,7 @@ pub fn start(env: &EnvConfig, em: &Emitter) -> anyhow::Result<()> {
         ServiceControl::Local { bind, .. } => start_local(env, bind, em),
         ServiceControl::Commands { start, .. } => {
             let t0 = Instant::now();
-            run_command(env, "start", start)?;
+            run_command(env, ServiceAction::Start, start)?;
             wait_ready_commands(env, t0)?;
             em.emit(
                 "service.started",
@@ -82,7 +82,7 @@ pub fn stop(env: &EnvConfig, em: &Emitter) -> anyhow::Result<()> {
         ServiceControl::Local { .. } => stop_local(env, em),
         ServiceControl::Commands { stop, .. } => {
             let t0 = Instant::now();
-            run_command(env, "stop", stop)?;
+            run_command(env, ServiceAction::Stop, stop)?;
             em.emit(
                 "service.stopped",
                 Level::Info,
@@ -102,7 +102,7 @@ pub fn restart(env: &EnvConfig, em: &Emitter) -> anyhow::Result<()> {
             restart: Some(cmd), ..
         } => {
             let t0 = Instant::now();
-            run_command(env, "restart", cmd)?;
+            run_command(env, ServiceAction::Restart, cmd)?;
             wait_ready_commands(env, t0)?;
             em.emit(
                 "service.started",
@@ -189,6 +189,10 @@ pub fn log_tail(path: &Path, n: usize) -> String {
 
 // ---------------------------------------------------------------- local
 
+/// Order matters: an already running service is judged first; orphans are
+/// stopped before the port check (one may hold the port); the pidfile is
+/// written right after the spawn, and the crash point between the two is
+/// where a kill leaves an orphan.
 fn start_local(env: &EnvConfig, bind: &str, em: &Emitter) -> anyhow::Result<()> {
     let (start_timeout, _) = env.service.timeouts();
     let t0 = Instant::now();
@@ -196,50 +200,91 @@ fn start_local(env: &EnvConfig, bind: &str, em: &Emitter) -> anyhow::Result<()> 
     let log_path = env.service_log();
 
     if let Some(pid) = running_pid(env) {
-        // Already running: fine if it serves the release `current` names.
-        let answer = crate::probe::get(&env.health_url, env.monitor.probe_timeout);
-        let serving = answer
-            .as_ref()
-            .ok()
-            .and_then(|a| a.json().ok())
-            .and_then(|v| {
-                v.get("release")
-                    .and_then(|r| r.as_str())
-                    .map(str::to_string)
-            });
-        if let (Some(serving), Some(current)) = (serving, current_release(env)) {
-            if serving != current {
-                bail!(
-                    "{} service is already running as pid {pid} with release {serving}, but current is {current}; restart it",
-                    env.name
-                );
-            }
-        }
-        let health = match answer {
-            Ok(a) => crate::probe::classify_health(&a),
-            Err(detail) => Health::Error { detail },
-        };
-        return match health {
-            Health::Ok => {
-                em.emit(
-                    "service.started",
-                    Level::Info,
-                    format!("{} service already running as pid {pid}", env.name),
-                    json!({"pid": pid, "bind": bind, "release": current_release(env),
-                           "already_running": true, "seconds": 0.0}),
-                );
-                Ok(())
-            }
-            h => bail!(
-                "{} service is already running as pid {pid} but is not healthy ({}); stop or restart it",
-                env.name,
-                health_text(&h)
-            ),
-        };
+        return accept_running(env, bind, pid, em);
     }
     // Whatever the pidfile says is stale now (dead or recycled pid).
     let _ = fs::remove_file(&pid_file);
 
+    let (release_dir, bin) = current_service_binary(env)?;
+    stop_orphans(env, None, em)?;
+    check_port_free(bind, &pid_file)?;
+    fs::create_dir_all(&env.data_dir)
+        .with_context(|| format!("creating {}", env.data_dir.display()))?;
+    fs::create_dir_all(&env.install_root)
+        .with_context(|| format!("creating {}", env.install_root.display()))?;
+
+    let release = current_release(env);
+    let mut child = spawn_service(env, bind, &bin, &release_dir, release.as_deref())?;
+    let pid = child.id();
+    // A kill here leaves a service no pidfile names: `stop` and the next
+    // `start` find it by its command line (see `service_processes`).
+    crate::crash::crash_point("service-spawned");
+    if let Err(e) = crate::fsutil::write_atomic(&pid_file, format!("{pid}\n").as_bytes()) {
+        terminate(&mut child);
+        return Err(e.context("writing the pidfile"));
+    }
+    wait_spawned_healthy(env, &mut child, t0 + start_timeout)?;
+    // Reap the child when it exits, so a long-lived caller (the monitor, a
+    // test) never keeps a zombie that still looks alive to `stop`.
+    std::thread::spawn(move || {
+        let _ = child.wait();
+    });
+    em.emit(
+        "service.started",
+        Level::Info,
+        format!("{} service started as pid {pid} on {bind}", env.name),
+        json!({"pid": pid, "bind": bind, "release": release, "log": log_path,
+               "seconds": secs(t0.elapsed())}),
+    );
+    Ok(())
+}
+
+/// A service already running as `pid` is fine when it is healthy and serves
+/// the release `current` names; otherwise the caller must stop or restart it.
+fn accept_running(env: &EnvConfig, bind: &str, pid: u32, em: &Emitter) -> anyhow::Result<()> {
+    let answer = crate::probe::get(&env.health_url, env.monitor.probe_timeout);
+    let serving = answer
+        .as_ref()
+        .ok()
+        .and_then(|a| a.json().ok())
+        .and_then(|v| {
+            v.get("release")
+                .and_then(|r| r.as_str())
+                .map(str::to_string)
+        });
+    if let (Some(serving), Some(current)) = (serving, current_release(env)) {
+        if serving != current {
+            bail!(
+                "{} service is already running as pid {pid} with release {serving}, but current is {current}; restart it",
+                env.name
+            );
+        }
+    }
+    let health = match answer {
+        Ok(a) => crate::probe::classify_health(&a),
+        Err(detail) => Health::Error { detail },
+    };
+    match health {
+        Health::Ok => {
+            em.emit(
+                "service.started",
+                Level::Info,
+                format!("{} service already running as pid {pid}", env.name),
+                json!({"pid": pid, "bind": bind, "release": current_release(env),
+                       "already_running": true, "seconds": 0.0}),
+            );
+            Ok(())
+        }
+        h => bail!(
+            "{} service is already running as pid {pid} but is not healthy ({}); stop or restart it",
+            env.name,
+            health_text(&h)
+        ),
+    }
+}
+
+/// The release directory `current` resolves to and its service binary.
+fn current_service_binary(env: &EnvConfig) -> anyhow::Result<(PathBuf, PathBuf)> {
     let current = env.current_link();
     let release_dir = fs::canonicalize(&current).with_context(|| {
         format!(
@@ -254,31 +299,36 @@ fn start_local(env: &EnvConfig, bind: &str, em: &Emitter) -> anyhow::Result<()> 
             bin.display()
         );
     }
-    stop_orphans(env, None, em)?;
-    check_port_free(bind, &pid_file)?;
-    fs::create_dir_all(&env.data_dir)
-        .with_context(|| format!("creating {}", env.data_dir.display()))?;
-    fs::create_dir_all(&env.install_root)
-        .with_context(|| format!("creating {}", env.install_root.display()))?;
+    Ok((release_dir, bin))
+}
 
+/// Spawns `bin serve` in its own process group, stdin closed, stdout and
+/// stderr appended to `service.log` after a banner line.
+fn spawn_service(
+    env: &EnvConfig,
+    bind: &str,
+    bin: &Path,
+    release_dir: &Path,
+    release: Option<&str>,
+) -> anyhow::Result<Child> {
+    let log_path = env.service_log();
     let mut log = OpenOptions::new()
         .create(true)
         .append(true)
         .open(&log_path)
         .with_context(|| format!("opening {}", log_path.display()))?;
-    let release = current_release(env);
     let _ = writeln!(
         log,
         "--- {} starting {} on {bind} (release {}) ---",
         crate::event::now_rfc3339(),
         SERVICE_BINARY,
-        release.as_deref().unwrap_or("?")
+        release.unwrap_or("?")
     );
     let log_err = log
         .try_clone()
         .with_context(|| format!("opening {}", log_path.display()))?;
 
-    let mut cmd = Command::new(&bin);
+    let mut cmd = Command::new(bin);
     cmd.arg("serve")
         .arg("--bind")
         .arg(bind)
@@ -287,26 +337,28 @@ fn start_local(env: &EnvConfig, bind: &str, em: &Emitter) -> anyhow::Result<()> 
         .arg("--data-dir")
         .arg(&env.data_dir)
         .arg("--release-dir")
-        .arg(&release_dir)
+        .arg(release_dir)
         .current_dir(&env.install_root)
         .stdin(Stdio::null())
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(log_err))
         .process_group(0);
     strip_secrets(&mut cmd);
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    let pid = child.id();
-    // A kill here leaves a service no pidfile names: `stop` and the next
-    // `start` find it by its command line (see `service_processes`).
-    crate::crash::crash_point("service-spawned");
-    if let Err(e) = crate::fsutil::write_atomic(&pid_file, format!("{pid}\n").as_bytes()) {
-        terminate(&mut child);
-        return Err(e.context("writing the pidfile"));
-    }
+    cmd.spawn()
+        .with_context(|| format!("starting {}", bin.display()))
+}
 
-    let deadline = t0 + start_timeout;
+/// Waits until `/health` answers OK. When the service exits first, or the
+/// deadline passes (then it is stopped), removes the pidfile and fails with
+/// the last lines of `service.log`.
+fn wait_spawned_healthy(
+    env: &EnvConfig,
+    child: &mut Child,
+    deadline: Instant,
+) -> anyhow::Result<()> {
+    let (start_timeout, _) = env.service.timeouts();
+    let pid_file = env.pid_file();
+    let log_path = env.service_log();
     loop {
         if let Some(status) = child.try_wait().context("watching the service process")? {
             let _ = fs::remove_file(&pid_file);
@@ -322,10 +374,10 @@ fn start_local(env: &EnvConfig, bind: &str, em: &Emitter) -> anyhow::Result<()> 
             left.clamp(Duration::from_millis(200), Duration::from_secs(2)),
         );
         if last.is_ok() {
-            break;
+            return Ok(());
         }
         if Instant::now() >= deadline {
-            terminate(&mut child);
+            terminate(child);
             let _ = fs::remove_file(&pid_file);
             bail!(
                 "{SERVICE_BINARY} did not become healthy within {} (last check: {}); stopped it; last lines of {}:\n{}",
@@ -337,19 +389,6 @@ fn start_local(env: &EnvConfig, bind: &str, em: &Emitter) -> anyhow::Result<()> 
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    // Reap the child when it exits, so a long-lived caller (the monitor, a
-    // test) never keeps a zombie that still looks alive to `stop`.
-    std::thread::spawn(move || {
-        let _ = child.wait();
-    });
-    em.emit(
-        "service.started",
-        Level::Info,
-        format!("{} service started as pid {pid} on {bind}", env.name),
-        json!({"pid": pid, "bind": bind, "release": release, "log": log_path,
-               "seconds": secs(t0.elapsed())}),
-    );
-    Ok(())
 }
 
 fn stop_local(env: &EnvConfig, em: &Emitter) -> anyhow::Result<()> {
@@ -637,13 +676,42 @@ fn strip_secrets(cmd: &mut Command) {
 
 // ---------------------------------------------------------------- commands
 
-fn run_command(env: &EnvConfig, what: &str, command: &str) -> anyhow::Result<()> {
+/// Which configured command of a `commands` service runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceAction {
+    Start,
+    Stop,
+    Restart,
+}
+
+impl ServiceAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceAction::Start => "start",
+            ServiceAction::Stop => "stop",
+            ServiceAction::Restart => "restart",
+        }
+    }
+
+    /// How long its command may run: a restart starts the service, so it
+    /// gets the start timeout.
+    pub fn timeout(self, start_timeout: Duration, stop_timeout: Duration) -> Duration {
+        match self {
+            ServiceAction::Start | ServiceAction::Restart => start_timeout,
+            ServiceAction::Stop => stop_timeout,
+        }
+    }
+}
+
+impl std::fmt::Display for ServiceAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+fn run_command(env: &EnvConfig, what: ServiceAction, command: &str) -> anyhow::Result<()> {
     let (start_timeout, stop_timeout) = env.service.timeouts();
-    let timeout = if what == "stop" {
-        stop_timeout
-    } else {
-        start_timeout
-    };
+    let timeout = what.timeout(start_timeout, stop_timeout);
     let mut child = Command::new("sh")
         .arg("-c")
         .arg(command)
@@ -762,5 +830,22 @@ fn short(s: &str) -> String {
         format!("{}…", s.chars().take(120).collect::<String>())
     } else {
         s.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_action_runs_within_its_own_timeout() {
+        let (start, stop) = (Duration::from_secs(30), Duration::from_secs(10));
+        assert_eq!(ServiceAction::Start.timeout(start, stop), start);
+        assert_eq!(ServiceAction::Restart.timeout(start, stop), start);
+        assert_eq!(ServiceAction::Stop.timeout(start, stop), stop);
+        assert_eq!(
+            format!("the {} command", ServiceAction::Restart),
+            "the restart command"
+        );
     }
 }
