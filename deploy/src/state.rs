@@ -28,6 +28,52 @@ fn now() -> String {
     gates_core::event::now_rfc3339()
 }
 
+/// A deploy's steps in the order they run; the journal names the one in
+/// progress. The serde names are the journal's on-disk words (kebab-case):
+/// journals written before this type existed still parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Step {
+    Started,
+    Backup,
+    Install,
+    Migrate,
+    Migrated,
+    Switch,
+    Switched,
+    Restart,
+    Health,
+    /// The new release failed: switching back to the previous one.
+    SwitchBack,
+    /// The switch-back itself failed: a rerun finishes it.
+    RecoveryFailed,
+}
+
+impl Step {
+    /// The on-disk word (the same as the serde name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Started => "started",
+            Step::Backup => "backup",
+            Step::Install => "install",
+            Step::Migrate => "migrate",
+            Step::Migrated => "migrated",
+            Step::Switch => "switch",
+            Step::Switched => "switched",
+            Step::Restart => "restart",
+            Step::Health => "health",
+            Step::SwitchBack => "switch-back",
+            Step::RecoveryFailed => "recovery-failed",
+        }
+    }
+
+    /// A deploy stopped here was undoing its failed release: a rerun finishes
+    /// that switch-back before anything else.
+    pub fn is_switching_back(self) -> bool {
+        matches!(self, Step::SwitchBack | Step::RecoveryFailed)
+    }
+}
+
 /// The in-progress deploy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Journal {
@@ -35,7 +81,7 @@ pub struct Journal {
     pub tag: String,
     /// The release serving before this deploy (the switch-back target).
     pub from: Option<String>,
-    pub step: String,
+    pub step: Step,
     pub pid: u32,
     pub started_at: String,
     pub updated_at: String,
@@ -52,7 +98,7 @@ pub struct Journal {
 
 impl Journal {
     pub fn path(env: &EnvConfig) -> PathBuf {
-        env.install_root.join(JOURNAL_FILE)
+        gates_core::install::deploy_journal(env)
     }
 
     /// The journal an interrupted deploy left behind, if any. An unreadable
@@ -71,8 +117,8 @@ impl Journal {
     }
 
     /// Records `step` (atomically) before it runs.
-    pub fn step(&mut self, env: &EnvConfig, step: &str) -> anyhow::Result<()> {
-        self.step = step.to_string();
+    pub fn step(&mut self, env: &EnvConfig, step: Step) -> anyhow::Result<()> {
+        self.step = step;
         self.updated_at = now();
         write_atomic(
             &Self::path(env),
@@ -111,4 +157,41 @@ pub fn installed(releases_dir: &Path) -> Vec<String> {
         .collect();
     out.sort();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_keep_their_on_disk_words_and_order() {
+        let all = [
+            Step::Started,
+            Step::Backup,
+            Step::Install,
+            Step::Migrate,
+            Step::Migrated,
+            Step::Switch,
+            Step::Switched,
+            Step::Restart,
+            Step::Health,
+            Step::SwitchBack,
+            Step::RecoveryFailed,
+        ];
+        for s in all {
+            let json = serde_json::to_string(&s).expect("encode");
+            assert_eq!(json, format!("\"{}\"", s.as_str()));
+            assert_eq!(serde_json::from_str::<Step>(&json).expect("decode"), s);
+        }
+        assert!(all.windows(2).all(|w| w[0] < w[1]), "ordered as they run");
+    }
+
+    #[test]
+    fn a_journal_written_with_string_steps_still_parses() {
+        let old = r#"{"release":"r1","tag":"v1","from":null,"step":"switch-back","pid":1,
+            "started_at":"2026-01-01T00:00:00Z","updated_at":"2026-01-01T00:00:00Z"}"#;
+        let j: Journal = serde_json::from_str(old).expect("old journal");
+        assert_eq!(j.step, Step::SwitchBack);
+        assert!(j.step.is_switching_back());
+    }
 }
