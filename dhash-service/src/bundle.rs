@@ -216,19 +216,7 @@ fn assemble(
 /// Builds the bundle and emits `bundle.created`.
 pub fn build(opts: &BundleOptions, em: &Emitter) -> anyhow::Result<BundleInfo> {
     validate_tag(&opts.tag).map_err(usage_error)?;
-    let out = match &opts.out {
-        Some(o) => o.clone(),
-        None => gates_core::project::Project::discover()?
-            .dist_dir()
-            .to_path_buf(),
-    };
-    let out = if opts.dry_run {
-        std::path::absolute(&out).with_context(|| format!("resolving {}", out.display()))?
-    } else {
-        fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-        out.canonicalize()
-            .with_context(|| format!("resolving {}", out.display()))?
-    };
+    let out = output_dir(opts)?;
     let final_dir = out.join(format!("dhash-{}", opts.tag));
     if final_dir.exists() && !opts.force {
         return Err(ToolError::new(
@@ -241,31 +229,7 @@ pub fn build(opts: &BundleOptions, em: &Emitter) -> anyhow::Result<BundleInfo> {
         .into());
     }
     if opts.dry_run {
-        // Check every input, write nothing.
-        let mut config = ServiceConfig::default();
-        config.faults.apply(&opts.faults).map_err(usage_error)?;
-        let (migs, top) = migrations(opts.migrations.as_deref())?;
-        let schema_version = opts.schema_version.unwrap_or(top);
-        em.emit(
-            "bundle.planned",
-            Level::Info,
-            format!("would create bundle {} (dry run)", final_dir.display()),
-            json!({
-                "path": final_dir,
-                "tag": opts.tag,
-                "schema_version": schema_version,
-                "migrations": migs.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
-                "faults": config.faults.active(),
-                "dry_run": true,
-            }),
-        );
-        return Ok(BundleInfo {
-            path: final_dir,
-            id: String::new(),
-            tag: opts.tag.clone(),
-            schema_version,
-            files: BTreeMap::new(),
-        });
+        return plan(opts, final_dir, em);
     }
     let binary = match &opts.binary {
         Some(b) => b.clone(),
@@ -283,27 +247,7 @@ pub fn build(opts: &BundleOptions, em: &Emitter) -> anyhow::Result<BundleInfo> {
         }
     };
     let old = out.join(format!(".dhash-{}.{pid}.old.partial", opts.tag));
-    let replaced = final_dir.exists();
-    let placed = (|| -> anyhow::Result<()> {
-        if replaced {
-            fs::rename(&final_dir, &old)
-                .with_context(|| format!("moving the old {} aside", final_dir.display()))?;
-        }
-        fs::rename(&tmp, &final_dir)
-            .with_context(|| format!("renaming {} to {}", tmp.display(), final_dir.display()))?;
-        fsync_dir(&out).with_context(|| format!("syncing {}", out.display()))?;
-        Ok(())
-    })();
-    if let Err(e) = placed {
-        let _ = fs::remove_dir_all(&tmp);
-        if replaced && !final_dir.exists() {
-            let _ = fs::rename(&old, &final_dir);
-        }
-        return Err(e);
-    }
-    if replaced {
-        let _ = fs::remove_dir_all(&old);
-    }
+    let replaced = place(&tmp, &final_dir, &old, &out)?;
     em.emit(
         "bundle.created",
         Level::Info,
@@ -325,6 +269,80 @@ pub fn build(opts: &BundleOptions, em: &Emitter) -> anyhow::Result<BundleInfo> {
         schema_version,
         files,
     })
+}
+
+/// The folder the bundle goes in, absolute: created for a real build,
+/// never for a dry run.
+fn output_dir(opts: &BundleOptions) -> anyhow::Result<PathBuf> {
+    let out = match &opts.out {
+        Some(o) => o.clone(),
+        None => gates_core::project::Project::discover()?
+            .dist_dir()
+            .to_path_buf(),
+    };
+    if opts.dry_run {
+        std::path::absolute(&out).with_context(|| format!("resolving {}", out.display()))
+    } else {
+        fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+        out.canonicalize()
+            .with_context(|| format!("resolving {}", out.display()))
+    }
+}
+
+/// The dry run: checks every input, writes nothing, emits `bundle.planned`.
+fn plan(opts: &BundleOptions, final_dir: PathBuf, em: &Emitter) -> anyhow::Result<BundleInfo> {
+    let mut config = ServiceConfig::default();
+    config.faults.apply(&opts.faults).map_err(usage_error)?;
+    let (migs, top) = migrations(opts.migrations.as_deref())?;
+    let schema_version = opts.schema_version.unwrap_or(top);
+    em.emit(
+        "bundle.planned",
+        Level::Info,
+        format!("would create bundle {} (dry run)", final_dir.display()),
+        json!({
+            "path": final_dir,
+            "tag": opts.tag,
+            "schema_version": schema_version,
+            "migrations": migs.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
+            "faults": config.faults.active(),
+            "dry_run": true,
+        }),
+    );
+    Ok(BundleInfo {
+        path: final_dir,
+        id: String::new(),
+        tag: opts.tag.clone(),
+        schema_version,
+        files: BTreeMap::new(),
+    })
+}
+
+/// Renames the assembled `tmp` to `final_dir`, an existing bundle moved
+/// aside to `old` first and removed after (put back if the rename fails).
+/// Returns whether a bundle was replaced.
+fn place(tmp: &Path, final_dir: &Path, old: &Path, out: &Path) -> anyhow::Result<bool> {
+    let replaced = final_dir.exists();
+    let placed = (|| -> anyhow::Result<()> {
+        if replaced {
+            fs::rename(final_dir, old)
+                .with_context(|| format!("moving the old {} aside", final_dir.display()))?;
+        }
+        fs::rename(tmp, final_dir)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), final_dir.display()))?;
+        fsync_dir(out).with_context(|| format!("syncing {}", out.display()))?;
+        Ok(())
+    })();
+    if let Err(e) = placed {
+        let _ = fs::remove_dir_all(tmp);
+        if replaced && !final_dir.exists() {
+            let _ = fs::rename(old, final_dir);
+        }
+        return Err(e);
+    }
+    if replaced {
+        let _ = fs::remove_dir_all(old);
+    }
+    Ok(replaced)
 }
 
 #[cfg(test)]

@@ -36,6 +36,13 @@ impl Kind {
             Kind::Bad => "bad",
         }
     }
+
+    /// The kind [`Kind::name`] names.
+    pub fn parse(name: &str) -> Option<Kind> {
+        [Kind::Valid, Kind::Low, Kind::Bad]
+            .into_iter()
+            .find(|k| k.name() == name)
+    }
 }
 
 /// Relative weights of the three kinds.
@@ -71,15 +78,12 @@ pub fn mix_arg(text: &str) -> Result<Mix, String> {
             .trim()
             .parse()
             .map_err(|_| format!("weight of {k} must be a whole number, found {v:?}"))?;
-        match k.trim() {
-            "valid" => mix.valid = w,
-            "low" => mix.low = w,
-            "bad" => mix.bad = w,
-            other => {
-                return Err(format!(
-                    "unknown kind {other:?}: expected valid, low or bad"
-                ))
-            }
+        let kind = Kind::parse(k.trim())
+            .ok_or_else(|| format!("unknown kind {:?}: expected valid, low or bad", k.trim()))?;
+        match kind {
+            Kind::Valid => mix.valid = w,
+            Kind::Low => mix.low = w,
+            Kind::Bad => mix.bad = w,
         }
     }
     if mix.valid + mix.low + mix.bad == 0 {
@@ -221,12 +225,23 @@ pub fn run(opts: &LoadOptions, em: &Emitter) -> anyhow::Result<LoadReport> {
     let base = opts.url.trim_end_matches('/').to_string();
     let target = format!("{base}/api/dhash/hash");
     let payloads = Arc::new(Payloads::generate().context("generating payloads")?);
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(opts.timeout))
-        .build()
-        .into();
+    emit_started(opts, &base, &target, em);
+    let pool = Pool::start(opts, &target, payloads)?;
+    let mut report = LoadReport {
+        url: base.clone(),
+        rate: opts.rate,
+        duration_seconds: opts.duration.as_secs_f64(),
+        ..Default::default()
+    };
+    let start = Instant::now();
+    schedule(opts, &pool.jobs, start, &mut report);
+    let latencies = pool.finish(&mut report);
+    report.elapsed_seconds = (start.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
+    record_latencies(&mut report, latencies);
+    conclude(report, &base, &target, em)
+}
 
+fn emit_started(opts: &LoadOptions, base: &str, target: &str, em: &Emitter) {
     em.emit(
         "load.started",
         Level::Info,
@@ -241,64 +256,125 @@ pub fn run(opts: &LoadOptions, em: &Emitter) -> anyhow::Result<LoadReport> {
             "mix": {"valid": opts.mix.valid, "low": opts.mix.low, "bad": opts.mix.bad},
         }),
     );
+}
 
-    let workers = opts.concurrency.max(1);
-    let (job_tx, job_rx) = mpsc::sync_channel::<(Kind, usize)>(workers);
-    let job_rx = Arc::new(Mutex::new(job_rx));
-    let (out_tx, out_rx) = mpsc::channel::<Outcome>();
-    let mut handles = Vec::new();
-    for i in 0..workers {
-        let (job_rx, out_tx, agent, payloads, target) = (
-            job_rx.clone(),
-            out_tx.clone(),
-            agent.clone(),
-            payloads.clone(),
-            target.clone(),
-        );
-        let h = thread::Builder::new()
-            .name(format!("load-{i}"))
-            .spawn(move || loop {
-                let job = match job_rx.lock() {
-                    Ok(rx) => rx.recv(),
-                    Err(_) => return,
-                };
-                let Ok((kind, n)) = job else { return };
-                let body = payloads.get(kind, n);
-                let t0 = Instant::now();
-                let content_type = if body.starts_with(&[0xFF, 0xD8]) {
-                    "image/jpeg"
-                } else {
-                    "image/png"
-                };
-                let status = match agent
-                    .post(&target)
-                    .header("Content-Type", content_type)
-                    .send(body)
-                {
-                    Ok(mut resp) => {
-                        let _ = resp.body_mut().read_to_vec();
-                        Ok(resp.status().as_u16())
-                    }
-                    Err(e) => Err(e.to_string()),
-                };
-                let ms = t0.elapsed().as_secs_f64() * 1000.0;
-                if out_tx.send(Outcome { kind, status, ms }).is_err() {
-                    return;
-                }
-            });
-        handles.push(h.context("starting load workers")?);
+/// The workers: jobs in through a bounded queue (one slot a worker), outcomes out.
+struct Pool {
+    jobs: mpsc::SyncSender<(Kind, usize)>,
+    outcomes: mpsc::Receiver<Outcome>,
+    handles: Vec<thread::JoinHandle<()>>,
+}
+
+impl Pool {
+    fn start(opts: &LoadOptions, target: &str, payloads: Arc<Payloads>) -> anyhow::Result<Pool> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(opts.timeout))
+            .build()
+            .into();
+        let workers = opts.concurrency.max(1);
+        let (job_tx, job_rx) = mpsc::sync_channel::<(Kind, usize)>(workers);
+        let job_rx = Arc::new(Mutex::new(job_rx));
+        let (out_tx, out_rx) = mpsc::channel::<Outcome>();
+        let mut handles = Vec::new();
+        for i in 0..workers {
+            let (job_rx, out_tx, agent, payloads, target) = (
+                job_rx.clone(),
+                out_tx.clone(),
+                agent.clone(),
+                payloads.clone(),
+                target.to_string(),
+            );
+            let h = thread::Builder::new()
+                .name(format!("load-{i}"))
+                .spawn(move || worker(&job_rx, &out_tx, &agent, &payloads, &target));
+            handles.push(h.context("starting load workers")?);
+        }
+        Ok(Pool {
+            jobs: job_tx,
+            outcomes: out_rx,
+            handles,
+        })
     }
-    drop(out_tx);
 
-    let mut report = LoadReport {
-        url: base.clone(),
-        rate: opts.rate,
-        duration_seconds: opts.duration.as_secs_f64(),
-        ..Default::default()
-    };
+    /// Closes the queue, counts every outcome into `report` and joins the
+    /// workers. Returns the latencies of the requests that got an answer.
+    fn finish(self, report: &mut LoadReport) -> Vec<f64> {
+        drop(self.jobs);
+        let mut latencies = Vec::new();
+        for o in self.outcomes {
+            let ks = report.kinds.entry(o.kind.name().to_string()).or_default();
+            ks.sent += 1;
+            report.sent += 1;
+            match o.status {
+                Ok(code) => {
+                    *ks.status.entry(code.to_string()).or_default() += 1;
+                    *report.status.entry(code.to_string()).or_default() += 1;
+                    latencies.push(o.ms);
+                }
+                Err(e) => {
+                    ks.transport_errors += 1;
+                    report.transport_errors += 1;
+                    report.last_error = Some(e);
+                }
+            }
+        }
+        for h in self.handles {
+            let _ = h.join();
+        }
+        latencies
+    }
+}
+
+/// One worker: sends each job it takes until the queue closes.
+fn worker(
+    jobs: &Mutex<mpsc::Receiver<(Kind, usize)>>,
+    outcomes: &mpsc::Sender<Outcome>,
+    agent: &ureq::Agent,
+    payloads: &Payloads,
+    target: &str,
+) {
+    loop {
+        let job = match jobs.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let Ok((kind, n)) = job else { return };
+        let body = payloads.get(kind, n);
+        let t0 = Instant::now();
+        let content_type = if body.starts_with(&[0xFF, 0xD8]) {
+            "image/jpeg"
+        } else {
+            "image/png"
+        };
+        let status = match agent
+            .post(target)
+            .header("Content-Type", content_type)
+            .send(body)
+        {
+            Ok(mut resp) => {
+                let _ = resp.body_mut().read_to_vec();
+                Ok(resp.status().as_u16())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        let ms = t0.elapsed().as_secs_f64() * 1000.0;
+        if outcomes.send(Outcome { kind, status, ms }).is_err() {
+            return;
+        }
+    }
+}
+
+/// The open-loop schedule: request i is due at `start + i / rate`; a request
+/// no worker can take at once is skipped, never delayed.
+fn schedule(
+    opts: &LoadOptions,
+    jobs: &mpsc::SyncSender<(Kind, usize)>,
+    start: Instant,
+    report: &mut LoadReport,
+) {
     let mut picker = Picker::new(opts.mix);
     let mut per_kind = [0usize; 3];
-    let start = Instant::now();
     let mut i: u64 = 0;
     loop {
         let due = Duration::from_secs_f64(i as f64 / opts.rate);
@@ -312,35 +388,15 @@ pub fn run(opts: &LoadOptions, em: &Emitter) -> anyhow::Result<LoadReport> {
         let kind = picker.next_kind();
         let idx = kind as usize;
         report.scheduled += 1;
-        match job_tx.try_send((kind, per_kind[idx])) {
+        match jobs.try_send((kind, per_kind[idx])) {
             Ok(()) => per_kind[idx] += 1,
             Err(_) => report.skipped += 1,
         }
         i += 1;
     }
-    drop(job_tx);
-    let mut latencies = Vec::new();
-    for o in out_rx {
-        let ks = report.kinds.entry(o.kind.name().to_string()).or_default();
-        ks.sent += 1;
-        report.sent += 1;
-        match o.status {
-            Ok(code) => {
-                *ks.status.entry(code.to_string()).or_default() += 1;
-                *report.status.entry(code.to_string()).or_default() += 1;
-                latencies.push(o.ms);
-            }
-            Err(e) => {
-                ks.transport_errors += 1;
-                report.transport_errors += 1;
-                report.last_error = Some(e);
-            }
-        }
-    }
-    for h in handles {
-        let _ = h.join();
-    }
-    report.elapsed_seconds = (start.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
+}
+
+fn record_latencies(report: &mut LoadReport, mut latencies: Vec<f64>) {
     latencies.sort_by(f64::total_cmp);
     for (name, p) in [("p50", 50.0), ("p95", 95.0), ("max", 100.0)] {
         report.latency_ms.insert(
@@ -348,7 +404,15 @@ pub fn run(opts: &LoadOptions, em: &Emitter) -> anyhow::Result<LoadReport> {
             (percentile(&latencies, p) * 1000.0).round() / 1000.0,
         );
     }
+}
 
+/// Emits `load.completed`; a run in which no request got an answer fails.
+fn conclude(
+    report: LoadReport,
+    base: &str,
+    target: &str,
+    em: &Emitter,
+) -> anyhow::Result<LoadReport> {
     let all_failed = report.sent > 0 && report.transport_errors == report.sent;
     let level = if all_failed {
         Level::Error

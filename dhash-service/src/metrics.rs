@@ -217,154 +217,190 @@ fn esc(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// The Prometheus type of a scalar metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MetricType {
+    Counter,
+    Gauge,
+}
+
+impl MetricType {
+    fn as_str(self) -> &'static str {
+        match self {
+            MetricType::Counter => "counter",
+            MetricType::Gauge => "gauge",
+        }
+    }
+}
+
+/// One scalar metric of the exposition: its name, type, help and where its
+/// value comes from (`None`: not known, and left out of the text).
+struct Descriptor {
+    name: &'static str,
+    kind: MetricType,
+    help: &'static str,
+    value: fn(&Snapshot, &Gauges) -> Option<f64>,
+}
+
+const fn counter(
+    name: &'static str,
+    help: &'static str,
+    value: fn(&Snapshot, &Gauges) -> Option<f64>,
+) -> Descriptor {
+    Descriptor {
+        name,
+        kind: MetricType::Counter,
+        help,
+        value,
+    }
+}
+
+const fn gauge(
+    name: &'static str,
+    help: &'static str,
+    value: fn(&Snapshot, &Gauges) -> Option<f64>,
+) -> Descriptor {
+    Descriptor {
+        name,
+        kind: MetricType::Gauge,
+        help,
+        value,
+    }
+}
+
+/// Every scalar metric, in the order of the exposition (the monitor and
+/// dashboards read these names: renaming one is a breaking change).
+const SCALARS: &[Descriptor] = &[
+    counter(
+        "dhash_requests_total",
+        "Requests to /api/ endpoints.",
+        |s, _| Some(s.requests_total as f64),
+    ),
+    counter("dhash_hash_requests_total", "Hash attempts.", |s, _| {
+        Some(s.hash_requests_total as f64)
+    }),
+    counter(
+        "dhash_extraction_failures_total",
+        "Hash requests whose input could not be decoded (422).",
+        |s, _| Some(s.extraction_failures_total as f64),
+    ),
+    counter(
+        "dhash_errors_total",
+        "5xx answers on /api/ endpoints.",
+        |s, _| Some(s.errors_total as f64),
+    ),
+    counter(
+        "dhash_rejected_total",
+        "Bodies over the size limit (413).",
+        |s, _| Some(s.rejected_total as f64),
+    ),
+    counter(
+        "dhash_low_confidence_total",
+        "Hashes that joined the low-confidence queue.",
+        |s, _| Some(s.low_confidence_total as f64),
+    ),
+    counter(
+        "dhash_client_timeouts_total",
+        "Request heads or bodies that missed their deadline.",
+        |s, _| Some(s.client_timeouts_total as f64),
+    ),
+    counter(
+        "dhash_head_rejected_total",
+        "Request heads refused: too large (431), target too long (414), malformed (400).",
+        |s, _| Some(s.head_rejected_total as f64),
+    ),
+    counter(
+        "dhash_connections_refused_total",
+        "Connections over the connection limit (503).",
+        |s, _| Some(s.connections_refused_total as f64),
+    ),
+    gauge("dhash_hash_workers", "Hash worker threads.", |_, g| {
+        Some(g.load.hash_workers as f64)
+    }),
+    gauge(
+        "dhash_hash_workers_busy",
+        "Hash workers hashing now.",
+        |_, g| Some(g.load.hash_workers_busy as f64),
+    ),
+    gauge(
+        "dhash_hash_queue_length",
+        "Received hash requests waiting for a worker.",
+        |_, g| Some(g.load.hash_queue_length as f64),
+    ),
+    gauge(
+        "dhash_hash_stalled_seconds",
+        "Seconds every hash worker has been busy without a hash finishing.",
+        |_, g| Some(r3(g.load.hash_stalled_seconds)),
+    ),
+    gauge(
+        "dhash_connections_open",
+        "Open client connections.",
+        |_, g| Some(g.load.connections_open as f64),
+    ),
+    gauge(
+        "dhash_bodies_receiving",
+        "Request bodies being received.",
+        |_, g| Some(g.load.bodies_receiving as f64),
+    ),
+    gauge(
+        "dhash_bodies_bytes",
+        "Request body bytes held in memory until hashed.",
+        |_, g| Some(g.load.bodies_bytes as f64),
+    ),
+    gauge(
+        "dhash_low_confidence_queue",
+        "Items in the low-confidence review queue.",
+        |_, g| g.low_confidence_queue.map(|v| v as f64),
+    ),
+    gauge(
+        "dhash_uptime_seconds",
+        "Seconds since the service started.",
+        |_, g| Some(r3(g.uptime_seconds)),
+    ),
+    gauge(
+        "dhash_process_cpu_percent",
+        "Process CPU use (100 = one core).",
+        |_, g| g.cpu_percent,
+    ),
+    gauge(
+        "dhash_process_memory_rss_bytes",
+        "Resident memory of the process.",
+        |_, g| g.memory_rss_bytes.map(|v| v as f64),
+    ),
+    gauge(
+        "dhash_process_memory_percent",
+        "Resident memory as % of RAM.",
+        |_, g| g.memory_percent,
+    ),
+    gauge(
+        "dhash_data_dir_bytes",
+        "Bytes of files in the data dir.",
+        |_, g| Some(g.data_dir_bytes as f64),
+    ),
+    gauge(
+        "dhash_disk_percent",
+        "Used % of the data dir's file system.",
+        |_, g| g.disk_percent,
+    ),
+];
+
 /// The same figures in the Prometheus text exposition format (0.0.4).
 pub fn render_prometheus(s: &Snapshot, g: &Gauges) -> String {
     let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, value: Option<f64>| {
-        if let Some(v) = value {
+    for d in SCALARS {
+        if let Some(v) = (d.value)(s, g) {
+            let (name, kind, help) = (d.name, d.kind.as_str(), d.help);
             out.push_str(&format!(
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
             ));
         }
-    };
-    metric(
-        "dhash_requests_total",
-        "counter",
-        "Requests to /api/ endpoints.",
-        Some(s.requests_total as f64),
-    );
-    metric(
-        "dhash_hash_requests_total",
-        "counter",
-        "Hash attempts.",
-        Some(s.hash_requests_total as f64),
-    );
-    metric(
-        "dhash_extraction_failures_total",
-        "counter",
-        "Hash requests whose input could not be decoded (422).",
-        Some(s.extraction_failures_total as f64),
-    );
-    metric(
-        "dhash_errors_total",
-        "counter",
-        "5xx answers on /api/ endpoints.",
-        Some(s.errors_total as f64),
-    );
-    metric(
-        "dhash_rejected_total",
-        "counter",
-        "Bodies over the size limit (413).",
-        Some(s.rejected_total as f64),
-    );
-    metric(
-        "dhash_low_confidence_total",
-        "counter",
-        "Hashes that joined the low-confidence queue.",
-        Some(s.low_confidence_total as f64),
-    );
-    metric(
-        "dhash_client_timeouts_total",
-        "counter",
-        "Request heads or bodies that missed their deadline.",
-        Some(s.client_timeouts_total as f64),
-    );
-    metric(
-        "dhash_head_rejected_total",
-        "counter",
-        "Request heads refused: too large (431), target too long (414), malformed (400).",
-        Some(s.head_rejected_total as f64),
-    );
-    metric(
-        "dhash_connections_refused_total",
-        "counter",
-        "Connections over the connection limit (503).",
-        Some(s.connections_refused_total as f64),
-    );
-    metric(
-        "dhash_hash_workers",
-        "gauge",
-        "Hash worker threads.",
-        Some(g.load.hash_workers as f64),
-    );
-    metric(
-        "dhash_hash_workers_busy",
-        "gauge",
-        "Hash workers hashing now.",
-        Some(g.load.hash_workers_busy as f64),
-    );
-    metric(
-        "dhash_hash_queue_length",
-        "gauge",
-        "Received hash requests waiting for a worker.",
-        Some(g.load.hash_queue_length as f64),
-    );
-    metric(
-        "dhash_hash_stalled_seconds",
-        "gauge",
-        "Seconds every hash worker has been busy without a hash finishing.",
-        Some(r3(g.load.hash_stalled_seconds)),
-    );
-    metric(
-        "dhash_connections_open",
-        "gauge",
-        "Open client connections.",
-        Some(g.load.connections_open as f64),
-    );
-    metric(
-        "dhash_bodies_receiving",
-        "gauge",
-        "Request bodies being received.",
-        Some(g.load.bodies_receiving as f64),
-    );
-    metric(
-        "dhash_bodies_bytes",
-        "gauge",
-        "Request body bytes held in memory until hashed.",
-        Some(g.load.bodies_bytes as f64),
-    );
-    metric(
-        "dhash_low_confidence_queue",
-        "gauge",
-        "Items in the low-confidence review queue.",
-        g.low_confidence_queue.map(|v| v as f64),
-    );
-    metric(
-        "dhash_uptime_seconds",
-        "gauge",
-        "Seconds since the service started.",
-        Some(r3(g.uptime_seconds)),
-    );
-    metric(
-        "dhash_process_cpu_percent",
-        "gauge",
-        "Process CPU use (100 = one core).",
-        g.cpu_percent,
-    );
-    metric(
-        "dhash_process_memory_rss_bytes",
-        "gauge",
-        "Resident memory of the process.",
-        g.memory_rss_bytes.map(|v| v as f64),
-    );
-    metric(
-        "dhash_process_memory_percent",
-        "gauge",
-        "Resident memory as % of RAM.",
-        g.memory_percent,
-    );
-    metric(
-        "dhash_data_dir_bytes",
-        "gauge",
-        "Bytes of files in the data dir.",
-        Some(g.data_dir_bytes as f64),
-    );
-    metric(
-        "dhash_disk_percent",
-        "gauge",
-        "Used % of the data dir's file system.",
-        g.disk_percent,
-    );
+    }
+    render_histogram(&mut out, s);
+    render_build_info(&mut out, g);
+    out
+}
+
+fn render_histogram(out: &mut String, s: &Snapshot) {
     out.push_str("# HELP dhash_hash_time_ms Time to answer a hash request (ms).\n");
     out.push_str("# TYPE dhash_hash_time_ms histogram\n");
     for (le, c) in BUCKETS_MS.iter().zip(s.cumulative.iter()) {
@@ -376,13 +412,15 @@ pub fn render_prometheus(s: &Snapshot, g: &Gauges) -> String {
     ));
     out.push_str(&format!("dhash_hash_time_ms_sum {}\n", r3(s.sum_ms)));
     out.push_str(&format!("dhash_hash_time_ms_count {}\n", s.count));
+}
+
+fn render_build_info(out: &mut String, g: &Gauges) {
     out.push_str("# HELP dhash_build_info The serving release.\n# TYPE dhash_build_info gauge\n");
     out.push_str(&format!(
         "dhash_build_info{{release=\"{}\",schema_version=\"{}\"}} 1\n",
         esc(&g.release),
         g.schema_version
     ));
-    out
 }
 
 #[cfg(test)]

@@ -130,6 +130,46 @@ fn ms(v: u64) -> Duration {
 /// Loads the release, checks the database, binds, and serves until a
 /// termination signal. Start-up problems are errors (exit 1).
 pub fn serve(opts: &ServeOptions, em: &Emitter) -> anyhow::Result<Exit> {
+    let (release, config) = load_release(opts, em)?;
+    let (conn, db_state) = db::check(&opts.database, release.schema_version, &release.id)
+        .map_err(|e| fail(format!("refusing to start: {e}")))?;
+    let (listener, addr) = bind(&opts.bind)?;
+    start_up_faults(opts, &release, &config, conn, db_state, &addr, em)?;
+    let stop_rx = stop_on_signal()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .max_blocking_threads(BLOCKING_THREADS)
+        .build()
+        .map_err(|e| fail(format!("cannot start the async runtime: {e}")))?;
+    let workers = opts.workers.max(1);
+    let (state, rx) = new_state(opts, release, config, db_state, workers);
+    let worker_threads = start_hash_workers(&state, rx, workers)?;
+    emit_started(&state, &addr, db_state, em);
+    let max_connections = state.config.limits.max_connections;
+    let drained = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::from_std(listener)
+            .map_err(|e| fail(format!("cannot listen on {addr}: {e}")))?;
+        accept_loop(listener, &state, stop_rx).await;
+        // Every connection holds a permit: all back means all answered.
+        let all = max_connections as u32;
+        Ok::<bool, anyhow::Error>(
+            tokio::time::timeout(DRAIN_TIMEOUT, state.connections.acquire_many(all))
+                .await
+                .is_ok(),
+        )
+    })?;
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    stop(&state, worker_threads, drained, em);
+    Ok(Exit::Ok)
+}
+
+/// The release manifest and its config.json (defaults when there is none),
+/// with the command line's fault and limit overrides applied and checked.
+fn load_release(
+    opts: &ServeOptions,
+    em: &Emitter,
+) -> anyhow::Result<(ReleaseManifest, ServiceConfig)> {
     let release = ReleaseManifest::read(&opts.release_dir).map_err(|e| {
         fail(format!(
             "{e:#} (--release-dir must be an installed release bundle)"
@@ -150,19 +190,32 @@ pub fn serve(opts: &ServeOptions, em: &Emitter) -> anyhow::Result<Exit> {
     config.validate().map_err(gates_core::exit::usage_error)?;
     // Reads DHASH_DECODE_BUDGET_BYTES now, so a bad value is said at start-up.
     let _ = crate::dhash::decodes();
+    Ok((release, config))
+}
 
-    let (mut conn, db_state) = db::check(&opts.database, release.schema_version, &release.id)
-        .map_err(|e| fail(format!("refusing to start: {e}")))?;
-
-    // Bound synchronously so a busy port is a start-up error (exit 1).
-    let listener = std::net::TcpListener::bind(opts.bind.as_str())
+/// Binds synchronously, so a busy port is a start-up error (exit 1).
+fn bind(bind: &str) -> anyhow::Result<(std::net::TcpListener, String)> {
+    let listener = std::net::TcpListener::bind(bind)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
-        .map_err(|e| fail(format!("cannot listen on {}: {e}", opts.bind)))?;
+        .map_err(|e| fail(format!("cannot listen on {bind}: {e}")))?;
     let addr = listener
         .local_addr()
         .map(|a| a.to_string())
-        .unwrap_or_else(|_| opts.bind.clone());
+        .unwrap_or_else(|_| bind.to_string());
+    Ok((listener, addr))
+}
 
+/// The faults that act before serving: `crash_at_start` and
+/// `low_confidence_flood`.
+fn start_up_faults(
+    opts: &ServeOptions,
+    release: &ReleaseManifest,
+    config: &ServiceConfig,
+    mut conn: rusqlite::Connection,
+    db_state: DbState,
+    addr: &str,
+    em: &Emitter,
+) -> anyhow::Result<()> {
     if config.faults.crash_at_start {
         return Err(fail(format!(
             "fault crash_at_start: release {} exits before serving on {addr}",
@@ -182,23 +235,27 @@ pub fn serve(opts: &ServeOptions, em: &Emitter) -> anyhow::Result<Exit> {
             config.faults.low_confidence_flood
         ));
     }
-    drop(conn);
+    Ok(())
+}
 
+/// SIGTERM / SIGINT / SIGHUP set the returned flag.
+fn stop_on_signal() -> anyhow::Result<watch::Receiver<bool>> {
     let (stop_tx, stop_rx) = watch::channel(false);
     ctrlc::set_handler(move || {
         stop_tx.send_replace(true);
     })
     .context("cannot install the signal handler")
     .map_err(|e| fail(format!("{e:#}")))?;
+    Ok(stop_rx)
+}
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .max_blocking_threads(BLOCKING_THREADS)
-        .build()
-        .map_err(|e| fail(format!("cannot start the async runtime: {e}")))?;
-
-    let workers = opts.workers.max(1);
+fn new_state(
+    opts: &ServeOptions,
+    release: ReleaseManifest,
+    config: ServiceConfig,
+    db_state: DbState,
+    workers: usize,
+) -> (Arc<State>, Receiver<Job>) {
     let limits = config.limits.clone();
     let (tx, rx) = mpsc::sync_channel::<Job>(HASH_QUEUE);
     let state = Arc::new(State {
@@ -224,8 +281,16 @@ pub fn serve(opts: &ServeOptions, em: &Emitter) -> anyhow::Result<Exit> {
         memory: Arc::new(Semaphore::new(kib(limits.body_memory_bytes) as usize)),
         connections: Arc::new(Semaphore::new(limits.max_connections as usize)),
     });
+    (state, rx)
+}
+
+fn start_hash_workers(
+    state: &Arc<State>,
+    rx: Receiver<Job>,
+    workers: usize,
+) -> anyhow::Result<Vec<thread::JoinHandle<()>>> {
     let rx = Arc::new(Mutex::new(rx));
-    let worker_threads: Vec<_> = (0..workers)
+    let threads = (0..workers)
         .map(|i| {
             let (state, rx) = (state.clone(), rx.clone());
             thread::Builder::new()
@@ -234,7 +299,10 @@ pub fn serve(opts: &ServeOptions, em: &Emitter) -> anyhow::Result<Exit> {
         })
         .collect::<Result<_, _>>()
         .context("cannot start worker threads")?;
+    Ok(threads)
+}
 
+fn emit_started(state: &State, addr: &str, db_state: DbState, em: &Emitter) {
     em.emit(
         "service.started",
         Level::Info,
@@ -252,20 +320,11 @@ pub fn serve(opts: &ServeOptions, em: &Emitter) -> anyhow::Result<Exit> {
             "pid": std::process::id(),
         }),
     );
+}
 
-    let drained = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::from_std(listener)
-            .map_err(|e| fail(format!("cannot listen on {addr}: {e}")))?;
-        accept_loop(listener, &state, stop_rx).await;
-        // Every connection holds a permit: all back means all answered.
-        let all = limits.max_connections as u32;
-        Ok::<bool, anyhow::Error>(
-            tokio::time::timeout(DRAIN_TIMEOUT, state.connections.acquire_many(all))
-                .await
-                .is_ok(),
-        )
-    })?;
-    runtime.shutdown_timeout(Duration::from_secs(1));
+/// After the accept loop: the hash workers finish their queue, then
+/// `service.stopped`.
+fn stop(state: &State, worker_threads: Vec<thread::JoinHandle<()>>, drained: bool, em: &Emitter) {
     if !drained {
         em.human(&format!(
             "stopping: connections still open after {DRAIN_TIMEOUT:?} were closed"
@@ -290,7 +349,6 @@ pub fn serve(opts: &ServeOptions, em: &Emitter) -> anyhow::Result<Exit> {
             "hash_requests_total": s.hash_requests_total,
         }),
     );
-    Ok(Exit::Ok)
 }
 
 /// Accepts connections until the stop signal; each gets a task.
@@ -586,6 +644,38 @@ async fn blocking(st: &Arc<State>, f: impl FnOnce(&State) -> Reply + Send + 'sta
     }
 }
 
+/// The endpoints, each served on one method (GET also answers HEAD).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Health,
+    Metrics,
+    QueueStatus,
+    Hash,
+}
+
+impl Endpoint {
+    fn of(path: &str) -> Option<Endpoint> {
+        match path {
+            "/health" => Some(Endpoint::Health),
+            "/metrics" => Some(Endpoint::Metrics),
+            "/api/dhash/queue/status" => Some(Endpoint::QueueStatus),
+            "/api/dhash/hash" => Some(Endpoint::Hash),
+            _ => None,
+        }
+    }
+
+    fn method(self) -> Method {
+        match self {
+            Endpoint::Hash => Method::POST,
+            Endpoint::Health | Endpoint::Metrics | Endpoint::QueueStatus => Method::GET,
+        }
+    }
+
+    fn accepts(self, method: &Method) -> bool {
+        *method == self.method() || (self.method() == Method::GET && *method == Method::HEAD)
+    }
+}
+
 async fn route(req: Request<Incoming>, st: &Arc<State>) -> Reply {
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
@@ -593,33 +683,26 @@ async fn route(req: Request<Incoming>, st: &Arc<State>) -> Reply {
     if path.starts_with("/api/") {
         inc(&st.metrics.requests_total);
     }
-    let allowed: Option<&str> = match path.as_str() {
-        "/health" | "/metrics" | "/api/dhash/queue/status" => Some("GET"),
-        "/api/dhash/hash" => Some("POST"),
-        _ => None,
+    let Some(endpoint) = Endpoint::of(&path) else {
+        let body = json!({
+            "error": format!("no such endpoint: {path}"),
+            "endpoints": ["GET /health", "GET /metrics", "GET /api/dhash/queue/status", "POST /api/dhash/hash"],
+        });
+        return json_reply(404, &body);
     };
-    match (allowed, &method) {
-        (Some("GET"), &Method::GET | &Method::HEAD) => match path.as_str() {
-            "/health" => blocking(st, health).await,
-            "/metrics" => {
-                let prom = wants_prometheus(req.headers(), &query);
-                blocking(st, move |st| metrics_endpoint(prom, st)).await
-            }
-            _ => blocking(st, queue_status).await,
-        },
-        (Some("POST"), &Method::POST) => hash_post(req, st).await,
-        (Some(allow), _) => {
-            let body =
-                json!({"error": format!("method {method} not allowed on {path}; use {allow}")});
-            json_reply(405, &body)
+    if !endpoint.accepts(&method) {
+        let allow = endpoint.method();
+        let body = json!({"error": format!("method {method} not allowed on {path}; use {allow}")});
+        return json_reply(405, &body);
+    }
+    match endpoint {
+        Endpoint::Health => blocking(st, health).await,
+        Endpoint::Metrics => {
+            let prom = wants_prometheus(req.headers(), &query);
+            blocking(st, move |st| metrics_endpoint(prom, st)).await
         }
-        (None, _) => {
-            let body = json!({
-                "error": format!("no such endpoint: {path}"),
-                "endpoints": ["GET /health", "GET /metrics", "GET /api/dhash/queue/status", "POST /api/dhash/hash"],
-            });
-            json_reply(404, &body)
-        }
+        Endpoint::QueueStatus => blocking(st, queue_status).await,
+        Endpoint::Hash => hash_post(req, st).await,
     }
 }
 
@@ -803,20 +886,16 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// The answer that ends a hash request early (boxed: a response is large,
+/// and the happy path should not carry its size).
+type Refused = Box<Reply>;
+
 /// Receives the body (deadline, size limit, a bounded number at once),
 /// then queues it for a hash worker and waits for the answer.
 async fn hash_post(req: Request<Incoming>, st: &Arc<State>) -> Reply {
-    let limit = st.config.max_body_bytes;
     let declared = content_length(req.headers());
-    let expects_continue = req
-        .headers()
-        .get(hyper::header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if let Some(n) = declared {
-        // The client waits for 100 Continue: refuse without reading.
-        if n > limit && (expects_continue || n > DRAIN_CAP) {
-            return closing(too_large(st, Some(n)));
-        }
+    if let Some(refusal) = refuse_before_reading(req.headers(), declared, st) {
+        return refusal;
     }
     let Ok(permit) = st.bodies.clone().try_acquire_owned() else {
         inc(&st.metrics.errors_total);
@@ -824,74 +903,151 @@ async fn hash_post(req: Request<Incoming>, st: &Arc<State>) -> Reply {
         let body = json!({"error": format!("busy: {n} request bodies being received, the limit")});
         return closing(json_reply(503, &body));
     };
+    let received = match receive_body(req.into_body(), declared, st).await {
+        Ok(r) => r,
+        Err(reply) => return *reply,
+    };
+    drop(permit);
+    if received.over {
+        return too_large(st, declared);
+    }
+    let answer = match enqueue(st, received.body, received.memory) {
+        Ok(rx) => rx,
+        Err(reply) => return *reply,
+    };
+    match answer.await {
+        Ok((status, body)) => json_reply(status, &body),
+        // The worker panicked on this request.
+        Err(_) => json_reply(
+            500,
+            &json!({"error": "internal error: the hash worker failed on this request"}),
+        ),
+    }
+}
+
+/// A declared body over the limit is refused without reading it when the
+/// client waits for 100 Continue, or when it is too large even to discard.
+fn refuse_before_reading(headers: &HeaderMap, declared: Option<u64>, st: &State) -> Option<Reply> {
+    let n = declared?;
+    let expects_continue = headers
+        .get(hyper::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    (n > st.config.max_body_bytes && (expects_continue || n > DRAIN_CAP))
+        .then(|| closing(too_large(st, Some(n))))
+}
+
+/// A hash request body as it arrives: the bytes under the size limit and
+/// their share of the body memory budget; past the limit, only counted.
+struct Receiving<'a> {
+    st: &'a State,
+    declared: Option<u64>,
+    body: Vec<u8>,
+    received: u64,
+    /// Past the size limit: the rest is read and discarded (413 follows).
+    over: bool,
+    memory: Option<OwnedSemaphorePermit>,
+    held_kib: u32,
+}
+
+impl Receiving<'_> {
+    /// Takes one chunk; `Err` is the answer that ends the request.
+    fn take(&mut self, data: &[u8]) -> Result<(), Refused> {
+        let limit = self.st.config.max_body_bytes;
+        self.received += data.len() as u64;
+        if self.over || self.received > limit {
+            // Discard, so the client gets to read the 413.
+            if !self.over {
+                self.over = true;
+                self.body = Vec::new();
+            }
+            if self.received > DRAIN_CAP {
+                return Err(Box::new(closing(too_large(self.st, self.declared))));
+            }
+            return Ok(());
+        }
+        // Take this chunk's share of the memory budget first.
+        self.reserve_memory()?;
+        self.body.extend_from_slice(data);
+        Ok(())
+    }
+
+    /// Holds the memory budget for every KiB received so far (503 when full).
+    fn reserve_memory(&mut self) -> Result<(), Refused> {
+        let need = kib(self.received).saturating_sub(self.held_kib);
+        if need == 0 {
+            return Ok(());
+        }
+        match self.st.memory.clone().try_acquire_many_owned(need) {
+            Ok(p) => match self.memory.as_mut() {
+                Some(m) => m.merge(p),
+                None => self.memory = Some(p),
+            },
+            Err(_) => {
+                inc(&self.st.metrics.errors_total);
+                let n = self.st.config.limits.body_memory_bytes;
+                let msg = json!({"error": format!(
+                    "busy: request bodies fill the {n} bytes they may hold in memory"
+                )});
+                return Err(Box::new(closing(json_reply(503, &msg))));
+            }
+        }
+        self.held_kib += need;
+        Ok(())
+    }
+}
+
+/// Reads the whole body within `body_timeout_ms` (408 after it).
+async fn receive_body<'a>(
+    mut incoming: Incoming,
+    declared: Option<u64>,
+    st: &'a State,
+) -> Result<Receiving<'a>, Refused> {
+    let limit = st.config.max_body_bytes;
     let timeout = st.config.limits.body_timeout_ms;
     let deadline = tokio::time::Instant::now() + ms(timeout);
-    let mut incoming = req.into_body();
-    // Grown as bytes arrive: a declared size costs nothing until sent.
-    let mut body = Vec::with_capacity(declared.unwrap_or(0).min(limit).min(1 << 20) as usize);
-    let mut received: u64 = 0;
-    let mut over = declared.is_some_and(|n| n > limit);
-    let mut memory: Option<OwnedSemaphorePermit> = None;
-    let mut held_kib: u32 = 0;
+    let mut r = Receiving {
+        st,
+        declared,
+        // Grown as bytes arrive: a declared size costs nothing until sent.
+        body: Vec::with_capacity(declared.unwrap_or(0).min(limit).min(1 << 20) as usize),
+        received: 0,
+        over: declared.is_some_and(|n| n > limit),
+        memory: None,
+        held_kib: 0,
+    };
     loop {
         match tokio::time::timeout_at(deadline, incoming.frame()).await {
             Err(_) => {
                 inc(&st.metrics.client_timeouts_total);
+                let received = r.received;
                 let of = declared.map(|n| format!(" of {n}")).unwrap_or_default();
                 let msg = json!({
                     "error": format!("request body not received within {timeout} ms ({received}{of} bytes arrived)"),
                     "timeout_ms": timeout,
                 });
-                return closing(json_reply(408, &msg));
+                return Err(Box::new(closing(json_reply(408, &msg))));
             }
-            Ok(None) => break,
+            Ok(None) => return Ok(r),
             Ok(Some(Err(e))) => {
                 let msg = json!({"error": format!("cannot read the request body: {e}")});
-                return closing(json_reply(400, &msg));
+                return Err(Box::new(closing(json_reply(400, &msg))));
             }
             Ok(Some(Ok(frame))) => {
-                let Ok(data) = frame.into_data() else {
-                    continue;
-                };
-                received += data.len() as u64;
-                if over || received > limit {
-                    // Discard, so the client gets to read the 413.
-                    if !over {
-                        over = true;
-                        body = Vec::new();
-                    }
-                    if received > DRAIN_CAP {
-                        return closing(too_large(st, declared));
-                    }
-                    continue;
+                if let Ok(data) = frame.into_data() {
+                    r.take(&data)?;
                 }
-                // Take this chunk's share of the memory budget first.
-                let need = kib(received).saturating_sub(held_kib);
-                if need > 0 {
-                    match st.memory.clone().try_acquire_many_owned(need) {
-                        Ok(p) => match memory.as_mut() {
-                            Some(m) => m.merge(p),
-                            None => memory = Some(p),
-                        },
-                        Err(_) => {
-                            inc(&st.metrics.errors_total);
-                            let n = st.config.limits.body_memory_bytes;
-                            let msg = json!({"error": format!(
-                                "busy: request bodies fill the {n} bytes they may hold in memory"
-                            )});
-                            return closing(json_reply(503, &msg));
-                        }
-                    }
-                    held_kib += need;
-                }
-                body.extend_from_slice(&data);
             }
         }
     }
-    drop(permit);
-    if over {
-        return too_large(st, declared);
-    }
+}
+
+/// Hands a received body to the hash workers; 503 when their queue is full
+/// or the service is stopping.
+fn enqueue(
+    st: &State,
+    body: Vec<u8>,
+    memory: Option<OwnedSemaphorePermit>,
+) -> Result<oneshot::Receiver<(u16, Value)>, Refused> {
     let (tx, rx) = oneshot::channel();
     let sent = match st.jobs.lock() {
         Ok(jobs) => match jobs.as_ref() {
@@ -912,7 +1068,7 @@ async fn hash_post(req: Request<Incoming>, st: &Arc<State>) -> Reply {
         Err(_) => Err(false),
     };
     match sent {
-        Ok(()) => {}
+        Ok(()) => Ok(rx),
         Err(full) => {
             inc(&st.metrics.errors_total);
             let msg = if full {
@@ -920,16 +1076,8 @@ async fn hash_post(req: Request<Incoming>, st: &Arc<State>) -> Reply {
             } else {
                 "the service is stopping"
             };
-            return json_reply(503, &json!({ "error": msg }));
+            Err(Box::new(json_reply(503, &json!({ "error": msg }))))
         }
-    }
-    match rx.await {
-        Ok((status, body)) => json_reply(status, &body),
-        // The worker panicked on this request.
-        Err(_) => json_reply(
-            500,
-            &json!({"error": "internal error: the hash worker failed on this request"}),
-        ),
     }
 }
 
@@ -973,11 +1121,10 @@ fn ms_since(t0: Instant) -> f64 {
     (t0.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
 
-/// Hashes and stores one received body; the status and JSON answer.
-fn hash_answer(body: &[u8], st: &State) -> (u16, Value) {
-    let t0 = Instant::now();
+/// The hash faults: the latency, then an injected extraction failure (422)
+/// or internal error (500) at their configured fractions.
+fn injected_fault(st: &State, t0: Instant) -> Option<(u16, Value)> {
     let m = &st.metrics;
-    inc(&m.hash_requests_total);
     let faults = &st.config.faults;
     if faults.hash_latency_ms > 0 {
         thread::sleep(Duration::from_millis(faults.hash_latency_ms));
@@ -990,7 +1137,7 @@ fn hash_answer(body: &[u8], st: &State) -> (u16, Value) {
             "injected extraction failure (fault failure_fraction={})",
             faults.failure_fraction
         );
-        return (422, json!({"error": msg, "fault": "failure_fraction"}));
+        return Some((422, json!({"error": msg, "fault": "failure_fraction"})));
     }
     let n = st.error_seq.fetch_add(1, Ordering::Relaxed) + 1;
     if fraction_hits(n, faults.error_fraction) {
@@ -999,7 +1146,43 @@ fn hash_answer(body: &[u8], st: &State) -> (u16, Value) {
             "injected internal error (fault error_fraction={})",
             faults.error_fraction
         );
-        return (500, json!({"error": msg, "fault": "error_fraction"}));
+        return Some((500, json!({"error": msg, "fault": "error_fraction"})));
+    }
+    None
+}
+
+/// Stores one hash; its row id.
+fn store_hash(
+    st: &State,
+    body: &[u8],
+    result: &dhash::HashResult,
+    hex: &str,
+    low: bool,
+) -> Result<i64, db::DbError> {
+    let mut conn = db::open(&st.db_path)?;
+    let state = st.db_state.lock().map(|s| *s).unwrap_or(DbState {
+        schema_version: 0,
+        has_source: false,
+    });
+    let new = NewHash {
+        dhash: hex,
+        confidence: result.confidence,
+        width: result.width,
+        height: result.height,
+        bytes: body.len() as u64,
+        source: "api",
+        low_confidence: low,
+    };
+    db::insert_hash(&mut conn, &st.db_path, state, &new)
+}
+
+/// Hashes and stores one received body; the status and JSON answer.
+fn hash_answer(body: &[u8], st: &State) -> (u16, Value) {
+    let t0 = Instant::now();
+    let m = &st.metrics;
+    inc(&m.hash_requests_total);
+    if let Some(answer) = injected_fault(st, t0) {
+        return answer;
     }
     let result = match dhash::hash_bytes(body) {
         Ok(r) => r,
@@ -1019,23 +1202,7 @@ fn hash_answer(body: &[u8], st: &State) -> (u16, Value) {
     };
     let low = result.confidence < st.config.low_confidence_threshold;
     let hex = result.hex();
-    let stored = db::open(&st.db_path).and_then(|mut conn| {
-        let state = st.db_state.lock().map(|s| *s).unwrap_or(DbState {
-            schema_version: 0,
-            has_source: false,
-        });
-        let new = NewHash {
-            dhash: &hex,
-            confidence: result.confidence,
-            width: result.width,
-            height: result.height,
-            bytes: body.len() as u64,
-            source: "api",
-            low_confidence: low,
-        };
-        db::insert_hash(&mut conn, &st.db_path, state, &new)
-    });
-    let id = match stored {
+    let id = match store_hash(st, body, &result, &hex, low) {
         Ok(id) => id,
         Err(e) => {
             inc(&m.errors_total);
@@ -1064,7 +1231,27 @@ fn hash_answer(body: &[u8], st: &State) -> (u16, Value) {
 
 #[cfg(test)]
 mod tests {
-    use super::fraction_hits;
+    use super::{fraction_hits, Endpoint};
+    use hyper::Method;
+
+    #[test]
+    fn each_endpoint_answers_its_method_and_get_endpoints_head() {
+        for path in ["/health", "/metrics", "/api/dhash/queue/status"] {
+            let e = Endpoint::of(path).expect(path);
+            assert!(
+                e.accepts(&Method::GET) && e.accepts(&Method::HEAD),
+                "{path}"
+            );
+            assert!(!e.accepts(&Method::POST), "{path}");
+            assert_eq!(e.method().to_string(), "GET");
+        }
+        let hash = Endpoint::of("/api/dhash/hash").expect("hash");
+        assert!(hash.accepts(&Method::POST));
+        assert!(!hash.accepts(&Method::GET) && !hash.accepts(&Method::HEAD));
+        assert_eq!(hash.method().to_string(), "POST");
+        assert_eq!(Endpoint::of("/api/dhash/hash/"), None);
+        assert_eq!(Endpoint::of("/nope"), None);
+    }
 
     #[test]
     fn fractions_are_exact_and_evenly_spread() {
