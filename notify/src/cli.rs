@@ -359,11 +359,10 @@ pub fn run_deploy_notify(args: DeployNotifyArgs) -> anyhow::Result<Exit> {
     let env = project.env(&args.common.env_name())?;
     let em = Emitter::stdout("deploy-notify", &env.name, args.common.verbose);
     gates_core::event::pump_stdin(&em, |_| {});
-    let release = args.release.clone().or_else(|| {
-        std::fs::read_link(env.current_link())
-            .ok()
-            .and_then(|t| t.file_name().map(|n| n.to_string_lossy().to_string()))
-    });
+    let release = args
+        .release
+        .clone()
+        .or_else(|| gates_core::install::current_release_id(env));
     let n = deploy_notification(
         &env.name,
         args.phase,

@@ -2,7 +2,7 @@
 //! a timeout per attempt; what an answer means is the integration's to say
 //! ([`crate::channels`]: delivered, worth another try, or permanent); retries
 //! back off exponentially inside a deadline, and a server's `retry_after` is
-//! honoured. [`deliver_all`] runs the channels concurrently, bounded by it.
+//! honoured. `deliver_all` runs the channels concurrently, bounded by it.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{mpsc, Arc};

@@ -78,12 +78,25 @@
 //! `notifications.quiet_period` (default 10 minutes) after it was delivered on
 //! at least one channel; the keys (hashed) live in `<log_dir>/notify_state.json`.
 //!
+//! # Shape
+//!
+//! [`send_with`] runs four steps: [`route`] (the level's routes become
+//! [`Channel`]s, each configured or not), [`dedup`] (the quiet period),
+//! [`deliver`] (every configured channel at once, through the one retrier)
+//! and the record of what became of it (events, and [`record`]'s fallback
+//! file and audit copy). [`render`] prepares the text once for all channels.
+//! Each integration is one file in [`channels`] behind
+//! [`channels::Integration`]: its variables, its payload, what its answer
+//! means.
+//!
 //! # Events (stdout, JSON lines)
 //!
 //! `notify.sent` (channel, attempts, status), `notify.fallback` (channel,
 //! reason, attempts, status, file), `notify.skipped` (channel or reason),
-//! `notify.recorded` (dry run: channel, file) and, from the binaries,
-//! `notify.completed` (counts).
+//! `notify.recorded` (dry run: channel, file), `notify.failed` (the fallback
+//! file cannot be written), `notify.misconfigured` (`.env.notifications`
+//! cannot be read, or a route names an unknown channel) and, from the
+//! binaries, `notify.completed` (counts).
 
 pub mod channels;
 pub mod cli;

@@ -146,51 +146,59 @@ pub(crate) fn dry_run(
 
 /// One dry-run line written and said.
 fn recorded(ctx: &Ctx<'_>, entry: &FallbackEntry, configured: bool, report: &mut DeliveryReport) {
-    let (env, r, em) = (ctx.env, ctx.r, ctx.em);
-    match record::append_fallback(env, r, ctx.full, ctx.key, entry) {
-        Ok(()) => {
-            em.emit(
-                "notify.recorded",
-                Level::Info,
-                format!(
-                    "dry run: {} would receive {:?}; recorded in {}",
-                    entry.channel,
-                    r.title,
-                    record::show(&env.notify.fallback_file)
-                ),
-                json!({"channel": entry.channel, "dry_run": true, "configured": configured,
-                       "file": env.notify.fallback_file, "title": r.title, "level": r.level}),
-            );
-            report
-                .fallback
-                .push((entry.channel.clone(), "dry-run".to_string()));
-        }
-        Err(e) => fallback_failed(env, &e, em, report),
+    let (env, r) = (ctx.env, ctx.r);
+    if !append(ctx, entry, report) {
+        return;
     }
+    ctx.em.emit(
+        "notify.recorded",
+        Level::Info,
+        format!(
+            "dry run: {} would receive {:?}; recorded in {}",
+            entry.channel,
+            r.title,
+            record::show(&env.notify.fallback_file)
+        ),
+        json!({"channel": entry.channel, "dry_run": true, "configured": configured,
+               "file": env.notify.fallback_file, "title": r.title, "level": r.level}),
+    );
+    report
+        .fallback
+        .push((entry.channel.clone(), "dry-run".to_string()));
 }
 
+/// One undelivered channel written to the fallback file and said.
 fn fall_back(ctx: &Ctx<'_>, entry: &FallbackEntry, report: &mut DeliveryReport) {
-    let (env, r, em) = (ctx.env, ctx.r, ctx.em);
-    match record::append_fallback(env, r, ctx.full, ctx.key, entry) {
-        Ok(()) => {
-            em.emit(
-                "notify.fallback",
-                Level::Warning,
-                format!(
-                    "{}: not delivered ({}); recorded in {}",
-                    entry.channel,
-                    entry.reason,
-                    record::show(&env.notify.fallback_file)
-                ),
-                json!({"channel": entry.channel, "reason": entry.reason, "attempts": entry.attempts,
-                       "status": entry.status, "file": env.notify.fallback_file,
-                       "title": r.title, "level": r.level}),
-            );
-            report
-                .fallback
-                .push((entry.channel.clone(), entry.reason.clone()));
+    let (env, r) = (ctx.env, ctx.r);
+    if !append(ctx, entry, report) {
+        return;
+    }
+    ctx.em.emit(
+        "notify.fallback",
+        Level::Warning,
+        format!(
+            "{}: not delivered ({}); recorded in {}",
+            entry.channel,
+            entry.reason,
+            record::show(&env.notify.fallback_file)
+        ),
+        json!({"channel": entry.channel, "reason": entry.reason, "attempts": entry.attempts,
+               "status": entry.status, "file": env.notify.fallback_file,
+               "title": r.title, "level": r.level}),
+    );
+    report
+        .fallback
+        .push((entry.channel.clone(), entry.reason.clone()));
+}
+
+/// Appends the entry's line; false (said as `notify.failed`) when it cannot.
+fn append(ctx: &Ctx<'_>, entry: &FallbackEntry, report: &mut DeliveryReport) -> bool {
+    match record::append_fallback(ctx.env, ctx.r, ctx.full, ctx.key, entry) {
+        Ok(()) => true,
+        Err(e) => {
+            fallback_failed(ctx.env, &e, ctx.em, report);
+            false
         }
-        Err(e) => fallback_failed(env, &e, em, report),
     }
 }
 
