@@ -29,17 +29,21 @@
 
 mod create;
 mod names;
+mod plan;
+mod snapshot;
 mod store;
 mod verify;
+mod zipwrite;
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use create::{create, plan, report_plan, Plan, PlanItem};
+pub use create::{create, create_reporting_failure};
 pub use names::{
     alias_file_name, backup_file_name, parse_alias_name, parse_backup_name, timestamp_now,
 };
+pub use plan::{plan, report_plan, Plan, PlanItem};
 pub use store::{
     adopt_legacy, alias_of, cleanup_stale, list, newest_backup_name, newest_verified, prune,
     sync_aliases, BackupEntry,

@@ -2,12 +2,19 @@
 //! and their aliases `dhash-<env>-<ts>.zip` (symbolic links to the backup, for
 //! the runbooks that glob `dhash-production-*.zip`).
 
+use std::path::{Path, PathBuf};
+
 /// Length of the timestamp part, e.g. `20261123T093000123Z`.
 pub(crate) const TS_LEN: usize = 19;
 
 /// The current UTC time as a backup timestamp.
 pub fn timestamp_now() -> String {
     chrono::Utc::now().format("%Y%m%dT%H%M%S%3fZ").to_string()
+}
+
+/// `<zip>.sha256`: the GNU `sha256sum` sidecar of a backup (or of an alias).
+pub(crate) fn sidecar_of(zip: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.sha256", zip.display()))
 }
 
 pub fn backup_file_name(env: &str, ts: &str) -> String {

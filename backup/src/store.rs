@@ -20,7 +20,9 @@ use gates_core::{Emitter, Level};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::names::{alias_file_name, parse_alias_name, parse_backup_name, parse_partial_name};
+use crate::names::{
+    alias_file_name, parse_alias_name, parse_backup_name, parse_partial_name, sidecar_of,
+};
 
 /// One backup of an environment, as `--list` reports it.
 #[derive(Debug, Clone, Serialize)]
@@ -167,10 +169,6 @@ pub fn newest_backup_name(env: &EnvConfig) -> Option<PathBuf> {
         .find(|p| has_sidecar(p))
 }
 
-fn sidecar_of(p: &Path) -> PathBuf {
-    PathBuf::from(format!("{}.sha256", p.display()))
-}
-
 /// Whether the backup's sidecar is there as a regular file (never opened).
 fn has_sidecar(zip: &Path) -> bool {
     fs::symlink_metadata(sidecar_of(zip)).is_ok_and(|m| m.is_file())
@@ -234,7 +232,7 @@ pub fn prune(
             );
             continue;
         }
-        let _ = fs::remove_file(format!("{}.sha256", path.display()));
+        let _ = fs::remove_file(sidecar_of(&path));
         em.emit(
             "backup.pruned",
             Level::Info,
@@ -466,11 +464,7 @@ pub fn adopt_legacy(
     em: &Emitter,
 ) -> anyhow::Result<Vec<PathBuf>> {
     let legacy = project_root.join("backups");
-    let same = match (fs::canonicalize(&legacy), fs::canonicalize(&env.backup_dir)) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => legacy == env.backup_dir,
-    };
-    if same || !legacy.is_dir() {
+    if gates_core::fsutil::same_path(&legacy, &env.backup_dir) || !legacy.is_dir() {
         return Ok(Vec::new());
     }
     let mut moved = Vec::new();

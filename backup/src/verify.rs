@@ -16,7 +16,8 @@ use anyhow::{anyhow, bail, Context};
 use gates_core::fsutil::{open_regular, require_regular_file};
 use sha2::{Digest, Sha256};
 
-use crate::{Manifest, FORMAT, MANIFEST};
+use crate::names::sidecar_of;
+use crate::{FileEntry, Manifest, FORMAT, MANIFEST};
 
 const BUF: usize = 256 * 1024;
 /// The most a manifest may take (bounded memory on crafted input).
@@ -26,10 +27,6 @@ const SIDECAR_LIMIT: u64 = 64 * 1024;
 
 /// SHA-256 of a file, streamed (one definition: [`gates_core::fsutil::sha256_file`]).
 pub use gates_core::fsutil::sha256_file;
-
-fn sidecar_path(zip: &Path) -> PathBuf {
-    PathBuf::from(format!("{}.sha256", zip.display()))
-}
 
 /// Undoes GNU sha256sum's escaping of a file name (`\\` and `\n`), used
 /// when its line starts with a backslash.
@@ -55,7 +52,7 @@ fn unescape_name(name: &str) -> String {
 /// Reads `<zip>.sha256` (GNU format `<hex>  <name>` or `<hex> *<name>`):
 /// returns the hex digest and the name it gives.
 pub fn read_sidecar(zip: &Path) -> anyhow::Result<(String, String)> {
-    let path = sidecar_path(zip);
+    let path = sidecar_of(zip);
     if fs::symlink_metadata(&path).is_err_and(|e| e.kind() == io::ErrorKind::NotFound) {
         bail!(
             "no sidecar {}: a zip without its sidecar is not a backup",
@@ -294,8 +291,11 @@ struct EntryMeta {
     mode: Option<u32>,
 }
 
+type Archive = zip::ZipArchive<BufReader<File>>;
+
 /// Reads the zip: checks names and structure, reads the manifest, then streams
-/// every file (to `dest` when given) comparing its hash with the manifest.
+/// every file (to `dest` when given) comparing its hash with the manifest,
+/// then checks the database. Returns the manifest, the file count and bytes.
 fn scan(
     path: &Path,
     dest: Option<&Path>,
@@ -307,8 +307,40 @@ fn scan(
     if zip.has_duplicate_names() {
         bail!("the zip has duplicate entry names");
     }
+    // Names and kinds are all checked before anything is written.
+    let metas = entry_metas(&mut zip)?;
+    let manifest = zip_manifest(&mut zip)?;
+    let expected = expected_files(&manifest)?;
+    let files = files_matching(&metas, &expected, &manifest)?;
+    let mut stream = Stream {
+        dest,
+        skip_hashes,
+        database: manifest.database.as_deref(),
+        buf: vec![0u8; BUF],
+        dirs: BTreeSet::new(),
+        db_copy: None,
+    };
+    let mut total = 0u64;
+    for m in &files {
+        total += stream.entry(&mut zip, m, expected[m.name.as_str()])?;
+    }
+    if let Some(d) = dest {
+        sync_extracted(d, stream.dirs)?;
+    }
+    // The database must be one SQLite can use, at the stated schema version.
+    if let Some(db) = &manifest.database {
+        let copy = match (dest, &stream.db_copy) {
+            (Some(d), _) => d.join(db),
+            (None, Some(tmp)) => tmp.path().to_path_buf(),
+            (None, None) => bail!("the manifest's database {db:?} was not found in the zip"),
+        };
+        check_database(&copy, db, manifest.schema_version)?;
+    }
+    Ok((manifest, files.len(), total))
+}
 
-    // 1. Names and kinds, before anything is written.
+/// Every entry's name (safe, unique) and kind; links are refused.
+fn entry_metas(zip: &mut Archive) -> anyhow::Result<Vec<EntryMeta>> {
     let mut metas = Vec::with_capacity(zip.len());
     let mut seen = BTreeSet::new();
     for i in 0..zip.len() {
@@ -344,8 +376,11 @@ fn scan(
             mode,
         });
     }
+    Ok(metas)
+}
 
-    // 2. The manifest.
+/// The manifest inside the zip, of a format this version reads.
+fn zip_manifest(zip: &mut Archive) -> anyhow::Result<Manifest> {
     let manifest: Manifest = {
         let entry = zip
             .by_name(MANIFEST)
@@ -366,9 +401,13 @@ fn scan(
             manifest.format
         );
     }
+    Ok(manifest)
+}
 
-    // 3. Zip entries and manifest agree exactly.
-    let mut expected: BTreeMap<&str, &crate::FileEntry> = BTreeMap::new();
+/// The manifest's files by path: safe names, each once, release files under
+/// the backup's release.
+fn expected_files(manifest: &Manifest) -> anyhow::Result<BTreeMap<&str, &FileEntry>> {
+    let mut expected: BTreeMap<&str, &FileEntry> = BTreeMap::new();
     for f in &manifest.files {
         check_entry_name(&f.path).map_err(|e| anyhow!("manifest: {e}"))?;
         if f.path == MANIFEST
@@ -388,6 +427,15 @@ fn scan(
             }
         }
     }
+    Ok(expected)
+}
+
+/// The zip's files, which must be exactly the manifest's (and hold its database).
+fn files_matching<'m>(
+    metas: &'m [EntryMeta],
+    expected: &BTreeMap<&str, &FileEntry>,
+    manifest: &Manifest,
+) -> anyhow::Result<Vec<&'m EntryMeta>> {
     let files: Vec<&EntryMeta> = metas
         .iter()
         .filter(|m| !m.is_dir && m.name != MANIFEST)
@@ -410,69 +458,50 @@ fn scan(
             bail!("the manifest's database {db:?} is not a data/ file of the backup");
         }
     }
+    Ok(files)
+}
 
-    // 4. Stream every file: the reader checks the CRC at the end of each entry.
-    // Without a destination, the database is copied to a temporary file for
-    // its SQLite checks (the bytes checked are the bytes hashed).
-    let mut db_copy: Option<tempfile::NamedTempFile> = None;
-    let mut buf = vec![0u8; BUF];
-    let mut total = 0u64;
-    let mut dirs = BTreeSet::new();
-    for m in &files {
-        let want = expected[m.name.as_str()];
+/// Streaming the zip's files: the reader checks each entry's CRC at its end.
+/// Without a destination, the database is copied to a temporary file for its
+/// SQLite checks (the bytes checked are the bytes hashed).
+struct Stream<'a> {
+    dest: Option<&'a Path>,
+    skip_hashes: bool,
+    /// The manifest's database entry.
+    database: Option<&'a str>,
+    buf: Vec<u8>,
+    /// Folders created under `dest` (synced at the end).
+    dirs: BTreeSet<PathBuf>,
+    db_copy: Option<tempfile::NamedTempFile>,
+}
+
+impl Stream<'_> {
+    /// Streams one entry (to its output, if any), checks it against the
+    /// manifest, and returns its size.
+    fn entry(&mut self, zip: &mut Archive, m: &EntryMeta, want: &FileEntry) -> anyhow::Result<u64> {
         let mut entry = zip
             .by_index(m.index)
             .with_context(|| format!("reading {}", m.name))?;
-        let mut out: Option<File> = match dest {
-            Some(d) => {
-                let target = d.join(&m.name);
-                if let Some(parent) = target.parent() {
-                    fs::create_dir_all(parent)
-                        .with_context(|| format!("creating {}", parent.display()))?;
-                    dirs.insert(parent.to_path_buf());
-                }
-                Some(
-                    fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .open(&target)
-                        .with_context(|| format!("creating {}", target.display()))?,
-                )
-            }
-            None if manifest.database.as_deref() == Some(m.name.as_str()) => {
-                let tmp = tempfile::Builder::new()
-                    .prefix(".dhash-verify-")
-                    .suffix(".sqlite3")
-                    .tempfile()
-                    .context("creating a temporary copy of the database to check it (set TMPDIR to a folder with room)")?;
-                let f = tmp
-                    .as_file()
-                    .try_clone()
-                    .context("opening the temporary copy of the database")?;
-                db_copy = Some(tmp);
-                Some(f)
-            }
-            None => None,
-        };
+        let mut out = self.output(&m.name)?;
         let mut hasher = Sha256::new();
         let mut bytes = 0u64;
         loop {
-            let n = match entry.read(&mut buf) {
+            let n = match entry.read(&mut self.buf) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(anyhow!("{}: {e} (the zip is corrupt)", m.name)),
             };
-            if !skip_hashes {
-                hasher.update(&buf[..n]);
+            if !self.skip_hashes {
+                hasher.update(&self.buf[..n]);
             }
             if let Some(o) = out.as_mut() {
-                o.write_all(&buf[..n])
+                o.write_all(&self.buf[..n])
                     .with_context(|| format!("writing {}", m.name))?;
             }
             bytes += n as u64;
         }
-        if !skip_hashes {
+        if !self.skip_hashes {
             let got = hex::encode(hasher.finalize());
             if got != want.sha256 || bytes != want.bytes {
                 bail!(
@@ -483,47 +512,77 @@ fn scan(
                 );
             }
         }
-        if let (Some(o), None) = (&out, dest) {
-            o.sync_all()
-                .context("writing the temporary copy of the database")?;
-            out = None;
+        match (out, self.dest) {
+            (Some(o), None) => o
+                .sync_all()
+                .context("writing the temporary copy of the database")?,
+            (Some(o), Some(_)) => finish_extracted(&o, &m.name, want.mode.or(m.mode))?,
+            (None, _) => {}
         }
-        if let Some(o) = out.take() {
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt;
-                let mode = want.mode.or(m.mode).unwrap_or(0o644) & 0o777;
-                o.set_permissions(fs::Permissions::from_mode(mode))
-                    .with_context(|| format!("setting the mode of {}", m.name))?;
-            }
-            o.sync_all()
-                .with_context(|| format!("syncing {}", m.name))?;
-        }
-        total += bytes;
-    }
-    if let Some(d) = dest {
-        for sub in ["data", "release", "config"] {
-            fs::create_dir_all(d.join(sub))
-                .with_context(|| format!("creating {}", d.join(sub).display()))?;
-            dirs.insert(d.join(sub));
-        }
-        dirs.insert(d.to_path_buf());
-        for dir in &dirs {
-            gates_core::fsutil::fsync_dir(dir)
-                .with_context(|| format!("syncing {}", dir.display()))?;
-        }
+        Ok(bytes)
     }
 
-    // 5. The database must be one SQLite can use, at the stated schema version.
-    if let Some(db) = &manifest.database {
-        let copy = match (dest, &db_copy) {
-            (Some(d), _) => d.join(db),
-            (None, Some(tmp)) => tmp.path().to_path_buf(),
-            (None, None) => bail!("the manifest's database {db:?} was not found in the zip"),
-        };
-        check_database(&copy, db, manifest.schema_version)?;
+    /// Where an entry's bytes go: its file under `dest`, the temporary copy
+    /// of the database, or nowhere.
+    fn output(&mut self, name: &str) -> anyhow::Result<Option<File>> {
+        if let Some(d) = self.dest {
+            let target = d.join(name);
+            if let Some(parent) = target.parent() {
+                fs::create_dir_all(parent)
+                    .with_context(|| format!("creating {}", parent.display()))?;
+                self.dirs.insert(parent.to_path_buf());
+            }
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&target)
+                .with_context(|| format!("creating {}", target.display()))?;
+            return Ok(Some(f));
+        }
+        if self.database != Some(name) {
+            return Ok(None);
+        }
+        let tmp = tempfile::Builder::new()
+            .prefix(".dhash-verify-")
+            .suffix(".sqlite3")
+            .tempfile()
+            .context("creating a temporary copy of the database to check it (set TMPDIR to a folder with room)")?;
+        let f = tmp
+            .as_file()
+            .try_clone()
+            .context("opening the temporary copy of the database")?;
+        self.db_copy = Some(tmp);
+        Ok(Some(f))
     }
-    Ok((manifest, files.len(), total))
+}
+
+/// An extracted file gets its recorded mode and is synced.
+fn finish_extracted(o: &File, name: &str, mode: Option<u32>) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = mode.unwrap_or(0o644) & 0o777;
+        o.set_permissions(fs::Permissions::from_mode(mode))
+            .with_context(|| format!("setting the mode of {name}"))?;
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    o.sync_all().with_context(|| format!("syncing {name}"))
+}
+
+/// The three top folders always exist after an extraction; every folder
+/// written to is synced.
+fn sync_extracted(d: &Path, mut dirs: BTreeSet<PathBuf>) -> anyhow::Result<()> {
+    for sub in ["data", "release", "config"] {
+        fs::create_dir_all(d.join(sub))
+            .with_context(|| format!("creating {}", d.join(sub).display()))?;
+        dirs.insert(d.join(sub));
+    }
+    dirs.insert(d.to_path_buf());
+    for dir in &dirs {
+        gates_core::fsutil::fsync_dir(dir).with_context(|| format!("syncing {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// `file:` URI of a path for SQLite (everything but unreserved bytes and `/`
@@ -568,16 +627,9 @@ pub fn check_database(file: &Path, entry: &str, schema_version: Option<i64>) -> 
             rows.join("; ")
         );
     }
-    let found: Option<i64> =
-        match conn.query_row("SELECT MAX(version) FROM schema_migrations", [], |r| {
-            r.get(0)
-        }) {
-            Ok(v) => v,
-            Err(rusqlite::Error::SqliteFailure(_, Some(m))) if m.contains("no such table") => None,
-            Err(e) => bail!(
-                "the database {entry} in the backup has an unreadable schema_migrations table: {e}"
-            ),
-        };
+    let found = crate::snapshot::schema_version(&conn).map_err(|e| {
+        anyhow!("the database {entry} in the backup has an unreadable schema_migrations table: {e}")
+    })?;
     if found != schema_version {
         let show = |v: Option<i64>| v.map_or_else(|| "none".to_string(), |v| v.to_string());
         bail!(

@@ -580,6 +580,12 @@ fn write_errors_fail_without_leaving_a_backup() {
         err.contains("too large") || err.contains("File too large") || err.contains("writing"),
         "{err}"
     );
+    // Issue 14 (c): the full disk is a `backup.failed` naming the zip it was making.
+    let evs = events(&out);
+    let failed = event(&evs, "backup.failed").unwrap_or_else(|| panic!("{}", show(&out)));
+    let started = event(&evs, "backup.started").unwrap_or_else(|| panic!("{}", show(&out)));
+    assert_eq!(failed["level"], "error");
+    assert_eq!(failed["path"], started["path"]);
     assert!(
         seed_glob(&backups(&tp)).is_empty(),
         "no backup left: {:?}",
@@ -1480,4 +1486,81 @@ fn staging_backups_left_in_the_shared_folder_move_into_stagings_own_folder() {
     );
     assert!(out.status.success(), "{}", show(&out));
     assert_eq!(text(&out).matches(": OK").count(), 4, "{}", text(&out));
+}
+
+/// Issue 14 (c): a run that fails once it has begun says so on stdout with
+/// `backup.failed` (level error, the path it was writing, the reason), so
+/// `backup_dhash | notify` alerts; the exit code is unchanged. A run that
+/// never began (the lock is held: exit 75) is not a failed backup.
+#[test]
+fn a_failed_backup_run_emits_backup_failed_with_its_path_and_reason() {
+    let (tp, _) = project_with_release(false);
+    let env = tp.env("staging");
+    let failed = |out: &std::process::Output| -> serde_json::Value {
+        assert_eq!(out.status.code(), Some(1), "{}", show(out));
+        let evs = events(out);
+        let ev = event(&evs, "backup.failed")
+            .unwrap_or_else(|| panic!("no backup.failed: {}", show(out)))
+            .clone();
+        assert_eq!(ev["level"], "error", "{ev}");
+        assert_eq!(ev["env"], "staging", "{ev}");
+        assert!(ev["reason"].as_str().is_some_and(|r| !r.is_empty()), "{ev}");
+        ev
+    };
+
+    // Refused: an interrupted rollback is pending.
+    let journal = env.install_root.join("rollback.journal");
+    fs::write(&journal, b"{}").unwrap();
+    let out = run(backup_cmd(&tp).args(["--env", "staging"]));
+    let ev = failed(&out);
+    assert!(
+        ev["reason"]
+            .as_str()
+            .unwrap()
+            .contains("interrupted rollback"),
+        "{ev}"
+    );
+    assert_eq!(ev["path"], backups(&tp).to_str().unwrap(), "{ev}");
+    fs::remove_file(&journal).unwrap();
+
+    // The backup folder cannot be created (a file is in the way).
+    fs::write(tp.root().join("blocker"), b"a file").unwrap();
+    tp.edit_topology(|t| t["environments"]["staging"]["backup_dir"] = "blocker/backups".into());
+    let out = run(backup_cmd(&tp).args(["--env", "staging"]));
+    let ev = failed(&out);
+    assert_eq!(
+        ev["path"],
+        tp.root().join("blocker/backups").to_str().unwrap(),
+        "{ev}"
+    );
+    tp.edit_topology(|t| t["environments"]["staging"]["backup_dir"] = "backups".into());
+
+    // The database cannot be snapshotted (not SQLite): after backup.started,
+    // the path is the zip it was making.
+    let db = fs::read(&env.database).ok();
+    fs::write(&env.database, b"not a database, just text. ".repeat(300)).unwrap();
+    let out = run(backup_cmd(&tp).args(["--env", "staging"]));
+    let ev = failed(&out);
+    let evs = events(&out);
+    let started = event(&evs, "backup.started").expect("backup.started");
+    assert_eq!(ev["path"], started["path"], "{}", show(&out));
+    assert!(ev["reason"].as_str().unwrap().contains("database"), "{ev}");
+    assert!(names(&backups(&tp)).iter().all(|n| !n.ends_with(".zip")));
+    match db {
+        Some(bytes) => fs::write(&env.database, bytes).unwrap(),
+        None => fs::remove_file(&env.database).unwrap(),
+    }
+
+    // The lock is held: nothing began, exit 75, no backup.failed.
+    let lock =
+        gates_core::lock::EnvLock::acquire(&env.lock_path(), "staging", "deploy_dhash").unwrap();
+    let out = run(backup_cmd(&tp).args(["--env", "staging"]));
+    assert_eq!(out.status.code(), Some(75), "{}", show(&out));
+    assert!(
+        event(&events(&out), "backup.failed").is_none(),
+        "{}",
+        show(&out)
+    );
+    drop(lock);
+    make_backup(&tp, "staging");
 }

@@ -96,7 +96,8 @@ fn run(args: Args) -> anyhow::Result<Exit> {
         dry_run: false,
         keep: args.keep,
     };
-    dhash_backup::create(&project, env, &lock, &opts, &em)?;
+    // A failure once begun is also a `backup.failed` event, for `| notify`.
+    dhash_backup::create_reporting_failure(&project, env, &lock, &opts, &em)?;
     Ok(Exit::Ok)
 }
 
