@@ -742,7 +742,8 @@ fn killed_after_switching_or_stopping_then_rerun_finishes() {
     r.expect(1);
     assert_eq!(r.one("deploy.failed")["switched_back_to"], v3.as_str());
     assert_eq!(health(&tp)["release"], v3.as_str());
-    let _ = bad;
+    assert_eq!(r.one("deploy.failed")["release"], bad.as_str());
+    assert_eq!(state(&tp)["releases"][&bad]["state"], "failed");
 
     // Retention 2: v1 is gone, current and the previous one stay.
     let left: Vec<String> = testkit_installed(&tp);
@@ -850,17 +851,12 @@ fn backups_are_rollback_points() {
     assert!(Path::new(&backup).is_file());
     let failed = r.one("deploy.failed");
     assert_eq!(failed["backup"], backup.as_str());
-    assert!(
-        failed["note"]
-            .as_str()
-            .expect("note")
-            .contains("restored the pre-deploy backup"),
-        "{failed}"
-    );
+    assert_eq!(failed["schema"]["how"], "restored-backup", "{failed}");
+    assert_eq!(failed["schema"]["backup"], backup.as_str(), "{failed}");
     assert_eq!(health(&tp)["release"], v2.as_str());
     assert_eq!(db_version(&tp), Some(3), "schema back to v2's");
     assert_eq!(state(&tp)["releases"][&nodown]["state"], "failed");
-    let _ = v1;
+    assert_eq!(state(&tp)["releases"][&v1]["state"], "healthy");
 }
 
 // ---------------------------------------------------------------------------
@@ -1167,7 +1163,7 @@ exec sleep 30"#,
         "{}",
         r.stderr
     );
-    let _ = v1;
+    assert_eq!(r.one("deploy.healthy")["from"], v1.as_str());
 }
 
 #[test]
@@ -1460,4 +1456,209 @@ fn deploying_the_release_already_serving_changes_nothing() {
     r.expect(0);
     assert!(r.of("deploy.unchanged").is_empty(), "{}", r.stdout);
     r.one("deploy.healthy");
+}
+
+// ---------------------------------------------------------------------------
+// Issue 14: defects found while reading, and one preflight for both runs.
+
+fn rfc3339(v: &Value) -> chrono::DateTime<chrono::FixedOffset> {
+    chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("not RFC 3339 ({e}): {v}"))
+}
+
+/// (a) the monitor reads `started_at` from the latest deploy record; (f) the
+/// final event carries the DeployReport.
+#[test]
+fn the_ledger_and_the_final_event_say_when_the_deploy_began() {
+    let tp = project();
+    let v1 = release_id(&bundle(&tp, "v1", &[], &[]));
+    let r = deploy(&tp, &["--tag", "v1", "--no-backup"]);
+    r.expect(0);
+    let deploys = ledger(&tp, "deploy");
+    let healthy = deploys
+        .iter()
+        .find(|d| d["result"] == "healthy")
+        .expect("a healthy record");
+    let started = rfc3339(&healthy["started_at"]);
+    assert!(started <= rfc3339(&healthy["ts"]), "{healthy}");
+    assert!(deploys
+        .iter()
+        .all(|d| d["started_at"] == healthy["started_at"]));
+
+    let event = r.one("deploy.healthy");
+    assert_eq!(event["release"], v1.as_str());
+    assert_eq!(event["unchanged"], false);
+    assert_eq!(event["health_checked"], true);
+    assert_eq!(event["started_at"], healthy["started_at"]);
+    let again = deploy(&tp, &["--tag", "v1"]);
+    again.expect(0);
+    let unchanged = again.one("deploy.unchanged");
+    assert_eq!(unchanged["unchanged"], true);
+    assert_eq!(unchanged["from"], v1.as_str());
+}
+
+/// (b) the `commands` kind's `restart` command is what deploy runs.
+#[test]
+fn a_commands_environment_with_a_restart_command_is_restarted_with_it() {
+    let tp = project();
+    let port = tp.port("staging");
+    let start = format!(
+        "\"$DHASH_RELEASE_DIR/bin/dhash-service\" serve --bind 127.0.0.1:{port} --database \"$DHASH_DATABASE\" \
+         --data-dir \"$DHASH_DATA_DIR\" --release-dir \"$DHASH_RELEASE_DIR\" >> \"$DHASH_INSTALL_ROOT/cmd.log\" 2>&1 & \
+         echo $! > \"$DHASH_INSTALL_ROOT/service.pid\""
+    );
+    let stop = "if [ -f \"$DHASH_INSTALL_ROOT/service.pid\" ]; then pid=$(cat \"$DHASH_INSTALL_ROOT/service.pid\"); \
+                kill \"$pid\" 2>/dev/null; for _ in $(seq 50); do kill -0 \"$pid\" 2>/dev/null || break; sleep 0.1; done; \
+                rm -f \"$DHASH_INSTALL_ROOT/service.pid\"; fi";
+    let restart =
+        format!("echo restarted >> \"$DHASH_INSTALL_ROOT/restart-marker\"; {stop}; {start}");
+    tp.edit_topology(|t| {
+        t["environments"]["staging"]["service"] =
+            json!({"kind": "commands", "start": start, "stop": stop, "restart": restart,
+                   "start_timeout": "10s", "stop_timeout": "5s"});
+    });
+    let v1 = release_id(&bundle(&tp, "v1", &[], &[]));
+    let r = deploy(&tp, &["--tag", "v1", "--no-backup"]);
+    r.expect(0);
+    let marker = tp.env("staging").install_root.join("restart-marker");
+    assert_eq!(
+        fs::read_to_string(&marker)
+            .unwrap_or_default()
+            .lines()
+            .count(),
+        1,
+        "the restart command ran once: {}",
+        r.stderr
+    );
+    assert!(r.of("service.stopped").is_empty(), "no stop-then-start");
+    assert!(r.of("service.started").iter().any(|e| e["restart"] == true));
+    assert_eq!(health(&tp)["release"], v1.as_str());
+}
+
+fn check<'a>(r: &'a Run, name: &str) -> &'a Value {
+    r.one("deploy.planned")["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} check:\n{}", r.stdout))
+}
+
+/// (e) the dry run's health and journal checks tell the truth.
+#[test]
+fn the_dry_runs_health_and_journal_checks_can_fail() {
+    let tp = project();
+    release_id(&bundle(&tp, "v1", &[], &[]));
+    deploy(&tp, &["--tag", "v1", "--no-backup"]).expect(0);
+    bundle(&tp, "v2", &[], &[]);
+    let dry = deploy(&tp, &["--dry-run", "--tag", "v2"]);
+    dry.expect(0);
+    assert_eq!(check(&dry, "health")["ok"], true);
+    assert_eq!(check(&dry, "journal")["ok"], true);
+
+    // The service is down: said, not refused (the deploy starts it).
+    let env = tp.env("staging");
+    let pid = gates_core::service::running_pid(&env).expect("a running service");
+    Command::new("kill")
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !health(&tp).is_null() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let dry = deploy(&tp, &["--dry-run", "--tag", "v2"]);
+    dry.expect(0);
+    let h = check(&dry, "health");
+    assert_eq!(h["ok"], false, "{h}");
+    assert!(
+        h["detail"].as_str().expect("detail").contains("down"),
+        "{h}"
+    );
+
+    // An unreadable deploy journal: refused by both runs.
+    let journal = env.install_root.join("deploy.journal.json");
+    fs::write(&journal, "{ torn").expect("write");
+    let dry = deploy(&tp, &["--dry-run", "--tag", "v2"]);
+    dry.expect(1);
+    assert_eq!(check(&dry, "journal")["ok"], false);
+    let real = deploy(&tp, &["--tag", "v2"]);
+    same_refusal(&dry, &real);
+    fs::remove_file(&journal).expect("rm");
+}
+
+/// The refusal the dry run announces is the real run's, word for word.
+fn same_refusal(dry: &Run, real: &Run) {
+    let planned = dry.one("deploy.planned");
+    let refusal = &planned["refusal"];
+    let msg = refusal["msg"].as_str().expect("refusal.msg");
+    assert_eq!(refusal["exit"], dry.code, "{planned}");
+    assert_eq!(
+        real.code, dry.code,
+        "exit codes\n{}\n{}",
+        dry.stderr, real.stderr
+    );
+    let error = real
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("deploy_dhash: error:"))
+        .unwrap_or_else(|| panic!("no error line:\n{}", real.stderr));
+    assert!(error.ends_with(msg), "dry run: {msg}\nreal run: {error}");
+    assert!(real.of("deploy.switched").is_empty());
+}
+
+#[test]
+fn the_dry_run_and_the_real_run_refuse_the_same_inputs_with_the_same_message() {
+    let tp = project();
+    let v1 = release_id(&bundle(&tp, "v1", &[], &[]));
+    deploy(&tp, &["--tag", "v1", "--no-backup"]).expect(0);
+    let v2 = release_id(&bundle(&tp, "v2", &[], &[NOTE]));
+    let env = tp.env("staging");
+
+    // --no-migrate with a pending migration.
+    let dry = deploy(&tp, &["--dry-run", "--tag", "v2", "--no-migrate"]);
+    dry.expect(1);
+    let real = deploy(&tp, &["--tag", "v2", "--no-migrate"]);
+    same_refusal(&dry, &real);
+    let msg = dry.one("deploy.planned")["refusal"]["msg"].clone();
+    assert_eq!(real.one("deploy.failed")["reason"], msg);
+
+    // A migration without a .down.sql and no backup.
+    const NODOWN: Extra = (
+        "0004_create_labels",
+        "CREATE TABLE labels (id INTEGER);",
+        None,
+    );
+    bundle(&tp, "nodown", &[], &[NOTE, NODOWN]);
+    let dry = deploy(&tp, &["--dry-run", "--tag", "nodown", "--no-backup"]);
+    dry.expect(1);
+    let real = deploy(&tp, &["--tag", "nodown", "--no-backup"]);
+    same_refusal(&dry, &real);
+
+    // A pending interrupted rollback.
+    let rj = env.install_root.join("rollback.journal");
+    fs::write(&rj, "{ a rollback killed mid-write").expect("write");
+    let dry = deploy(&tp, &["--dry-run", "--tag", "v2"]);
+    dry.expect(1);
+    assert_eq!(check(&dry, "journal")["ok"], false);
+    let real = deploy(&tp, &["--tag", "v2"]);
+    same_refusal(&dry, &real);
+    assert!(real.stderr.contains("rollback"), "{}", real.stderr);
+    fs::remove_file(&rj).expect("rm");
+
+    // A bad tag: refused before any plan, alike.
+    let dry = deploy(&tp, &["--dry-run", "--tag", "no-such-tag"]);
+    let real = deploy(&tp, &["--tag", "no-such-tag"]);
+    assert_ne!(dry.code, 0);
+    assert_eq!(dry.code, real.code);
+    let error = |r: &Run| {
+        r.stderr
+            .lines()
+            .find(|l| l.contains("error:"))
+            .map(str::to_string)
+    };
+    assert_eq!(error(&dry), error(&real));
+
+    assert_eq!(health(&tp)["release"], v1.as_str(), "nothing was changed");
+    assert!(!env.releases_dir().join(&v2).exists());
 }
