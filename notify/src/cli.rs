@@ -293,29 +293,15 @@ pub fn run_notify(args: NotifyArgs) -> anyhow::Result<Exit> {
     let opts = NotifyOptions {
         dry_run: args.common.dry_run,
     };
-    let test = args.kind == Kind::Test;
-    let settings = args.common.settings(args.no_dedup || test);
+    let settings = args
+        .common
+        .settings(args.no_dedup || args.kind == Kind::Test);
     let mut totals = Totals::default();
     match &args.message {
         Some(message) => {
             // Forward upstream events first, so they keep their order.
             gates_core::event::pump_stdin(&em, |_| {});
-            let title = args.title.clone().unwrap_or_else(|| {
-                if test {
-                    format!("dhash {}: test notification", env.name)
-                } else {
-                    format!("dhash {}: {}", env.name, args.level)
-                }
-            });
-            let mut n = Notification::new(args.level, title, message.clone());
-            n.fields.insert("source".into(), json!("notify"));
-            if test {
-                n.fields.insert("type".into(), json!("test"));
-            }
-            for (k, v) in &args.fields {
-                n.fields.insert(k.clone(), Value::String(v.clone()));
-            }
-            n.dedup_key = Some(n.message_key());
+            let n = message_notification(&args, &env.name, message);
             totals.add(&send_with(env, &n, &opts, &em, &settings));
         }
         None => {
@@ -324,24 +310,11 @@ pub fn run_notify(args: NotifyArgs) -> anyhow::Result<Exit> {
                     "nothing to send: give --message TEXT, or pipe events on stdin",
                 ));
             }
-            let selector = EventSelector {
-                min_level: args.min_event_level,
-                milestones: match args.events.as_deref().map(str::trim) {
-                    None => EventSelector::default().milestones,
-                    Some("none") | Some("") => Vec::new(),
-                    Some(list) => list
-                        .split(',')
-                        .map(|s| s.trim().to_string())
-                        .filter(|s| !s.is_empty())
-                        .collect(),
-                },
-            };
+            let selector = args.selector();
             gates_core::event::pump_stdin(&em, |ev| {
                 if selector.selects(ev) {
                     let mut n = Notification::from_event(ev);
-                    for (k, v) in &args.fields {
-                        n.fields.insert(k.clone(), Value::String(v.clone()));
-                    }
+                    add_fields(&mut n, &args.fields);
                     totals.add(&send_with(env, &n, &opts, &em, &settings));
                 }
             });
@@ -351,6 +324,51 @@ pub fn run_notify(args: NotifyArgs) -> anyhow::Result<Exit> {
         }
     }
     totals.finish(&em, env, opts.dry_run)
+}
+
+impl NotifyArgs {
+    /// Which stdin events are sent (`--min-event-level`, `--events`).
+    fn selector(&self) -> EventSelector {
+        EventSelector {
+            min_level: self.min_event_level,
+            milestones: match self.events.as_deref().map(str::trim) {
+                None => EventSelector::default().milestones,
+                Some("none") | Some("") => Vec::new(),
+                Some(list) => list
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect(),
+            },
+        }
+    }
+}
+
+/// The alert (or test notification) given by `--message`, keyed on its text.
+fn message_notification(args: &NotifyArgs, env: &str, message: &str) -> Notification {
+    let test = args.kind == Kind::Test;
+    let title = args.title.clone().unwrap_or_else(|| {
+        if test {
+            format!("dhash {env}: test notification")
+        } else {
+            format!("dhash {env}: {}", args.level)
+        }
+    });
+    let mut n = Notification::new(args.level, title, message.to_string());
+    n.fields.insert("source".into(), json!("notify"));
+    if test {
+        n.fields.insert("type".into(), json!("test"));
+    }
+    add_fields(&mut n, &args.fields);
+    n.dedup_key = Some(n.message_key());
+    n
+}
+
+/// `--field KEY=VALUE`s, as strings.
+fn add_fields(n: &mut Notification, fields: &[(String, String)]) {
+    for (k, v) in fields {
+        n.fields.insert(k.clone(), Value::String(v.clone()));
+    }
 }
 
 pub fn run_deploy_notify(args: DeployNotifyArgs) -> anyhow::Result<Exit> {
