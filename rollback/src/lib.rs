@@ -18,6 +18,12 @@
 //!
 //! The replaced state stays in `<install_root>/quarantine/<ts>/` for
 //! root-cause analysis (never under `backups/`, where the seeds' glob looks).
+//!
+//! In the code: `preflight` makes step 1's decisions and refusals once,
+//! for the dry run (`dry_run`) and the real run alike; `stage_journal`
+//! is step 2; `execute` runs steps 3-7 from the journal's [`Step`].
+//! A restore that serves but fails its smoke tests is completed with
+//! `smoke_passed: false`, not failed: the data and release are the backup's.
 
 use std::fs;
 use std::io;
@@ -187,13 +193,7 @@ pub fn rollback_release(
     release: &str,
     em: &Emitter,
 ) -> anyhow::Result<RollbackOutcome> {
-    if lock.env() != env.name {
-        bail!(
-            "internal error: the lock held is for {:?}, not {:?}",
-            lock.env(),
-            env.name
-        );
-    }
+    check_lock(env, lock)?;
     let journal = pending(env).ok().flatten();
     if journal.is_none() && !is_current(env, release) {
         let current = gates_core::service::current_release(env)
@@ -229,6 +229,10 @@ pub fn rollback_release(
 
 /// Like [`rollback`], with `confirm` asked (after verification, before anything
 /// is touched) whether to go ahead; `Ok(false)` cancels (exit 1, nothing changed).
+///
+/// The shape: `preflight` decides (shared with the dry run), the stage is
+/// extracted or resumed, the operator confirms, then `execute` runs the
+/// journalled steps.
 pub fn rollback_with(
     project: &Project,
     env: &EnvConfig,
@@ -237,6 +241,22 @@ pub fn rollback_with(
     em: &Emitter,
     confirm: &mut dyn FnMut(&Prepared) -> anyhow::Result<bool>,
 ) -> anyhow::Result<RollbackReport> {
+    check_lock(env, lock)?;
+    let started = Instant::now();
+    let pf = preflight(env, opts, em)?;
+    if opts.dry_run {
+        return dry_run(env, &pf, em);
+    }
+    let mut j = stage_journal(env, &pf, em)?;
+    let manifest = dhash_backup::read_manifest(&pf.backup).map_err(failed)?;
+    announce_verified(&pf, &j, &manifest, em);
+    dhash_backup::crash_point("rollback-extracted");
+    ask(env, &pf, &j, &manifest, confirm)?;
+    execute(project, env, &mut j, &manifest, em, started)
+}
+
+/// The lock held must be this environment's (a caller's bug otherwise).
+fn check_lock(env: &EnvConfig, lock: &EnvLock) -> anyhow::Result<()> {
     if lock.env() != env.name {
         bail!(
             "internal error: the lock held is for {:?}, not {:?}",
@@ -244,39 +264,28 @@ pub fn rollback_with(
             env.name
         );
     }
-    let started = Instant::now();
+    Ok(())
+}
 
-    // 1. Which backup: an interrupted rollback's first.
-    let journal = match pending(env) {
-        Ok(j) => j,
-        Err(e) => {
-            em.emit(
-                "rollback.journal-invalid",
-                Level::Warning,
-                format!("{e:#}; starting a fresh rollback"),
-                json!({"path": journal_path(env)}),
-            );
-            None
-        }
-    };
-    let resume = match (&journal, &opts.backup) {
-        (Some(j), None) => Some(j.clone()),
-        (Some(j), Some(b)) if fsutil::same_path(&j.backup, b) => Some(j.clone()),
-        (Some(j), Some(b)) => {
-            em.emit(
-                "rollback.superseded",
-                Level::Warning,
-                format!(
-                    "an interrupted rollback to {} is superseded by the requested {}",
-                    j.backup.display(),
-                    b.display()
-                ),
-                json!({"interrupted": j.backup, "backup": b}),
-            );
-            None
-        }
-        (None, _) => None,
-    };
+/// What the dry run and the real run both decide before anything is
+/// touched: which backup, whether this run resumes an interrupted one, and
+/// that the backup may be used at all.
+struct Preflight {
+    backup: PathBuf,
+    /// The backup's manifest as read; verified later, by the dry run's
+    /// verification or the real run's extraction.
+    manifest: Manifest,
+    /// The interrupted rollback this run resumes.
+    resume: Option<Journal>,
+    reason: Option<String>,
+    skip_validation: bool,
+}
+
+/// Step 1: choose the backup and refuse what cannot be restored (see
+/// [`Refusal`]). Reads only; the dry run and the real run share it, so they
+/// refuse the same inputs with the same words.
+fn preflight(env: &EnvConfig, opts: &RollbackOptions, em: &Emitter) -> anyhow::Result<Preflight> {
+    let resume = resumable(env, opts.backup.as_deref(), em);
     let backup = match (&resume, &opts.backup) {
         (Some(j), _) => j.backup.clone(),
         (None, Some(b)) => fsutil::absolute(b),
@@ -288,12 +297,75 @@ pub fn rollback_with(
         .or_else(|| resume.as_ref().and_then(|j| j.reason.clone()));
     let skip_validation =
         opts.skip_validation || resume.as_ref().is_some_and(|j| j.skip_validation);
+    let resumed = resume.is_some();
+    announce_start(
+        env,
+        &backup,
+        &reason,
+        resumed,
+        skip_validation,
+        opts.dry_run,
+        em,
+    );
+    let manifest = check_backup(env, &backup).map_err(|r| refuse(em, r))?;
+    Ok(Preflight {
+        backup,
+        manifest,
+        resume,
+        reason,
+        skip_validation,
+    })
+}
+
+/// The interrupted rollback this run resumes: none when there is none, when
+/// its journal is unreadable (a fresh rollback starts), or when another
+/// backup was asked for (it supersedes the interrupted one).
+fn resumable(env: &EnvConfig, requested: Option<&Path>, em: &Emitter) -> Option<Journal> {
+    let journal = match pending(env) {
+        Ok(j) => j?,
+        Err(e) => {
+            em.emit(
+                "rollback.journal-invalid",
+                Level::Warning,
+                format!("{e:#}; starting a fresh rollback"),
+                json!({"path": journal_path(env)}),
+            );
+            return None;
+        }
+    };
+    match requested {
+        Some(b) if !fsutil::same_path(&journal.backup, b) => {
+            em.emit(
+                "rollback.superseded",
+                Level::Warning,
+                format!(
+                    "an interrupted rollback to {} is superseded by the requested {}",
+                    journal.backup.display(),
+                    b.display()
+                ),
+                json!({"interrupted": journal.backup, "backup": b}),
+            );
+            None
+        }
+        _ => Some(journal),
+    }
+}
+
+fn announce_start(
+    env: &EnvConfig,
+    backup: &Path,
+    reason: &Option<String>,
+    resumed: bool,
+    skip_validation: bool,
+    dry_run: bool,
+    em: &Emitter,
+) {
     em.emit(
         "rollback.started",
         Level::Warning,
         format!(
             "{}rolling {} back to {}",
-            if resume.is_some() {
+            if resumed {
                 "resuming an interrupted rollback: "
             } else {
                 ""
@@ -301,8 +373,8 @@ pub fn rollback_with(
             env.name,
             backup.display()
         ),
-        json!({"backup": backup, "reason": reason, "resumed": resume.is_some(),
-               "skip_validation": skip_validation, "dry_run": opts.dry_run}),
+        json!({"backup": backup, "reason": reason, "resumed": resumed,
+               "skip_validation": skip_validation, "dry_run": dry_run}),
     );
     if skip_validation {
         em.emit(
@@ -315,37 +387,42 @@ pub fn rollback_with(
             json!({"backup": backup}),
         );
     }
+}
 
-    // Another environment's backup is refused before any real work.
-    // A FIFO, a directory or a device is named for what it is (and never
-    // opened, so nothing blocks), not called missing.
-    if let Err(e) = gates_core::fsutil::require_regular_file(&backup, "the backup") {
-        let msg = format!("{e:#}");
-        em.emit(
-            "rollback.refused",
-            Level::Error,
-            msg.clone(),
-            json!({"backup": backup}),
-        );
-        return Err(failed(anyhow!(msg)));
-    }
-    let peek = match dhash_backup::read_manifest(&backup) {
-        Ok(m) => m,
-        Err(e) => {
-            em.emit(
-                "rollback.refused",
-                Level::Error,
-                format!(
-                    "{} is not a usable backup; nothing was changed: {e:#}",
-                    backup.display()
-                ),
-                json!({"backup": backup, "error": format!("{e:#}")}),
-            );
-            return Err(failed(e));
-        }
-    };
-    if peek.env != env.name {
-        let right = dhash_backup::newest_verified(env, &Emitter::sink(TOOL, &env.name))
+/// Why a backup is refused while nothing is touched yet (exit 1). One
+/// wording whether the dry run or the real run finds it.
+#[derive(Debug)]
+enum Refusal {
+    /// A FIFO, a directory, a device or nothing: named for what it is, and
+    /// never opened (so nothing blocks), not called missing.
+    NotARegularFile {
+        backup: PathBuf,
+        error: anyhow::Error,
+    },
+    /// The zip or its manifest cannot be read.
+    Unusable {
+        backup: PathBuf,
+        error: anyhow::Error,
+    },
+    /// A backup of another environment (the seeds' glob picks any
+    /// environment's newest backup).
+    OtherEnvironment {
+        backup: PathBuf,
+        manifest_env: String,
+        env: String,
+        /// Names the backup that would do instead.
+        hint: String,
+    },
+    /// The sidecar, an entry name, a manifest hash or the database fails.
+    DoesNotVerify {
+        backup: PathBuf,
+        error: anyhow::Error,
+    },
+}
+
+impl Refusal {
+    fn other_environment(env: &EnvConfig, backup: &Path, manifest_env: &str) -> Refusal {
+        let hint = dhash_backup::newest_verified(env, &Emitter::sink(TOOL, &env.name))
             .map(|p| {
                 format!(
                     "the newest verified backup of {} is {}",
@@ -354,80 +431,155 @@ pub fn rollback_with(
                 )
             })
             .unwrap_or_else(|_| format!("there is no verified backup of {}", env.name));
-        let msg = format!(
-            "refusing: {} is a backup of {:?}, not {:?}; {right}",
-            backup.display(),
-            peek.env,
-            env.name
-        );
-        em.emit(
-            "rollback.refused",
-            Level::Error,
-            msg.clone(),
-            json!({"backup": backup, "manifest_env": peek.env}),
-        );
-        return Err(failed(anyhow!(msg)));
+        Refusal::OtherEnvironment {
+            backup: backup.to_path_buf(),
+            manifest_env: manifest_env.to_string(),
+            env: env.name.clone(),
+            hint,
+        }
     }
 
-    if opts.dry_run {
-        return dry_run(env, &backup, skip_validation, em);
+    /// The `rollback.refused` message.
+    fn message(&self) -> String {
+        match self {
+            Refusal::NotARegularFile { error, .. } => format!("{error:#}"),
+            Refusal::Unusable { backup, error } => format!(
+                "{} is not a usable backup; nothing was changed: {error:#}",
+                backup.display()
+            ),
+            Refusal::OtherEnvironment {
+                backup,
+                manifest_env,
+                env,
+                hint,
+            } => format!(
+                "refusing: {} is a backup of {manifest_env:?}, not {env:?}; {hint}",
+                backup.display()
+            ),
+            Refusal::DoesNotVerify { backup, error } => format!(
+                "{} does not verify; nothing was changed: {error:#}",
+                backup.display()
+            ),
+        }
     }
 
-    // 2. Extract + verify into the stage (the environment is untouched).
+    fn fields(&self) -> serde_json::Value {
+        match self {
+            Refusal::NotARegularFile { backup, .. } => json!({"backup": backup}),
+            Refusal::Unusable { backup, error } | Refusal::DoesNotVerify { backup, error } => {
+                json!({"backup": backup, "error": format!("{error:#}")})
+            }
+            Refusal::OtherEnvironment {
+                backup,
+                manifest_env,
+                ..
+            } => json!({"backup": backup, "manifest_env": manifest_env}),
+        }
+    }
+
+    /// The error the tool exits with.
+    fn into_error(self) -> anyhow::Error {
+        let msg = self.message();
+        match self {
+            Refusal::NotARegularFile { .. } | Refusal::OtherEnvironment { .. } => anyhow!(msg),
+            Refusal::Unusable { error, .. } => error,
+            Refusal::DoesNotVerify { backup, error } => {
+                error.context(format!("verifying {}", backup.display()))
+            }
+        }
+    }
+}
+
+/// Reports a refusal (`rollback.refused`) and returns its error (exit 1).
+fn refuse(em: &Emitter, r: Refusal) -> anyhow::Error {
+    em.emit("rollback.refused", Level::Error, r.message(), r.fields());
+    failed(r.into_error())
+}
+
+/// The refusals that need no verification: checked before any real work.
+fn check_backup(env: &EnvConfig, backup: &Path) -> Result<Manifest, Refusal> {
+    if let Err(error) = fsutil::require_regular_file(backup, "the backup") {
+        return Err(Refusal::NotARegularFile {
+            backup: backup.to_path_buf(),
+            error,
+        });
+    }
+    let manifest = dhash_backup::read_manifest(backup).map_err(|error| Refusal::Unusable {
+        backup: backup.to_path_buf(),
+        error,
+    })?;
+    if manifest.env != env.name {
+        return Err(Refusal::other_environment(env, backup, &manifest.env));
+    }
+    Ok(manifest)
+}
+
+/// Step 2: the journal this run works from. The interrupted run's when the
+/// swap finished (the restored data and release are in place, maybe already
+/// served: redoing it would quarantine the restore itself) or when its
+/// stage survived; else a fresh extraction (verified) into the stage.
+fn stage_journal(env: &EnvConfig, pf: &Preflight, em: &Emitter) -> anyhow::Result<Journal> {
     let stage = env.install_root.join(STAGE);
-    let mut j = match resume {
-        // The swap finished before the interrupt: the restored data and
-        // release are in place (maybe already served). Redoing it would
-        // quarantine the restore itself.
+    match pf.resume.clone() {
         Some(j) if j.step >= Step::Starting => {
             em.human(&format!(
                 "resuming at step {:?}: the restore is complete on disk",
                 j.step
             ));
-            j
+            Ok(j)
         }
         Some(j) if j.step > Step::Extracting && stage.is_dir() => {
             em.human(&format!("resuming at step {:?}", j.step));
-            j
+            Ok(j)
         }
         prior => {
-            let quarantine = prior
-                .as_ref()
-                .map(|j| j.quarantine.clone())
-                .unwrap_or_else(|| env.quarantine_dir().join(dhash_backup::timestamp_now()));
-            let mut j = Journal {
-                version: 1,
-                env: env.name.clone(),
-                backup: backup.clone(),
-                sha256: None,
-                release: peek.release.clone(),
-                database: peek.database.clone(),
-                previous_release: prior
-                    .as_ref()
-                    .and_then(|j| j.previous_release.clone())
-                    .or_else(|| gates_core::install::current_release_id(env)),
-                stage: stage.clone(),
-                quarantine,
-                // A resumed run that lost its stage keeps its step: the
-                // environment is already touched.
-                step: prior.as_ref().map_or(Step::Extracting, |j| j.step),
-                started_at: gates_core::event::now_rfc3339(),
-                reason: reason.clone(),
-                skip_validation,
-                pid: std::process::id(),
-            };
+            let mut j = fresh_journal(env, pf, prior.as_ref(), stage);
             extract_stage(env, &mut j, em)?;
-            j
+            Ok(j)
         }
-    };
-    let manifest = dhash_backup::read_manifest(&backup).map_err(failed)?;
+    }
+}
+
+/// The journal of a fresh extraction; a resumed run that lost its stage
+/// keeps its quarantine, its previous release and its step (the
+/// environment is already touched).
+fn fresh_journal(
+    env: &EnvConfig,
+    pf: &Preflight,
+    prior: Option<&Journal>,
+    stage: PathBuf,
+) -> Journal {
+    Journal {
+        version: 1,
+        env: env.name.clone(),
+        backup: pf.backup.clone(),
+        sha256: None,
+        release: pf.manifest.release.clone(),
+        database: pf.manifest.database.clone(),
+        previous_release: prior
+            .and_then(|j| j.previous_release.clone())
+            .or_else(|| gates_core::install::current_release_id(env)),
+        stage,
+        quarantine: prior.map_or_else(
+            || env.quarantine_dir().join(dhash_backup::timestamp_now()),
+            |j| j.quarantine.clone(),
+        ),
+        step: prior.map_or(Step::Extracting, |j| j.step),
+        started_at: gates_core::event::now_rfc3339(),
+        reason: pf.reason.clone(),
+        skip_validation: pf.skip_validation,
+        pid: std::process::id(),
+    }
+}
+
+fn announce_verified(pf: &Preflight, j: &Journal, manifest: &Manifest, em: &Emitter) {
     em.emit(
         "rollback.verified",
         Level::Info,
         format!(
             "{} {} (release {}, schema {}, created {})",
-            backup.display(),
-            match (skip_validation, j.step >= Step::Starting) {
+            pf.backup.display(),
+            match (pf.skip_validation, j.step >= Step::Starting) {
                 (_, true) => "already restored by the interrupted run",
                 (true, false) => "extracted WITHOUT verification",
                 (false, false) => "verified and extracted",
@@ -439,108 +591,176 @@ pub fn rollback_with(
                 .unwrap_or_else(|| "none".into()),
             manifest.created_at
         ),
-        json!({"backup": backup, "sha256": j.sha256, "release": manifest.release,
+        json!({"backup": pf.backup, "sha256": j.sha256, "release": manifest.release,
                "schema_version": manifest.schema_version, "created_at": manifest.created_at,
                "files": manifest.files.len(), "bytes": manifest.total_bytes(),
-               "skip_validation": skip_validation}),
+               "skip_validation": pf.skip_validation}),
     );
-    dhash_backup::crash_point("rollback-extracted");
+}
 
+/// Asks `confirm`; a refusal leaves the environment as it was (the stage of
+/// a fresh extraction is removed).
+fn ask(
+    env: &EnvConfig,
+    pf: &Preflight,
+    j: &Journal,
+    manifest: &Manifest,
+    confirm: &mut dyn FnMut(&Prepared) -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
     let prepared = Prepared {
         env: env.name.clone(),
-        backup: backup.clone(),
+        backup: pf.backup.clone(),
         manifest: manifest.clone(),
         previous_release: j.previous_release.clone(),
         resumed: j.step > Step::Extracting,
     };
-    match confirm(&prepared) {
-        Ok(true) => {}
-        Ok(false) => {
-            if j.step <= Step::Extracting {
-                discard_stage(env, &j);
-            }
-            return Err(failed(anyhow!("rollback cancelled; nothing was changed")));
-        }
-        Err(e) => {
-            if j.step <= Step::Extracting {
-                discard_stage(env, &j);
-            }
-            return Err(e);
-        }
+    let answer = confirm(&prepared);
+    if !matches!(answer, Ok(true)) && j.step <= Step::Extracting {
+        discard_stage(env, j);
     }
+    match answer {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(failed(anyhow!("rollback cancelled; nothing was changed"))),
+        Err(e) => Err(e),
+    }
+}
 
-    // 3.-6. The swap. From here on the environment is touched: failures are exit 4.
-    if j.step >= Step::Starting {
-        // Done by the interrupted run (see above).
-    } else if let Err(e) = swap(env, &mut j, em) {
-        return Err(fail(env, &j, em, started, e, "restore"));
+/// Steps 3-7 from where the journal says the rollback is. From here on the
+/// environment is touched: failures are exit 4.
+fn execute(
+    project: &Project,
+    env: &EnvConfig,
+    j: &mut Journal,
+    manifest: &Manifest,
+    em: &Emitter,
+    started: Instant,
+) -> anyhow::Result<RollbackReport> {
+    // At Starting or later the interrupted run finished the swap (see [`stage_journal`]).
+    if j.step < Step::Starting {
+        if let Err(e) = swap(env, j, em) {
+            return Err(fail(env, j, em, started, e, "restore"));
+        }
     }
     // The replaced release is out of service for good: never healthy, never
     // the last known-good one, never a switch-back target again.
-    record_states(env, &j, false, em);
-
-    // 7. Start, prove health, smoke.
-    let healthy = (|| -> anyhow::Result<(f64, Option<bool>)> {
-        set_step(env, &mut j, Step::Starting)?;
-        gates_core::service::start(env, em).context("starting the service")?;
-        dhash_backup::crash_point("rollback-started");
-        set_step(env, &mut j, Step::Verifying)?;
-        gates_core::probe::wait_healthy(env, &env.health, em).context("waiting for health")?;
-        let seconds = started.elapsed().as_secs_f64();
-        let smoke = dhash_smoke::run(
-            project,
-            env,
-            &dhash_smoke::SmokeOptions {
-                mode: dhash_smoke::SmokeMode::PostRollback,
-                dry_run: false,
-            },
-            em,
-        )
-        .context("running the post-rollback smoke tests")?;
-        if !smoke.passed {
-            let failed: Vec<String> = smoke
-                .failed()
-                .map(|c| format!("{}: {}", c.name, c.detail))
-                .collect();
-            bail!("post-rollback smoke tests failed: {}", failed.join("; "));
-        }
-        Ok((seconds, Some(true)))
-    })();
-    let (seconds, smoke_passed) = match healthy {
-        Ok(x) => x,
-        Err(e) => {
-            // The restore itself is complete on disk: a rerun would not help.
-            let _ = fs::remove_file(journal_path(env));
-            discard_stage(env, &j);
-            return Err(fail(env, &j, em, started, e, "health"));
-        }
-    };
-
+    record_states(env, j, false, em);
+    let proven = start_and_prove(project, env, j, em, started);
+    // The restore itself is complete on disk: a rerun would not help.
     let _ = fs::remove_file(journal_path(env));
-    discard_stage(env, &j);
-    let report = RollbackReport {
-        backup: backup.clone(),
-        release: manifest.release.clone(),
-        seconds_to_healthy: seconds,
-        smoke_passed,
+    discard_stage(env, j);
+    match proven {
+        Ok((seconds, smoke)) => Ok(complete(env, j, manifest, seconds, smoke, em)),
+        Err(e) => Err(fail(env, j, em, started, e, "health")),
+    }
+}
+
+/// What the post-rollback smoke tests found, once the restored release
+/// proved healthy.
+#[derive(Debug, Clone, PartialEq)]
+enum Smoke {
+    Passed,
+    /// Checks beyond health failed (golden images, metrics, queue): the
+    /// restore stands and serves, but someone must look (exit 4).
+    Failed(String),
+}
+
+/// The smoke checks that prove the restored release serves: when one of
+/// them fails the rollback failed, not just its smoke tests.
+const SERVING_CHECKS: [&str; 3] = ["health", "health_consecutive", "release"];
+
+/// Step 7: start, require the consecutive OK health checks, run the
+/// post-rollback smoke tests. `Err`: the restored release does not serve.
+fn start_and_prove(
+    project: &Project,
+    env: &EnvConfig,
+    j: &mut Journal,
+    em: &Emitter,
+    started: Instant,
+) -> anyhow::Result<(f64, Smoke)> {
+    set_step(env, j, Step::Starting)?;
+    gates_core::service::start(env, em).context("starting the service")?;
+    dhash_backup::crash_point("rollback-started");
+    set_step(env, j, Step::Verifying)?;
+    gates_core::probe::wait_healthy(env, &env.health, em).context("waiting for health")?;
+    let seconds = started.elapsed().as_secs_f64();
+    let smoke = dhash_smoke::run(
+        project,
+        env,
+        &dhash_smoke::SmokeOptions {
+            mode: dhash_smoke::SmokeMode::PostRollback,
+            dry_run: false,
+        },
+        em,
+    )
+    .context("running the post-rollback smoke tests")?;
+    if smoke.passed {
+        return Ok((seconds, Smoke::Passed));
+    }
+    let failed = smoke
+        .failed()
+        .map(|c| format!("{}: {}", c.name, c.detail))
+        .collect::<Vec<_>>()
+        .join("; ");
+    if smoke
+        .failed()
+        .any(|c| SERVING_CHECKS.contains(&c.name.as_str()))
+    {
+        bail!("post-rollback smoke tests failed: {failed}");
+    }
+    Ok((seconds, Smoke::Failed(failed)))
+}
+
+/// Records and reports a completed restore. Failed smoke tests keep the
+/// restored release from being recorded healthy (never the last known-good
+/// one that way) and make the completion critical.
+fn complete(
+    env: &EnvConfig,
+    j: &Journal,
+    manifest: &Manifest,
+    seconds: f64,
+    smoke: Smoke,
+    em: &Emitter,
+) -> RollbackReport {
+    let smoke_passed = smoke == Smoke::Passed;
+    let smoke_error = match &smoke {
+        Smoke::Passed => None,
+        Smoke::Failed(checks) => Some(format!("post-rollback smoke tests failed: {checks}")),
     };
-    record_states(env, &j, true, em);
-    ledger(env, em, &j, "completed", Some(seconds), None);
+    record_states(env, j, smoke_passed, em);
+    let outcome = LedgerOutcome::Completed {
+        seconds,
+        smoke_passed,
+        error: smoke_error.as_deref(),
+    };
+    ledger(env, em, j, outcome);
+    let healthy = format!(
+        "{} rolled back to {} (release {}) and healthy after {seconds:.1}s",
+        env.name,
+        j.backup.display(),
+        manifest.release.as_deref().unwrap_or("unchanged")
+    );
+    let (level, msg) = match &smoke_error {
+        None => (Level::Info, healthy),
+        Some(e) => (
+            Level::Critical,
+            format!("{healthy}, but the {e}: the restored release needs a look"),
+        ),
+    };
     em.emit(
         "rollback.completed",
-        Level::Info,
-        format!(
-            "{} rolled back to {} (release {}) and healthy after {seconds:.1}s",
-            env.name,
-            backup.display(),
-            manifest.release.as_deref().unwrap_or("unchanged")
-        ),
-        json!({"backup": backup, "release": manifest.release, "previous_release": j.previous_release,
+        level,
+        msg,
+        json!({"backup": j.backup, "release": manifest.release, "previous_release": j.previous_release,
                "schema_version": manifest.schema_version, "seconds_to_healthy": seconds,
-               "smoke_passed": smoke_passed, "quarantine": j.quarantine, "reason": j.reason,
+               "smoke_passed": Some(smoke_passed), "quarantine": j.quarantine, "reason": j.reason,
                "skip_validation": j.skip_validation}),
     );
-    Ok(report)
+    RollbackReport {
+        backup: j.backup.clone(),
+        release: manifest.release.clone(),
+        seconds_to_healthy: seconds,
+        smoke_passed: Some(smoke_passed),
+    }
 }
 
 fn fail(
@@ -552,7 +772,7 @@ fn fail(
     stage: &str,
 ) -> anyhow::Error {
     let msg = format!("{e:#}");
-    ledger(env, em, j, "failed", None, Some(&msg));
+    ledger(env, em, j, LedgerOutcome::Failed { error: &msg });
     let resumable = journal_path(env).exists();
     em.emit(
         "rollback.failed",
@@ -626,17 +846,32 @@ fn record_states(env: &EnvConfig, j: &Journal, restored_healthy: bool, em: &Emit
     }
 }
 
-fn ledger(
-    env: &EnvConfig,
-    em: &Emitter,
-    j: &Journal,
-    result: &str,
-    seconds: Option<f64>,
-    error: Option<&str>,
-) {
+/// How a rollback that touched the environment ended, for its ledger record.
+enum LedgerOutcome<'a> {
+    /// Restored and healthy; `error` names the failed smoke checks, if any.
+    Completed {
+        seconds: f64,
+        smoke_passed: bool,
+        error: Option<&'a str>,
+    },
+    Failed {
+        error: &'a str,
+    },
+}
+
+fn ledger(env: &EnvConfig, em: &Emitter, j: &Journal, outcome: LedgerOutcome) {
+    let (result, seconds, smoke_passed, error) = match outcome {
+        LedgerOutcome::Completed {
+            seconds,
+            smoke_passed,
+            error,
+        } => ("completed", Some(seconds), Some(smoke_passed), error),
+        LedgerOutcome::Failed { error } => ("failed", None, None, Some(error)),
+    };
     let rec = json!({"env": env.name, "backup": j.backup, "release": j.release, "from": j.previous_release,
                      "result": result, "reason": j.reason, "skip_validation": j.skip_validation,
-                     "seconds_to_healthy": seconds, "quarantine": j.quarantine, "error": error});
+                     "seconds_to_healthy": seconds, "smoke_passed": smoke_passed,
+                     "quarantine": j.quarantine, "error": error});
     if let Err(e) = env.ledger().append("rollback", rec) {
         em.emit(
             "ledger.failed",
@@ -684,28 +919,15 @@ fn extract_stage(env: &EnvConfig, j: &mut Journal, em: &Emitter) -> anyhow::Resu
                 return Err(fail(env, j, em, Instant::now(), e, "extraction"));
             }
             // Nothing was touched (the journal is written only once the swap begins).
-            em.emit(
-                "rollback.refused",
-                Level::Error,
-                format!(
-                    "{} does not verify; nothing was changed: {e:#}",
-                    j.backup.display()
-                ),
-                json!({"backup": j.backup, "error": format!("{e:#}")}),
-            );
-            return Err(failed(
-                e.context(format!("verifying {}", j.backup.display())),
-            ));
+            let backup = j.backup.clone();
+            return Err(refuse(em, Refusal::DoesNotVerify { backup, error: e }));
         }
     };
     if extracted.manifest.env != env.name {
+        // The zip changed since the preflight read its manifest.
         discard_stage(env, j);
-        return Err(failed(anyhow!(
-            "refusing: {} is a backup of {:?}, not {:?}",
-            j.backup.display(),
-            extracted.manifest.env,
-            env.name
-        )));
+        let r = Refusal::other_environment(env, &j.backup, &extracted.manifest.env);
+        return Err(refuse(em, r));
     }
     j.sha256 = extracted.sha256.clone();
     j.release = extracted.manifest.release.clone();
@@ -757,14 +979,43 @@ fn release_matches(dir: &Path, id: &str, manifest_files: &[dhash_backup::FileEnt
     count == expected
 }
 
+/// Journals `step` unless the rollback is already there or past it.
+fn advance(env: &EnvConfig, j: &mut Journal, step: Step) -> anyhow::Result<()> {
+    if j.step < step {
+        set_step(env, j, step)?;
+    }
+    Ok(())
+}
+
 /// Steps 3-6, each idempotent given what is on disk, so a rerun redoes or
 /// skips what an interrupted run did.
 fn swap(env: &EnvConfig, j: &mut Journal, em: &Emitter) -> anyhow::Result<()> {
     // 3. Stop. The journal is written for the first time here: from now on
     // a rerun resumes this rollback.
-    if j.step < Step::Stopping {
-        set_step(env, j, Step::Stopping)?;
-    }
+    advance(env, j, Step::Stopping)?;
+    let q = open_quarantine(env, j)?;
+    gates_core::service::stop(env, em).context("stopping the service")?;
+    dhash_backup::crash_point("rollback-stopped");
+
+    restore_data(env, j, &q, em)?;
+    dhash_backup::crash_point("rollback-data-restored");
+
+    let Some(id) = j.release.clone() else {
+        em.emit(
+            "rollback.release-unchanged",
+            Level::Warning,
+            "the backup holds no release (nothing was deployed when it was made): only the data was restored",
+            json!({}),
+        );
+        return Ok(());
+    };
+    install_release(env, j, &id, &q, em)?;
+    dhash_backup::crash_point("rollback-release-installed");
+    switch_release(env, j, &id, &q, em)
+}
+
+/// The quarantine of this rollback, with a note of what it holds and why.
+fn open_quarantine(env: &EnvConfig, j: &Journal) -> anyhow::Result<PathBuf> {
     let q = j.quarantine.clone();
     fs::create_dir_all(&q).with_context(|| format!("creating the quarantine {}", q.display()))?;
     let info = q.join("rollback.json");
@@ -779,18 +1030,16 @@ fn swap(env: &EnvConfig, j: &mut Journal, em: &Emitter) -> anyhow::Result<()> {
             }))?,
         )?;
     }
+    Ok(q)
+}
 
-    gates_core::service::stop(env, em).context("stopping the service")?;
-    dhash_backup::crash_point("rollback-stopped");
-
-    // 4. Data: the live folder into the quarantine, the restored one in.
-    if j.step < Step::RestoringData {
-        set_step(env, j, Step::RestoringData)?;
-    }
+/// Step 4, the data: the live folder into the quarantine, the restored one in.
+fn restore_data(env: &EnvConfig, j: &mut Journal, q: &Path, em: &Emitter) -> anyhow::Result<()> {
+    advance(env, j, Step::RestoringData)?;
     let staged_data = j.stage.join("data");
     if staged_data.is_dir() {
         if env.data_dir.exists() {
-            let slot = quarantine_slot(&q, "data");
+            let slot = quarantine_slot(q, "data");
             fsutil::move_path(&env.data_dir, &slot)?;
             em.emit(
                 "rollback.quarantined",
@@ -811,76 +1060,80 @@ fn swap(env: &EnvConfig, j: &mut Journal, em: &Emitter) -> anyhow::Result<()> {
             env.data_dir.display()
         );
     }
-    place_database(env, j, &q, em)?;
-    dhash_backup::crash_point("rollback-data-restored");
+    place_database(env, j, q, em)
+}
 
-    // 5. The release.
-    let Some(id) = j.release.clone() else {
-        em.emit(
-            "rollback.release-unchanged",
-            Level::Warning,
-            "the backup holds no release (nothing was deployed when it was made): only the data was restored",
-            json!({}),
-        );
-        return Ok(());
-    };
-    if j.step < Step::InstallingRelease {
-        set_step(env, j, Step::InstallingRelease)?;
-    }
-    let staged_release = j.stage.join("release").join(&id);
-    let target = env.releases_dir().join(&id);
-    if staged_release.is_dir() {
-        if target.exists() {
-            let manifest = dhash_backup::read_manifest(&j.backup)?;
-            if release_matches(&target, &id, &manifest.files) {
-                em.debug(&format!(
-                    "{} already holds the backup's release files",
-                    target.display()
-                ));
-            } else {
-                let slot = quarantine_slot(&q.join("releases"), &id);
-                em.emit(
-                    "rollback.quarantined",
-                    Level::Warning,
-                    format!(
-                        "{} differs from the backup's copy: moved to {}",
-                        target.display(),
-                        slot.display()
-                    ),
-                    json!({"what": "release", "from": target, "to": slot}),
-                );
-                fsutil::move_path(&target, &slot)?;
-                fsutil::move_path(&staged_release, &target)?;
-            }
-        } else {
-            fsutil::move_path(&staged_release, &target)?;
-        }
-    } else if !target.is_dir() {
-        bail!(
-            "neither the staged release nor {} exists: rerun rollback_dhash to extract again",
-            target.display()
-        );
-    }
-    dhash_backup::crash_point("rollback-release-installed");
-
-    // 6. Switch, then quarantine the replaced release.
-    if j.step < Step::Switching {
-        set_step(env, j, Step::Switching)?;
-    }
-    fsutil::switch_symlink(&Path::new("releases").join(&id), &env.current_link())?;
-    dhash_backup::crash_point("rollback-switched");
-    if let Some(prev) = j.previous_release.clone().filter(|p| *p != id) {
-        let old = env.releases_dir().join(&prev);
-        if old.is_dir() {
-            let slot = quarantine_slot(&q.join("releases"), &prev);
-            fsutil::move_path(&old, &slot)?;
-            em.emit(
-                "rollback.quarantined",
-                Level::Info,
-                format!("moved the replaced release {prev} to {}", slot.display()),
-                json!({"what": "release", "release": prev, "from": old, "to": slot}),
+/// Step 5: the backup's release into `releases/<id>`: moved in from the stage,
+/// or kept when the folder there already holds exactly its files.
+fn install_release(
+    env: &EnvConfig,
+    j: &mut Journal,
+    id: &str,
+    q: &Path,
+    em: &Emitter,
+) -> anyhow::Result<()> {
+    advance(env, j, Step::InstallingRelease)?;
+    let staged_release = j.stage.join("release").join(id);
+    let target = env.releases_dir().join(id);
+    if !staged_release.is_dir() {
+        if !target.is_dir() {
+            bail!(
+                "neither the staged release nor {} exists: rerun rollback_dhash to extract again",
+                target.display()
             );
         }
+        return Ok(());
+    }
+    if !target.exists() {
+        return fsutil::move_path(&staged_release, &target);
+    }
+    let manifest = dhash_backup::read_manifest(&j.backup)?;
+    if release_matches(&target, id, &manifest.files) {
+        em.debug(&format!(
+            "{} already holds the backup's release files",
+            target.display()
+        ));
+        return Ok(());
+    }
+    let slot = quarantine_slot(&q.join("releases"), id);
+    em.emit(
+        "rollback.quarantined",
+        Level::Warning,
+        format!(
+            "{} differs from the backup's copy: moved to {}",
+            target.display(),
+            slot.display()
+        ),
+        json!({"what": "release", "from": target, "to": slot}),
+    );
+    fsutil::move_path(&target, &slot)?;
+    fsutil::move_path(&staged_release, &target)
+}
+
+/// Step 6: switch `current`, then quarantine the replaced release.
+fn switch_release(
+    env: &EnvConfig,
+    j: &mut Journal,
+    id: &str,
+    q: &Path,
+    em: &Emitter,
+) -> anyhow::Result<()> {
+    advance(env, j, Step::Switching)?;
+    fsutil::switch_symlink(&Path::new("releases").join(id), &env.current_link())?;
+    dhash_backup::crash_point("rollback-switched");
+    let Some(prev) = j.previous_release.clone().filter(|p| p != id) else {
+        return Ok(());
+    };
+    let old = env.releases_dir().join(&prev);
+    if old.is_dir() {
+        let slot = quarantine_slot(&q.join("releases"), &prev);
+        fsutil::move_path(&old, &slot)?;
+        em.emit(
+            "rollback.quarantined",
+            Level::Info,
+            format!("moved the replaced release {prev} to {}", slot.display()),
+            json!({"what": "release", "release": prev, "from": old, "to": slot}),
+        );
     }
     Ok(())
 }
@@ -913,17 +1166,22 @@ fn place_database(env: &EnvConfig, j: &Journal, q: &Path, em: &Emitter) -> anyho
     Ok(())
 }
 
-fn dry_run(
-    env: &EnvConfig,
-    backup: &Path,
-    skip_validation: bool,
-    em: &Emitter,
-) -> anyhow::Result<RollbackReport> {
-    let manifest = if skip_validation {
-        dhash_backup::read_manifest(backup).map_err(failed)?
+/// The dry run: verify (unless `--skip-validation`) and report the plan;
+/// change nothing. Its refusals are the real run's ([`preflight`], [`Refusal`]).
+fn dry_run(env: &EnvConfig, pf: &Preflight, em: &Emitter) -> anyhow::Result<RollbackReport> {
+    let backup = &pf.backup;
+    let manifest = if pf.skip_validation {
+        pf.manifest.clone()
     } else {
-        dhash_backup::verify(backup)
-            .map_err(|e| failed(e.context(format!("{} does not verify", backup.display()))))?
+        dhash_backup::verify(backup).map_err(|error| {
+            refuse(
+                em,
+                Refusal::DoesNotVerify {
+                    backup: backup.clone(),
+                    error,
+                },
+            )
+        })?
     };
     em.emit(
         "rollback.verified",
@@ -931,7 +1189,7 @@ fn dry_run(
         format!("{} verified (dry run)", backup.display()),
         json!({"backup": backup, "release": manifest.release, "schema_version": manifest.schema_version,
                "created_at": manifest.created_at, "files": manifest.files.len(),
-               "bytes": manifest.total_bytes(), "skip_validation": skip_validation, "dry_run": true}),
+               "bytes": manifest.total_bytes(), "skip_validation": pf.skip_validation, "dry_run": true}),
     );
     let current = gates_core::install::current_release_id(env);
     let data_files = manifest
@@ -939,7 +1197,35 @@ fn dry_run(
         .iter()
         .filter(|f| f.path.starts_with("data/"))
         .count();
-    let steps = vec![
+    let steps = planned_steps(env, backup, &manifest, current.as_deref(), data_files);
+    em.emit(
+        "rollback.planned",
+        Level::Info,
+        format!(
+            "dry run: would roll {} back to {}; nothing changed",
+            env.name,
+            backup.display()
+        ),
+        json!({"backup": backup, "release": manifest.release, "current_release": current,
+               "data_files": data_files, "steps": steps, "dry_run": true}),
+    );
+    Ok(RollbackReport {
+        backup: backup.clone(),
+        release: manifest.release,
+        seconds_to_healthy: 0.0,
+        smoke_passed: None,
+    })
+}
+
+/// The steps of the crate docs, in words, for the dry run's plan.
+fn planned_steps(
+    env: &EnvConfig,
+    backup: &Path,
+    manifest: &Manifest,
+    current: Option<&str>,
+    data_files: usize,
+) -> Vec<String> {
+    vec![
         format!(
             "extract {} into {}",
             backup.display(),
@@ -962,7 +1248,7 @@ fn dry_run(
             ),
             None => "keep the current release (the backup holds none)".to_string(),
         },
-        match (&current, &manifest.release) {
+        match (current, &manifest.release) {
             (Some(c), Some(id)) if c != id => {
                 format!("move the replaced release {c} into the quarantine")
             }
@@ -973,24 +1259,7 @@ fn dry_run(
             env.health.checks_required
         ),
         "run the post-rollback smoke tests".to_string(),
-    ];
-    em.emit(
-        "rollback.planned",
-        Level::Info,
-        format!(
-            "dry run: would roll {} back to {}; nothing changed",
-            env.name,
-            backup.display()
-        ),
-        json!({"backup": backup, "release": manifest.release, "current_release": current,
-               "data_files": data_files, "steps": steps, "dry_run": true}),
-    );
-    Ok(RollbackReport {
-        backup: backup.to_path_buf(),
-        release: manifest.release,
-        seconds_to_healthy: 0.0,
-        smoke_passed: None,
-    })
+    ]
 }
 
 #[cfg(test)]

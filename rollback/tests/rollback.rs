@@ -806,3 +806,118 @@ fn a_fifo_or_a_folder_as_the_backup_is_named_and_refused_promptly() {
         }
     }
 }
+
+/// Issue 14 (d): the restore completes and the restored release answers
+/// health, but its post-rollback smoke tests fail (every hash request of
+/// that release fails, so no golden image hashes). That is recorded as a
+/// completed rollback with `smoke_passed: false` (event and ledger), the
+/// library returns it (so the monitor's branch for failed smoke tests runs),
+/// and `rollback_dhash` exits 4 with a critical message.
+#[test]
+fn failed_post_rollback_smoke_tests_are_reported_not_hidden_as_a_failed_restore() {
+    let (tp, _) = project_with_release(false);
+    let broken = tp.install("staging", &slim_bundle("v8", &[("failure_fraction", "1")]));
+    let backup = make_backup(&tp, "staging");
+    let v1 = tp.install("staging", &slim_bundle("v1", &[]));
+    tp.start("staging").unwrap();
+    assert_ne!(broken, v1);
+
+    let out = run(rb(&tp)
+        .args(["--env", "staging", "--force", "--backup"])
+        .arg(&backup));
+    assert_eq!(out.status.code(), Some(4), "{}", show(&out));
+    let evs = events(&out);
+    assert!(event(&evs, "rollback.failed").is_none(), "{}", show(&out));
+    assert!(event(&evs, "smoke.failed").is_some(), "{}", show(&out));
+    let done = event(&evs, "rollback.completed").unwrap_or_else(|| panic!("{}", show(&out)));
+    assert_eq!(done["smoke_passed"], false);
+    assert_eq!(done["level"], "critical");
+    assert_eq!(done["release"], broken.as_str());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("smoke tests FAILED"), "{err}");
+
+    let env = tp.env("staging");
+    assert_eq!(current(&env).as_deref(), Some(broken.as_str()));
+    let h = gates_core::probe::probe_health(&env.health_url, std::time::Duration::from_secs(2));
+    assert!(h.is_ok(), "the restored release serves: {h:?}");
+    assert!(!env.install_root.join("rollback.journal").exists());
+    let rec = env.ledger().records("rollback").unwrap();
+    let last = rec.last().unwrap();
+    assert_eq!(last["result"], "completed", "{last}");
+    assert_eq!(last["smoke_passed"], false, "{last}");
+    // Not proven good: never the last known-good release this way.
+    let st = gates_core::release::ReleasesState::load(&env).unwrap();
+    assert!(st
+        .releases
+        .get(&broken)
+        .is_none_or(|r| r.state != "healthy"));
+
+    // The library's answer, which the monitor reads.
+    let project = tp.project();
+    let lock = gates_core::lock::EnvLock::acquire(&env.lock_path(), "staging", "test").unwrap();
+    let opts = dhash_rollback::RollbackOptions {
+        backup: Some(backup.clone()),
+        ..Default::default()
+    };
+    let em = gates_core::Emitter::sink(dhash_rollback::TOOL, "staging");
+    let report = dhash_rollback::rollback(&project, &env, &lock, &opts, &em)
+        .expect("a completed restore with failed smoke tests is Ok");
+    assert_eq!(report.smoke_passed, Some(false));
+    assert_eq!(report.release.as_deref(), Some(broken.as_str()));
+}
+
+/// The dry run and the real run share one preflight: they refuse the same
+/// inputs (another environment's backup, a FIFO, a file that is no zip, a
+/// corrupted zip) with the same `rollback.refused` message and the same
+/// error, and exit 1 having changed nothing.
+#[test]
+fn the_dry_run_and_the_real_run_refuse_the_same_backups_with_the_same_message() {
+    let (tp, _) = project_with_release(false);
+    let root = tp.root().to_path_buf();
+    let staging = make_backup(&tp, "staging");
+
+    let fifo = root.join("backups/dhash_staging_fifo.zip");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let garbage = root.join("backups/dhash_staging_20000101T000000002Z.zip");
+    fs::write(&garbage, b"not a zip at all").unwrap();
+    write_sidecar(&root, &garbage);
+    let flipped = root.join("backups/dhash_staging_20000101T000000003Z.zip");
+    fs::copy(&staging, &flipped).unwrap();
+    write_sidecar(&root, &flipped);
+    flip_bit(&flipped, None);
+
+    let cases = [
+        ("production", &staging, "not \"production\""),
+        ("staging", &fifo, "FIFO"),
+        ("staging", &garbage, "not a usable backup"),
+        ("staging", &flipped, "does not verify"),
+    ];
+    for (env, backup, want) in cases {
+        let refusal = |mode: &str| {
+            let out = run(rb(&tp).args(["--env", env, mode, "--backup"]).arg(backup));
+            assert_eq!(out.status.code(), Some(1), "{mode} {want}: {}", show(&out));
+            let evs = events(&out);
+            let refused = event(&evs, "rollback.refused")
+                .unwrap_or_else(|| panic!("{mode} {want}: {}", show(&out)))["msg"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let error = String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .find(|l| l.starts_with("rollback_dhash: error:"))
+                .unwrap_or_else(|| panic!("{mode} {want}: {}", show(&out)))
+                .to_string();
+            assert!(refused.contains(want), "{mode}: {refused}");
+            (refused, error)
+        };
+        assert_eq!(refusal("--dry-run"), refusal("--force"), "{want}");
+        let env = tp.env(env);
+        assert!(!env.install_root.join("rollback.journal").exists());
+        assert!(!env.install_root.join(".rollback.partial").exists());
+        assert!(!env.quarantine_dir().exists());
+    }
+}

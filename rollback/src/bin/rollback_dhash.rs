@@ -3,10 +3,10 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 
 use clap::Parser;
-use dhash_rollback::{Prepared, RollbackOptions, RollbackOutcome, TOOL};
+use dhash_rollback::{Prepared, RollbackOptions, RollbackOutcome, RollbackReport, TOOL};
 use gates_core::exit::{usage_error, Exit, EXIT_CODES_HELP};
 use gates_core::project::Project;
-use gates_core::Emitter;
+use gates_core::{Emitter, ToolError};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -17,7 +17,8 @@ use gates_core::Emitter;
              start it, require consecutive OK health checks and run the post-rollback smoke tests. \
              A rerun after an interruption (even kill -9) resumes and completes the restore. \
              The rolled-back release is recorded rolled-back in releases.json (never last_known_good \
-             again), and a running monitor_dhash watch of it is ended as superseded.",
+             again), and a running monitor_dhash watch of it is ended as superseded. \
+             A restore that serves but fails its post-rollback smoke tests exits 4.",
     after_help = EXIT_CODES_HELP
 )]
 struct Args {
@@ -78,36 +79,22 @@ fn run(args: Args) -> anyhow::Result<Exit> {
     // every gate event): the rollback is done only while it is still current.
     let mut violated_release: Option<String> = None;
     if args.on_violation {
-        let mut trigger: Option<String> = None;
-        gates_core::event::pump_stdin(&em, |ev| {
-            if trigger.is_none()
-                && ev.event == "gate.violated"
-                && ev.env == env.name
-                && ev.str_field("action") == Some("auto-rollback")
-            {
-                let gate = ev.str_field("gate").unwrap_or("a gate");
-                trigger = Some(format!("{gate} violated: {}", ev.msg));
-                violated_release = ev.str_field("release").map(str::to_string);
-            }
-        });
-        match trigger {
-            Some(t) => {
-                em.human(&format!("acting on gate.violated ({t})"));
-                reason = Some(reason.map_or(t.clone(), |r| format!("{r}; {t}")));
+        match read_trigger(env, &em) {
+            Trigger::Violation { why, release } => {
+                em.human(&format!("acting on gate.violated ({why})"));
+                reason = Some(reason.map_or(why.clone(), |r| format!("{r}; {why}")));
                 triggered = true;
+                violated_release = release;
             }
-            None => {
-                let pending = dhash_rollback::pending(env).ok().flatten();
-                if pending.is_none() {
-                    em.human(&format!(
-                        "no gate.violated event with action auto-rollback for {}: nothing to do",
-                        env.name
-                    ));
-                    return Ok(Exit::Ok);
-                }
-                em.human(
-                    "no violation on stdin, but an interrupted rollback is pending: resuming it",
-                );
+            Trigger::PendingRollback => em.human(
+                "no violation on stdin, but an interrupted rollback is pending: resuming it",
+            ),
+            Trigger::Nothing => {
+                em.human(&format!(
+                    "no gate.violated event with action auto-rollback for {}: nothing to do",
+                    env.name
+                ));
+                return Ok(Exit::Ok);
             }
         }
     }
@@ -142,10 +129,66 @@ fn run(args: Args) -> anyhow::Result<Exit> {
         drop(lock);
         end_replaced_watch(env, report.release.as_deref(), &em);
     }
+    if report.smoke_passed == Some(false) {
+        return Err(smoke_failed(&env.name, &report));
+    }
     if triggered && !args.dry_run {
         return Ok(Exit::GateRolledBack);
     }
     Ok(Exit::Ok)
+}
+
+/// What `--on-violation` found on stdin.
+enum Trigger {
+    /// The first `gate.violated` event of this environment whose action is
+    /// auto-rollback.
+    Violation {
+        why: String,
+        release: Option<String>,
+    },
+    /// No such event, but an interrupted rollback is pending: it is finished.
+    PendingRollback,
+    /// No such event and nothing pending: nothing to do.
+    Nothing,
+}
+
+/// Forwards every event on stdin and picks the trigger out of them.
+fn read_trigger(env: &gates_core::config::EnvConfig, em: &Emitter) -> Trigger {
+    let mut trigger = None;
+    gates_core::event::pump_stdin(em, |ev| {
+        if trigger.is_none()
+            && ev.event == "gate.violated"
+            && ev.env == env.name
+            && ev.str_field("action") == Some("auto-rollback")
+        {
+            let gate = ev.str_field("gate").unwrap_or("a gate");
+            trigger = Some(Trigger::Violation {
+                why: format!("{gate} violated: {}", ev.msg),
+                release: ev.str_field("release").map(str::to_string),
+            });
+        }
+    });
+    match trigger {
+        Some(t) => t,
+        None if dhash_rollback::pending(env).ok().flatten().is_some() => Trigger::PendingRollback,
+        None => Trigger::Nothing,
+    }
+}
+
+/// The restore stands and serves, but its smoke tests failed: exit 4, the
+/// page-someone case, with the restore's state said plainly.
+fn smoke_failed(env: &str, report: &RollbackReport) -> anyhow::Error {
+    ToolError::new(
+        Exit::RollbackFailed,
+        anyhow::anyhow!(
+            "CRITICAL: {env} was restored from {} (release {}) and answers health, \
+             but the post-rollback smoke tests FAILED (see the smoke.failed event and the smoke log): \
+             the restored release needs a look now",
+            report.backup.display(),
+            report.release.as_deref().unwrap_or("unchanged")
+        ),
+    )
+    .into()
 }
 
 fn end_replaced_watch(env: &gates_core::config::EnvConfig, restored: Option<&str>, em: &Emitter) {
