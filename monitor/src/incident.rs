@@ -8,14 +8,54 @@ use gates_core::gates::Decision;
 
 use crate::ts_of;
 
+/// What the ledger or upstream events tell of the deploy's start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeployStart {
+    /// The deploy's own start time.
+    Started(String),
+    /// Only when it became healthy is known (a deploy record without
+    /// `started_at`): the incident says so rather than call it the start.
+    BecameHealthy(String),
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Timeline {
-    pub deploy_started: Option<String>,
+    pub deploy: Option<DeployStart>,
     pub monitoring_started: Option<String>,
     pub issue_detected: Option<String>,
     pub rollback_initiated: Option<String>,
     pub rollback_completed: Option<String>,
     pub service_restored: Option<String>,
+}
+
+/// How the rollback ended, as the incident tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Restore {
+    /// The previous release serves again and passed its smoke tests.
+    Restored,
+    /// The previous release is up and healthy, but its post-rollback smoke
+    /// tests failed: a failed rollback (exit 4), someone must look.
+    UpSmokeFailed,
+    /// The rollback did not finish.
+    Failed(String),
+}
+
+impl Restore {
+    /// The verdict on a rollback that returned a report.
+    pub fn of_report(report: &dhash_rollback::RollbackReport) -> Restore {
+        match report.smoke_passed {
+            Some(false) => Restore::UpSmokeFailed,
+            Some(true) | None => Restore::Restored,
+        }
+    }
+
+    /// The watch's result for this restore.
+    pub fn result(&self) -> crate::WatchResult {
+        match self {
+            Restore::Restored => crate::WatchResult::RolledBack,
+            Restore::UpSmokeFailed | Restore::Failed(_) => crate::WatchResult::RollbackFailed,
+        }
+    }
 }
 
 pub struct Incident<'a> {
@@ -31,7 +71,7 @@ pub struct Incident<'a> {
     pub cause: &'a str,
     pub other_violations: &'a [Decision],
     pub timeline: &'a Timeline,
-    pub rollback_error: Option<String>,
+    pub restore: Restore,
     pub notifications: &'a [String],
 }
 
@@ -39,25 +79,48 @@ fn or_unknown(v: &Option<String>) -> &str {
     v.as_deref().unwrap_or("[unknown]")
 }
 
-pub fn render(i: &Incident<'_>) -> String {
-    let t = i.timeline;
-    let outcome = match &i.rollback_error {
-        None => "Rolled back to the previous release; service restored".to_string(),
-        Some(e) => format!("ROLLBACK FAILED: {e} — manual intervention required"),
+fn outcome_line(restore: &Restore) -> String {
+    match restore {
+        Restore::Restored => "Rolled back to the previous release; service restored".to_string(),
+        Restore::UpSmokeFailed => {
+            "ROLLBACK FAILED: the previous release was restored and is up (healthy), \
+but its post-rollback smoke tests FAILED — manual intervention required"
+                .to_string()
+        }
+        Restore::Failed(e) => format!("ROLLBACK FAILED: {e} — manual intervention required"),
+    }
+}
+
+fn deploy_line(deploy: &Option<DeployStart>) -> String {
+    match deploy {
+        Some(DeployStart::Started(t)) => format!("Deployment started: {t}"),
+        Some(DeployStart::BecameHealthy(t)) => {
+            format!("Deployment became healthy: {t} (its start time was not recorded)")
+        }
+        None => "Deployment started: [unknown]".to_string(),
+    }
+}
+
+fn impact_duration(t: &Timeline, restore: &Restore) -> String {
+    if *restore == Restore::UpSmokeFailed {
+        return "[service not verified: the post-rollback smoke tests failed]".to_string();
+    }
+    let (Some(a), Some(b)) = (&t.issue_detected, &t.service_restored) else {
+        return "[service not restored]".to_string();
     };
-    let minutes = match (&t.issue_detected, &t.service_restored) {
-        (Some(a), Some(b)) => match (
-            chrono::DateTime::parse_from_rfc3339(a),
-            chrono::DateTime::parse_from_rfc3339(b),
-        ) {
-            (Ok(a), Ok(b)) => format!(
-                "{:.1} minutes from detection to restored service",
-                (b - a).num_milliseconds() as f64 / 60000.0
-            ),
-            _ => "[unknown]".to_string(),
-        },
-        _ => "[service not restored]".to_string(),
-    };
+    match (
+        chrono::DateTime::parse_from_rfc3339(a),
+        chrono::DateTime::parse_from_rfc3339(b),
+    ) {
+        (Ok(a), Ok(b)) => format!(
+            "{:.1} minutes from detection to restored service",
+            (b - a).num_milliseconds() as f64 / 60000.0
+        ),
+        _ => "[unknown]".to_string(),
+    }
+}
+
+fn violations_section(i: &Incident<'_>) -> String {
     let mut gates = match i.violation {
         Some(v) => format!(
             "- **{}** ({}): {} — measured {}, threshold {} {} over {}s\n",
@@ -84,15 +147,23 @@ pub fn render(i: &Incident<'_>) -> String {
             o.reason
         ));
     }
-    let notes = if i.notifications.is_empty() {
-        "- none".to_string()
-    } else {
-        i.notifications
-            .iter()
-            .map(|n| format!("- {n}"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
+    gates
+}
+
+fn notifications_section(notifications: &[String]) -> String {
+    if notifications.is_empty() {
+        return "- none".to_string();
+    }
+    notifications
+        .iter()
+        .map(|n| format!("- {n}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The incident record, following the template of the operations guide.
+pub fn render(i: &Incident<'_>) -> String {
+    let t = i.timeline;
     format!(
         "# Incident Report: Rollback {rollback_time}
 
@@ -106,7 +177,7 @@ pub fn render(i: &Incident<'_>) -> String {
 - **Backup used:** {backup}
 
 ## Timeline
-- Deployment started: {deploy_started}
+- {deploy}
 - Monitoring started: {monitoring_started}
 - Issue detected: {detected}
 - Rollback initiated: {initiated}
@@ -136,17 +207,21 @@ pub fn render(i: &Incident<'_>) -> String {
         env = i.env,
         release = i.release.unwrap_or("[unknown]"),
         operator = i.operator,
+        outcome = outcome_line(&i.restore),
         restored = i.restored_release.unwrap_or("[unknown]"),
         backup = i
             .backup
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "[none]".into()),
-        deploy_started = or_unknown(&t.deploy_started),
+        deploy = deploy_line(&t.deploy),
         monitoring_started = or_unknown(&t.monitoring_started),
         detected = or_unknown(&t.issue_detected),
         initiated = or_unknown(&t.rollback_initiated),
         completed = or_unknown(&t.rollback_completed),
         restored_at = or_unknown(&t.service_restored),
+        gates = violations_section(i),
+        minutes = impact_duration(t, &i.restore),
+        notes = notifications_section(i.notifications),
     )
 }
 

@@ -5,6 +5,7 @@
 
 pub mod attach;
 pub mod incident;
+pub mod ledger;
 pub mod live;
 pub mod replay;
 pub mod tee;
@@ -146,16 +147,58 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
     live::run(&project, &env, gates, &args, &em, &tee)
 }
 
-/// The result a `monitor.completed` event carries, as an exit code.
-pub fn exit_for_result(result: &str) -> Exit {
-    match result {
-        "passed" => Exit::Ok,
-        "rolled-back" => Exit::GateRolledBack,
-        "rollback-failed" => Exit::RollbackFailed,
-        "inconclusive" => Exit::Inconclusive,
-        "superseded" => Exit::Superseded,
-        _ => Exit::Failed,
+/// The result of a watch, as `monitor.completed` and the ledger carry it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchResult {
+    Passed,
+    Inconclusive,
+    RolledBack,
+    RollbackFailed,
+    Superseded,
+    Interrupted,
+}
+
+impl WatchResult {
+    pub const ALL: [WatchResult; 6] = [
+        WatchResult::Passed,
+        WatchResult::Inconclusive,
+        WatchResult::RolledBack,
+        WatchResult::RollbackFailed,
+        WatchResult::Superseded,
+        WatchResult::Interrupted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WatchResult::Passed => "passed",
+            WatchResult::Inconclusive => "inconclusive",
+            WatchResult::RolledBack => "rolled-back",
+            WatchResult::RollbackFailed => "rollback-failed",
+            WatchResult::Superseded => "superseded",
+            WatchResult::Interrupted => "interrupted",
+        }
     }
+
+    pub fn parse(s: &str) -> Option<WatchResult> {
+        WatchResult::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    pub fn exit(self) -> Exit {
+        match self {
+            WatchResult::Passed => Exit::Ok,
+            WatchResult::RolledBack => Exit::GateRolledBack,
+            WatchResult::RollbackFailed => Exit::RollbackFailed,
+            WatchResult::Inconclusive => Exit::Inconclusive,
+            WatchResult::Superseded => Exit::Superseded,
+            WatchResult::Interrupted => Exit::Failed,
+        }
+    }
+}
+
+/// The result a `monitor.completed` event carries, as an exit code (an
+/// unknown result is a failure).
+pub fn exit_for_result(result: &str) -> Exit {
+    WatchResult::parse(result).map_or(Exit::Failed, WatchResult::exit)
 }
 
 /// The JSON fields of a decision event.

@@ -1,6 +1,11 @@
 //! The live T+60 watch: poll on the configured cadence, evaluate the gates,
 //! alert once per alert-gate violation (and once when it clears), and roll
 //! back once when an auto-rollback gate is violated.
+//!
+//! [`run`] reads as its steps: read upstream events, decide which release
+//! to watch, claim the window (or attach to its watcher), finish an
+//! interrupted rollback first, plan the window (new or continued), poll it,
+//! then conclude (a pure decision) and report.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -15,14 +20,17 @@ use gates_core::lock::EnvLock;
 use gates_core::project::Project;
 use gates_core::runlog::{RunKind, RunLog};
 use gates_core::watch::{self, Claim, WatchGuard, WatchInfo};
-use gates_core::{fsutil, Emitter, Event, Exit, Level, ToolError};
+use gates_core::{fsutil, install, Emitter, Event, Exit, Level, ToolError};
 use serde_json::{json, Map, Value};
 
 use crate::attach;
-use crate::incident::{self, Incident, Timeline};
+use crate::incident::{self, DeployStart, Incident, Restore, Timeline};
+use crate::ledger::{self, WindowState};
 use crate::tee::Tee;
 use crate::telemetry::{self, Recorder};
-use crate::{decision_fields, gates_summary, ts_of, Args, NeverEvaluated, Summary, TOOL};
+use crate::{
+    decision_fields, gates_summary, ts_of, Args, NeverEvaluated, Summary, WatchResult, TOOL,
+};
 
 /// What upstream tools told us on stdin.
 #[derive(Debug, Default)]
@@ -57,16 +65,16 @@ impl Upstream {
             _ => {}
         }
     }
-}
 
-/// An interrupted window of the same release that a restarted monitor continues.
-#[derive(Debug)]
-struct Continuation {
-    window_start_ms: i64,
-    duration: Duration,
-    recording: PathBuf,
-    log: PathBuf,
-    events: Option<PathBuf>,
+    /// Reads the upstream events on stdin (none when stdin is a terminal).
+    fn read(em: &Emitter) -> Upstream {
+        let mut up = Upstream::default();
+        let bad = gates_core::event::pump_stdin(em, |ev| up.take(ev));
+        if bad > 0 {
+            em.human(&format!("{bad} malformed line(s) on stdin were ignored"));
+        }
+        up
+    }
 }
 
 fn now_ms() -> i64 {
@@ -77,33 +85,6 @@ fn stamp(t_ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(t_ms)
         .map(|t| t.format("%Y%m%dT%H%M%SZ").to_string())
         .unwrap_or_else(|| t_ms.to_string())
-}
-
-fn find_continuation(env: &EnvConfig, release: Option<&str>, now: i64) -> Option<Continuation> {
-    let records = env.ledger().records("monitor").ok()?;
-    let last = records.last()?;
-    let state = last.get("state")?.as_str()?;
-    if state == "completed" {
-        return None;
-    }
-    if last.get("release").and_then(Value::as_str) != release {
-        return None;
-    }
-    let start = last.get("window_start_ms")?.as_i64()?;
-    let duration = Duration::from_millis(last.get("duration_ms")?.as_u64()?);
-    if start + i64::try_from(duration.as_millis()).ok()? <= now {
-        return None;
-    }
-    Some(Continuation {
-        window_start_ms: start,
-        duration,
-        recording: PathBuf::from(last.get("recording")?.as_str()?),
-        log: PathBuf::from(last.get("log")?.as_str()?),
-        events: last
-            .get("events")
-            .and_then(Value::as_str)
-            .map(PathBuf::from),
-    })
 }
 
 struct Watch<'a> {
@@ -161,357 +142,213 @@ fn claim_or_attach(
             }
             Claim::Held(Some(info)) => {
                 if told != Some(info.pid) {
-                    let reason = format!(
-                        "{} is current now; the watch of {} is superseded",
-                        release.unwrap_or("no release"),
-                        info.release.as_deref().unwrap_or("no release")
-                    );
-                    em.human(&format!(
-                        "a watch of {} (pid {}) is still running but its release is no longer current: ending it",
-                        info.release.as_deref().unwrap_or("no release"),
-                        info.pid
-                    ));
-                    watch::supersede(env, release, &reason)?;
+                    supersede_running(env, release, &info, em)?;
                     told = Some(info.pid);
                 }
             }
             Claim::Held(None) => {}
         }
         if Instant::now() >= deadline {
-            let holder = watch::read_info(env).ok().flatten();
-            return Err(ToolError::new(
-                Exit::Locked,
-                anyhow::anyhow!(
-                    "the watch lock {} is held{} and no watch could be attached to within {}s",
-                    watch::lock_path(env).display(),
-                    holder
-                        .map(|i| format!(" by pid {}", i.pid))
-                        .unwrap_or_default(),
-                    CLAIM_WAIT.as_secs()
-                ),
-            )
-            .into());
+            return Err(lock_held(env));
         }
         std::thread::sleep(Duration::from_millis(200));
     }
 }
 
-pub fn run(
-    project: &Project,
+/// Ends the running watch of a release that is no longer current.
+fn supersede_running(
     env: &EnvConfig,
-    gates: Vec<GateSpec>,
-    args: &Args,
+    release: Option<&str>,
+    info: &WatchInfo,
     em: &Emitter,
-    tee: &Tee,
-) -> anyhow::Result<Exit> {
-    let mut up = Upstream::default();
-    let bad = gates_core::event::pump_stdin(em, |ev| up.take(ev));
-    if bad > 0 {
-        em.human(&format!("{bad} malformed line(s) on stdin were ignored"));
-    }
-    if up.deploy_failed && !up.deploy_healthy {
-        em.emit(
-            "monitor.skipped",
-            Level::Warning,
-            "the upstream deploy failed and was switched back: no new release to watch",
-            json!({}),
-        );
-        return Ok(Exit::Failed);
-    }
-    // Signals are handled from the start: a kill while waiting for the lock
-    // still ends with a result and an exit code.
-    let stop = stop_flag();
-    // An interrupted rollback is finished before anything else (issue 13 #2),
-    // even when the release asked for is no longer current: a rollback killed
-    // after its switch leaves exactly that state.
-    let pending = match dhash_rollback::pending(env) {
-        Ok(p) => p,
-        Err(e) => {
-            return Err(ToolError::new(
-                Exit::RollbackFailed,
-                e.context("a rollback journal is pending but cannot be read: run rollback_dhash --force to finish it"),
-            )
-            .into())
-        }
-    };
-    let current = gates_core::service::current_release(env);
-    let asked = args.release.clone().or(up.release.clone());
-    if let Some(r) = asked
-        .as_deref()
-        .filter(|r| pending.is_none() && current.as_deref() != Some(*r))
-    {
-        let msg = format!(
-            "release {r} is not the current release of {} (current: {}): it was replaced or rolled back; nothing to watch",
-            env.name,
-            current.as_deref().unwrap_or("none")
-        );
-        em.emit(
-            "monitor.completed",
-            Level::Warning,
-            msg,
-            json!({"result": "superseded", "release": r, "current_release": current, "samples": 0}),
-        );
-        return Ok(Exit::Superseded);
-    }
-    let release = match &pending {
-        Some(j) => j.previous_release.clone().or(asked),
-        None => asked.or(current),
-    };
-
-    let guard = match claim_or_attach(env, release.as_deref(), em, tee)? {
-        Role::Watcher(g) => g,
-        Role::Attached(exit) => return Ok(exit),
-    };
-
-    let now = now_ms();
-    let backup = args
-        .backup
-        .clone()
-        .or(up.backup.clone())
-        .or_else(|| ledger_backup(env, release.as_deref()));
-
-    if let Some(j) = pending {
-        let log = RunLog::create(&project.root, env, RunKind::Monitor, &stamp(now))?;
-        let events = events_path(env, now);
-        if let Err(e) = tee.set_file(&events) {
-            em.human(&format!("warning: {e:#}"));
-        }
-        publish(
-            &guard,
-            env,
-            &j.previous_release,
-            now,
-            now,
-            &log,
-            &events,
-            args.detach,
-            em,
-        );
-        let mut w = Watch {
-            project,
-            env,
-            em,
-            dry_run: args.dry_run,
-            release: j.previous_release.clone(),
-            backup: Some(j.backup.clone()),
-            log,
-            timeline: Timeline::default(),
-            alerts_active: HashSet::new(),
-            notifications: Vec::new(),
-        };
-        return w.finish_pending(&j);
-    }
-
-    let continuation = if args.fresh {
-        None
-    } else {
-        find_continuation(env, release.as_deref(), now)
-    };
-    let (window_start_ms, duration, recording, log, events) = match &continuation {
-        Some(c) => (
-            c.window_start_ms,
-            c.duration,
-            c.recording.clone(),
-            RunLog::open_with_aliases(c.log.clone(), &[])?,
-            c.events.clone().unwrap_or_else(|| events_path(env, now)),
-        ),
-        None => (
-            now,
-            args.duration.unwrap_or(env.monitor.duration),
-            args.record.clone().unwrap_or_else(|| {
-                env.log_dir
-                    .join(format!("telemetry_{}_{}.csv", env.name, stamp(now)))
-            }),
-            RunLog::create(&project.root, env, RunKind::Monitor, &stamp(now))?,
-            events_path(env, now),
-        ),
-    };
-    if let Err(e) = tee.set_file(&events) {
-        em.human(&format!(
-            "warning: {e:#}; attached monitors cannot follow this watch"
-        ));
-    }
-    let log_path = log.path().to_path_buf();
-
-    let mut w = Watch {
-        project,
-        env,
-        em,
-        dry_run: args.dry_run,
-        release: release.clone(),
-        backup: backup.clone(),
-        log,
-        timeline: Timeline {
-            deploy_started: up
-                .deploy_started
-                .clone()
-                .or_else(|| ledger_deploy_started(env, release.as_deref())),
-            monitoring_started: Some(ts_of(window_start_ms)),
-            ..Timeline::default()
-        },
-        alerts_active: HashSet::new(),
-        notifications: Vec::new(),
-    };
-
-    let mut evaluator = Evaluator::new(gates.clone());
-    let mut summary = Summary::default();
-    if continuation.is_some() && recording.exists() {
-        // Restore the window's state from what the interrupted run recorded.
-        let mut restored = 0u64;
-        for s in telemetry::read_samples(&recording)? {
-            let s = s?;
-            for d in evaluator.observe(&s) {
-                summary.add(&d);
-                if d.action == Action::Alert {
-                    if d.status == Status::Violated {
-                        w.alerts_active.insert(d.gate.clone());
-                    } else if d.status == Status::Ok {
-                        w.alerts_active.remove(&d.gate);
-                    }
-                }
-            }
-            restored += 1;
-        }
-        summary.samples = restored;
-    }
-    let mut recorder = Recorder::open(&recording)?;
-    let window_end_ms = window_start_ms + i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
-    publish(
-        &guard,
-        env,
-        &release,
-        window_start_ms,
-        window_end_ms,
-        &w.log,
-        &events,
-        args.detach,
-        em,
+) -> anyhow::Result<()> {
+    let reason = format!(
+        "{} is current now; the watch of {} is superseded",
+        release.unwrap_or("no release"),
+        info.release.as_deref().unwrap_or("no release")
     );
+    em.human(&format!(
+        "a watch of {} (pid {}) is still running but its release is no longer current: ending it",
+        info.release.as_deref().unwrap_or("no release"),
+        info.pid
+    ));
+    watch::supersede(env, release, &reason)?;
+    Ok(())
+}
 
-    let started_fields = json!({
-        "release": release,
-        "backup": backup.as_ref().map(|p| p.display().to_string()),
-        "duration_secs": duration.as_secs_f64(),
-        "cadence": env.monitor.cadence.iter().map(|p| json!({
-            "every_secs": p.every.as_secs_f64(),
-            "for_secs": p.for_.map(|d| d.as_secs_f64()),
-        })).collect::<Vec<_>>(),
-        "window_start": ts_of(window_start_ms),
-        "window_end": ts_of(window_end_ms),
-        "continued": continuation.is_some(),
-        "dry_run": args.dry_run,
-        "recording": recording.display().to_string(),
-        "log": log_path.display().to_string(),
-        "events": events.display().to_string(),
-        "pid": std::process::id(),
-        "detached": args.detach,
-        "gates": gates_summary(&gates),
-    });
-    let msg = match &continuation {
-        Some(_) => format!(
-            "continuing the interrupted window of {} until {}",
-            release.as_deref().unwrap_or("the current release"),
-            ts_of(window_end_ms)
+fn lock_held(env: &EnvConfig) -> anyhow::Error {
+    let holder = watch::read_info(env).ok().flatten();
+    ToolError::new(
+        Exit::Locked,
+        anyhow::anyhow!(
+            "the watch lock {} is held{} and no watch could be attached to within {}s",
+            watch::lock_path(env).display(),
+            holder
+                .map(|i| format!(" by pid {}", i.pid))
+                .unwrap_or_default(),
+            CLAIM_WAIT.as_secs()
         ),
-        None => format!(
-            "watching {} for {}",
-            release.as_deref().unwrap_or("the current release"),
-            gates_core::duration::human(duration)
-        ),
-    };
-    em.emit("monitor.started", Level::Info, msg.clone(), started_fields);
-    w.log.line(&format!("Monitoring started: {msg}"));
-    if backup.is_none() {
-        em.human("warning: no verified backup is known for this deploy; a rollback would take the newest verified backup of the environment");
+    )
+    .into()
+}
+
+/// Which release this run watches.
+enum Target {
+    /// Watch this release (None: whatever is current, or nothing deployed).
+    Release(Option<String>),
+    /// The release asked for is no longer current: nothing to watch.
+    NotCurrent {
+        asked: String,
+        current: Option<String>,
+    },
+}
+
+/// Decides the release to watch. A pending rollback journal wins, even
+/// when the release asked for is no longer current: a rollback killed
+/// after its switch leaves exactly that state.
+fn choose_release(
+    asked: Option<String>,
+    current: Option<String>,
+    pending: Option<&dhash_rollback::Journal>,
+) -> Target {
+    match (pending, asked) {
+        (Some(j), asked) => Target::Release(j.previous_release.clone().or(asked)),
+        (None, Some(r)) if current.as_deref() != Some(r.as_str()) => {
+            Target::NotCurrent { asked: r, current }
+        }
+        (None, asked) => Target::Release(asked.or(current)),
     }
-    env.ledger().append(
-        "monitor",
-        json!({
-            "env": env.name, "state": "started", "release": release,
-            "window_start_ms": window_start_ms, "duration_ms": duration.as_millis() as u64,
-            "recording": recording.display().to_string(), "log": log_path.display().to_string(),
-            "events": events.display().to_string(), "pid": std::process::id(),
-            "dry_run": args.dry_run,
-        }),
-    )?;
+}
 
-    let me = std::process::id();
-    let mut sched_ms = now_ms();
-    let outcome = loop {
-        if let Some(m) = watch::take_superseded(env, me) {
-            break Outcome::Superseded(m.reason);
-        }
-        if stop.load(Ordering::SeqCst) {
-            break Outcome::Interrupted;
-        }
-        if let Some(why) = w.replaced() {
-            break Outcome::Superseded(why);
-        }
-        let sample = gates_core::probe::poll(env);
-        if let Err(e) = recorder.record(&sample) {
-            em.human(&format!("cannot record telemetry: {e:#}"));
-        }
-        summary.samples += 1;
-        em.emit(
-            "monitor.sample",
-            Level::Debug,
-            "poll",
-            sample_fields(&sample),
-        );
-        let decisions = evaluator.observe(&sample);
-        if let Some(exit) = w.handle(&decisions, &mut summary) {
-            break exit;
-        }
-        let t = now_ms();
-        if t >= window_end_ms {
-            break Outcome::Completed;
-        }
-        let elapsed = Duration::from_millis(u64::try_from(t - window_start_ms).unwrap_or(0));
-        let interval =
-            i64::try_from(env.monitor.interval_at(elapsed).as_millis()).unwrap_or(i64::MAX);
-        sched_ms = (sched_ms + interval).max(t).min(window_end_ms);
-        sleep_until(sched_ms, &stop);
-    };
-    // A SIGTERM sent by `watch::supersede` comes with its reason.
-    let outcome = match outcome {
-        Outcome::Interrupted => match watch::take_superseded(env, me) {
-            Some(m) => Outcome::Superseded(m.reason),
-            None => Outcome::Interrupted,
-        },
-        o => o,
-    };
-
-    let never = summary.never_evaluated(&gates);
-    let undecided: Vec<&NeverEvaluated> = never
-        .iter()
-        .filter(|n| n.action == Action::AutoRollback)
-        .collect();
-    let outcome = match outcome {
-        Outcome::Completed if !undecided.is_empty() => Outcome::Inconclusive,
-        o => o,
-    };
-    let (exit, state, result, level) = match &outcome {
-        Outcome::Completed => (Exit::Ok, "completed", "passed", Level::Info),
-        Outcome::Inconclusive => (
-            Exit::Inconclusive,
-            "completed",
-            "inconclusive",
-            Level::Warning,
-        ),
-        Outcome::RolledBack => (
-            Exit::GateRolledBack,
-            "completed",
-            "rolled-back",
-            Level::Critical,
-        ),
-        Outcome::RollbackFailed => (
+/// The journal of an interrupted rollback, if any; unreadable is exit 4.
+fn pending_rollback(env: &EnvConfig) -> anyhow::Result<Option<dhash_rollback::Journal>> {
+    dhash_rollback::pending(env).map_err(|e| {
+        ToolError::new(
             Exit::RollbackFailed,
-            "completed",
-            "rollback-failed",
-            Level::Critical,
-        ),
-        Outcome::Superseded(_) => (Exit::Superseded, "completed", "superseded", Level::Warning),
-        Outcome::Interrupted => (Exit::Failed, "interrupted", "interrupted", Level::Warning),
+            e.context("a rollback journal is pending but cannot be read: run rollback_dhash --force to finish it"),
+        )
+        .into()
+    })
+}
+
+fn skip_failed_deploy(em: &Emitter) -> Exit {
+    em.emit(
+        "monitor.skipped",
+        Level::Warning,
+        "the upstream deploy failed and was switched back: no new release to watch",
+        json!({}),
+    );
+    Exit::Failed
+}
+
+fn report_not_current(env: &EnvConfig, em: &Emitter, r: &str, current: Option<String>) -> Exit {
+    let msg = format!(
+        "release {r} is not the current release of {} (current: {}): it was replaced or rolled back; nothing to watch",
+        env.name,
+        current.as_deref().unwrap_or("none")
+    );
+    em.emit(
+        "monitor.completed",
+        Level::Warning,
+        msg,
+        json!({"result": WatchResult::Superseded.as_str(), "release": r, "current_release": current, "samples": 0}),
+    );
+    Exit::Superseded
+}
+
+/// The window this run watches: a new one, or the interrupted one it continues.
+struct Window {
+    start_ms: i64,
+    end_ms: i64,
+    duration: Duration,
+    recording: PathBuf,
+    /// The log of the interrupted window this one continues.
+    continue_log: Option<PathBuf>,
+    events: PathBuf,
+}
+
+impl Window {
+    /// Decides the window: continue `c` when there is one, else start at `now`.
+    fn plan(env: &EnvConfig, args: &Args, c: Option<ledger::Continuation>, now: i64) -> Window {
+        let (start_ms, duration, recording, continue_log, events) = match c {
+            Some(c) => (
+                c.window_start_ms,
+                c.duration,
+                c.recording,
+                Some(c.log),
+                c.events.unwrap_or_else(|| events_path(env, now)),
+            ),
+            None => (
+                now,
+                args.duration.unwrap_or(env.monitor.duration),
+                args.record.clone().unwrap_or_else(|| {
+                    env.log_dir
+                        .join(format!("telemetry_{}_{}.csv", env.name, stamp(now)))
+                }),
+                None,
+                events_path(env, now),
+            ),
+        };
+        Window {
+            start_ms,
+            end_ms: start_ms + i64::try_from(duration.as_millis()).unwrap_or(i64::MAX),
+            duration,
+            recording,
+            continue_log,
+            events,
+        }
+    }
+
+    fn continued(&self) -> bool {
+        self.continue_log.is_some()
+    }
+
+    /// Opens the window's log: the continued one, or a new run log.
+    fn open_log(&self, project: &Project, env: &EnvConfig) -> anyhow::Result<RunLog> {
+        match &self.continue_log {
+            Some(p) => RunLog::open_with_aliases(p.clone(), &[]),
+            None => RunLog::create(&project.root, env, RunKind::Monitor, &stamp(self.start_ms)),
+        }
+    }
+
+    fn duration_ms(&self) -> u64 {
+        self.duration.as_millis() as u64
+    }
+}
+
+/// The end of a watch, decided from its outcome and what it evaluated.
+struct Conclusion {
+    result: WatchResult,
+    state: WindowState,
+    level: Level,
+    message: String,
+    never: Vec<NeverEvaluated>,
+}
+
+/// Decides the watch's result: a completed window whose auto-rollback
+/// gates were not all evaluated is inconclusive, never passed.
+fn conclude(
+    outcome: &Outcome,
+    never: Vec<NeverEvaluated>,
+    gates: &[GateSpec],
+    release: Option<&str>,
+) -> Conclusion {
+    let (undecided, others): (Vec<&NeverEvaluated>, Vec<&NeverEvaluated>) =
+        never.iter().partition(|n| n.action == Action::AutoRollback);
+    let outcome = match outcome {
+        Outcome::Completed if !undecided.is_empty() => &Outcome::Inconclusive,
+        o => o,
+    };
+    let result = outcome.result();
+    let (state, level) = match result {
+        WatchResult::Passed => (WindowState::Completed, Level::Info),
+        WatchResult::Inconclusive | WatchResult::Superseded => {
+            (WindowState::Completed, Level::Warning)
+        }
+        WatchResult::RolledBack | WatchResult::RollbackFailed => {
+            (WindowState::Completed, Level::Critical)
+        }
+        WatchResult::Interrupted => (WindowState::Interrupted, Level::Warning),
     };
     let names = |v: &[&NeverEvaluated]| {
         v.iter()
@@ -519,11 +356,7 @@ pub fn run(
             .collect::<Vec<_>>()
             .join("; ")
     };
-    let others: Vec<&NeverEvaluated> = never
-        .iter()
-        .filter(|n| n.action != Action::AutoRollback)
-        .collect();
-    let mut msg = match &outcome {
+    let mut message = match outcome {
         Outcome::Completed if gates.iter().any(|g| g.action == Action::AutoRollback) => {
             "monitoring window completed: every auto-rollback gate was evaluated and held"
                 .to_string()
@@ -545,39 +378,124 @@ pub fn run(
         }
         Outcome::Superseded(why) => format!(
             "the watch of {} ended before its window closed, superseded: {why}",
-            w.release.as_deref().unwrap_or("the release")
+            release.unwrap_or("the release")
         ),
         Outcome::Interrupted => {
             "monitoring interrupted before the window ended; a restart continues it".to_string()
         }
     };
     if matches!(outcome, Outcome::Completed | Outcome::Inconclusive) && !others.is_empty() {
-        msg.push_str(&format!(
+        message.push_str(&format!(
             "; alert/shadow gate(s) never evaluated (not counted): {}",
             names(&others)
         ));
     }
-    let never_json: Vec<Value> = never.iter().map(NeverEvaluated::to_json).collect();
-    em.emit(
-        "monitor.completed",
+    Conclusion {
+        result,
+        state,
         level,
-        msg.clone(),
-        json!({"result": result, "samples": summary.samples, "release": w.release,
-               "pid": std::process::id(),
-               "never_evaluated": never_json, "gates": summary.to_json()}),
+        message,
+        never,
+    }
+}
+
+pub fn run(
+    project: &Project,
+    env: &EnvConfig,
+    gates: Vec<GateSpec>,
+    args: &Args,
+    em: &Emitter,
+    tee: &Tee,
+) -> anyhow::Result<Exit> {
+    let up = Upstream::read(em);
+    if up.deploy_failed && !up.deploy_healthy {
+        return Ok(skip_failed_deploy(em));
+    }
+    // Signals are handled from the start: a kill while waiting for the lock
+    // still ends with a result and an exit code.
+    let stop = stop_flag();
+    // An interrupted rollback is finished before anything else (issue 13 #2).
+    let pending = pending_rollback(env)?;
+    let asked = args.release.clone().or(up.release.clone());
+    let current = install::current_release_id(env);
+    let release = match choose_release(asked, current, pending.as_ref()) {
+        Target::Release(r) => r,
+        Target::NotCurrent { asked, current } => {
+            return Ok(report_not_current(env, em, &asked, current))
+        }
+    };
+    let guard = match claim_or_attach(env, release.as_deref(), em, tee)? {
+        Role::Watcher(g) => g,
+        Role::Attached(exit) => return Ok(exit),
+    };
+    let now = now_ms();
+    if let Some(j) = pending {
+        return finish_interrupted(project, env, args, em, tee, &guard, &j, now);
+    }
+    let backup = args
+        .backup
+        .clone()
+        .or(up.backup.clone())
+        .or_else(|| ledger::healthy_backup(env, release.as_deref()));
+    let continuation = match args.fresh {
+        true => None,
+        false => ledger::find_continuation(env, release.as_deref(), now),
+    };
+    let window = Window::plan(env, args, continuation, now);
+    let log = window.open_log(project, env)?;
+    if let Err(e) = tee.set_file(&window.events) {
+        em.human(&format!(
+            "warning: {e:#}; attached monitors cannot follow this watch"
+        ));
+    }
+    let mut w = Watch::new(project, env, em, args.dry_run, release, backup, log);
+    w.timeline.deploy = up
+        .deploy_started
+        .clone()
+        .map(DeployStart::Started)
+        .or_else(|| ledger::deploy_start(env, w.release.as_deref()));
+    w.timeline.monitoring_started = Some(ts_of(window.start_ms));
+    w.watch_window(&guard, &window, gates, args, &stop)
+}
+
+/// Finishes the rollback an interrupted watcher left in its journal, as this
+/// run's only work (see [`Watch::finish_pending`]).
+#[allow(clippy::too_many_arguments)]
+fn finish_interrupted(
+    project: &Project,
+    env: &EnvConfig,
+    args: &Args,
+    em: &Emitter,
+    tee: &Tee,
+    guard: &WatchGuard,
+    j: &dhash_rollback::Journal,
+    now: i64,
+) -> anyhow::Result<Exit> {
+    let log = RunLog::create(&project.root, env, RunKind::Monitor, &stamp(now))?;
+    let events = events_path(env, now);
+    if let Err(e) = tee.set_file(&events) {
+        em.human(&format!("warning: {e:#}"));
+    }
+    let span = (now, now);
+    let info = watch_info(
+        env,
+        &j.previous_release,
+        span,
+        log.path(),
+        &events,
+        args.detach,
     );
-    w.log.line(&format!("Monitoring {result}: {msg}"));
-    env.ledger().append(
-        "monitor",
-        json!({
-            "env": env.name, "state": state, "result": result, "release": w.release,
-            "window_start_ms": window_start_ms, "duration_ms": duration.as_millis() as u64,
-            "recording": recording.display().to_string(), "log": log_path.display().to_string(),
-            "events": events.display().to_string(), "never_evaluated": never_json,
-        }),
-    )?;
-    drop(guard);
-    Ok(exit)
+    publish(guard, &info, em);
+    let mut w = Watch::new(
+        project,
+        env,
+        em,
+        args.dry_run,
+        j.previous_release.clone(),
+        Some(j.backup.clone()),
+        log,
+    );
+    w.finish_pending(j)
 }
 
 /// `<log_dir>/events_<env>_<stamp>.jsonl`: every event of one watch.
@@ -586,31 +504,31 @@ fn events_path(env: &EnvConfig, t_ms: i64) -> PathBuf {
         .join(format!("events_{}_{}.jsonl", env.name, stamp(t_ms)))
 }
 
-/// Writes `watch.json`; a failure is said, not fatal (the lock still
-/// keeps a second evaluator out).
-#[allow(clippy::too_many_arguments)]
-fn publish(
-    guard: &WatchGuard,
+/// What `watch.json` says of this watch; `span` is the window (start, end) in ms.
+fn watch_info(
     env: &EnvConfig,
     release: &Option<String>,
-    start_ms: i64,
-    end_ms: i64,
-    log: &RunLog,
+    span: (i64, i64),
+    log: &Path,
     events: &Path,
     detached: bool,
-    em: &Emitter,
-) {
-    let info = WatchInfo {
+) -> WatchInfo {
+    WatchInfo {
         pid: std::process::id(),
         env: env.name.clone(),
         release: release.clone(),
-        started_at: ts_of(start_ms),
-        window_end: ts_of(end_ms),
-        log: log.path().to_path_buf(),
+        started_at: ts_of(span.0),
+        window_end: ts_of(span.1),
+        log: log.to_path_buf(),
         events: events.to_path_buf(),
         detached,
-    };
-    if let Err(e) = guard.publish(&info) {
+    }
+}
+
+/// Writes `watch.json`; a failure is said, not fatal (the lock still
+/// keeps a second evaluator out).
+fn publish(guard: &WatchGuard, info: &WatchInfo, em: &Emitter) {
+    if let Err(e) = guard.publish(info) {
         em.human(&format!("warning: cannot register the watch: {e:#}"));
     }
 }
@@ -622,6 +540,27 @@ enum Outcome {
     RollbackFailed,
     Superseded(String),
     Interrupted,
+}
+
+impl Outcome {
+    fn result(&self) -> WatchResult {
+        match self {
+            Outcome::Completed => WatchResult::Passed,
+            Outcome::Inconclusive => WatchResult::Inconclusive,
+            Outcome::RolledBack => WatchResult::RolledBack,
+            Outcome::RollbackFailed => WatchResult::RollbackFailed,
+            Outcome::Superseded(_) => WatchResult::Superseded,
+            Outcome::Interrupted => WatchResult::Interrupted,
+        }
+    }
+}
+
+/// When the next poll is due: on the cadence for the time elapsed in the
+/// window, never in the past, never after the window's end.
+fn next_poll(env: &EnvConfig, window: &Window, sched_ms: i64, t: i64) -> i64 {
+    let elapsed = Duration::from_millis(u64::try_from(t - window.start_ms).unwrap_or(0));
+    let interval = i64::try_from(env.monitor.interval_at(elapsed).as_millis()).unwrap_or(i64::MAX);
+    sched_ms.saturating_add(interval).max(t).min(window.end_ms)
 }
 
 fn sleep_until(t_ms: i64, stop: &AtomicBool) {
@@ -658,85 +597,297 @@ fn sample_fields(s: &gates_core::sample::Sample) -> Value {
     Value::Object(m)
 }
 
+impl<'a> Watch<'a> {
+    fn new(
+        project: &'a Project,
+        env: &'a EnvConfig,
+        em: &'a Emitter,
+        dry_run: bool,
+        release: Option<String>,
+        backup: Option<PathBuf>,
+        log: RunLog,
+    ) -> Watch<'a> {
+        Watch {
+            project,
+            env,
+            em,
+            dry_run,
+            release,
+            backup,
+            log,
+            timeline: Timeline::default(),
+            alerts_active: HashSet::new(),
+            notifications: Vec::new(),
+        }
+    }
+}
+
+/// The window: restore, announce, poll until it ends, conclude, report.
+impl Watch<'_> {
+    fn watch_window(
+        &mut self,
+        guard: &WatchGuard,
+        window: &Window,
+        gates: Vec<GateSpec>,
+        args: &Args,
+        stop: &AtomicBool,
+    ) -> anyhow::Result<Exit> {
+        let mut evaluator = Evaluator::new(gates.clone());
+        let mut summary = Summary::default();
+        if window.continued() && window.recording.exists() {
+            self.restore(&window.recording, &mut evaluator, &mut summary)?;
+        }
+        let mut recorder = Recorder::open(&window.recording)?;
+        let span = (window.start_ms, window.end_ms);
+        let info = watch_info(
+            self.env,
+            &self.release,
+            span,
+            self.log.path(),
+            &window.events,
+            args.detach,
+        );
+        publish(guard, &info, self.em);
+        self.announce(window, &gates, args)?;
+        let outcome = self.poll_window(window, &mut evaluator, &mut summary, &mut recorder, stop);
+        let end = conclude(
+            &outcome,
+            summary.never_evaluated(&gates),
+            &gates,
+            self.release.as_deref(),
+        );
+        self.report_end(window, &end, &summary)?;
+        Ok(end.result.exit())
+    }
+
+    /// Restores the window's state from what the interrupted run recorded.
+    fn restore(
+        &mut self,
+        recording: &Path,
+        evaluator: &mut Evaluator,
+        summary: &mut Summary,
+    ) -> anyhow::Result<()> {
+        let mut restored = 0u64;
+        for s in telemetry::read_samples(recording)? {
+            for d in evaluator.observe(&s?) {
+                summary.add(&d);
+                match (d.action, d.status) {
+                    (Action::Alert, Status::Violated) => {
+                        self.alerts_active.insert(d.gate.clone());
+                    }
+                    (Action::Alert, Status::Ok) => {
+                        self.alerts_active.remove(&d.gate);
+                    }
+                    _ => {}
+                }
+            }
+            restored += 1;
+        }
+        summary.samples = restored;
+        Ok(())
+    }
+
+    /// `monitor.started`, its log line and the ledger's `started` record.
+    fn announce(&mut self, window: &Window, gates: &[GateSpec], args: &Args) -> anyhow::Result<()> {
+        let (env, release) = (self.env, self.release.as_deref());
+        let log_path = self.log.path().display().to_string();
+        let started_fields = json!({
+            "release": release,
+            "backup": self.backup.as_ref().map(|p| p.display().to_string()),
+            "duration_secs": window.duration.as_secs_f64(),
+            "cadence": env.monitor.cadence.iter().map(|p| json!({
+                "every_secs": p.every.as_secs_f64(),
+                "for_secs": p.for_.map(|d| d.as_secs_f64()),
+            })).collect::<Vec<_>>(),
+            "window_start": ts_of(window.start_ms),
+            "window_end": ts_of(window.end_ms),
+            "continued": window.continued(),
+            "dry_run": args.dry_run,
+            "recording": window.recording.display().to_string(),
+            "log": log_path,
+            "events": window.events.display().to_string(),
+            "pid": std::process::id(),
+            "detached": args.detach,
+            "gates": gates_summary(gates),
+        });
+        let what = release.unwrap_or("the current release");
+        let msg = match window.continued() {
+            true => format!(
+                "continuing the interrupted window of {what} until {}",
+                ts_of(window.end_ms)
+            ),
+            false => format!(
+                "watching {what} for {}",
+                gates_core::duration::human(window.duration)
+            ),
+        };
+        self.em
+            .emit("monitor.started", Level::Info, msg.clone(), started_fields);
+        self.log.line(&format!("Monitoring started: {msg}"));
+        if self.backup.is_none() {
+            self.em.human("warning: no verified backup is known for this deploy; a rollback would take the newest verified backup of the environment");
+        }
+        env.ledger().append(
+            ledger::MONITOR,
+            json!({
+                "env": env.name, "state": WindowState::Started.as_str(), "release": release,
+                "window_start_ms": window.start_ms, "duration_ms": window.duration_ms(),
+                "recording": window.recording.display().to_string(), "log": log_path,
+                "events": window.events.display().to_string(), "pid": std::process::id(),
+                "dry_run": args.dry_run,
+            }),
+        )?;
+        Ok(())
+    }
+
+    /// Polls on the cadence until the window ends, a rollback ends it, or
+    /// the watch is superseded or interrupted.
+    fn poll_window(
+        &mut self,
+        window: &Window,
+        evaluator: &mut Evaluator,
+        summary: &mut Summary,
+        recorder: &mut Recorder,
+        stop: &AtomicBool,
+    ) -> Outcome {
+        let me = std::process::id();
+        let mut sched_ms = now_ms();
+        let outcome = loop {
+            if let Some(o) = self.interruption(me, stop) {
+                break o;
+            }
+            let decisions = self.poll_once(evaluator, summary, recorder);
+            if let Some(o) = self.handle(&decisions, summary) {
+                break o;
+            }
+            let t = now_ms();
+            if t >= window.end_ms {
+                break Outcome::Completed;
+            }
+            sched_ms = next_poll(self.env, window, sched_ms, t);
+            sleep_until(sched_ms, stop);
+        };
+        // A SIGTERM sent by `watch::supersede` comes with its reason.
+        match outcome {
+            Outcome::Interrupted => match watch::take_superseded(self.env, me) {
+                Some(m) => Outcome::Superseded(m.reason),
+                None => Outcome::Interrupted,
+            },
+            o => o,
+        }
+    }
+
+    /// Why the watch must stop before its next poll, if it must.
+    fn interruption(&self, me: u32, stop: &AtomicBool) -> Option<Outcome> {
+        if let Some(m) = watch::take_superseded(self.env, me) {
+            return Some(Outcome::Superseded(m.reason));
+        }
+        if stop.load(Ordering::SeqCst) {
+            return Some(Outcome::Interrupted);
+        }
+        self.replaced().map(Outcome::Superseded)
+    }
+
+    /// One poll: sample, record, report, evaluate.
+    fn poll_once(
+        &self,
+        evaluator: &mut Evaluator,
+        summary: &mut Summary,
+        recorder: &mut Recorder,
+    ) -> Vec<Decision> {
+        let sample = gates_core::probe::poll(self.env);
+        if let Err(e) = recorder.record(&sample) {
+            self.em.human(&format!("cannot record telemetry: {e:#}"));
+        }
+        summary.samples += 1;
+        self.em.emit(
+            "monitor.sample",
+            Level::Debug,
+            "poll",
+            sample_fields(&sample),
+        );
+        evaluator.observe(&sample)
+    }
+
+    /// `monitor.completed`, its log line and the ledger's closing record.
+    fn report_end(
+        &mut self,
+        window: &Window,
+        end: &Conclusion,
+        summary: &Summary,
+    ) -> anyhow::Result<()> {
+        let result = end.result.as_str();
+        let never_json: Vec<Value> = end.never.iter().map(NeverEvaluated::to_json).collect();
+        self.em.emit(
+            "monitor.completed",
+            end.level,
+            end.message.clone(),
+            json!({"result": result, "samples": summary.samples, "release": self.release,
+                   "pid": std::process::id(),
+                   "never_evaluated": never_json, "gates": summary.to_json()}),
+        );
+        self.log
+            .line(&format!("Monitoring {result}: {}", end.message));
+        self.env.ledger().append(
+            ledger::MONITOR,
+            json!({
+                "env": self.env.name, "state": end.state.as_str(), "result": result, "release": self.release,
+                "window_start_ms": window.start_ms, "duration_ms": window.duration_ms(),
+                "recording": window.recording.display().to_string(),
+                "log": self.log.path().display().to_string(),
+                "events": window.events.display().to_string(), "never_evaluated": never_json,
+            }),
+        )?;
+        Ok(())
+    }
+}
+
+/// The level a decision is reported at.
+fn decision_level(d: &Decision) -> Level {
+    match (d.status, d.action) {
+        (Status::Violated, Action::AutoRollback) => Level::Critical,
+        (Status::Violated, _) | (Status::Error, _) => Level::Warning,
+        (Status::Ok | Status::Pending | Status::NoData, _) => Level::Info,
+    }
+}
+
+/// The line the seeds grep in the monitor's log for a decision.
+fn decision_log_line(d: &Decision) -> String {
+    let value = d
+        .value
+        .map(|v| format!("{v:.2}"))
+        .unwrap_or_else(|| "n/a".into());
+    if d.status == Status::Violated {
+        format!(
+            "Quality gate failed: {} ({}) value={value} threshold={} {}: {}",
+            d.gate,
+            d.action.as_str(),
+            d.threshold,
+            d.unit,
+            d.reason
+        )
+    } else {
+        format!(
+            "Quality gate {}: {} value={value}: {}",
+            d.gate,
+            d.status.as_str(),
+            d.reason
+        )
+    }
+}
+
+/// Decisions: report each, act on alerts, roll back on the first auto-rollback violation.
 impl Watch<'_> {
     /// Reports the decisions of one poll; returns the outcome when the watch must end.
     fn handle(&mut self, decisions: &[Decision], summary: &mut Summary) -> Option<Outcome> {
         let mut rollback_cause: Option<&Decision> = None;
         for d in decisions {
             summary.add(d);
-            let level = match (d.status, d.action) {
-                (Status::Violated, Action::AutoRollback) => Level::Critical,
-                (Status::Violated, _) | (Status::Error, _) => Level::Warning,
-                (Status::Ok | Status::Pending | Status::NoData, _) => Level::Info,
-            };
-            // The release the decision was measured on: `rollback_dhash
-            // --on-violation` acts only while it is still current.
-            let mut fields = decision_fields(d);
-            if let Value::Object(m) = &mut fields {
-                m.insert("release".into(), json!(self.release));
-            }
-            self.em
-                .emit(d.status.event_name(), level, d.reason.to_string(), fields);
-            let value = d
-                .value
-                .map(|v| format!("{v:.2}"))
-                .unwrap_or_else(|| "n/a".into());
-            if d.status == Status::Violated {
-                self.log.line(&format!(
-                    "Quality gate failed: {} ({}) value={value} threshold={} {}: {}",
-                    d.gate,
-                    d.action.as_str(),
-                    d.threshold,
-                    d.unit,
-                    d.reason
-                ));
+            self.report_decision(d);
+            if (d.action, d.status) == (Action::AutoRollback, Status::Violated) {
+                rollback_cause = rollback_cause.or(Some(d));
             } else {
-                self.log.line(&format!(
-                    "Quality gate {}: {} value={value}: {}",
-                    d.gate,
-                    d.status.as_str(),
-                    d.reason
-                ));
-            }
-            // The guards record state: an alert is sent when it becomes active,
-            // and a resolved notice only for an alert that was active.
-            match (d.action, d.status) {
-                (Action::AutoRollback, Status::Violated) if rollback_cause.is_none() => {
-                    rollback_cause = Some(d);
-                }
-                (Action::Alert, Status::Violated) if self.alerts_active.insert(d.gate.clone()) => {
-                    self.ledger_gate(d);
-                    self.notify(
-                        Level::Warning,
-                        &format!("Quality gate alert: {} ({})", d.gate, self.env.name),
-                        d,
-                        &format!("alert:{}", d.gate),
-                    );
-                }
-                (Action::Alert, Status::Ok) if self.alerts_active.remove(&d.gate) => {
-                    self.em.emit(
-                        "gate.resolved",
-                        Level::Info,
-                        format!("{} is back within its threshold", d.gate),
-                        decision_fields(d),
-                    );
-                    self.log
-                        .line(&format!("Quality gate {} resolved: {}", d.gate, d.reason));
-                    self.ledger_gate(d);
-                    self.notify(
-                        Level::Info,
-                        &format!("Resolved: {} ({})", d.gate, self.env.name),
-                        d,
-                        &format!("resolved:{}", d.gate),
-                    );
-                }
-                (Action::Shadow, Status::Violated) => {
-                    self.log.line(&format!(
-                        "Quality gate {} (shadow) would have failed; not acted on",
-                        d.gate
-                    ));
-                }
-                _ => {}
+                self.track_alert(d);
             }
         }
         let cause = rollback_cause?.clone();
@@ -747,26 +898,87 @@ impl Watch<'_> {
             .collect();
         self.ledger_gate(&cause);
         if self.dry_run {
-            self.em.emit(
-                "monitor.rollback-skipped",
-                Level::Warning,
-                format!("dry run: {} would have rolled back the release", cause.gate),
-                decision_fields(&cause),
-            );
-            self.log
-                .line(&format!("Dry run: rollback skipped for {}", cause.gate));
-            self.notify(
-                Level::Critical,
-                &format!(
-                    "[dry run] Quality gate failed: {} ({})",
-                    cause.gate, self.env.name
-                ),
-                &cause,
-                &format!("rollback:{}", cause.gate),
-            );
+            self.skip_rollback(&cause);
             return None;
         }
         Some(self.roll_back(&cause, &others))
+    }
+
+    /// The decision's event (with the release it was measured on: `rollback_dhash
+    /// --on-violation` acts only while it is still current) and its log line.
+    fn report_decision(&mut self, d: &Decision) {
+        let mut fields = decision_fields(d);
+        if let Value::Object(m) = &mut fields {
+            m.insert("release".into(), json!(self.release));
+        }
+        self.em.emit(
+            d.status.event_name(),
+            decision_level(d),
+            d.reason.to_string(),
+            fields,
+        );
+        self.log.line(&decision_log_line(d));
+    }
+
+    /// The guards record state: an alert is sent when it becomes active,
+    /// and a resolved notice only for an alert that was active.
+    fn track_alert(&mut self, d: &Decision) {
+        match (d.action, d.status) {
+            (Action::Alert, Status::Violated) if self.alerts_active.insert(d.gate.clone()) => {
+                self.ledger_gate(d);
+                self.notify(
+                    Level::Warning,
+                    &format!("Quality gate alert: {} ({})", d.gate, self.env.name),
+                    d,
+                    &format!("alert:{}", d.gate),
+                );
+            }
+            (Action::Alert, Status::Ok) if self.alerts_active.remove(&d.gate) => {
+                self.em.emit(
+                    "gate.resolved",
+                    Level::Info,
+                    format!("{} is back within its threshold", d.gate),
+                    decision_fields(d),
+                );
+                self.log
+                    .line(&format!("Quality gate {} resolved: {}", d.gate, d.reason));
+                self.ledger_gate(d);
+                self.notify(
+                    Level::Info,
+                    &format!("Resolved: {} ({})", d.gate, self.env.name),
+                    d,
+                    &format!("resolved:{}", d.gate),
+                );
+            }
+            (Action::Shadow, Status::Violated) => {
+                self.log.line(&format!(
+                    "Quality gate {} (shadow) would have failed; not acted on",
+                    d.gate
+                ));
+            }
+            _ => {}
+        }
+    }
+
+    /// A dry run says what it would have rolled back, and goes on watching.
+    fn skip_rollback(&mut self, cause: &Decision) {
+        self.em.emit(
+            "monitor.rollback-skipped",
+            Level::Warning,
+            format!("dry run: {} would have rolled back the release", cause.gate),
+            decision_fields(cause),
+        );
+        self.log
+            .line(&format!("Dry run: rollback skipped for {}", cause.gate));
+        self.notify(
+            Level::Critical,
+            &format!(
+                "[dry run] Quality gate failed: {} ({})",
+                cause.gate, self.env.name
+            ),
+            cause,
+            &format!("rollback:{}", cause.gate),
+        );
     }
 
     fn ledger_gate(&self, d: &Decision) {
@@ -776,7 +988,7 @@ impl Watch<'_> {
             m.insert("env".into(), json!(self.env.name));
             m.insert("dry_run".into(), json!(self.dry_run));
         }
-        if let Err(e) = self.env.ledger().append("gate", f) {
+        if let Err(e) = self.env.ledger().append(ledger::GATE, f) {
             self.em
                 .human(&format!("cannot append to the ledger: {e:#}"));
         }
@@ -840,12 +1052,16 @@ impl Watch<'_> {
         }
         Some(format!(
             "current is now {} (a newer deploy or a rollback replaced {r})",
-            gates_core::service::current_release(self.env)
+            install::current_release_id(self.env)
                 .as_deref()
                 .unwrap_or("nothing")
         ))
     }
+}
 
+/// Rolling back: the watch's own rollback, or finishing an interrupted one,
+/// then the notification and the incident record.
+impl Watch<'_> {
     fn roll_back(&mut self, cause: &Decision, others: &[Decision]) -> Outcome {
         self.timeline.issue_detected = Some(ts_of(cause.t_ms));
         let reason = format!("quality gate {} violated: {}", cause.gate, cause.reason);
@@ -931,10 +1147,6 @@ impl Watch<'_> {
         }
     }
 
-    /// Finishes the rollback an interrupted watcher left in its journal
-    /// (killed mid-rollback), then reports it like its own: notification,
-    /// incident record, ledger, `monitor.completed` (exit 3, or 4 when it
-    /// cannot be finished). Never `passed`.
     /// Another actor finished (or took over) the rollback this monitor was
     /// waiting to finish: nothing was done here, the window is superseded.
     fn pending_taken_over(&mut self, why: &str) -> anyhow::Result<Exit> {
@@ -946,22 +1158,54 @@ impl Watch<'_> {
             "monitor.completed",
             Level::Warning,
             msg.clone(),
-            json!({"result": "superseded", "samples": 0, "release": self.release,
+            json!({"result": WatchResult::Superseded.as_str(), "samples": 0, "release": self.release,
                    "pid": std::process::id(), "never_evaluated": [], "gates": {}}),
         );
         self.log.line(&format!("Monitoring superseded: {msg}"));
         Ok(Exit::Superseded)
     }
 
+    /// Finishes the rollback an interrupted watcher left in its journal
+    /// (killed mid-rollback), then reports it like its own: notification,
+    /// incident record, ledger, `monitor.completed` (exit 3, or 4 when it
+    /// cannot be finished). Never `passed`.
     fn finish_pending(&mut self, j: &dhash_rollback::Journal) -> anyhow::Result<Exit> {
         let cause = j
             .reason
             .clone()
             .unwrap_or_else(|| "an interrupted rollback (reason not recorded)".to_string());
+        self.announce_pending(j, &cause);
+        let interrupted = ledger::interrupted_window(self.env);
+        let release = j.previous_release.as_deref();
+        self.timeline.deploy = ledger::deploy_start(self.env, release);
+        self.timeline.monitoring_started = interrupted.map(|(s, _)| ts_of(s));
+        self.timeline.rollback_initiated = Some(j.started_at.clone());
+        self.timeline.issue_detected = ledger::last_violation_ts(self.env, release);
+        let result = if self.dry_run {
+            let journal = install::rollback_journal(self.env);
+            self.em.human(&format!(
+                "dry run: the pending rollback {} is NOT finished; run monitor_dhash --env {} (or rollback_dhash --env {} --force) to finish it",
+                journal.display(),
+                self.env.name,
+                self.env.name
+            ));
+            WatchResult::RollbackFailed
+        } else {
+            match self.resume_rollback() {
+                Err(why) => return self.pending_taken_over(&why),
+                Ok(res) => self.after_rollback(None, &cause, &[], res).result(),
+            }
+        };
+        self.report_pending(result, &cause, interrupted)
+    }
+
+    /// `monitor.rollback-pending` and the log lines of a pending rollback.
+    fn announce_pending(&mut self, j: &dhash_rollback::Journal, cause: &str) {
+        let journal = install::rollback_journal(self.env);
         let msg = format!(
             "an interrupted rollback of {} is pending (journal {}, step {:?}, backup {}, started {}): finishing it before anything else",
             self.env.name,
-            dhash_rollback::journal_path(self.env).display(),
+            journal.display(),
             j.step,
             j.backup.display(),
             j.started_at
@@ -970,119 +1214,85 @@ impl Watch<'_> {
             "monitor.rollback-pending",
             Level::Critical,
             msg.clone(),
-            json!({"journal": dhash_rollback::journal_path(self.env), "backup": j.backup,
+            json!({"journal": journal, "backup": j.backup,
                    "step": j.step, "release": j.previous_release, "restoring": j.release,
                    "reason": j.reason, "started_at": j.started_at}),
         );
         self.log
             .line(&format!("Quality gate failed earlier: {cause}"));
         self.log.line(&msg);
-        let interrupted = self.interrupted_window();
-        self.timeline.deploy_started =
-            ledger_deploy_started(self.env, j.previous_release.as_deref());
-        self.timeline.monitoring_started = interrupted.as_ref().map(|(s, _)| ts_of(*s));
-        self.timeline.rollback_initiated = Some(j.started_at.clone());
-        self.timeline.issue_detected = self.ledger_violation_ts(j.previous_release.as_deref());
-        let (exit, result) = if self.dry_run {
-            let msg = format!(
-                "dry run: the pending rollback {} is NOT finished; run monitor_dhash --env {} (or rollback_dhash --env {} --force) to finish it",
-                dhash_rollback::journal_path(self.env).display(),
-                self.env.name,
-                self.env.name
-            );
-            self.em.human(&msg);
-            (Exit::RollbackFailed, "rollback-failed")
-        } else {
-            let res = acquire(self.env, self.em).and_then(|lock| {
-                // Under the lock: a journal that is gone now belonged to a
-                // rollback that was running, not to an interrupted one.
-                if dhash_rollback::pending(self.env)?.is_none() {
-                    return Err(NothingPending.into());
-                }
-                // No backup named: the journal's is resumed.
-                let opts = dhash_rollback::RollbackOptions {
-                    backup: None,
-                    skip_validation: false,
-                    dry_run: false,
-                    reason: None,
-                };
-                dhash_rollback::rollback(self.project, self.env, &lock, &opts, self.em)
-            });
-            if let Err(e) = &res {
-                let why = if e.downcast_ref::<NothingPending>().is_some() {
-                    Some(e.to_string())
-                } else {
-                    e.downcast_ref::<SupersededWhileWaiting>()
-                        .map(|s| s.0.clone())
-                };
-                if let Some(why) = why {
-                    return self.pending_taken_over(&why);
-                }
+    }
+
+    /// Resumes the journal's rollback under the environment lock. Err: another
+    /// run finished or took over that rollback meanwhile (why, in words).
+    fn resume_rollback(&self) -> Result<anyhow::Result<dhash_rollback::RollbackReport>, String> {
+        let res = acquire(self.env, self.em).and_then(|lock| {
+            // Under the lock: a journal that is gone now belonged to a
+            // rollback that was running, not to an interrupted one.
+            if dhash_rollback::pending(self.env)?.is_none() {
+                return Err(NothingPending.into());
             }
-            match self.after_rollback(None, &cause, &[], res) {
-                Outcome::RolledBack => (Exit::GateRolledBack, "rolled-back"),
-                _ => (Exit::RollbackFailed, "rollback-failed"),
+            // No backup named: the journal's is resumed.
+            let opts = dhash_rollback::RollbackOptions {
+                backup: None,
+                skip_validation: false,
+                dry_run: false,
+                reason: None,
+            };
+            dhash_rollback::rollback(self.project, self.env, &lock, &opts, self.em)
+        });
+        if let Err(e) = &res {
+            if e.downcast_ref::<NothingPending>().is_some() {
+                return Err(e.to_string());
             }
-        };
-        let level = Level::Critical;
-        let msg = match exit {
-            Exit::GateRolledBack => format!(
+            if let Some(s) = e.downcast_ref::<SupersededWhileWaiting>() {
+                return Err(s.0.clone());
+            }
+        }
+        Ok(res)
+    }
+
+    /// `monitor.completed` and the ledger's record of a finished pending rollback.
+    fn report_pending(
+        &mut self,
+        result: WatchResult,
+        cause: &str,
+        interrupted: Option<(i64, u64)>,
+    ) -> anyhow::Result<Exit> {
+        let msg = match result {
+            WatchResult::RolledBack => format!(
                 "the interrupted rollback was finished: {} rolled back ({cause})",
                 self.env.name
             ),
             _ => format!(
                 "the interrupted rollback of {} could NOT be finished (journal {}): manual intervention required",
                 self.env.name,
-                dhash_rollback::journal_path(self.env).display()
+                install::rollback_journal(self.env).display()
             ),
         };
+        let name = result.as_str();
         self.em.emit(
             "monitor.completed",
-            level,
+            Level::Critical,
             msg.clone(),
-            json!({"result": result, "samples": 0, "release": self.release, "pid": std::process::id(),
+            json!({"result": name, "samples": 0, "release": self.release, "pid": std::process::id(),
                    "finished_pending_rollback": true, "never_evaluated": [], "gates": {}}),
         );
-        self.log.line(&format!("Monitoring {result}: {msg}"));
+        self.log.line(&format!("Monitoring {name}: {msg}"));
         let (start, dur) = interrupted.unwrap_or((now_ms(), 0));
         self.env.ledger().append(
-            "monitor",
+            ledger::MONITOR,
             json!({
-                "env": self.env.name, "state": "completed", "result": result, "release": self.release,
-                "window_start_ms": start, "duration_ms": dur,
+                "env": self.env.name, "state": WindowState::Completed.as_str(), "result": name,
+                "release": self.release, "window_start_ms": start, "duration_ms": dur,
                 "log": self.log.path().display().to_string(), "finished_pending_rollback": true,
             }),
         )?;
-        Ok(exit)
+        Ok(result.exit())
     }
 
-    /// The window (start ms, duration ms) of the last monitor record, if it was left open.
-    fn interrupted_window(&self) -> Option<(i64, u64)> {
-        let records = self.env.ledger().records("monitor").ok()?;
-        let last = records.last()?;
-        if last.get("state").and_then(Value::as_str) == Some("completed") {
-            return None;
-        }
-        Some((
-            last.get("window_start_ms")?.as_i64()?,
-            last.get("duration_ms")?.as_u64()?,
-        ))
-    }
-
-    /// When the newest auto-rollback violation of `release` was recorded.
-    fn ledger_violation_ts(&self, release: Option<&str>) -> Option<String> {
-        let gates = self.env.ledger().records("gate").ok()?;
-        gates
-            .iter()
-            .rev()
-            .filter(|g| g.get("status").and_then(Value::as_str) == Some("violated"))
-            .filter(|g| g.get("action").and_then(Value::as_str) == Some("auto-rollback"))
-            .find(|g| release.is_none() || g.get("release").and_then(Value::as_str) == release)
-            .and_then(|g| g.get("sample_ts").and_then(Value::as_str))
-            .map(str::to_string)
-    }
-
-    /// Notifications and the incident record after a rollback attempt.
+    /// Notifications and the incident record after a rollback attempt. A
+    /// restore whose post-rollback smoke tests failed is a failed rollback.
     fn after_rollback(
         &mut self,
         cause: Option<&Decision>,
@@ -1090,67 +1300,112 @@ impl Watch<'_> {
         others: &[Decision],
         result: anyhow::Result<dhash_rollback::RollbackReport>,
     ) -> Outcome {
+        let (restore, restored) = match result {
+            Ok(report) => (self.rolled_back(cause, cause_text, &report), report.release),
+            Err(e) => (self.rollback_failed(cause, cause_text, &e), None),
+        };
+        let outcome = match restore.result() {
+            WatchResult::RolledBack => Outcome::RolledBack,
+            _ => Outcome::RollbackFailed,
+        };
+        self.write_incident(cause, cause_text, others, restored.as_deref(), restore);
+        outcome
+    }
+
+    /// A rollback that returned its report: restored, or up with failed smoke tests.
+    fn rolled_back(
+        &mut self,
+        cause: Option<&Decision>,
+        cause_text: &str,
+        report: &dhash_rollback::RollbackReport,
+    ) -> Restore {
         let now = gates_core::event::now_rfc3339();
-        let (outcome, restored, error) = match result {
-            Ok(report) => {
-                self.timeline.rollback_completed = Some(now.clone());
+        let restore = Restore::of_report(report);
+        self.timeline.rollback_completed = Some(now.clone());
+        let smoke = match report.smoke_passed {
+            Some(true) => "smoke tests passed",
+            Some(false) => "smoke tests FAILED",
+            None => "smoke tests not run",
+        };
+        let done = format!(
+            "Rolled back {} to {} from {} in {:.1}s; {smoke}",
+            self.env.name,
+            report.release.as_deref().unwrap_or("the backed-up release"),
+            report.backup.display(),
+            report.seconds_to_healthy
+        );
+        let mut f = Map::new();
+        f.insert("backup".into(), json!(report.backup.display().to_string()));
+        f.insert("restored_release".into(), json!(report.release));
+        f.insert("gate".into(), json!(cause.map(|c| c.gate.clone())));
+        f.insert("reason".into(), json!(cause_text));
+        let (msg, title, key) = match restore {
+            Restore::Restored => {
                 self.timeline.service_restored = Some(now);
-                let smoke = match report.smoke_passed {
-                    Some(true) => "smoke tests passed",
-                    Some(false) => "smoke tests FAILED",
-                    None => "smoke tests not run",
-                };
-                let msg = format!(
-                    "Rolled back {} to {} from {} in {:.1}s; {smoke}",
-                    self.env.name,
-                    report.release.as_deref().unwrap_or("the backed-up release"),
-                    report.backup.display(),
-                    report.seconds_to_healthy
-                );
-                self.log.line(&msg);
-                let mut f = Map::new();
-                f.insert("backup".into(), json!(report.backup.display().to_string()));
-                f.insert("restored_release".into(), json!(report.release));
-                f.insert("gate".into(), json!(cause.map(|c| c.gate.clone())));
-                f.insert("reason".into(), json!(cause_text));
-                self.send(
-                    Level::Critical,
-                    &format!("Rollback completed ({})", self.env.name),
-                    &msg,
-                    f,
-                    "rollback-completed",
-                );
-                self.backup = Some(report.backup.clone());
-                (Outcome::RolledBack, report.release, None)
+                let title = format!("Rollback completed ({})", self.env.name);
+                (done, title, "rollback-completed")
             }
-            Err(e) => {
-                let msg = format!("ROLLBACK FAILED for {}: {e:#}", self.env.name);
-                self.log.line(&msg);
-                let mut f = Map::new();
-                f.insert("gate".into(), json!(cause.map(|c| c.gate.clone())));
-                f.insert("reason".into(), json!(cause_text));
-                f.insert("error".into(), json!(format!("{e:#}")));
-                self.send(
-                    Level::Critical,
-                    &format!("ROLLBACK FAILED ({}): page the on-call", self.env.name),
-                    &msg,
-                    f,
-                    "rollback-failed",
+            _ => {
+                f.insert("smoke_passed".into(), json!(false));
+                let msg = format!(
+                    "ROLLBACK FAILED for {}: the restored release is up, but its post-rollback smoke tests FAILED ({done})",
+                    self.env.name
                 );
-                (Outcome::RollbackFailed, None, Some(format!("{e:#}")))
+                let title = format!(
+                    "ROLLBACK FAILED ({}): restored release up but smoke tests failed; page the on-call",
+                    self.env.name
+                );
+                (msg, title, "rollback-failed")
             }
         };
+        self.log.line(&msg);
+        self.send(Level::Critical, &title, &msg, f, key);
+        self.backup = Some(report.backup.clone());
+        restore
+    }
+
+    fn rollback_failed(
+        &mut self,
+        cause: Option<&Decision>,
+        cause_text: &str,
+        e: &anyhow::Error,
+    ) -> Restore {
+        let msg = format!("ROLLBACK FAILED for {}: {e:#}", self.env.name);
+        self.log.line(&msg);
+        let mut f = Map::new();
+        f.insert("gate".into(), json!(cause.map(|c| c.gate.clone())));
+        f.insert("reason".into(), json!(cause_text));
+        f.insert("error".into(), json!(format!("{e:#}")));
+        self.send(
+            Level::Critical,
+            &format!("ROLLBACK FAILED ({}): page the on-call", self.env.name),
+            &msg,
+            f,
+            "rollback-failed",
+        );
+        Restore::Failed(format!("{e:#}"))
+    }
+
+    /// Writes the incident record (redacted) and says where.
+    fn write_incident(
+        &mut self,
+        cause: Option<&Decision>,
+        cause_text: &str,
+        others: &[Decision],
+        restored: Option<&str>,
+        restore: Restore,
+    ) {
         let text = incident::render(&Incident {
             env: &self.env.name,
             release: self.release.as_deref(),
-            restored_release: restored.as_deref(),
+            restored_release: restored,
             backup: self.backup.as_deref(),
             operator: gates_core::lock::username(),
             violation: cause,
             cause: cause_text,
             other_violations: others,
             timeline: &self.timeline,
-            rollback_error: error,
+            restore,
             notifications: &self.notifications,
         });
         let path = incident::path_for(&self.env.log_dir, &self.env.name, now_ms());
@@ -1169,7 +1424,6 @@ impl Watch<'_> {
                 path.display()
             )),
         }
-        outcome
     }
 }
 
@@ -1230,31 +1484,4 @@ fn acquire(env: &EnvConfig, em: &Emitter) -> anyhow::Result<EnvLock> {
             Err(e) => return Err(e).context("taking the environment lock for the rollback"),
         }
     }
-}
-
-/// The backup of the newest healthy deploy of this release, from the ledger.
-fn ledger_backup(env: &EnvConfig, release: Option<&str>) -> Option<PathBuf> {
-    let deploys = env.ledger().records("deploy").ok()?;
-    deploys
-        .iter()
-        .rev()
-        .filter(|r| r.get("result").and_then(Value::as_str) == Some("healthy"))
-        .find(|r| release.is_none() || r.get("release").and_then(Value::as_str) == release)
-        .and_then(|r| r.get("backup").and_then(Value::as_str))
-        .map(PathBuf::from)
-        .filter(|p| Path::new(p).exists())
-}
-
-fn ledger_deploy_started(env: &EnvConfig, release: Option<&str>) -> Option<String> {
-    let deploys = env.ledger().records("deploy").ok()?;
-    deploys
-        .iter()
-        .rev()
-        .find(|r| release.is_none() || r.get("release").and_then(Value::as_str) == release)
-        .and_then(|r| {
-            r.get("started_at")
-                .or_else(|| r.get("ts"))
-                .and_then(Value::as_str)
-        })
-        .map(str::to_string)
 }

@@ -1,12 +1,13 @@
 //! `--replay`: recorded telemetry through the same gate code, as fast as the
 //! disk allows, for tuning thresholds on 24–72 h of data.
 
-use std::io::Write;
+use std::fs::File;
+use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use anyhow::Context;
 use gates_core::config::GateSpec;
-use gates_core::gates::{Evaluator, Status};
+use gates_core::gates::{Decision, Evaluator, Status};
 use gates_core::{Emitter, Exit, Level};
 use serde_json::json;
 
@@ -27,22 +28,13 @@ pub fn run(
     );
     let started = std::time::Instant::now();
     let mut csv_out = match decisions_csv {
-        Some(p) => Some(std::io::BufWriter::new(
-            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
-        )),
+        Some(p) => Some(DecisionsCsv::create(p, &gates)?),
         None => None,
     };
-    if let Some(out) = csv_out.as_mut() {
-        let mut header = String::from("t_ms");
-        for g in &gates {
-            header.push_str(&format!(",{0}_status,{0}_value", g.name));
-        }
-        writeln!(out, "{header}")?;
-    }
     let specs = gates.clone();
     let mut ev = Evaluator::new(gates);
     let mut summary = Summary::default();
-    let mut last: Vec<Option<Status>> = vec![None; ev.gates().len()];
+    let mut shown = Shown::new(output, ev.gates().len());
     let mut prev_t = i64::MIN;
     for sample in telemetry::read_samples(path)? {
         let sample = sample?;
@@ -58,43 +50,98 @@ pub fn run(
         summary.samples += 1;
         let decisions = ev.observe(&sample);
         if let Some(out) = csv_out.as_mut() {
-            write!(out, "{}", sample.t_ms)?;
-            for d in &decisions {
-                let v = d.value.map(|v| v.to_string()).unwrap_or_default();
-                write!(out, ",{},{v}", d.status.as_str())?;
-            }
-            writeln!(out)?;
+            out.row(sample.t_ms, &decisions)?;
         }
         for (i, d) in decisions.into_iter().enumerate() {
             summary.add(&d);
-            let changed = last[i].replace(d.status) != Some(d.status);
-            let show = match output {
-                DecisionOutput::All => true,
-                DecisionOutput::Changes => changed,
-                DecisionOutput::Summary => false,
-            };
-            if show {
-                let level = if d.status == Status::Violated {
-                    Level::Warning
-                } else {
-                    Level::Info
-                };
-                em.emit(
-                    d.status.event_name(),
-                    level,
-                    d.reason.to_string(),
-                    decision_fields(&d),
-                );
+            if shown.show(i, d.status) {
+                emit_decision(em, &d);
             }
         }
     }
-    if let Some(mut out) = csv_out {
-        out.flush()?;
+    if let Some(out) = csv_out {
+        out.finish()?;
     }
-    let secs = started.elapsed().as_secs_f64();
-    // A replay decides nothing (no result, exit 0), but says which gates the
-    // recording was too short (or too empty) to evaluate, as the live watch does.
-    let never = summary.never_evaluated(&specs);
+    completed(em, &summary, &specs, started.elapsed().as_secs_f64());
+    Ok(Exit::Ok)
+}
+
+/// `--decisions-csv`: one row per sample (t_ms, then <gate>_status, <gate>_value per gate).
+struct DecisionsCsv {
+    out: BufWriter<File>,
+}
+
+impl DecisionsCsv {
+    fn create(path: &Path, gates: &[GateSpec]) -> anyhow::Result<DecisionsCsv> {
+        let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        let mut out = BufWriter::new(file);
+        let mut header = String::from("t_ms");
+        for g in gates {
+            header.push_str(&format!(",{0}_status,{0}_value", g.name));
+        }
+        writeln!(out, "{header}")?;
+        Ok(DecisionsCsv { out })
+    }
+
+    fn row(&mut self, t_ms: i64, decisions: &[Decision]) -> anyhow::Result<()> {
+        write!(self.out, "{t_ms}")?;
+        for d in decisions {
+            let v = d.value.map(|v| v.to_string()).unwrap_or_default();
+            write!(self.out, ",{},{v}", d.status.as_str())?;
+        }
+        writeln!(self.out)?;
+        Ok(())
+    }
+
+    fn finish(mut self) -> anyhow::Result<()> {
+        self.out.flush()?;
+        Ok(())
+    }
+}
+
+/// Which decisions `--decisions` prints: all, only a gate's status changes, or none.
+struct Shown {
+    output: DecisionOutput,
+    last: Vec<Option<Status>>,
+}
+
+impl Shown {
+    fn new(output: DecisionOutput, gates: usize) -> Shown {
+        Shown {
+            output,
+            last: vec![None; gates],
+        }
+    }
+
+    /// Whether gate `i`'s decision with `status` is printed.
+    fn show(&mut self, i: usize, status: Status) -> bool {
+        let changed = self.last[i].replace(status) != Some(status);
+        match self.output {
+            DecisionOutput::All => true,
+            DecisionOutput::Changes => changed,
+            DecisionOutput::Summary => false,
+        }
+    }
+}
+
+fn emit_decision(em: &Emitter, d: &Decision) {
+    let level = match d.status {
+        Status::Violated => Level::Warning,
+        _ => Level::Info,
+    };
+    em.emit(
+        d.status.event_name(),
+        level,
+        d.reason.to_string(),
+        decision_fields(d),
+    );
+}
+
+/// `replay.completed`. A replay decides nothing (no result, exit 0), but says
+/// which gates the recording was too short (or too empty) to evaluate, as the
+/// live watch does.
+fn completed(em: &Emitter, summary: &Summary, gates: &[GateSpec], secs: f64) {
+    let never = summary.never_evaluated(gates);
     let mut msg = format!("{} samples replayed in {secs:.2}s", summary.samples);
     if !never.is_empty() {
         msg.push_str(&format!(
@@ -117,5 +164,4 @@ pub fn run(
             "gates": summary.to_json(),
         }),
     );
-    Ok(Exit::Ok)
 }

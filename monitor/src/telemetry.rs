@@ -211,6 +211,9 @@ impl Recorder {
     }
 }
 
+/// The first byte of a JSON lines recording (a JSON object).
+const JSON_OBJECT_START: u8 = b'{';
+
 /// Reads a recording (CSV with the header above, or JSON lines), streaming:
 /// memory stays bounded by one row whatever the file size. Errors name the
 /// file and line.
@@ -225,7 +228,7 @@ pub fn read_samples(
         .copied()
         .find(|b| !b.is_ascii_whitespace());
     let name = path.display().to_string();
-    if first == Some(b'{') {
+    if first == Some(JSON_OBJECT_START) {
         return Ok(Box::new(read_jsonl(reader, name)));
     }
     Ok(Box::new(read_csv(reader, name)?))

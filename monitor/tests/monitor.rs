@@ -310,6 +310,51 @@ fn low_confidence_flood_trips_the_queue_gate_and_rolls_back() {
     );
 }
 
+/// Issue 14 (a): a standalone monitor's incident gives the deploy's start
+/// from the ledger's healthy deploy record (`started_at`), not the time of
+/// a later record of the same release (a no-op redeploy).
+#[test]
+fn a_standalone_incident_takes_the_deploy_start_from_the_ledger() {
+    let s = setup();
+    let bad = deploy_bad(&s, &[("low_confidence_flood", "1500")]);
+    let ledger = s.tp.env(s.env).ledger();
+    let started_at = "2026-01-02T03:04:05.678Z";
+    ledger
+        .append(
+            "deploy",
+            json!({"release": bad, "result": "healthy", "started_at": started_at}),
+        )
+        .unwrap();
+    ledger
+        .append(
+            "deploy",
+            json!({"release": bad, "from": bad, "result": "unchanged"}),
+        )
+        .unwrap();
+    let gates = fast_gates(&s.tp, s.env, "auto-rollback", json!({}));
+    let out = watch(
+        &s.tp,
+        s.env,
+        &gates,
+        "30",
+        &["--backup", s.backup.to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
+    let log_dir = s.tp.env(s.env).log_dir;
+    let incident = std::fs::read_dir(&log_dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .find(|e| e.file_name().to_string_lossy().starts_with("incident_"))
+        .expect("an incident record");
+    let text = std::fs::read_to_string(incident.path()).unwrap();
+    assert!(
+        text.contains(&format!("- Deployment started: {started_at}\n")),
+        "{text}"
+    );
+}
+
 #[test]
 fn a_crashed_release_trips_health_and_rolls_back() {
     let s = setup();
