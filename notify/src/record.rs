@@ -20,7 +20,7 @@ use serde_json::{json, Map, Value};
 
 use gates_core::config::EnvConfig;
 
-use crate::channels::Rendered;
+use crate::channels::{Channel, Rendered};
 use crate::truncate;
 
 /// The notification as given (redacted), before any channel limit: kept once,
@@ -39,10 +39,34 @@ pub struct FullText<'a> {
     pub out_path: PathBuf,
 }
 
+/// Where a fallback line's notification was headed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    Channel(Channel),
+    /// No routed channel is configured: a file-based notification (`none`).
+    NoChannel,
+}
+
+impl Destination {
+    /// The name in the fallback file, events and the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Destination::Channel(c) => c.name(),
+            Destination::NoChannel => "none",
+        }
+    }
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// One channel's line in the fallback file.
 #[derive(Debug, Clone)]
 pub struct FallbackEntry {
-    pub channel: String,
+    pub channel: Destination,
     pub reason: String,
     pub attempts: u32,
     pub status: Option<u16>,
@@ -85,7 +109,7 @@ pub fn append_fallback(
     let mut line = json!({
         "ts": gates_core::event::now_rfc3339(),
         "env": r.env,
-        "channel": e.channel,
+        "channel": e.channel.name(),
         "reason": e.reason,
         "attempts": e.attempts,
         "status": e.status,

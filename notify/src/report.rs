@@ -10,7 +10,7 @@ use gates_core::{Emitter, Level};
 
 use crate::channels::{self, Channel, Rendered};
 use crate::deliver::Outcome;
-use crate::record::{self, FallbackEntry, FullText};
+use crate::record::{self, Destination, FallbackEntry, FullText};
 use crate::route::Plan;
 use crate::{redact, DeliveryReport};
 
@@ -69,7 +69,7 @@ fn outcome(ctx: &Ctx<'_>, ch: Channel, o: &Outcome, report: &mut DeliveryReport)
                       "http_status": o.status});
     }
     let entry = FallbackEntry {
-        channel: ch.name().to_string(),
+        channel: Destination::Channel(ch),
         reason: o.reason.clone(),
         attempts: o.attempts,
         status: o.status,
@@ -94,7 +94,7 @@ fn no_channel_configured(ctx: &Ctx<'_>, missing: &[Channel], report: &mut Delive
             .join("; ")
     );
     let entry = FallbackEntry {
-        channel: "none".into(),
+        channel: Destination::NoChannel,
         reason,
         attempts: 0,
         status: None,
@@ -102,7 +102,9 @@ fn no_channel_configured(ctx: &Ctx<'_>, missing: &[Channel], report: &mut Delive
         payload: None,
     };
     fall_back(ctx, &entry, report);
-    let copy = vec![json!({"channel": "none", "status": "fallback", "reason": entry.reason})];
+    let copy = vec![
+        json!({"channel": entry.channel.name(), "status": "fallback", "reason": entry.reason}),
+    ];
     write_copy(ctx, false, copy, report);
 }
 
@@ -128,7 +130,7 @@ pub(crate) fn dry_run(
             ),
         };
         let entry = FallbackEntry {
-            channel: ch.name().to_string(),
+            channel: Destination::Channel(*ch),
             reason,
             attempts: 0,
             status: None,
@@ -159,12 +161,12 @@ fn recorded(ctx: &Ctx<'_>, entry: &FallbackEntry, configured: bool, report: &mut
             r.title,
             record::show(&env.notify.fallback_file)
         ),
-        json!({"channel": entry.channel, "dry_run": true, "configured": configured,
+        json!({"channel": entry.channel.name(), "dry_run": true, "configured": configured,
                "file": env.notify.fallback_file, "title": r.title, "level": r.level}),
     );
     report
         .fallback
-        .push((entry.channel.clone(), "dry-run".to_string()));
+        .push((entry.channel.name().to_string(), "dry-run".to_string()));
 }
 
 /// One undelivered channel written to the fallback file and said.
@@ -182,13 +184,13 @@ fn fall_back(ctx: &Ctx<'_>, entry: &FallbackEntry, report: &mut DeliveryReport) 
             entry.reason,
             record::show(&env.notify.fallback_file)
         ),
-        json!({"channel": entry.channel, "reason": entry.reason, "attempts": entry.attempts,
+        json!({"channel": entry.channel.name(), "reason": entry.reason, "attempts": entry.attempts,
                "status": entry.status, "file": env.notify.fallback_file,
                "title": r.title, "level": r.level}),
     );
     report
         .fallback
-        .push((entry.channel.clone(), entry.reason.clone()));
+        .push((entry.channel.name().to_string(), entry.reason.clone()));
 }
 
 /// Appends the entry's line; false (said as `notify.failed`) when it cannot.
