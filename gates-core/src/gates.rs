@@ -163,35 +163,20 @@ impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Reason::Health {
-                failures: n,
+                failures,
                 limit,
                 last,
-            } => {
-                let above = f64::from(*n) > *limit;
-                let limit = fmt_num(*limit);
-                if above {
-                    write!(
-                        f,
-                        "{n} failed health checks in a row, more than {limit} (last: {last})"
-                    )
-                } else if *n == 0 {
-                    write!(f, "health OK (limit: more than {limit} failures in a row)")
-                } else {
-                    write!(
-                        f,
-                        "{n} failed health check(s) in a row, not more than {limit} (last: {last})"
-                    )
-                }
-            }
+            } => fmt_health(f, *failures, *limit, last),
             Reason::WindowNotCovered {
                 covered_secs,
                 window_secs,
-            } => write!(
-                f,
-                "window not covered yet: {} of telemetry of the {} needed",
-                fmt_secs(*covered_secs),
-                fmt_secs(*window_secs)
-            ),
+            } => {
+                let (covered, window) = (fmt_secs(*covered_secs), fmt_secs(*window_secs));
+                write!(
+                    f,
+                    "window not covered yet: {covered} of telemetry of the {window} needed"
+                )
+            }
             Reason::HistogramLayoutChanged => {
                 f.write_str("histogram buckets changed; the window restarts")
             }
@@ -202,16 +187,14 @@ impl std::fmt::Display for Reason {
             Reason::NotReportedRatio {
                 metric,
                 denominator,
-            } => write!(
-                f,
-                "the service does not report {} and {denominator}",
-                metric.as_str()
-            ),
-            Reason::NoTraffic { what, window_secs } => write!(
-                f,
-                "no {what} in the last {} (no traffic)",
-                fmt_secs(*window_secs)
-            ),
+            } => {
+                let m = metric.as_str();
+                write!(f, "the service does not report {m} and {denominator}")
+            }
+            Reason::NoTraffic { what, window_secs } => {
+                let window = fmt_secs(*window_secs);
+                write!(f, "no {what} in the last {window} (no traffic)")
+            }
             Reason::NoHashTimeFigures => {
                 f.write_str("the service reports neither a hash-time histogram nor observations")
             }
@@ -220,29 +203,19 @@ impl std::fmt::Display for Reason {
                 threshold,
                 unit,
             } => {
-                let side = if measure.value() > *threshold {
-                    "above"
-                } else {
-                    "within"
-                };
-                write!(
-                    f,
-                    "{measure}: {side} the threshold {} {unit}",
-                    fmt_num(*threshold)
-                )
+                let side = side_of(measure.value(), *threshold);
+                let threshold = fmt_num(*threshold);
+                write!(f, "{measure}: {side} the threshold {threshold} {unit}")
             }
             Reason::SustainedWithin {
                 metric,
                 value,
                 unit,
                 threshold,
-            } => write!(
-                f,
-                "{} {} {unit}, not above {}",
-                metric.as_str(),
-                fmt_num(*value),
-                fmt_num(*threshold)
-            ),
+            } => {
+                let (m, value, threshold) = (metric.as_str(), fmt_num(*value), fmt_num(*threshold));
+                write!(f, "{m} {value} {unit}, not above {threshold}")
+            }
             Reason::SustainedAbove {
                 metric,
                 value,
@@ -251,36 +224,79 @@ impl std::fmt::Display for Reason {
                 lasted_secs,
                 needed_secs,
             } => {
-                write!(
-                    f,
-                    "{} {} {unit} above {} for {}",
-                    metric.as_str(),
-                    fmt_num(*value),
-                    fmt_num(*threshold),
-                    fmt_secs(*lasted_secs)
-                )?;
-                if lasted_secs >= needed_secs {
-                    write!(f, " (limit {})", fmt_secs(*needed_secs))
-                } else {
-                    write!(f, " of the {} that trip the gate", fmt_secs(*needed_secs))
-                }
+                let (value, threshold) = (fmt_num(*value), fmt_num(*threshold));
+                let lasted = fmt_secs(*lasted_secs);
+                let m = metric.as_str();
+                write!(f, "{m} {value} {unit} above {threshold} for {lasted}")?;
+                fmt_sustained_need(f, *lasted_secs, *needed_secs)
             }
             Reason::InARow {
                 inner,
                 n,
                 limit,
                 violated,
-            } => {
-                if *violated {
-                    write!(f, "{inner} ({n} polls in a row; violation after {limit})")
-                } else if *limit == 0 {
-                    write!(f, "{inner} ({n} in a row; never a violation by itself)")
-                } else {
-                    write!(f, "{inner} ({n} in a row; violation after {limit})")
-                }
-            }
+            } => fmt_in_a_row(f, inner, *n, *limit, *violated),
             Reason::Internal(what) => write!(f, "internal: {what}"),
         }
+    }
+}
+
+/// [`Reason::Health`]: the run of failed checks against its limit.
+fn fmt_health(f: &mut std::fmt::Formatter<'_>, n: u32, limit: f64, last: &str) -> std::fmt::Result {
+    let above = f64::from(n) > limit;
+    let limit = fmt_num(limit);
+    if above {
+        write!(
+            f,
+            "{n} failed health checks in a row, more than {limit} (last: {last})"
+        )
+    } else if n == 0 {
+        write!(f, "health OK (limit: more than {limit} failures in a row)")
+    } else {
+        write!(
+            f,
+            "{n} failed health check(s) in a row, not more than {limit} (last: {last})"
+        )
+    }
+}
+
+/// Strictly above the threshold violates.
+fn side_of(value: f64, threshold: f64) -> &'static str {
+    if value > threshold {
+        "above"
+    } else {
+        "within"
+    }
+}
+
+/// [`Reason::SustainedAbove`]'s ending: whether the breach has lasted long
+/// enough to trip the gate.
+fn fmt_sustained_need(
+    f: &mut std::fmt::Formatter<'_>,
+    lasted_secs: f64,
+    needed_secs: f64,
+) -> std::fmt::Result {
+    if lasted_secs >= needed_secs {
+        write!(f, " (limit {})", fmt_secs(needed_secs))
+    } else {
+        write!(f, " of the {} that trip the gate", fmt_secs(needed_secs))
+    }
+}
+
+/// [`Reason::InARow`]: the inner reason with the run and its policy.
+fn fmt_in_a_row(
+    f: &mut std::fmt::Formatter<'_>,
+    inner: &Reason,
+    n: u32,
+    limit: u32,
+    violated: bool,
+) -> std::fmt::Result {
+    if violated {
+        write!(f, "{inner} ({n} polls in a row; violation after {limit})")
+    } else if limit == 0 {
+        write!(f, "{inner} ({n} in a row; never a violation by itself)")
+    } else {
+        write!(f, "{inner} ({n} in a row; violation after {limit})")
     }
 }
 
@@ -899,4 +915,162 @@ fn fmt_secs(s: f64) -> String {
         return format!("{:.0}ms", s * 1000.0);
     }
     humantime::format_duration(Duration::from_secs(s.round() as u64)).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every wording a Reason can take: notifications repeat these, so a
+    /// refactor of `Display` must not change a byte.
+    #[test]
+    fn reasons_read_as_before() {
+        let ratio = Measure::Ratio {
+            metric: Metric::ErrorsTotal,
+            denominator: "requests_total",
+            percent: 7.5,
+            numerator_increase: 15.0,
+            denominator_increase: 200.0,
+            window_secs: 300.0,
+        };
+        let reasons = vec![
+            Reason::Health {
+                failures: 4,
+                limit: 3.0,
+                last: "refused".into(),
+            },
+            Reason::Health {
+                failures: 0,
+                limit: 3.0,
+                last: String::new(),
+            },
+            Reason::Health {
+                failures: 2,
+                limit: 3.0,
+                last: "timeout".into(),
+            },
+            Reason::WindowNotCovered {
+                covered_secs: 90.0,
+                window_secs: 300.0,
+            },
+            Reason::HistogramLayoutChanged,
+            Reason::NotACounter(Metric::MemoryPercent),
+            Reason::NoMetricsThisPoll,
+            Reason::MetricsProbeFailed("503".into()),
+            Reason::NotReported(Metric::CpuPercent),
+            Reason::NotReportedRatio {
+                metric: Metric::ErrorsTotal,
+                denominator: "requests_total",
+            },
+            Reason::NoTraffic {
+                what: "requests",
+                window_secs: 600.0,
+            },
+            Reason::NoHashTimeFigures,
+            Reason::Measured {
+                measure: ratio.clone(),
+                threshold: 5.0,
+                unit: "%",
+            },
+            Reason::Measured {
+                measure: Measure::Percentile {
+                    quantile: 0.95,
+                    value_ms: 812.4,
+                    window_secs: 600.0,
+                    count: 1234.0,
+                    from_histogram: true,
+                },
+                threshold: 2000.0,
+                unit: "ms",
+            },
+            Reason::Measured {
+                measure: Measure::Percentile {
+                    quantile: 0.99,
+                    value_ms: 2500.0,
+                    window_secs: 60.0,
+                    count: 12.0,
+                    from_histogram: false,
+                },
+                threshold: 2000.0,
+                unit: "ms",
+            },
+            Reason::Measured {
+                measure: Measure::Instant {
+                    metric: Metric::LowConfidenceQueue,
+                    value: 12.0,
+                    unit: "items",
+                },
+                threshold: 100.0,
+                unit: "items",
+            },
+            Reason::SustainedWithin {
+                metric: Metric::MemoryPercent,
+                value: 71.25,
+                unit: "%",
+                threshold: 90.0,
+            },
+            Reason::SustainedAbove {
+                metric: Metric::CpuPercent,
+                value: 95.0,
+                unit: "%",
+                threshold: 90.0,
+                lasted_secs: 120.0,
+                needed_secs: 300.0,
+            },
+            Reason::SustainedAbove {
+                metric: Metric::DiskPercent,
+                value: 97.0,
+                unit: "%",
+                threshold: 90.0,
+                lasted_secs: 360.0,
+                needed_secs: 300.0,
+            },
+            Reason::InARow {
+                inner: Box::new(Reason::MetricsProbeFailed("refused".into())),
+                n: 5,
+                limit: 5,
+                violated: true,
+            },
+            Reason::InARow {
+                inner: Box::new(Reason::NoMetricsThisPoll),
+                n: 2,
+                limit: 0,
+                violated: false,
+            },
+            Reason::InARow {
+                inner: Box::new(Reason::NoMetricsThisPoll),
+                n: 2,
+                limit: 4,
+                violated: false,
+            },
+            Reason::Internal("no sample"),
+        ];
+        let text: Vec<String> = reasons.iter().map(ToString::to_string).collect();
+        let want = [
+            "4 failed health checks in a row, more than 3 (last: refused)",
+            "health OK (limit: more than 3 failures in a row)",
+            "2 failed health check(s) in a row, not more than 3 (last: timeout)",
+            "window not covered yet: 1m 30s of telemetry of the 5m needed",
+            "histogram buckets changed; the window restarts",
+            "memory_percent cannot be read as a counter",
+            "no metrics in this poll",
+            "metrics probe failed: 503",
+            "the service does not report cpu_percent",
+            "the service does not report errors_total and requests_total",
+            "no requests in the last 10m (no traffic)",
+            "the service reports neither a hash-time histogram nor observations",
+            "errors_total 7.50 % (15 of 200 requests_total) over 5m: above the threshold 5 %",
+            "p95 hash time 812 ms over 10m from 1234 requests (histogram): within the threshold 2000 ms",
+            "p99 hash time 2500 ms over 1m from 12 observations: above the threshold 2000 ms",
+            "low_confidence_queue 12 items: within the threshold 100 items",
+            "memory_percent 71.25 %, not above 90",
+            "cpu_percent 95 % above 90 for 2m of the 5m that trip the gate",
+            "disk_percent 97 % above 90 for 6m (limit 5m)",
+            "metrics probe failed: refused (5 polls in a row; violation after 5)",
+            "no metrics in this poll (2 in a row; never a violation by itself)",
+            "no metrics in this poll (2 in a row; violation after 4)",
+            "internal: no sample",
+        ];
+        assert_eq!(text, want);
+    }
 }
