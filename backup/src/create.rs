@@ -24,21 +24,11 @@ use gates_core::project::Project;
 use gates_core::{Emitter, Level};
 use serde_json::json;
 
-use crate::names::{sidecar_of, timestamp_now};
+use crate::names::{sidecar_line, sidecar_of, timestamp_now};
 use crate::plan::{plan, plan_at, report_plan, Plan, PlanItem};
 use crate::snapshot::snapshot_db;
 use crate::zipwrite::{write_zip, Written};
 use crate::{BackupInfo, BackupOptions, Manifest, FORMAT};
-
-/// The sidecar line: `<hex>  <path>`, the path relative to the project root
-/// when the zip lives under it (so `sha256sum -c` from the root passes), else absolute.
-pub(crate) fn sidecar_line(project_root: &Path, zip: &Path, hex: &str) -> String {
-    let shown = match zip.strip_prefix(project_root) {
-        Ok(rel) => rel.to_string_lossy().to_string(),
-        Err(_) => zip.to_string_lossy().to_string(),
-    };
-    format!("{hex}  {shown}\n")
-}
 
 /// Whether a failed run is announced with `backup.failed`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -477,17 +467,4 @@ fn verify_or_remove(env: &EnvConfig, target: &Target) -> anyhow::Result<()> {
         )));
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sidecar_relative_under_root_absolute_elsewhere() {
-        let line = sidecar_line(Path::new("/p"), Path::new("/p/backups/dhash_x.zip"), "ab");
-        assert_eq!(line, "ab  backups/dhash_x.zip\n");
-        let line = sidecar_line(Path::new("/p"), Path::new("/q/dhash_x.zip"), "ab");
-        assert_eq!(line, "ab  /q/dhash_x.zip\n");
-    }
 }

@@ -17,6 +17,16 @@ pub(crate) fn sidecar_of(zip: &Path) -> PathBuf {
     PathBuf::from(format!("{}.sha256", zip.display()))
 }
 
+/// The sidecar line: `<hex>  <path>`, the path relative to the project root
+/// when the zip lives under it (so `sha256sum -c` from the root passes), else absolute.
+pub(crate) fn sidecar_line(project_root: &Path, zip: &Path, hex: &str) -> String {
+    let shown = match zip.strip_prefix(project_root) {
+        Ok(rel) => rel.to_string_lossy().to_string(),
+        Err(_) => zip.to_string_lossy().to_string(),
+    };
+    format!("{hex}  {shown}\n")
+}
+
 pub fn backup_file_name(env: &str, ts: &str) -> String {
     format!("dhash_{env}_{ts}.zip")
 }
@@ -32,12 +42,22 @@ pub(crate) fn is_timestamp(ts: &str) -> bool {
 
 /// Splits `dhash_<env>_<ts>.zip` into `(env, ts)`; None for any other name.
 pub fn parse_backup_name(name: &str) -> Option<(String, String)> {
-    let stem = name.strip_prefix("dhash_")?.strip_suffix(".zip")?;
+    split_name(name, '_')
+}
+
+/// Splits `dhash<sep><env><sep><ts>.zip` into `(env, ts)`.
+fn split_name(name: &str, sep: char) -> Option<(String, String)> {
+    let stem = name
+        .strip_prefix("dhash")?
+        .strip_prefix(sep)?
+        .strip_suffix(".zip")?;
     if stem.len() < TS_LEN + 2 {
         return None;
     }
-    let (env_us, ts) = stem.split_at(stem.len() - TS_LEN);
-    let env = env_us.strip_suffix('_')?;
+    // `get`, not `split_at`: a name is input, and may cut a character in two.
+    let cut = stem.len() - TS_LEN;
+    let (env_sep, ts) = (stem.get(..cut)?, stem.get(cut..)?);
+    let env = env_sep.strip_suffix(sep)?;
     if env.is_empty() || !is_timestamp(ts) {
         return None;
     }
@@ -51,16 +71,7 @@ pub fn alias_file_name(env: &str, ts: &str) -> String {
 
 /// Splits `dhash-<env>-<ts>.zip` into `(env, ts)`; None for any other name.
 pub fn parse_alias_name(name: &str) -> Option<(String, String)> {
-    let stem = name.strip_prefix("dhash-")?.strip_suffix(".zip")?;
-    if stem.len() < TS_LEN + 2 {
-        return None;
-    }
-    let (env_dash, ts) = stem.split_at(stem.len() - TS_LEN);
-    let env = env_dash.strip_suffix('-')?;
-    if env.is_empty() || !is_timestamp(ts) {
-        return None;
-    }
-    Some((env.to_string(), ts.to_string()))
+    split_name(name, '-')
 }
 
 /// Whether `name` is a temporary file of a backup run of `env`:
@@ -80,6 +91,14 @@ pub(crate) fn parse_partial_name(name: &str, env: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sidecar_relative_under_root_absolute_elsewhere() {
+        let line = sidecar_line(Path::new("/p"), Path::new("/p/backups/dhash_x.zip"), "ab");
+        assert_eq!(line, "ab  backups/dhash_x.zip\n");
+        let line = sidecar_line(Path::new("/p"), Path::new("/q/dhash_x.zip"), "ab");
+        assert_eq!(line, "ab  /q/dhash_x.zip\n");
+    }
 
     #[test]
     fn names_round_trip_and_env_prefixes_do_not_collide() {
@@ -112,6 +131,10 @@ mod tests {
         );
         assert_eq!(parse_alias_name("dhash--20261123T093000123Z.zip"), None);
         assert_eq!(parse_alias_name("dhash-production-2026.zip"), None);
+        // A multi-byte character where the timestamp should start: no panic.
+        let cut = format!("dhash_x_\u{e9}{}.zip", "1".repeat(18));
+        assert_eq!(parse_backup_name(&cut), None);
+        assert_eq!(parse_alias_name(&cut.replace('_', "-")), None);
         let p = ".dhash_prod_20261123T093000123Z.zip.4242.partial";
         assert_eq!(parse_partial_name(p, "prod"), Some(4242));
         assert_eq!(

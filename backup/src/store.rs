@@ -21,7 +21,8 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::names::{
-    alias_file_name, parse_alias_name, parse_backup_name, parse_partial_name, sidecar_of,
+    alias_file_name, parse_alias_name, parse_backup_name, parse_partial_name, sidecar_line,
+    sidecar_of,
 };
 
 /// One backup of an environment, as `--list` reports it.
@@ -473,32 +474,7 @@ pub fn adopt_legacy(
             continue;
         };
         let new = env.backup_dir.join(&name);
-        let result = (|| -> anyhow::Result<bool> {
-            if fs::symlink_metadata(&new).is_ok() || fs::symlink_metadata(sidecar_of(&new)).is_ok()
-            {
-                return Ok(false);
-            }
-            fs::create_dir_all(&env.backup_dir)
-                .with_context(|| format!("creating {}", env.backup_dir.display()))?;
-            if has_sidecar(&old) {
-                let (hex, _) = crate::read_sidecar(&old)?;
-                gates_core::fsutil::write_atomic(
-                    &sidecar_of(&new),
-                    crate::create::sidecar_line(project_root, &new, &hex).as_bytes(),
-                )?;
-            }
-            if let Err(e) = fs::rename(&old, &new) {
-                let _ = fs::remove_file(sidecar_of(&new));
-                return Err(anyhow!(
-                    "moving {} to {}: {e}",
-                    old.display(),
-                    new.display()
-                ));
-            }
-            remove_alias(&old);
-            let _ = fs::remove_file(sidecar_of(&old));
-            Ok(true)
-        })();
+        let result = move_backup(project_root, env, &old, &new);
         match result {
             Ok(true) => {
                 em.emit(
@@ -542,4 +518,38 @@ pub fn adopt_legacy(
         let _ = gates_core::fsutil::fsync_dir(&env.backup_dir);
     }
     Ok(moved)
+}
+
+/// Moves one backup of the old shared folder to `new` in `env`'s folder: the
+/// new sidecar first, then the zip, then the old sidecar and alias go.
+/// Ok(false): `new` (or its sidecar) already exists, nothing moved.
+fn move_backup(
+    project_root: &Path,
+    env: &EnvConfig,
+    old: &Path,
+    new: &Path,
+) -> anyhow::Result<bool> {
+    if fs::symlink_metadata(new).is_ok() || fs::symlink_metadata(sidecar_of(new)).is_ok() {
+        return Ok(false);
+    }
+    fs::create_dir_all(&env.backup_dir)
+        .with_context(|| format!("creating {}", env.backup_dir.display()))?;
+    if has_sidecar(old) {
+        let (hex, _) = crate::read_sidecar(old)?;
+        gates_core::fsutil::write_atomic(
+            &sidecar_of(new),
+            sidecar_line(project_root, new, &hex).as_bytes(),
+        )?;
+    }
+    if let Err(e) = fs::rename(old, new) {
+        let _ = fs::remove_file(sidecar_of(new));
+        return Err(anyhow!(
+            "moving {} to {}: {e}",
+            old.display(),
+            new.display()
+        ));
+    }
+    remove_alias(old);
+    let _ = fs::remove_file(sidecar_of(old));
+    Ok(true)
 }
