@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use gates_core::config::{EnvConfig, HealthPolicy};
+use gates_core::install::current_release_id;
 use gates_core::probe;
 use gates_core::project::Project;
 use gates_core::sample::Health;
@@ -169,34 +170,50 @@ pub fn run(
     let _ = project;
     let plan = plan(env, opts.mode);
     if opts.dry_run {
-        let mut checks = Vec::new();
-        for p in &plan {
-            let detail = format!("would check: {}", p.describe(env));
-            em.emit(
-                "smoke.planned",
-                Level::Info,
-                format!("{}: {detail}", p.name()),
-                json!({"check": p.name(), "mode": opts.mode.as_str(), "dry_run": true}),
-            );
-            checks.push(Check {
-                name: p.name(),
-                ok: true,
-                detail,
-            });
-        }
-        em.human(&format!(
-            "dry run: {} check(s) planned for {} ({}); nothing contacted",
-            checks.len(),
-            env.name,
-            opts.mode.as_str()
-        ));
-        return Ok(SmokeReport {
-            passed: true,
-            checks,
-            log: None,
+        return Ok(dry_run(&plan, env, opts.mode, em));
+    }
+    let log = start_log(&plan, env, opts.mode, em)?;
+    let checks = run_checks(&plan, env, &log, em)?;
+    conclude(checks, env, opts.mode, log, em)
+}
+
+/// `--dry-run`: one `smoke.planned` event a check; nothing is contacted.
+fn dry_run(plan: &[Planned], env: &EnvConfig, mode: SmokeMode, em: &Emitter) -> SmokeReport {
+    let mut checks = Vec::new();
+    for p in plan {
+        let detail = format!("would check: {}", p.describe(env));
+        em.emit(
+            "smoke.planned",
+            Level::Info,
+            format!("{}: {detail}", p.name()),
+            json!({"check": p.name(), "mode": mode.as_str(), "dry_run": true}),
+        );
+        checks.push(Check {
+            name: p.name(),
+            ok: true,
+            detail,
         });
     }
+    em.human(&format!(
+        "dry run: {} check(s) planned for {} ({}); nothing contacted",
+        checks.len(),
+        env.name,
+        mode.as_str()
+    ));
+    SmokeReport {
+        passed: true,
+        checks,
+        log: None,
+    }
+}
 
+/// Opens this run's log with its header line and emits `smoke.started`.
+fn start_log(
+    plan: &[Planned],
+    env: &EnvConfig,
+    mode: SmokeMode,
+    em: &Emitter,
+) -> anyhow::Result<PathBuf> {
     let log = env.log_dir.join(format!(
         "smoke_tests_{}.log",
         chrono::Utc::now().format("%Y%m%dT%H%M%S%3fZ")
@@ -206,23 +223,36 @@ pub fn run(
         &format!(
             "# smoke_tests env={} mode={} health={} release={}",
             env.name,
-            opts.mode.as_str(),
+            mode.as_str(),
             env.health_url,
-            gates_core::service::current_release(env)
-                .as_deref()
-                .unwrap_or("-")
+            current_release_id(env).as_deref().unwrap_or("-")
         ),
     )?;
     em.emit(
         "smoke.started",
         Level::Info,
-        format!("smoke tests ({}) against {}: {} check(s)", opts.mode.as_str(), env.name, plan.len()),
-        json!({"mode": opts.mode.as_str(), "checks": plan.iter().map(Planned::name).collect::<Vec<_>>(),
+        format!(
+            "smoke tests ({}) against {}: {} check(s)",
+            mode.as_str(),
+            env.name,
+            plan.len()
+        ),
+        json!({"mode": mode.as_str(), "checks": plan.iter().map(Planned::name).collect::<Vec<_>>(),
                "log": log}),
     );
+    Ok(log)
+}
 
+/// Runs the checks in order, each logged and a `smoke.check` event; a failed
+/// health check ends the run (nothing after it could pass).
+fn run_checks(
+    plan: &[Planned],
+    env: &EnvConfig,
+    log: &Path,
+    em: &Emitter,
+) -> anyhow::Result<Vec<Check>> {
     let mut checks = Vec::new();
-    for p in &plan {
+    for p in plan {
         let t0 = Instant::now();
         let (ok, detail) = match run_check(p, env, em) {
             Ok(detail) => (true, detail),
@@ -231,7 +261,7 @@ pub fn run(
         let seconds = (t0.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
         let name = p.name();
         log_line(
-            &log,
+            log,
             &format!(
                 "{} {} {name}: {detail} ({seconds}s)",
                 gates_core::event::now_rfc3339(),
@@ -251,6 +281,17 @@ pub fn run(
             break;
         }
     }
+    Ok(checks)
+}
+
+/// The result line of the log and `smoke.passed` or `smoke.failed`.
+fn conclude(
+    checks: Vec<Check>,
+    env: &EnvConfig,
+    mode: SmokeMode,
+    log: PathBuf,
+    em: &Emitter,
+) -> anyhow::Result<SmokeReport> {
     let failed: Vec<&str> = checks
         .iter()
         .filter(|c| !c.ok)
@@ -274,14 +315,18 @@ pub fn run(
             "smoke.passed",
             Level::Info,
             format!("all {} smoke check(s) passed on {}", checks.len(), env.name),
-            json!({"mode": opts.mode.as_str(), "checks": checks.len(), "log": log}),
+            json!({"mode": mode.as_str(), "checks": checks.len(), "log": log}),
         );
     } else {
         em.emit(
             "smoke.failed",
             Level::Error,
-            format!("smoke check(s) failed on {}: {}", env.name, failed.join(", ")),
-            json!({"mode": opts.mode.as_str(), "checks": checks.len(), "failed": failed, "log": log}),
+            format!(
+                "smoke check(s) failed on {}: {}",
+                env.name,
+                failed.join(", ")
+            ),
+            json!({"mode": mode.as_str(), "checks": checks.len(), "failed": failed, "log": log}),
         );
     }
     Ok(SmokeReport {
@@ -365,10 +410,9 @@ pub fn hash_url(env: &EnvConfig) -> String {
 }
 
 fn run_check(p: &Planned, env: &EnvConfig, em: &Emitter) -> Result<String, String> {
-    let timeout = env.monitor.probe_timeout;
     match p {
         Planned::Health => {
-            let answer = probe::get(&env.health_url, timeout)?;
+            let answer = probe::get(&env.health_url, env.monitor.probe_timeout)?;
             match probe::classify_health(&answer) {
                 Health::Ok => Ok(health_summary(&answer.body)),
                 Health::NotOk { detail } | Health::Error { detail } => Err(detail),
@@ -383,73 +427,80 @@ fn run_check(p: &Planned, env: &EnvConfig, em: &Emitter) -> Result<String, Strin
                 .map(|checks| format!("{n} consecutive OK checks ({checks} made)"))
                 .map_err(|e| format!("{e:#}"))
         }
-        Planned::Release => {
-            let expected = gates_core::service::current_release(env).ok_or_else(|| {
-                format!(
-                    "no release installed: {} does not exist",
-                    env.current_link().display()
-                )
-            })?;
-            let answer = probe::get(&env.health_url, timeout)?;
-            let v = answer.json()?;
-            match v.get("release").and_then(Value::as_str) {
-                Some(r) if r == expected => Ok(format!("serving {r}")),
-                Some(r) => Err(format!(
-                    "serving {r}, but {} is {expected}",
-                    env.current_link().display()
-                )),
-                None => Err(format!("{} reports no \"release\"", env.health_url)),
-            }
-        }
-        Planned::MetricsSchema => {
-            let answer = probe::get(&env.metrics_url, timeout)?;
-            if !answer.is_success() {
-                return Err(format!("{}: HTTP {}", env.metrics_url, answer.status));
-            }
-            let v = answer.json()?;
-            let problems = metrics_schema_problems(&v);
-            if !problems.is_empty() {
-                return Err(problems.join("; "));
-            }
-            probe::parse_metrics(&v)?;
-            Ok(format!(
-                "all fields present ({} hash requests, {} extraction failures)",
-                v["hash_requests_total"], v["extraction_failures_total"]
-            ))
-        }
-        Planned::QueueStatus => {
-            let answer = probe::get(&env.queue_url, timeout)?;
-            if !answer.is_success() {
-                return Err(format!("{}: HTTP {}", env.queue_url, answer.status));
-            }
-            let v = answer.json()?;
-            let mut problems = Vec::new();
-            if !v.is_object() {
-                problems.push("expected a JSON object".to_string());
-            }
-            match v.get("length") {
-                Some(l) if l.as_u64().is_some() => {}
-                Some(l) => problems.push(format!("length: expected an integer ≥ 0, found {l}")),
-                None => problems.push("missing length".into()),
-            }
-            match v.get("oldest_age_seconds") {
-                Some(a) if a.is_null() || a.as_f64().is_some_and(|x| x >= 0.0) => {}
-                Some(a) => problems.push(format!(
-                    "oldest_age_seconds: expected a number ≥ 0 or null, found {a}"
-                )),
-                None => problems.push("missing oldest_age_seconds".into()),
-            }
-            if problems.is_empty() {
-                Ok(format!(
-                    "length {}, oldest {}s",
-                    v["length"], v["oldest_age_seconds"]
-                ))
-            } else {
-                Err(problems.join("; "))
-            }
-        }
+        Planned::Release => check_release(env),
+        Planned::MetricsSchema => check_metrics_schema(env),
+        Planned::QueueStatus => check_queue_status(env),
         Planned::GoldenManifest(why) => Err(why.clone()),
         Planned::Golden(g) => check_golden(env, g),
+    }
+}
+
+/// The release `/health` reports is the one `current` points at.
+fn check_release(env: &EnvConfig) -> Result<String, String> {
+    let expected = current_release_id(env).ok_or_else(|| {
+        format!(
+            "no release installed: {} does not exist",
+            env.current_link().display()
+        )
+    })?;
+    let answer = probe::get(&env.health_url, env.monitor.probe_timeout)?;
+    let v = answer.json()?;
+    match v.get("release").and_then(Value::as_str) {
+        Some(r) if r == expected => Ok(format!("serving {r}")),
+        Some(r) => Err(format!(
+            "serving {r}, but {} is {expected}",
+            env.current_link().display()
+        )),
+        None => Err(format!("{} reports no \"release\"", env.health_url)),
+    }
+}
+
+fn check_metrics_schema(env: &EnvConfig) -> Result<String, String> {
+    let answer = probe::get(&env.metrics_url, env.monitor.probe_timeout)?;
+    if !answer.is_success() {
+        return Err(format!("{}: HTTP {}", env.metrics_url, answer.status));
+    }
+    let v = answer.json()?;
+    let problems = metrics_schema_problems(&v);
+    if !problems.is_empty() {
+        return Err(problems.join("; "));
+    }
+    probe::parse_metrics(&v)?;
+    Ok(format!(
+        "all fields present ({} hash requests, {} extraction failures)",
+        v["hash_requests_total"], v["extraction_failures_total"]
+    ))
+}
+
+fn check_queue_status(env: &EnvConfig) -> Result<String, String> {
+    let answer = probe::get(&env.queue_url, env.monitor.probe_timeout)?;
+    if !answer.is_success() {
+        return Err(format!("{}: HTTP {}", env.queue_url, answer.status));
+    }
+    let v = answer.json()?;
+    let mut problems = Vec::new();
+    if !v.is_object() {
+        problems.push("expected a JSON object".to_string());
+    }
+    match v.get("length") {
+        Some(l) if l.as_u64().is_some() => {}
+        Some(l) => problems.push(format!("length: expected an integer ≥ 0, found {l}")),
+        None => problems.push("missing length".into()),
+    }
+    match v.get("oldest_age_seconds") {
+        Some(a) if a.is_null() || a.as_f64().is_some_and(|x| x >= 0.0) => {}
+        Some(a) => problems.push(format!(
+            "oldest_age_seconds: expected a number ≥ 0 or null, found {a}"
+        )),
+        None => problems.push("missing oldest_age_seconds".into()),
+    }
+    if problems.is_empty() {
+        Ok(format!(
+            "length {}, oldest {}s",
+            v["length"], v["oldest_age_seconds"]
+        ))
+    } else {
+        Err(problems.join("; "))
     }
 }
 
@@ -553,45 +604,50 @@ pub fn metrics_schema_problems(v: &Value) -> Vec<String> {
     match get("hash_time_ms.buckets") {
         None => p.push("missing hash_time_ms.buckets".into()),
         Some(Value::Array(b)) if b.is_empty() => p.push("hash_time_ms.buckets is empty".into()),
-        Some(Value::Array(b)) => {
-            let mut prev_le = f64::NEG_INFINITY;
-            let mut prev_count = 0.0;
-            for (i, bucket) in b.iter().enumerate() {
-                let le = match &bucket["le"] {
-                    Value::String(s) if s == "+Inf" => f64::INFINITY,
-                    x => match x.as_f64() {
-                        Some(n) => n,
-                        None => {
-                            p.push(format!("hash_time_ms.buckets[{i}].le: expected a number or \"+Inf\", found {x}"));
-                            continue;
-                        }
-                    },
-                };
-                let Some(count) = bucket["count"].as_f64().filter(|c| *c >= 0.0) else {
-                    p.push(format!(
-                        "hash_time_ms.buckets[{i}].count: expected a number ≥ 0, found {}",
-                        bucket["count"]
-                    ));
-                    continue;
-                };
-                if le <= prev_le {
-                    p.push(format!("hash_time_ms.buckets[{i}].le: bounds must ascend"));
-                }
-                if count < prev_count {
-                    p.push(format!(
-                        "hash_time_ms.buckets[{i}].count: cumulative counts must not decrease"
-                    ));
-                }
-                prev_le = le;
-                prev_count = count;
-            }
-            if prev_le != f64::INFINITY {
-                p.push("hash_time_ms.buckets: the last bucket must be \"+Inf\"".into());
-            }
-        }
+        Some(Value::Array(b)) => bucket_problems(b, &mut p),
         Some(x) => p.push(format!(
             "hash_time_ms.buckets: expected an array, found {x}"
         )),
     }
     p
+}
+
+/// The histogram buckets: bounds ascending up to "+Inf", cumulative counts.
+fn bucket_problems(b: &[Value], p: &mut Vec<String>) {
+    let mut prev_le = f64::NEG_INFINITY;
+    let mut prev_count = 0.0;
+    for (i, bucket) in b.iter().enumerate() {
+        let le = match &bucket["le"] {
+            Value::String(s) if s == "+Inf" => f64::INFINITY,
+            x => {
+                match x.as_f64() {
+                    Some(n) => n,
+                    None => {
+                        p.push(format!("hash_time_ms.buckets[{i}].le: expected a number or \"+Inf\", found {x}"));
+                        continue;
+                    }
+                }
+            }
+        };
+        let Some(count) = bucket["count"].as_f64().filter(|c| *c >= 0.0) else {
+            p.push(format!(
+                "hash_time_ms.buckets[{i}].count: expected a number ≥ 0, found {}",
+                bucket["count"]
+            ));
+            continue;
+        };
+        if le <= prev_le {
+            p.push(format!("hash_time_ms.buckets[{i}].le: bounds must ascend"));
+        }
+        if count < prev_count {
+            p.push(format!(
+                "hash_time_ms.buckets[{i}].count: cumulative counts must not decrease"
+            ));
+        }
+        prev_le = le;
+        prev_count = count;
+    }
+    if prev_le != f64::INFINITY {
+        p.push("hash_time_ms.buckets: the last bucket must be \"+Inf\"".into());
+    }
 }

@@ -48,9 +48,25 @@ pub struct Finding {
     pub file: PathBuf,
     /// 1-based line number.
     pub line: Option<usize>,
-    /// `secret`, `url-credentials`, `malformed-jsonl`, `interleaved`, `unreadable`.
-    pub kind: String,
+    pub kind: FindingKind,
     pub detail: String,
+}
+
+/// What is wrong with a log line or file (serialized in kebab-case:
+/// `secret`, `url-credentials`, `malformed-jsonl`, `interleaved`, `unreadable`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FindingKind {
+    /// A secret's value in clear.
+    Secret,
+    /// A URL with a password in it.
+    UrlCredentials,
+    /// A `.jsonl` line that is not one JSON value.
+    MalformedJsonl,
+    /// Concurrent appends that lost or mixed lines.
+    Interleaved,
+    /// A file that could not be read.
+    Unreadable,
 }
 
 impl Finding {
@@ -186,7 +202,7 @@ pub fn scan_file(path: &Path, secrets: &Secrets) -> (Vec<Finding>, usize) {
                 vec![Finding {
                     file: path.to_path_buf(),
                     line: None,
-                    kind: "unreadable".into(),
+                    kind: FindingKind::Unreadable,
                     detail: format!("cannot read: {e}"),
                 }],
                 0,
@@ -205,7 +221,7 @@ pub fn scan_file(path: &Path, secrets: &Secrets) -> (Vec<Finding>, usize) {
             findings.push(Finding {
                 file: path.to_path_buf(),
                 line: Some(n),
-                kind: "secret".into(),
+                kind: FindingKind::Secret,
                 detail: format!("the value of {name} appears unredacted"),
             });
         }
@@ -213,7 +229,7 @@ pub fn scan_file(path: &Path, secrets: &Secrets) -> (Vec<Finding>, usize) {
             findings.push(Finding {
                 file: path.to_path_buf(),
                 line: Some(n),
-                kind: "url-credentials".into(),
+                kind: FindingKind::UrlCredentials,
                 detail: "a URL with user:password credentials appears unredacted".into(),
             });
         }
@@ -223,13 +239,13 @@ pub fn scan_file(path: &Path, secrets: &Secrets) -> (Vec<Finding>, usize) {
                 Ok(_) => findings.push(Finding {
                     file: path.to_path_buf(),
                     line: Some(n),
-                    kind: "malformed-jsonl".into(),
+                    kind: FindingKind::MalformedJsonl,
                     detail: "a JSON value that is not an object".into(),
                 }),
                 Err(e) => findings.push(Finding {
                     file: path.to_path_buf(),
                     line: Some(n),
-                    kind: "malformed-jsonl".into(),
+                    kind: FindingKind::MalformedJsonl,
                     detail: format!("not JSON: {e}"),
                 }),
             }
@@ -296,7 +312,7 @@ fn check_selftest(file: &Path, text: &str, threads: usize, lines: usize) -> Vec<
     let bad = |n: usize, detail: String| Finding {
         file: file.to_path_buf(),
         line: Some(n),
-        kind: "interleaved".into(),
+        kind: FindingKind::Interleaved,
         detail,
     };
     let mut count = 0;
@@ -333,7 +349,7 @@ fn check_selftest(file: &Path, text: &str, threads: usize, lines: usize) -> Vec<
         findings.push(Finding {
             file: file.to_path_buf(),
             line: None,
-            kind: "interleaved".into(),
+            kind: FindingKind::Interleaved,
             detail: format!(
                 "{count} lines read, {} written, {missing} missing",
                 threads * lines
@@ -356,10 +372,40 @@ pub fn validate(
         secrets.variables().join(", ")
     ));
     let files = files_to_scan(env);
+    let (mut findings, lines) = scan_files(&files, &secrets, root, em);
+    let concurrency = test_concurrency(env, opts, em)?;
+    let concurrency_ok = concurrency.is_empty();
+    findings.extend(concurrency);
+    for f in &findings {
+        em.emit(
+            "logging.flagged",
+            Level::Error,
+            format!("{}: {}", f.location(root), f.detail),
+            json!({"file": f.file, "line": f.line, "kind": f.kind, "detail": f.detail}),
+        );
+    }
+    let report = LoggingReport {
+        files: files.len(),
+        lines,
+        findings,
+        concurrency_ok,
+    };
+    emit_verdict(&report, em);
+    Ok(report)
+}
+
+/// Scans every file (a `logging.scanned` event each); the findings and the
+/// number of lines read.
+fn scan_files(
+    files: &[PathBuf],
+    secrets: &Secrets,
+    root: &Path,
+    em: &Emitter,
+) -> (Vec<Finding>, usize) {
     let mut findings = Vec::new();
     let mut lines = 0;
-    for f in &files {
-        let (found, n) = scan_file(f, &secrets);
+    for f in files {
+        let (found, n) = scan_file(f, secrets);
         lines += n;
         em.emit(
             "logging.scanned",
@@ -369,7 +415,16 @@ pub fn validate(
         );
         findings.extend(found);
     }
+    (findings, lines)
+}
 
+/// The concurrent-append self-test, in a temporary folder inside the log
+/// folder when there is one (the file system the tools append on).
+fn test_concurrency(
+    env: &EnvConfig,
+    opts: &LoggingOptions,
+    em: &Emitter,
+) -> anyhow::Result<Vec<Finding>> {
     let dir = if env.log_dir.is_dir() {
         tempfile::Builder::new()
             .prefix(".validate_logging.")
@@ -394,22 +449,12 @@ pub fn validate(
         json!({"threads": opts.threads, "lines_per_thread": opts.lines_per_thread, "ok": concurrency_ok}),
     );
     // The self-test's temp file is gone with `dir`; keep the finding's text only.
-    findings.extend(concurrency);
+    Ok(concurrency)
+}
 
-    for f in &findings {
-        em.emit(
-            "logging.flagged",
-            Level::Error,
-            format!("{}: {}", f.location(root), f.detail),
-            json!({"file": f.file, "line": f.line, "kind": f.kind, "detail": f.detail}),
-        );
-    }
-    let report = LoggingReport {
-        files: files.len(),
-        lines,
-        findings,
-        concurrency_ok,
-    };
+/// `logging.passed` or `logging.failed`.
+fn emit_verdict(report: &LoggingReport, em: &Emitter) {
+    let lines = report.lines;
     if report.passed() {
         em.emit(
             "logging.passed",
@@ -429,7 +474,6 @@ pub fn validate(
             json!({"files": report.files, "lines": lines, "findings": report.findings.len()}),
         );
     }
-    Ok(report)
 }
 
 fn rel(p: &Path, root: &Path) -> String {

@@ -111,14 +111,16 @@ fn service_start_status_restart_stop() {
     // Starting again is a no-op on a healthy service.
     service::start(&env, &em).unwrap();
     assert_eq!(service::status(&env).pid, Some(pid));
-    // ... but not when `current` now names another release.
-    let other = env.releases_dir().join("other");
+    // ... but not when `current` now names another release (its folder
+    // name is its id, as deploy and rollback install releases).
+    let other = env.releases_dir().join("other-00000000");
     testkit::copy_dir(&env.releases_dir().join(&id), &other).unwrap();
     let meta = fs::read_to_string(other.join("release.json"))
         .unwrap()
         .replace(&id, "other-00000000");
     fs::write(other.join("release.json"), meta).unwrap();
-    gates_core::fsutil::switch_symlink(Path::new("releases/other"), &env.current_link()).unwrap();
+    gates_core::fsutil::switch_symlink(Path::new("releases/other-00000000"), &env.current_link())
+        .unwrap();
     let err = format!("{:#}", service::start(&env, &em).unwrap_err());
     assert!(
         err.contains(&format!("with release {id}, but current is other-00000000")),
