@@ -1,0 +1,156 @@
+//! What the tools recorded, read back: the environment's ledger (deploy,
+//! rollback, monitor, gate and rollback-review records) and, for each watch
+//! that rolled back, its events file. Nothing here writes.
+//!
+//! The ledger is read strictly: a line that is not a JSON record is an error
+//! naming the file and line, because a report that silently drops a deploy
+//! or a rollback would give wrong rates (gates-core's `Ledger::read` skips
+//! torn lines, which suits the tools but not an audit).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// The ledger kinds the report reads.
+pub const DEPLOY: &str = "deploy";
+pub const ROLLBACK: &str = "rollback";
+pub const MONITOR: &str = "monitor";
+pub const GATE: &str = "gate";
+/// Written by `report_dhash mark`: an operator's verdict on one rollback.
+pub const REVIEW: &str = "rollback-review";
+
+/// One ledger record with its parsed time.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub ts: DateTime<Utc>,
+    pub kind: String,
+    pub raw: Value,
+}
+
+impl Record {
+    pub fn str(&self, field: &str) -> Option<&str> {
+        self.raw.get(field).and_then(Value::as_str)
+    }
+    pub fn i64(&self, field: &str) -> Option<i64> {
+        self.raw.get(field).and_then(Value::as_i64)
+    }
+    pub fn f64(&self, field: &str) -> Option<f64> {
+        self.raw.get(field).and_then(Value::as_f64)
+    }
+    pub fn bool(&self, field: &str) -> Option<bool> {
+        self.raw.get(field).and_then(Value::as_bool)
+    }
+}
+
+pub fn parse_ts(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+pub fn ts_of_ms(ms: i64) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(ms)
+}
+
+/// Every record of the ledger at `path`, in order. A missing ledger is an
+/// empty history (an environment nothing was done to yet).
+pub fn read_ledger(path: &Path) -> anyhow::Result<Vec<Record>> {
+    let text = match fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(anyhow!("cannot read the ledger {}: {e}", path.display())),
+    };
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        out.push(parse_line(line).with_context(|| {
+            format!(
+                "ledger {} line {}: unreadable record (fix or remove the line; the report \
+                 will not guess what it held)",
+                path.display(),
+                i + 1
+            )
+        })?);
+    }
+    Ok(out)
+}
+
+fn parse_line(line: &str) -> anyhow::Result<Record> {
+    let raw: Value = serde_json::from_str(line).map_err(|e| anyhow!("not JSON: {e}"))?;
+    if !raw.is_object() {
+        return Err(anyhow!("not a JSON object"));
+    }
+    let ts = raw
+        .get("ts")
+        .and_then(Value::as_str)
+        .ok_or_else(|| anyhow!("no \"ts\""))?;
+    let ts = parse_ts(ts).ok_or_else(|| anyhow!("\"ts\" {ts:?} is not an RFC 3339 time"))?;
+    let kind = raw
+        .get("kind")
+        .and_then(Value::as_str)
+        .ok_or_else(|| anyhow!("no \"kind\""))?
+        .to_string();
+    Ok(Record { ts, kind, raw })
+}
+
+/// One event of a watch's events file (only the fields the report uses).
+#[derive(Debug, Clone, Deserialize)]
+pub struct WatchEvent {
+    pub ts: String,
+    pub event: String,
+    #[serde(flatten)]
+    pub fields: serde_json::Map<String, Value>,
+}
+
+impl WatchEvent {
+    pub fn str(&self, field: &str) -> Option<&str> {
+        self.fields.get(field).and_then(Value::as_str)
+    }
+    pub fn time(&self) -> Option<DateTime<Utc>> {
+        parse_ts(&self.ts)
+    }
+}
+
+/// The events of one watch. Lines that are not events (a torn last line of
+/// a killed watcher) are skipped: the events file is a log, the ledger is
+/// the record.
+pub fn read_events(path: &Path) -> anyhow::Result<Vec<WatchEvent>> {
+    let text = fs::read_to_string(path)
+        .with_context(|| format!("cannot read the events file {}", path.display()))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<WatchEvent>(l).ok())
+        .collect())
+}
+
+/// The incident records (`incident_<env>_*.md`) in the monitor's log folder,
+/// with the "Issue detected" time each one gives.
+pub fn incident_records(log_dir: &Path, env: &str) -> Vec<(PathBuf, Option<String>)> {
+    let prefix = format!("incident_{env}_");
+    let Ok(dir) = fs::read_dir(log_dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(PathBuf, Option<String>)> = dir
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().to_string();
+            n.starts_with(&prefix) && n.ends_with(".md")
+        })
+        .map(|e| {
+            let detected = fs::read_to_string(e.path()).ok().and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("- Issue detected: "))
+                    .map(|s| s.trim().to_string())
+            });
+            (e.path(), detected)
+        })
+        .collect();
+    out.sort();
+    out
+}

@@ -1,0 +1,340 @@
+//! report_dhash end to end: a real history made by the real tools against
+//! the reference service (a good release watched to the end, a bad one its
+//! watch rolls back), then the report's figures checked against what the
+//! tools' own events show, computed here independently.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+use testkit::{events, TestProject};
+
+const REPORT: &str = env!("CARGO_BIN_EXE_report_dhash");
+const ENV: &str = "staging";
+
+fn report(tp: &TestProject, args: &[&str]) -> Output {
+    tp.cmd_path(Path::new(REPORT)).args(args).output().unwrap()
+}
+
+fn describe(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// One auto-rollback gate with no window: the flood trips it on the first sample.
+fn queue_gate(tp: &TestProject) -> PathBuf {
+    let doc = json!({"environments": {ENV: {"quality_gates": {
+        "low_confidence_queue": {"threshold": 1000, "window_minutes": 0, "action": "auto-rollback"}
+    }}}});
+    let path = tp.root().join("fast-gates.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+    path
+}
+
+fn deploy(tp: &TestProject, tag: &str) -> Vec<Value> {
+    let out = tp
+        .cmd("deploy_dhash")
+        .args(["--env", ENV, "--no-monitor", "--tag", tag])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "deploy {tag}: {}",
+        describe(&out)
+    );
+    events(&out.stdout)
+}
+
+fn watch(tp: &TestProject, gates: &Path, secs: &str, code: i32) -> Vec<Value> {
+    let out = tp
+        .cmd("monitor_dhash")
+        .args(["--env", ENV, "--config"])
+        .arg(gates)
+        .args(["--duration", secs])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(code), "watch: {}", describe(&out));
+    events(&out.stdout)
+}
+
+fn named<'a>(evs: &'a [Value], name: &str) -> Vec<&'a Value> {
+    evs.iter().filter(|e| e["event"] == name).collect()
+}
+
+fn time(v: &Value) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(v.as_str().unwrap())
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+/// MTTR from a watch's events: the violating sample of the auto-rollback
+/// gate to the health check that completed the required run of OK checks
+/// after the rollback started.
+fn mttr_from(evs: &[Value]) -> f64 {
+    let v = evs
+        .iter()
+        .position(|e| e["event"] == "gate.violated" && e["action"] == "auto-rollback")
+        .expect("an auto-rollback violation");
+    let detected = time(&evs[v]["sample_ts"]);
+    let started = v + evs[v..]
+        .iter()
+        .position(|e| e["event"] == "rollback.started")
+        .expect("rollback.started");
+    let healthy = evs[started..]
+        .iter()
+        .find(|e| e["event"] == "health.checked" && e["consecutive_ok"] == e["required"])
+        .expect("the restore's last required health check");
+    (time(&healthy["ts"]) - detected).num_milliseconds() as f64 / 1000.0
+}
+
+fn figure<'a>(evs: &'a [Value], name: &str) -> &'a Value {
+    evs.iter()
+        .find(|e| e["event"] == "report.figure" && e["name"] == name)
+        .unwrap_or_else(|| panic!("no figure {name} in {evs:#?}"))
+}
+
+#[test]
+fn figures_match_the_history_the_tools_recorded() {
+    let tp = TestProject::new();
+    let gates = queue_gate(&tp);
+    tp.bundle("v1", &[]);
+    tp.bundle("v2", &[("low_confidence_flood", "1500")]);
+
+    let d1 = deploy(&tp, "v1");
+    let w1 = watch(&tp, &gates, "3", 0);
+    let d2 = deploy(&tp, "v2");
+    let w2 = watch(&tp, &gates, "30", 3);
+
+    // What the tools' own events say.
+    let deploys = [&d1, &d2]
+        .iter()
+        .map(|d| named(d, "deploy.healthy").len())
+        .sum::<usize>();
+    let results: Vec<String> = [&w1, &w2]
+        .iter()
+        .map(|w| {
+            named(w, "monitor.completed")[0]["result"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let passed = results.iter().filter(|r| *r == "passed").count();
+    let rolled_back = named(&w2, "rollback.completed").len();
+    let mttr = mttr_from(&w2);
+    assert_eq!((deploys, passed, rolled_back), (2, 1, 1), "{results:?}");
+
+    let out = report(&tp, &["--env", ENV, "--since", "1h"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let evs = events(&out.stdout);
+    assert_eq!(figure(&evs, "deployments")["value"], deploys as f64);
+    assert_eq!(
+        figure(&evs, "deployment_success_ratio")["value"],
+        passed as f64 / deploys as f64
+    );
+    assert_eq!(figure(&evs, "auto_rollbacks")["value"], rolled_back as f64);
+    let incidents = named(&evs, "report.incident");
+    assert_eq!(incidents.len(), 1, "{evs:#?}");
+    let got = incidents[0]["mttr_seconds"].as_f64().unwrap();
+    assert!((got - mttr).abs() < 0.002, "report {got} vs events {mttr}");
+    assert_eq!(figure(&evs, "mttr_worst_seconds")["value"], got);
+    assert_eq!(incidents[0]["gate"], "low_confidence_queue");
+    assert!(
+        incidents[0]["incident_record"].is_string(),
+        "{}",
+        incidents[0]
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("deployment_success_ratio"));
+
+    marking_sets_the_false_positive_rate(&tp);
+    textfile_is_valid_exposition_format(&tp);
+    csv_has_one_row_per_figure(&tp);
+}
+
+fn marking_sets_the_false_positive_rate(tp: &TestProject) {
+    let ledger = tp.env(ENV).ledger_path();
+    let before = std::fs::read_to_string(&ledger).unwrap();
+    let evs = events(&report(tp, &["--env", ENV]).stdout);
+    assert_eq!(figure(&evs, "false_positive_ratio")["value"], 0.0);
+    let id = named(&evs, "report.rollback")[0]["ts"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let prefix = &id[..id.len() - 3];
+    let out = report(
+        tp,
+        &[
+            "mark",
+            "--env",
+            ENV,
+            "--rollback",
+            prefix,
+            "--unnecessary",
+            "--reason",
+            "test",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let after = std::fs::read_to_string(&ledger).unwrap();
+    assert!(after.starts_with(&before), "mark only appends");
+    let evs = events(&report(tp, &["--env", ENV]).stdout);
+    assert_eq!(figure(&evs, "false_positive_ratio")["value"], 1.0);
+    assert_eq!(named(&evs, "report.rollback")[0]["verdict"], "unnecessary");
+    let out = report(
+        tp,
+        &["mark", "--env", ENV, "--rollback", "1999", "--unnecessary"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&id),
+        "lists the rollbacks"
+    );
+}
+
+fn textfile_is_valid_exposition_format(tp: &TestProject) {
+    let path = tp.root().join("dhash.prom");
+    let out = report(
+        tp,
+        &[
+            "--env",
+            ENV,
+            "-q",
+            "--prometheus-textfile",
+            path.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let text = std::fs::read_to_string(&path).unwrap();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        assert!(
+            line.starts_with("dhash_") && line.contains("env=\"staging\""),
+            "{line}"
+        );
+    }
+    assert!(
+        text.contains("# TYPE dhash_deployment_success_ratio gauge"),
+        "{text}"
+    );
+    assert!(
+        text.contains("dhash_deployment_success_ratio{env=\"staging\"} 0.5"),
+        "{text}"
+    );
+    let required = std::env::var("DHASH_REQUIRE_PROMTOOL").is_ok_and(|v| v == "1");
+    match Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&path).unwrap())
+        .output()
+    {
+        Ok(o) => assert!(
+            o.status.success(),
+            "promtool check metrics: {}\n{text}",
+            describe(&o)
+        ),
+        Err(e) if required => panic!("DHASH_REQUIRE_PROMTOOL=1 but promtool cannot run: {e}"),
+        Err(e) => eprintln!("promtool not run ({e}): the textfile was checked by shape only"),
+    }
+}
+
+fn csv_has_one_row_per_figure(tp: &TestProject) {
+    let out = report(tp, &["--env", ENV, "--csv", "-q"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some("env,since,until,figure,labels,value,unit,why")
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains(",deployment_success_ratio,,0.5,ratio,")),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_unknown_environment_is_a_usage_error() {
+    let tp = TestProject::new();
+    let out = report(&tp, &["--env", "nowhere"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nowhere"),
+        "{}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn a_bad_since_is_a_usage_error_naming_the_flag() {
+    let tp = TestProject::new();
+    for bad in ["lastweek", "-3d", "2026-13-45"] {
+        let out = report(&tp, &["--env", ENV, &format!("--since={bad}")]);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", describe(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--since") && err.contains(bad), "{bad}: {err}");
+    }
+    let out = report(
+        &tp,
+        &[
+            "--env",
+            ENV,
+            "--since",
+            "2026-11-02",
+            "--until",
+            "2026-11-01",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+}
+
+#[test]
+fn an_unreadable_ledger_line_is_an_error_naming_file_and_line() {
+    let tp = TestProject::new();
+    let env = tp.env(ENV);
+    std::fs::create_dir_all(&env.install_root).unwrap();
+    let good = json!({"ts": "2026-11-01T00:00:00.000Z", "kind": "deploy", "result": "healthy", "release": "r1"});
+    std::fs::write(
+        env.ledger_path(),
+        format!("{good}\n{{\"ts\":\"2026-11-01T0\n"),
+    )
+    .unwrap();
+    let out = report(&tp, &["--env", ENV]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ledger.jsonl line 2") && err.contains("unreadable"),
+        "{err}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "no partial report: {}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn an_empty_history_says_which_figures_cannot_be_derived() {
+    let tp = TestProject::new();
+    let out = report(&tp, &["--env", ENV]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let evs = events(&out.stdout);
+    assert_eq!(figure(&evs, "deployments")["value"], 0.0);
+    let unavailable: Vec<&str> = named(&evs, "report.unavailable")
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    for f in [
+        "deployment_success_ratio",
+        "mttr_mean_seconds",
+        "false_positive_ratio",
+    ] {
+        assert!(unavailable.contains(&f), "{f} unavailable: {unavailable:?}");
+    }
+}
