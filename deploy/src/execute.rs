@@ -96,11 +96,8 @@ pub fn deploy(
         )
     };
     let mut plan = preflight();
-    if let Some(i) = plan.refusals.iter().position(|r| {
-        r.stage() == Stage::BeforeStart
-            && !(plan.recovery.is_some() && r.check == plan::CheckName::ReleaseState)
-    }) {
-        return Err(plan.refusals.remove(i).error);
+    if let Some(r) = plan.take_refusal_before_recovery() {
+        return Err(r.error);
     }
     if env.releases_dir().is_dir() || plan.recovery.is_some() || plan.interrupted.is_some() {
         fs::create_dir_all(env.releases_dir())

@@ -170,6 +170,17 @@ impl Plan {
         Some(self.refusals.remove(i))
     }
 
+    /// What the real run refuses before it finishes a pending switch-back:
+    /// any `BeforeStart` refusal except the release state (that switch-back
+    /// is what marks its release failed; the run re-plans after it).
+    pub fn take_refusal_before_recovery(&mut self) -> Option<Refusal> {
+        let recovering = self.recovery.is_some();
+        let i = self.refusals.iter().position(|r| {
+            r.stage() == Stage::BeforeStart && !(recovering && r.check == CheckName::ReleaseState)
+        })?;
+        Some(self.refusals.remove(i))
+    }
+
     fn check(&mut self, name: CheckName, r: Result<String, Refusal>) {
         match r {
             Ok(detail) => self.checks.push(Check {
@@ -189,6 +200,20 @@ impl Plan {
     }
 }
 
+impl BundleFacts {
+    fn check(&mut self, name: CheckName, r: Result<String, Refusal>) {
+        let (ok, detail) = match r {
+            Ok(detail) => (true, detail),
+            Err(e) => {
+                let msg = e.msg();
+                self.refusal.get_or_insert(e);
+                (false, msg)
+            }
+        };
+        self.checks.push(Check { name, ok, detail });
+    }
+}
+
 /// Verifies the bundle against its release.json, its service config, and the
 /// backup announced on stdin.
 pub fn check_bundle(b: &Bundle, upstream: Option<&Path>) -> BundleFacts {
@@ -198,81 +223,59 @@ pub fn check_bundle(b: &Bundle, upstream: Option<&Path>) -> BundleFacts {
         checks: Vec::new(),
         refusal: None,
     };
-    let mut push = |name, r: Result<String, Refusal>| match r {
-        Ok(detail) => facts.checks.push(Check {
-            name,
-            ok: true,
-            detail,
-        }),
-        Err(e) => {
-            facts.checks.push(Check {
-                name,
-                ok: false,
-                detail: e.msg(),
-            });
-            facts.refusal.get_or_insert(e);
-        }
-    };
-    match bundle::verify_release(&b.dir) {
-        Ok(v) => {
-            facts.bytes = v.bytes;
-            push(
-                CheckName::Bundle,
-                Ok(format!(
-                    "{} files ({}) match release.json",
-                    v.files,
-                    human_bytes(v.bytes)
-                )),
-            );
-        }
-        Err(e) => push(
-            CheckName::Bundle,
-            Err(Refusal {
-                check: CheckName::Bundle,
-                error: ToolError::new(Exit::Failed, e.context("refusing to deploy a bundle that does not match its release.json; nothing was changed")).into(),
-            }),
-        ),
+    let verified = bundle::verify_release(&b.dir).map_err(|e| Refusal {
+        check: CheckName::Bundle,
+        error: ToolError::new(Exit::Failed, e.context("refusing to deploy a bundle that does not match its release.json; nothing was changed")).into(),
+    });
+    if let Ok(v) = &verified {
+        facts.bytes = v.bytes;
     }
-    match bundle::active_faults(&b.dir) {
-        Ok(f) => {
-            let detail = if f.is_empty() {
-                "config.json valid, no faults enabled".to_string()
-            } else {
-                format!(
-                    "config.json valid; WARNING faults enabled: {}",
-                    f.join(", ")
-                )
-            };
-            facts.faults = f;
-            push(CheckName::ServiceConfig, Ok(detail));
-        }
-        Err(e) => push(
-            CheckName::ServiceConfig,
-            Err(Refusal {
-                check: CheckName::ServiceConfig,
-                error: ToolError::new(Exit::Failed, e).into(),
-            }),
-        ),
-    }
-    if let Some(p) = upstream {
-        let r = if p.is_file() {
-            Ok(format!(
-                "the rollback point announced on stdin: {}",
-                p.display()
-            ))
+    let verified = verified.map(|v| {
+        format!(
+            "{} files ({}) match release.json",
+            v.files,
+            human_bytes(v.bytes)
+        )
+    });
+    facts.check(CheckName::Bundle, verified);
+    let faults = bundle::active_faults(&b.dir).map_err(|e| Refusal {
+        check: CheckName::ServiceConfig,
+        error: ToolError::new(Exit::Failed, e).into(),
+    });
+    let faults = faults.map(|f| {
+        let detail = if f.is_empty() {
+            "config.json valid, no faults enabled".to_string()
         } else {
-            Err(Refusal::new(
-                CheckName::Backup,
-                Exit::Failed,
-                format!(
-                    "the backup announced on stdin ({}) does not exist; nothing was changed",
-                    p.display()
-                ),
-            ))
+            format!(
+                "config.json valid; WARNING faults enabled: {}",
+                f.join(", ")
+            )
         };
-        push(CheckName::Backup, r);
+        facts.faults = f;
+        detail
+    });
+    facts.check(CheckName::ServiceConfig, faults);
+    if let Some(p) = upstream {
+        facts.check(CheckName::Backup, check_upstream(p));
     }
     facts
+}
+
+fn check_upstream(p: &Path) -> Result<String, Refusal> {
+    if p.is_file() {
+        return Ok(format!(
+            "the rollback point announced on stdin: {}",
+            p.display()
+        ));
+    }
+    Err(Refusal::new(
+        CheckName::Backup,
+        Exit::Failed,
+        format!(
+            "the backup announced on stdin ({}) does not exist; nothing was changed",
+            p.display()
+        ),
+    ))
 }
 
 /// The state-dependent preflight (see the module doc). `Mode::Real` expects
