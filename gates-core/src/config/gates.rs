@@ -387,6 +387,12 @@ fn unit_for(kind: GateKind, metric: Metric) -> &'static str {
     }
 }
 
+/// What a seed gate name implies: its kind, metric, denominator and unit.
+type SeedDefaults = (GateKind, Metric, Option<Metric>, &'static str);
+
+/// Checks one gate, field by field in a fixed order (window, kind, metric,
+/// denominator, threshold, percentile, run lengths), so the first problem
+/// reported for a file does not depend on how it is written.
 fn validate_gate(
     file: &Path,
     path: &str,
@@ -394,43 +400,24 @@ fn validate_gate(
     g: &RawGate,
 ) -> Result<GateSpec, ConfigError> {
     let err = |field: &str, msg: String| ConfigError::new(file, format!("{path}.{field}"), msg);
-    let window = match &g.window_minutes {
-        None | Some(Value::Null) => Duration::ZERO,
-        Some(v) => duration_in(
-            file,
-            &format!("{path}.window_minutes"),
-            v,
-            60.0,
-            "minutes",
-            limits::GATE_WINDOW,
-        )?,
-    };
+    let window = optional_duration(file, &format!("{path}.window_minutes"), &g.window_minutes)?;
     let defaults = defaults_for(name);
-    let kind = match (g.kind, defaults) {
-        (Some(k), _) => k,
-        (None, Some((k, ..))) => k,
-        (None, None) => {
-            return Err(err(
-                "kind",
-                format!(
-                    "gate {name:?} is not one the seeds name, so it needs \"kind\" (consecutive, ratio, percentile, instant or sustained) and \"metric\""
-                ),
-            ))
-        }
-    };
-    let default_metric = defaults.filter(|d| d.0 == kind).map(|d| d.1);
-    let metric = match (g.metric.or(g.numerator), default_metric, kind) {
-        (Some(m), _, _) => m,
-        (None, Some(m), _) => m,
-        (None, None, GateKind::Consecutive) => Metric::Health,
-        (None, None, GateKind::Percentile) => Metric::HashTimeMs,
-        (None, None, _) => {
-            return Err(err(
-                "metric",
-                format!("gate {name:?} of kind {kind:?} needs \"metric\""),
-            ))
-        }
-    };
+    let kind = gate_kind(g, defaults).ok_or_else(|| {
+        err(
+            "kind",
+            format!(
+                "gate {name:?} is not one the seeds name, so it needs \"kind\" (consecutive, ratio, percentile, instant or sustained) and \"metric\""
+            ),
+        )
+    })?;
+    // A seed name's defaults hold only for the kind the seed gives it.
+    let seed = defaults.filter(|d| d.0 == kind);
+    let metric = gate_metric(g, seed, kind).ok_or_else(|| {
+        err(
+            "metric",
+            format!("gate {name:?} of kind {kind:?} needs \"metric\""),
+        )
+    })?;
     let denominator = match kind {
         GateKind::Ratio => Some(
             g.denominator
@@ -439,18 +426,7 @@ fn validate_gate(
         ),
         _ => None,
     };
-    let (range, what) = match (kind, metric) {
-        (GateKind::Ratio, _) => (
-            limits::THRESHOLD_PERCENT,
-            " (a rate is a percent: 5 means 5 %)",
-        ),
-        (GateKind::Consecutive, _) => (limits::THRESHOLD_CHECKS, " (failed checks in a row)"),
-        (GateKind::Percentile, Metric::HashTimeMs) => (limits::THRESHOLD_MS, " (milliseconds)"),
-        (_, Metric::MemoryPercent | Metric::CpuPercent | Metric::DiskPercent) => {
-            (limits::THRESHOLD_PERCENT, " (a percent)")
-        }
-        _ => (limits::THRESHOLD_OTHER, ""),
-    };
+    let (range, what) = threshold_range(kind, metric);
     let threshold = number_in(
         file,
         &format!("{path}.threshold"),
@@ -461,39 +437,11 @@ fn validate_gate(
     if kind == GateKind::Consecutive && metric != Metric::Health {
         return Err(err("metric", "a consecutive gate reads health only".into()));
     }
-    let quantile = match &g.percentile {
-        None | Some(Value::Null) => 0.95,
-        Some(v) => match v.as_f64() {
-            Some(p) if p > 0.0 && p < 100.0 => {
-                if p < 1.0 {
-                    p
-                } else {
-                    p / 100.0
-                }
-            }
-            _ => {
-                return Err(err(
-                    "percentile",
-                    format!(
-                    "expected a number with 0 < percentile < 100 (95 or 0.95 for p95), found {v}"
-                ),
-                ))
-            }
-        },
+    let quantile = gate_quantile(&g.percentile).map_err(|msg| err("percentile", msg))?;
+    needs_window(kind, window).map_err(|msg| err("window_minutes", msg))?;
+    let run = |field: &str, v: &Option<Value>, default: u32| {
+        run_length(file, &format!("{path}.{field}"), v, default)
     };
-    if matches!(kind, GateKind::Ratio | GateKind::Percentile) && window.is_zero() {
-        return Err(err(
-            "window_minutes",
-            format!(
-                "a {} gate needs a window > 0",
-                if kind == GateKind::Ratio {
-                    "rate"
-                } else {
-                    "percentile"
-                }
-            ),
-        ));
-    }
     Ok(GateSpec {
         name: name.to_string(),
         kind,
@@ -503,24 +451,88 @@ fn validate_gate(
         window,
         action: g.action,
         quantile,
-        errors_to_violate: run_length(
-            file,
-            &format!("{path}.errors_to_violate"),
+        errors_to_violate: run(
+            "errors_to_violate",
             &g.errors_to_violate,
             DEFAULT_ERRORS_TO_VIOLATE,
         )?,
-        no_data_to_violate: run_length(
-            file,
-            &format!("{path}.no_data_to_violate"),
+        no_data_to_violate: run(
+            "no_data_to_violate",
             &g.no_data_to_violate,
             DEFAULT_NO_DATA_TO_VIOLATE,
         )?,
-        unit: defaults
-            .filter(|d| d.0 == kind)
-            .map(|d| d.3)
-            .unwrap_or_else(|| unit_for(kind, metric)),
+        unit: seed.map_or_else(|| unit_for(kind, metric), |d| d.3),
         description: g.description.clone(),
     })
+}
+
+/// `window_minutes`: absent or null is no window.
+fn optional_duration(file: &Path, path: &str, v: &Option<Value>) -> Result<Duration, ConfigError> {
+    match v {
+        None | Some(Value::Null) => Ok(Duration::ZERO),
+        Some(v) => duration_in(file, path, v, 60.0, "minutes", limits::GATE_WINDOW),
+    }
+}
+
+/// The kind written, else the one a seed name implies.
+fn gate_kind(g: &RawGate, defaults: Option<SeedDefaults>) -> Option<GateKind> {
+    g.kind.or(defaults.map(|d| d.0))
+}
+
+/// The metric (or numerator) written, else the seed's, else the only one
+/// the kind can read.
+fn gate_metric(g: &RawGate, seed: Option<SeedDefaults>, kind: GateKind) -> Option<Metric> {
+    g.metric
+        .or(g.numerator)
+        .or(seed.map(|d| d.1))
+        .or(match kind {
+            GateKind::Consecutive => Some(Metric::Health),
+            GateKind::Percentile => Some(Metric::HashTimeMs),
+            _ => None,
+        })
+}
+
+/// The range a threshold must fall in, and how the error explains its unit.
+fn threshold_range(kind: GateKind, metric: Metric) -> ((f64, f64), &'static str) {
+    match (kind, metric) {
+        (GateKind::Ratio, _) => (
+            limits::THRESHOLD_PERCENT,
+            " (a rate is a percent: 5 means 5 %)",
+        ),
+        (GateKind::Consecutive, _) => (limits::THRESHOLD_CHECKS, " (failed checks in a row)"),
+        (GateKind::Percentile, Metric::HashTimeMs) => (limits::THRESHOLD_MS, " (milliseconds)"),
+        (_, Metric::MemoryPercent | Metric::CpuPercent | Metric::DiskPercent) => {
+            (limits::THRESHOLD_PERCENT, " (a percent)")
+        }
+        _ => (limits::THRESHOLD_OTHER, ""),
+    }
+}
+
+/// Rates and percentiles are computed over a window, so they need one.
+fn needs_window(kind: GateKind, window: Duration) -> Result<(), String> {
+    let what = match kind {
+        GateKind::Ratio => "rate",
+        GateKind::Percentile => "percentile",
+        _ => return Ok(()),
+    };
+    if window.is_zero() {
+        return Err(format!("a {what} gate needs a window > 0"));
+    }
+    Ok(())
+}
+
+/// `percentile`: 95 and 0.95 both mean p95; absent means p95.
+fn gate_quantile(v: &Option<Value>) -> Result<f64, String> {
+    match v {
+        None | Some(Value::Null) => Ok(0.95),
+        Some(v) => match v.as_f64() {
+            Some(p) if p > 0.0 && p < 1.0 => Ok(p),
+            Some(p) if (1.0..100.0).contains(&p) => Ok(p / 100.0),
+            _ => Err(format!(
+                "expected a number with 0 < percentile < 100 (95 or 0.95 for p95), found {v}"
+            )),
+        },
+    }
 }
 
 fn run_length(
@@ -559,4 +571,58 @@ fn validate_monitoring(
         Some(phases) => Some(parse_cadence(file, &format!("{path}.cadence"), phases)?),
     };
     Ok(MonitorOverride { duration, cadence })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_gate(gate: &str) -> Result<GateSpec, String> {
+        let text = format!(r#"{{"environments": {{"staging": {{"quality_gates": {gate}}}}}}}"#);
+        GatesFile::parse(Path::new("gates.json"), &text)
+            .map(|f| f.environments["staging"].gates[0].clone())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Each refusal, in the order the fields are checked, and the defaults a
+    /// seed gate name brings.
+    #[test]
+    fn gates_validate_as_before() {
+        let cases = [
+            r#"{"mystery": {"threshold": 1, "action": "alert", "window_minutes": -1}}"#,
+            r#"{"mystery": {"threshold": 1, "action": "alert"}}"#,
+            r#"{"mystery": {"threshold": 1, "action": "alert", "kind": "instant"}}"#,
+            r#"{"mystery": {"threshold": 1, "action": "alert", "kind": "ratio", "metric": "errors_total", "window_minutes": 5}}"#,
+            r#"{"error_rate": {"threshold": 500, "action": "alert", "window_minutes": 5}}"#,
+            r#"{"health": {"threshold": 3, "action": "alert", "metric": "cpu_percent"}}"#,
+            r#"{"p95_hash_time": {"threshold": 2000, "action": "alert", "window_minutes": 5, "percentile": 100}}"#,
+            r#"{"p95_hash_time": {"threshold": 2000, "action": "alert"}}"#,
+            r#"{"error_rate": {"threshold": 5, "action": "alert"}}"#,
+            r#"{"error_rate": {"threshold": 5, "action": "alert", "window_minutes": 5, "errors_to_violate": -1}}"#,
+            r#"{"p95_hash_time": {"threshold": 2000, "action": "auto-rollback", "window_minutes": 10, "percentile": 99}}"#,
+            r#"{"cpu": {"threshold": 90, "action": "shadow", "window_minutes": 2, "no_data_to_violate": 3}}"#,
+        ];
+        let got: Vec<String> = cases
+            .iter()
+            .map(|c| match parse_gate(c) {
+                Ok(g) => format!("ok {g:?}"),
+                Err(e) => e,
+            })
+            .collect();
+        let want = [
+            "gates.json: environments.staging.quality_gates.mystery.window_minutes: expected a duration from 0ms to 7days (minutes as a number, or a string like \"90s\", \"10m\"), found -1",
+            "gates.json: environments.staging.quality_gates.mystery.kind: gate \"mystery\" is not one the seeds name, so it needs \"kind\" (consecutive, ratio, percentile, instant or sustained) and \"metric\"",
+            "gates.json: environments.staging.quality_gates.mystery.metric: gate \"mystery\" of kind Instant needs \"metric\"",
+            "gates.json: environments.staging.quality_gates.mystery.denominator: a ratio gate needs \"denominator\"",
+            "gates.json: environments.staging.quality_gates.error_rate.threshold: expected a number from 0 to 100 (a rate is a percent: 5 means 5 %), found 500",
+            "gates.json: environments.staging.quality_gates.health.metric: a consecutive gate reads health only",
+            "gates.json: environments.staging.quality_gates.p95_hash_time.percentile: expected a number with 0 < percentile < 100 (95 or 0.95 for p95), found 100",
+            "gates.json: environments.staging.quality_gates.p95_hash_time.window_minutes: a percentile gate needs a window > 0",
+            "gates.json: environments.staging.quality_gates.error_rate.window_minutes: a rate gate needs a window > 0",
+            "gates.json: environments.staging.quality_gates.error_rate.errors_to_violate: expected a whole number from 0 to 10000, found -1",
+            "ok GateSpec { name: \"p95_hash_time\", kind: Percentile, metric: HashTimeMs, denominator: None, threshold: 2000.0, window: 600s, action: AutoRollback, quantile: 0.99, errors_to_violate: 5, no_data_to_violate: 0, unit: \"ms\", description: None }",
+            "ok GateSpec { name: \"cpu\", kind: Sustained, metric: CpuPercent, denominator: None, threshold: 90.0, window: 120s, action: Shadow, quantile: 0.95, errors_to_violate: 5, no_data_to_violate: 3, unit: \"%\", description: None }",
+        ];
+        assert_eq!(got, want);
+    }
 }
