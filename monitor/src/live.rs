@@ -460,6 +460,7 @@ pub fn run(
 
 /// Finishes the rollback an interrupted watcher left in its journal, as this
 /// run's only work (see [`Watch::finish_pending`]).
+// The run's context as `run` holds it; bundling it for one call adds nothing.
 #[allow(clippy::too_many_arguments)]
 fn finish_interrupted(
     project: &Project,
@@ -1433,10 +1434,6 @@ impl Watch<'_> {
 #[error("superseded while waiting for the environment lock: {0}")]
 struct SupersededWhileWaiting(String);
 
-/// The rollback takes the environment lock; another run (a deploy finishing,
-/// an operator's manual rollback) may hold it briefly, so wait a little. A
-/// watcher told meanwhile that its release was replaced stops waiting
-/// ([`SupersededWhileWaiting`]): the release is no longer its to undo.
 /// The process's SIGINT/SIGTERM flag, its handler installed on first use.
 fn stop_flag() -> Arc<AtomicBool> {
     static STOP: OnceLock<Arc<AtomicBool>> = OnceLock::new();
@@ -1463,6 +1460,10 @@ impl std::fmt::Display for NothingPending {
 
 impl std::error::Error for NothingPending {}
 
+/// The rollback takes the environment lock; another run (a deploy finishing,
+/// an operator's manual rollback) may hold it briefly, so wait a little. A
+/// watcher told meanwhile that its release was replaced stops waiting
+/// ([`SupersededWhileWaiting`]): the release is no longer its to undo.
 fn acquire(env: &EnvConfig, em: &Emitter) -> anyhow::Result<EnvLock> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
