@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use anyhow::anyhow;
 use gates_core::config::EnvConfig;
 use gates_core::exit::usage_error;
+use gates_core::install::rollback_journal;
 use gates_core::ledger::Ledger;
 use gates_core::lock::EnvLock;
 use gates_core::{Emitter, Exit, Level, ToolError};
@@ -44,6 +45,37 @@ impl Direction {
         match self {
             Direction::Forward => "forward",
             Direction::Backward => "backward",
+        }
+    }
+
+    /// "apply" or "revert".
+    pub fn verb(self) -> &'static str {
+        match self {
+            Direction::Forward => "apply",
+            Direction::Backward => "revert",
+        }
+    }
+
+    fn verbing(self) -> &'static str {
+        match self {
+            Direction::Forward => "applying",
+            Direction::Backward => "reverting",
+        }
+    }
+
+    fn verbed(self) -> &'static str {
+        match self {
+            Direction::Forward => "applied",
+            Direction::Backward => "reverted",
+        }
+    }
+
+    /// The SQL this direction runs for `m` (empty for a missing `.down.sql`,
+    /// which a backward plan refuses before it gets here).
+    fn sql(self, m: &Migration) -> &str {
+        match self {
+            Direction::Forward => m.up_sql.as_str(),
+            Direction::Backward => m.down_sql.as_deref().unwrap_or(""),
         }
     }
 }
@@ -236,30 +268,57 @@ pub fn execute(
     plan: &Plan,
     ctx: &RunContext,
 ) -> anyhow::Result<Vec<i64>> {
-    let em = ctx.em;
+    emit_planned(store, plan, ctx);
+    let mut done = Vec::new();
+    for m in &plan.steps {
+        if ctx.dry_run {
+            ctx.em.human(&format!(
+                "would {} {} (sha256 {}):\n{}",
+                plan.direction.verb(),
+                m.label(),
+                m.checksum,
+                indent(plan.direction.sql(m))
+            ));
+            continue;
+        }
+        run_step(store, m, plan.direction, ctx, &done)?;
+        done.push(m.version);
+    }
+    emit_completed(store, plan, ctx)?;
+    Ok(done)
+}
+
+/// "dry run: " before what a dry run says.
+fn dry_prefix(ctx: &RunContext) -> &'static str {
+    if ctx.dry_run {
+        "dry run: "
+    } else {
+        ""
+    }
+}
+
+/// `migrate.planned`: what the run is about to do (with the SQL in a dry run).
+fn emit_planned(store: &dyn MigrationStore, plan: &Plan, ctx: &RunContext) {
     let dir = plan.direction;
-    let (verb, verbing, verbed) = match dir {
-        Direction::Forward => ("apply", "applying", "applied"),
-        Direction::Backward => ("revert", "reverting", "reverted"),
-    };
     let steps: Vec<Value> = plan
         .steps
         .iter()
         .map(|m| step_json(m, ctx.dry_run, dir))
         .collect();
-    let prefix = if ctx.dry_run { "dry run: " } else { "" };
+    let prefix = dry_prefix(ctx);
     let msg = if plan.steps.is_empty() {
         format!(
-            "{prefix}nothing to {verb}; schema version {}",
+            "{prefix}nothing to {}; schema version {}",
+            dir.verb(),
             fmt_version(plan.from)
         )
     } else {
         format!(
             "{prefix}{} {} migration(s) {}: schema version {} -> {}",
             if ctx.dry_run {
-                format!("would {verb}")
+                format!("would {}", dir.verb())
             } else {
-                verbing.to_string()
+                dir.verbing().to_string()
             },
             plan.steps.len(),
             dir.as_str(),
@@ -267,7 +326,7 @@ pub fn execute(
             fmt_version(plan.to)
         )
     };
-    em.emit(
+    ctx.em.emit(
         "migrate.planned",
         Level::Info,
         msg,
@@ -284,98 +343,127 @@ pub fn execute(
             "steps": steps,
         }),
     );
-    let mut done = Vec::new();
-    for m in &plan.steps {
-        let sql = match dir {
-            Direction::Forward => m.up_sql.as_str(),
-            Direction::Backward => m.down_sql.as_deref().unwrap_or(""),
-        };
-        if ctx.dry_run {
-            em.human(&format!(
-                "would {verb} {} (sha256 {}):\n{}",
-                m.label(),
-                m.checksum,
-                indent(sql)
-            ));
-            continue;
-        }
-        em.debug(&format!("{verbing} {}:\n{}", m.label(), indent(sql)));
-        let started = std::time::Instant::now();
-        let result = match dir {
-            Direction::Forward => store.apply(m),
-            Direction::Backward => store.revert(m),
-        };
-        let ms = started.elapsed().as_millis() as u64;
-        match result {
-            Ok(()) => {
-                let (event, word) = match dir {
-                    Direction::Forward => ("migrate.applied", "applied"),
-                    Direction::Backward => ("migrate.reverted", "reverted"),
-                };
-                em.emit(
-                    event,
-                    Level::Info,
-                    format!("{word} {}", m.label()),
-                    json!({"version": m.version, "name": m.name, "checksum": m.checksum, "ms": ms, "direction": dir.as_str()}),
-                );
-                if let Some(l) = &ctx.ledger {
-                    l.append(
-                        "migration",
-                        json!({"direction": dir.as_str(), "version": m.version, "name": m.name,
-                               "checksum": m.checksum, "result": word, "database": ctx.database,
-                               "release": ctx.release, "ms": ms}),
-                    )?;
-                }
-                done.push(m.version);
-            }
-            Err(e) => {
-                let err = format!("{e:#}");
-                em.emit(
-                    "migrate.failed",
-                    Level::Error,
-                    format!("{} failed and was rolled back: {err}", m.label()),
-                    json!({"version": m.version, "name": m.name, "direction": dir.as_str(),
-                           "error": err, "completed": done, "file": m.up_path}),
-                );
-                if let Some(l) = &ctx.ledger {
-                    let _ = l.append(
-                        "migration",
-                        json!({"direction": dir.as_str(), "version": m.version, "name": m.name,
-                               "checksum": m.checksum, "result": "failed", "error": err,
-                               "database": ctx.database, "release": ctx.release}),
-                    );
-                }
-                let kept = if done.is_empty() {
-                    "nothing else changed".to_string()
-                } else {
-                    format!("versions {done:?} completed before it and stay {verbed}")
-                };
-                return Err(ToolError::new(
-                    Exit::Failed,
-                    anyhow!(
-                        "migration {} ({}) failed: {err}; its transaction was rolled back, {kept}",
-                        m.label(),
-                        dir.as_str()
-                    ),
-                )
-                .into());
-            }
-        }
+}
+
+/// Applies or reverts one migration (its own transaction), then its event
+/// and ledger record. `done`: the versions completed before it.
+fn run_step(
+    store: &mut dyn MigrationStore,
+    m: &Migration,
+    dir: Direction,
+    ctx: &RunContext,
+    done: &[i64],
+) -> anyhow::Result<()> {
+    ctx.em.debug(&format!(
+        "{} {}:\n{}",
+        dir.verbing(),
+        m.label(),
+        indent(dir.sql(m))
+    ));
+    let started = std::time::Instant::now();
+    let result = match dir {
+        Direction::Forward => store.apply(m),
+        Direction::Backward => store.revert(m),
+    };
+    let ms = started.elapsed().as_millis() as u64;
+    match result {
+        Ok(()) => record_step_done(m, dir, ctx, ms),
+        Err(e) => Err(record_step_failed(m, dir, ctx, done, &format!("{e:#}"))),
     }
+}
+
+fn record_step_done(
+    m: &Migration,
+    dir: Direction,
+    ctx: &RunContext,
+    ms: u64,
+) -> anyhow::Result<()> {
+    let (event, word) = match dir {
+        Direction::Forward => ("migrate.applied", "applied"),
+        Direction::Backward => ("migrate.reverted", "reverted"),
+    };
+    ctx.em.emit(
+        event,
+        Level::Info,
+        format!("{word} {}", m.label()),
+        json!({"version": m.version, "name": m.name, "checksum": m.checksum, "ms": ms, "direction": dir.as_str()}),
+    );
+    if let Some(l) = &ctx.ledger {
+        l.append(
+            "migration",
+            json!({"direction": dir.as_str(), "version": m.version, "name": m.name,
+                   "checksum": m.checksum, "result": word, "database": ctx.database,
+                   "release": ctx.release, "ms": ms}),
+        )?;
+    }
+    Ok(())
+}
+
+/// `migrate.failed` and its ledger record (best effort); returns the error
+/// that ends the run.
+fn record_step_failed(
+    m: &Migration,
+    dir: Direction,
+    ctx: &RunContext,
+    done: &[i64],
+    err: &str,
+) -> anyhow::Error {
+    ctx.em.emit(
+        "migrate.failed",
+        Level::Error,
+        format!("{} failed and was rolled back: {err}", m.label()),
+        json!({"version": m.version, "name": m.name, "direction": dir.as_str(),
+               "error": err, "completed": done, "file": m.up_path}),
+    );
+    if let Some(l) = &ctx.ledger {
+        let _ = l.append(
+            "migration",
+            json!({"direction": dir.as_str(), "version": m.version, "name": m.name,
+                   "checksum": m.checksum, "result": "failed", "error": err,
+                   "database": ctx.database, "release": ctx.release}),
+        );
+    }
+    let kept = if done.is_empty() {
+        "nothing else changed".to_string()
+    } else {
+        format!(
+            "versions {done:?} completed before it and stay {}",
+            dir.verbed()
+        )
+    };
+    ToolError::new(
+        Exit::Failed,
+        anyhow!(
+            "migration {} ({}) failed: {err}; its transaction was rolled back, {kept}",
+            m.label(),
+            dir.as_str()
+        ),
+    )
+    .into()
+}
+
+/// `migrate.completed` with the schema version after the run.
+fn emit_completed(
+    store: &mut dyn MigrationStore,
+    plan: &Plan,
+    ctx: &RunContext,
+) -> anyhow::Result<()> {
+    let dir = plan.direction;
     let schema_version = if ctx.dry_run {
         plan.to
     } else {
         store.applied()?.iter().map(|r| r.version).max()
     };
-    em.emit(
+    ctx.em.emit(
         "migrate.completed",
         Level::Info,
         format!(
-            "{prefix}{} {} migration(s); schema version {}",
+            "{}{} {} migration(s); schema version {}",
+            dry_prefix(ctx),
             if ctx.dry_run {
-                format!("would {verb}")
+                format!("would {}", dir.verb())
             } else {
-                verbed.to_string()
+                dir.verbed().to_string()
             },
             plan.steps.len(),
             fmt_version(schema_version)
@@ -383,7 +471,7 @@ pub fn execute(
         json!({"direction": dir.as_str(), "dry_run": ctx.dry_run, "versions": plan.versions(),
                "schema_version": schema_version, "database": ctx.database}),
     );
-    Ok(done)
+    Ok(())
 }
 
 fn fmt_version(v: Option<i64>) -> String {
@@ -530,14 +618,35 @@ pub fn pending(database: &Path, migrations_dir: &Path) -> anyhow::Result<Vec<Mig
     Ok(plan_forward(&available, &applied, None)?.steps)
 }
 
+/// Where one migration stands (`--status`; serialized in lowercase).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MigrationState {
+    Applied,
+    Pending,
+    /// Applied, and its file changed since.
+    Modified,
+    /// Applied, but this release has no file for it.
+    Unknown,
+}
+
+impl MigrationState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MigrationState::Applied => "applied",
+            MigrationState::Pending => "pending",
+            MigrationState::Modified => "modified",
+            MigrationState::Unknown => "unknown",
+        }
+    }
+}
+
 /// One line of `--status`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct StatusRow {
     pub version: i64,
     pub name: String,
-    /// `applied`, `pending`, `modified` (applied, file changed since) or
-    /// `unknown` (applied, but this release has no file for it).
-    pub state: String,
+    pub state: MigrationState,
     pub checksum: String,
     pub applied_at: Option<String>,
     pub has_down: bool,
@@ -551,14 +660,14 @@ pub fn status(database: &Path, migrations_dir: &Path) -> anyhow::Result<Vec<Stat
     for m in &available {
         let rec = applied.iter().find(|r| r.version == m.version);
         let state = match rec {
-            None => "pending",
-            Some(r) if r.checksum != m.checksum => "modified",
-            Some(_) => "applied",
+            None => MigrationState::Pending,
+            Some(r) if r.checksum != m.checksum => MigrationState::Modified,
+            Some(_) => MigrationState::Applied,
         };
         rows.push(StatusRow {
             version: m.version,
             name: m.name.clone(),
-            state: state.into(),
+            state,
             checksum: m.checksum.clone(),
             applied_at: rec.map(|r| r.applied_at.clone()),
             has_down: m.down_sql.is_some(),
@@ -569,7 +678,7 @@ pub fn status(database: &Path, migrations_dir: &Path) -> anyhow::Result<Vec<Stat
             rows.push(StatusRow {
                 version: r.version,
                 name: r.name.clone(),
-                state: "unknown".into(),
+                state: MigrationState::Unknown,
                 checksum: r.checksum.clone(),
                 applied_at: Some(r.applied_at.clone()),
                 has_down: false,
@@ -604,7 +713,7 @@ pub const ROLLBACK_JOURNAL: &str = gates_core::install::ROLLBACK_JOURNAL;
 /// Refuses while an interrupted rollback is pending: its state is half
 /// restored, and migrating under it would mix two schemas.
 pub fn refuse_pending_rollback(env: &EnvConfig) -> anyhow::Result<()> {
-    let journal = env.install_root.join(ROLLBACK_JOURNAL);
+    let journal = rollback_journal(env);
     if fs_exists(&journal) {
         return Err(refuse(format!(
             "an interrupted rollback of {} is pending ({}): its state is half restored; finish it first with `rollback_dhash --env {}` (nothing was changed)",
@@ -669,17 +778,7 @@ pub fn run_tool(opts: &ToolOptions) -> anyhow::Result<Exit> {
         ));
     }
     let read_only = opts.dry_run || opts.status;
-    if env.install_root.join(ROLLBACK_JOURNAL).exists() && env.lock_path().exists() && !opts.status
-    {
-        // A rollback that is running right now holds the lock beside its
-        // journal: that is "busy" (exit 75), not an interrupted one.
-        drop(env.lock(TOOL)?);
-    }
-    if !opts.status {
-        refuse_pending_rollback(env)?;
-    } else if let Err(e) = refuse_pending_rollback(env) {
-        em.human(&format!("warning: {e:#}"));
-    }
+    check_no_rollback(env, opts, &em)?;
     let src = release::resolve_migrations(&project, env, &opts.want, read_only, &em)?;
     em.human(&format!(
         "migrations: {} ({})",
@@ -688,29 +787,7 @@ pub fn run_tool(opts: &ToolOptions) -> anyhow::Result<Exit> {
     ));
     em.debug(&format!("database: {}", env.database.display()));
     if opts.status {
-        let rows = status(&env.database, &src.migrations_dir)?;
-        for r in &rows {
-            em.emit(
-                "migrate.status",
-                Level::Info,
-                format!("{:04}_{} {}", r.version, r.name, r.state),
-                serde_json::to_value(r)?,
-            );
-        }
-        let applied = rows.iter().filter(|r| r.state != "pending").count();
-        let pending = rows.len() - applied;
-        let schema_version = current_version(&env.database)?;
-        em.emit(
-            "migrate.completed",
-            Level::Info,
-            format!(
-                "status: {applied} applied, {pending} pending; schema version {}",
-                fmt_version(schema_version)
-            ),
-            json!({"mode": "status", "applied": applied, "pending": pending,
-                   "schema_version": schema_version, "database": env.database,
-                   "migrations_dir": src.migrations_dir, "release": src.release}),
-        );
+        report_status(env, &src, &em)?;
         return Ok(Exit::Ok);
     }
     let lock = if opts.dry_run {
@@ -723,20 +800,7 @@ pub fn run_tool(opts: &ToolOptions) -> anyhow::Result<Exit> {
         refuse_pending_rollback(env)?;
     }
     if opts.direction == Direction::Backward {
-        let available = load_dir(&src.migrations_dir)?;
-        let applied = SqliteStore::open_read_only(&env.database)?.applied()?;
-        let plan = plan_backward(&available, &applied, opts.target)?;
-        refuse_below_deployed(env, &plan, opts.force)?;
-        if opts.force
-            && plan.to.unwrap_or(0)
-                < release::current_release(env)
-                    .map(|(_, m)| m.schema_version)
-                    .unwrap_or(0)
-        {
-            em.human(
-                "warning: --force: reverting below the schema version the deployed release needs",
-            );
-        }
+        check_backward(env, &src.migrations_dir, opts, &em)?;
     }
     let req = Request {
         migrations_dir: src.migrations_dir.clone(),
@@ -747,6 +811,80 @@ pub fn run_tool(opts: &ToolOptions) -> anyhow::Result<Exit> {
     };
     run(env, &req, lock.as_ref(), &em)?;
     Ok(Exit::Ok)
+}
+
+/// The first look for a rollback journal: a refusal, or a warning for
+/// `--status` (which changes nothing).
+fn check_no_rollback(env: &EnvConfig, opts: &ToolOptions, em: &Emitter) -> anyhow::Result<()> {
+    if rollback_journal(env).exists() && env.lock_path().exists() && !opts.status {
+        // A rollback that is running right now holds the lock beside its
+        // journal: that is "busy" (exit 75), not an interrupted one.
+        drop(env.lock(TOOL)?);
+    }
+    if !opts.status {
+        refuse_pending_rollback(env)?;
+    } else if let Err(e) = refuse_pending_rollback(env) {
+        em.human(&format!("warning: {e:#}"));
+    }
+    Ok(())
+}
+
+/// `--status`: one `migrate.status` event a migration, then the totals.
+fn report_status(
+    env: &EnvConfig,
+    src: &release::MigrationSource,
+    em: &Emitter,
+) -> anyhow::Result<()> {
+    let rows = status(&env.database, &src.migrations_dir)?;
+    for r in &rows {
+        em.emit(
+            "migrate.status",
+            Level::Info,
+            format!("{:04}_{} {}", r.version, r.name, r.state.as_str()),
+            serde_json::to_value(r)?,
+        );
+    }
+    let applied = rows
+        .iter()
+        .filter(|r| r.state != MigrationState::Pending)
+        .count();
+    let pending = rows.len() - applied;
+    let schema_version = current_version(&env.database)?;
+    em.emit(
+        "migrate.completed",
+        Level::Info,
+        format!(
+            "status: {applied} applied, {pending} pending; schema version {}",
+            fmt_version(schema_version)
+        ),
+        json!({"mode": "status", "applied": applied, "pending": pending,
+               "schema_version": schema_version, "database": env.database,
+               "migrations_dir": src.migrations_dir, "release": src.release}),
+    );
+    Ok(())
+}
+
+/// A backward run may not leave the schema below what the deployed release
+/// needs, unless forced (then it says so).
+fn check_backward(
+    env: &EnvConfig,
+    migrations_dir: &Path,
+    opts: &ToolOptions,
+    em: &Emitter,
+) -> anyhow::Result<()> {
+    let available = load_dir(migrations_dir)?;
+    let applied = SqliteStore::open_read_only(&env.database)?.applied()?;
+    let plan = plan_backward(&available, &applied, opts.target)?;
+    refuse_below_deployed(env, &plan, opts.force)?;
+    if opts.force
+        && plan.to.unwrap_or(0)
+            < release::current_release(env)
+                .map(|(_, m)| m.schema_version)
+                .unwrap_or(0)
+    {
+        em.human("warning: --force: reverting below the schema version the deployed release needs");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -791,6 +929,19 @@ mod tests {
         edited.checksum = "other".into();
         let err = plan_forward(&av, &[edited], None).expect_err("edited");
         assert!(format!("{err:#}").contains("0001_m1 was edited"), "{err:#}");
+    }
+
+    #[test]
+    fn status_states_keep_their_words() {
+        for (state, word) in [
+            (MigrationState::Applied, "applied"),
+            (MigrationState::Pending, "pending"),
+            (MigrationState::Modified, "modified"),
+            (MigrationState::Unknown, "unknown"),
+        ] {
+            assert_eq!(state.as_str(), word);
+            assert_eq!(serde_json::to_value(state).expect("json"), json!(word));
+        }
     }
 
     #[test]

@@ -144,7 +144,7 @@ pub fn resolve_migrations(
         Want::Release(r) => {
             let p = PathBuf::from(r);
             if p.is_dir() {
-                let p = std::path::absolute(&p).unwrap_or(p);
+                let p = gates_core::fsutil::absolute(&p);
                 let manifest = ReleaseManifest::read(&p).ok();
                 let dir = if p.join("migrations").is_dir() {
                     p.join("migrations")

@@ -313,15 +313,15 @@ impl Git {
     /// repository is not a checkout of its own).
     fn of(root: &Path) -> anyhow::Result<Git> {
         let top = run_git(root, &["rev-parse", "--show-toplevel"])?;
-        let top = fs::canonicalize(top.trim()).unwrap_or_else(|_| PathBuf::from(top.trim()));
-        let want = fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
-        if top != want {
+        let top = PathBuf::from(top.trim());
+        if !gates_core::fsutil::same_path(&top, root) {
             anyhow::bail!(
                 "its git top level is {}, not the project root",
                 top.display()
             );
         }
-        Ok(Git { root: want })
+        let root = fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+        Ok(Git { root })
     }
 
     fn head(&self) -> Option<String> {
@@ -465,6 +465,41 @@ fn service_binary(tree: &Path, em: &Emitter) -> anyhow::Result<(PathBuf, Option<
 /// `cargo build --bin dhash-service` of `tree` in the running tool's profile
 /// and target folder. `Ok(None)` when cargo is not installed.
 fn cargo_build(tree: &Path, exe_dir: &Path, em: &Emitter) -> anyhow::Result<Option<PathBuf>> {
+    let mut cmd = cargo_command(tree, exe_dir);
+    em.human(&format!(
+        "building dhash-service of {} (cargo, output below)",
+        tree.display()
+    ));
+    let mut child = match cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(anyhow!("running cargo: {e}")),
+    };
+    let executable = child.stdout.take().and_then(built_executable);
+    let status = child.wait().context("waiting for cargo")?;
+    if !status.success() {
+        anyhow::bail!(
+            "cargo build of dhash-service in {} failed ({status}); nothing was changed",
+            tree.display()
+        );
+    }
+    let bin = executable.ok_or_else(|| {
+        anyhow!(
+            "cargo built {} but named no dhash-service executable",
+            tree.display()
+        )
+    })?;
+    Ok(Some(bin))
+}
+
+/// The cargo command line: the target folder and profile of the running
+/// tool (`target/<profile>/`), else a release build in the tree's own.
+fn cargo_command(tree: &Path, exe_dir: &Path) -> Command {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.arg("build")
@@ -483,72 +518,45 @@ fn cargo_build(tree: &Path, exe_dir: &Path, em: &Emitter) -> anyhow::Result<Opti
     let target = exe_dir
         .parent()
         .filter(|t| t.join("CACHEDIR.TAG").is_file() || t.join(".rustc_info.json").is_file());
-    match (target, profile.as_str()) {
-        (Some(t), p) => {
-            // Another tree (a tag's, extracted to a temp folder) builds in a
-            // folder of its own: its dhash-service would otherwise replace the
-            // checkout's in target/<profile>/, and a later, "fresh" build of the
-            // checkout would report that binary as its own.
-            if tree.starts_with(t.parent().unwrap_or(t)) {
-                cmd.arg("--target-dir").arg(t);
-            } else {
-                cmd.arg("--target-dir").arg(t.join("tag-builds"));
-            }
-            match p {
-                "debug" => {}
-                "release" => {
-                    cmd.arg("--release");
-                }
-                other => {
-                    cmd.args(["--profile", other]);
-                }
-            }
-        }
-        (None, _) => {
+    let Some(t) = target else {
+        cmd.arg("--release");
+        return cmd;
+    };
+    // Another tree (a tag's, extracted to a temp folder) builds in a
+    // folder of its own: its dhash-service would otherwise replace the
+    // checkout's in target/<profile>/, and a later, "fresh" build of the
+    // checkout would report that binary as its own.
+    if tree.starts_with(t.parent().unwrap_or(t)) {
+        cmd.arg("--target-dir").arg(t);
+    } else {
+        cmd.arg("--target-dir").arg(t.join("tag-builds"));
+    }
+    match profile.as_str() {
+        "debug" => {}
+        "release" => {
             cmd.arg("--release");
         }
+        other => {
+            cmd.args(["--profile", other]);
+        }
     }
-    em.human(&format!(
-        "building dhash-service of {} (cargo, output below)",
-        tree.display()
-    ));
-    let mut child = match cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(anyhow!("running cargo: {e}")),
-    };
+    cmd
+}
+
+/// The dhash-service executable cargo's JSON messages name (the last one).
+fn built_executable(stdout: impl std::io::Read) -> Option<PathBuf> {
     let mut executable = None;
-    if let Some(out) = child.stdout.take() {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            if v["reason"] == "compiler-artifact" && v["target"]["name"] == "dhash-service" {
-                if let Some(p) = v["executable"].as_str() {
-                    executable = Some(PathBuf::from(p));
-                }
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if v["reason"] == "compiler-artifact" && v["target"]["name"] == "dhash-service" {
+            if let Some(p) = v["executable"].as_str() {
+                executable = Some(PathBuf::from(p));
             }
         }
     }
-    let status = child.wait().context("waiting for cargo")?;
-    if !status.success() {
-        anyhow::bail!(
-            "cargo build of dhash-service in {} failed ({status}); nothing was changed",
-            tree.display()
-        );
-    }
-    let bin = executable.ok_or_else(|| {
-        anyhow!(
-            "cargo built {} but named no dhash-service executable",
-            tree.display()
-        )
-    })?;
-    Ok(Some(bin))
+    executable
 }
 
 /// Builds `<out>/dhash-<tag>/` of `tree` with `dhash-service bundle`; its
