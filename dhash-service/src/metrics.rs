@@ -239,30 +239,21 @@ struct Descriptor {
     name: &'static str,
     kind: MetricType,
     help: &'static str,
-    value: fn(&Snapshot, &Gauges) -> Option<f64>,
+    value: Read,
 }
 
-const fn counter(
+/// Where a scalar metric's value comes from.
+type Read = fn(&Snapshot, &Gauges) -> Option<f64>;
+
+const fn metric(
+    kind: MetricType,
     name: &'static str,
     help: &'static str,
-    value: fn(&Snapshot, &Gauges) -> Option<f64>,
+    value: Read,
 ) -> Descriptor {
     Descriptor {
         name,
-        kind: MetricType::Counter,
-        help,
-        value,
-    }
-}
-
-const fn gauge(
-    name: &'static str,
-    help: &'static str,
-    value: fn(&Snapshot, &Gauges) -> Option<f64>,
-) -> Descriptor {
-    Descriptor {
-        name,
-        kind: MetricType::Gauge,
+        kind,
         help,
         value,
     }
@@ -270,119 +261,149 @@ const fn gauge(
 
 /// Every scalar metric, in the order of the exposition (the monitor and
 /// dashboards read these names: renaming one is a breaking change).
-const SCALARS: &[Descriptor] = &[
-    counter(
-        "dhash_requests_total",
-        "Requests to /api/ endpoints.",
-        |s, _| Some(s.requests_total as f64),
-    ),
-    counter("dhash_hash_requests_total", "Hash attempts.", |s, _| {
-        Some(s.hash_requests_total as f64)
-    }),
-    counter(
-        "dhash_extraction_failures_total",
-        "Hash requests whose input could not be decoded (422).",
-        |s, _| Some(s.extraction_failures_total as f64),
-    ),
-    counter(
-        "dhash_errors_total",
-        "5xx answers on /api/ endpoints.",
-        |s, _| Some(s.errors_total as f64),
-    ),
-    counter(
-        "dhash_rejected_total",
-        "Bodies over the size limit (413).",
-        |s, _| Some(s.rejected_total as f64),
-    ),
-    counter(
-        "dhash_low_confidence_total",
-        "Hashes that joined the low-confidence queue.",
-        |s, _| Some(s.low_confidence_total as f64),
-    ),
-    counter(
-        "dhash_client_timeouts_total",
-        "Request heads or bodies that missed their deadline.",
-        |s, _| Some(s.client_timeouts_total as f64),
-    ),
-    counter(
-        "dhash_head_rejected_total",
-        "Request heads refused: too large (431), target too long (414), malformed (400).",
-        |s, _| Some(s.head_rejected_total as f64),
-    ),
-    counter(
-        "dhash_connections_refused_total",
-        "Connections over the connection limit (503).",
-        |s, _| Some(s.connections_refused_total as f64),
-    ),
-    gauge("dhash_hash_workers", "Hash worker threads.", |_, g| {
-        Some(g.load.hash_workers as f64)
-    }),
-    gauge(
-        "dhash_hash_workers_busy",
-        "Hash workers hashing now.",
-        |_, g| Some(g.load.hash_workers_busy as f64),
-    ),
-    gauge(
-        "dhash_hash_queue_length",
-        "Received hash requests waiting for a worker.",
-        |_, g| Some(g.load.hash_queue_length as f64),
-    ),
-    gauge(
-        "dhash_hash_stalled_seconds",
-        "Seconds every hash worker has been busy without a hash finishing.",
-        |_, g| Some(r3(g.load.hash_stalled_seconds)),
-    ),
-    gauge(
-        "dhash_connections_open",
-        "Open client connections.",
-        |_, g| Some(g.load.connections_open as f64),
-    ),
-    gauge(
-        "dhash_bodies_receiving",
-        "Request bodies being received.",
-        |_, g| Some(g.load.bodies_receiving as f64),
-    ),
-    gauge(
-        "dhash_bodies_bytes",
-        "Request body bytes held in memory until hashed.",
-        |_, g| Some(g.load.bodies_bytes as f64),
-    ),
-    gauge(
-        "dhash_low_confidence_queue",
-        "Items in the low-confidence review queue.",
-        |_, g| g.low_confidence_queue.map(|v| v as f64),
-    ),
-    gauge(
-        "dhash_uptime_seconds",
-        "Seconds since the service started.",
-        |_, g| Some(r3(g.uptime_seconds)),
-    ),
-    gauge(
-        "dhash_process_cpu_percent",
-        "Process CPU use (100 = one core).",
-        |_, g| g.cpu_percent,
-    ),
-    gauge(
-        "dhash_process_memory_rss_bytes",
-        "Resident memory of the process.",
-        |_, g| g.memory_rss_bytes.map(|v| v as f64),
-    ),
-    gauge(
-        "dhash_process_memory_percent",
-        "Resident memory as % of RAM.",
-        |_, g| g.memory_percent,
-    ),
-    gauge(
-        "dhash_data_dir_bytes",
-        "Bytes of files in the data dir.",
-        |_, g| Some(g.data_dir_bytes as f64),
-    ),
-    gauge(
-        "dhash_disk_percent",
-        "Used % of the data dir's file system.",
-        |_, g| g.disk_percent,
-    ),
-];
+const SCALARS: &[Descriptor] = {
+    use MetricType::{Counter, Gauge};
+    &[
+        metric(
+            Counter,
+            "dhash_requests_total",
+            "Requests to /api/ endpoints.",
+            |s, _| Some(s.requests_total as f64),
+        ),
+        metric(
+            Counter,
+            "dhash_hash_requests_total",
+            "Hash attempts.",
+            |s, _| Some(s.hash_requests_total as f64),
+        ),
+        metric(
+            Counter,
+            "dhash_extraction_failures_total",
+            "Hash requests whose input could not be decoded (422).",
+            |s, _| Some(s.extraction_failures_total as f64),
+        ),
+        metric(
+            Counter,
+            "dhash_errors_total",
+            "5xx answers on /api/ endpoints.",
+            |s, _| Some(s.errors_total as f64),
+        ),
+        metric(
+            Counter,
+            "dhash_rejected_total",
+            "Bodies over the size limit (413).",
+            |s, _| Some(s.rejected_total as f64),
+        ),
+        metric(
+            Counter,
+            "dhash_low_confidence_total",
+            "Hashes that joined the low-confidence queue.",
+            |s, _| Some(s.low_confidence_total as f64),
+        ),
+        metric(
+            Counter,
+            "dhash_client_timeouts_total",
+            "Request heads or bodies that missed their deadline.",
+            |s, _| Some(s.client_timeouts_total as f64),
+        ),
+        metric(
+            Counter,
+            "dhash_head_rejected_total",
+            "Request heads refused: too large (431), target too long (414), malformed (400).",
+            |s, _| Some(s.head_rejected_total as f64),
+        ),
+        metric(
+            Counter,
+            "dhash_connections_refused_total",
+            "Connections over the connection limit (503).",
+            |s, _| Some(s.connections_refused_total as f64),
+        ),
+        metric(
+            Gauge,
+            "dhash_hash_workers",
+            "Hash worker threads.",
+            |_, g| Some(g.load.hash_workers as f64),
+        ),
+        metric(
+            Gauge,
+            "dhash_hash_workers_busy",
+            "Hash workers hashing now.",
+            |_, g| Some(g.load.hash_workers_busy as f64),
+        ),
+        metric(
+            Gauge,
+            "dhash_hash_queue_length",
+            "Received hash requests waiting for a worker.",
+            |_, g| Some(g.load.hash_queue_length as f64),
+        ),
+        metric(
+            Gauge,
+            "dhash_hash_stalled_seconds",
+            "Seconds every hash worker has been busy without a hash finishing.",
+            |_, g| Some(r3(g.load.hash_stalled_seconds)),
+        ),
+        metric(
+            Gauge,
+            "dhash_connections_open",
+            "Open client connections.",
+            |_, g| Some(g.load.connections_open as f64),
+        ),
+        metric(
+            Gauge,
+            "dhash_bodies_receiving",
+            "Request bodies being received.",
+            |_, g| Some(g.load.bodies_receiving as f64),
+        ),
+        metric(
+            Gauge,
+            "dhash_bodies_bytes",
+            "Request body bytes held in memory until hashed.",
+            |_, g| Some(g.load.bodies_bytes as f64),
+        ),
+        metric(
+            Gauge,
+            "dhash_low_confidence_queue",
+            "Items in the low-confidence review queue.",
+            |_, g| g.low_confidence_queue.map(|v| v as f64),
+        ),
+        metric(
+            Gauge,
+            "dhash_uptime_seconds",
+            "Seconds since the service started.",
+            |_, g| Some(r3(g.uptime_seconds)),
+        ),
+        metric(
+            Gauge,
+            "dhash_process_cpu_percent",
+            "Process CPU use (100 = one core).",
+            |_, g| g.cpu_percent,
+        ),
+        metric(
+            Gauge,
+            "dhash_process_memory_rss_bytes",
+            "Resident memory of the process.",
+            |_, g| g.memory_rss_bytes.map(|v| v as f64),
+        ),
+        metric(
+            Gauge,
+            "dhash_process_memory_percent",
+            "Resident memory as % of RAM.",
+            |_, g| g.memory_percent,
+        ),
+        metric(
+            Gauge,
+            "dhash_data_dir_bytes",
+            "Bytes of files in the data dir.",
+            |_, g| Some(g.data_dir_bytes as f64),
+        ),
+        metric(
+            Gauge,
+            "dhash_disk_percent",
+            "Used % of the data dir's file system.",
+            |_, g| g.disk_percent,
+        ),
+    ]
+};
 
 /// The same figures in the Prometheus text exposition format (0.0.4).
 pub fn render_prometheus(s: &Snapshot, g: &Gauges) -> String {
