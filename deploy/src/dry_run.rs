@@ -84,10 +84,7 @@ fn report(
     for c in checks {
         em.human(&format!(
             "check {:<14} {}  {}",
-            serde_json::to_value(c.name)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
+            c.name.as_str(),
             if c.ok { "ok  " } else { "FAIL" },
             c.detail
         ));

@@ -6,7 +6,8 @@
 //! verify the bundle against its release.json → take the environment lock →
 //! (backup) → install into `releases/<id>/` via `releases/.<id>.partial` and a
 //! rename → apply pending migrations (the new release's) → switch `current` →
-//! restart the service → wait for health. On failure after the switch: mark
+//! restart the service (the environment's `restart` command when it has one,
+//! else stop then start) → wait for health. On failure after the switch: mark
 //! the release failed, switch back to the previous release, bring the schema
 //! back (the new release's down migrations, else the pre-deploy backup),
 //! restart and verify health, exit 1 (`deploy.failed`); exit 4 when that
@@ -18,9 +19,13 @@
 //! step a [`state::Step`] in the journal; [`watch`] starts the T+60 watch.
 //!
 //! Events: `deploy.started`, `deploy.installed`, `deploy.switched`,
-//! `deploy.healthy` | `deploy.failed`; also `deploy.interrupted` (a previous
-//! run was killed mid-way), `deploy.planned` (`--dry-run`), `deploy.pruned`,
-//! and the `migrate.*`, `backup.*`, `service.*` events of the steps.
+//! `deploy.healthy` (carries the [`DeployReport`]) | `deploy.unhealthy` then
+//! `deploy.failed` (`schema`: how the schema came back, see [`SchemaBack`]);
+//! also `deploy.unchanged` (the release already serves), `deploy.interrupted`
+//! (a previous run was killed mid-way), `deploy.planned` (`--dry-run`; its
+//! `refusal` is the real run's error and exit code), `deploy.pruned`, and the
+//! `migrate.*`, `backup.*`, `service.*` events of the steps. Every deploy
+//! ledger record carries `started_at`.
 
 pub mod bundle;
 pub mod dry_run;

@@ -47,6 +47,24 @@ pub enum CheckName {
     Migrations,
 }
 
+impl CheckName {
+    /// The name as printed and serialized.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckName::Bundle => "bundle",
+            CheckName::Backup => "backup",
+            CheckName::Config => "config",
+            CheckName::ServiceConfig => "service-config",
+            CheckName::Journal => "journal",
+            CheckName::Lock => "lock",
+            CheckName::Disk => "disk",
+            CheckName::Health => "health",
+            CheckName::ReleaseState => "release-state",
+            CheckName::Migrations => "migrations",
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct Check {
     pub name: CheckName,
@@ -658,5 +676,32 @@ pub fn human_bytes(n: u64) -> String {
         format!("{:.1} MiB", n as f64 / MB)
     } else {
         format!("{:.1} KiB", n as f64 / 1024.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_names_print_as_they_serialize() {
+        use CheckName::*;
+        for c in [
+            Bundle,
+            Backup,
+            Config,
+            ServiceConfig,
+            Journal,
+            Lock,
+            Disk,
+            Health,
+            ReleaseState,
+            Migrations,
+        ] {
+            assert_eq!(
+                serde_json::to_value(c).expect("json"),
+                serde_json::json!(c.as_str())
+            );
+        }
     }
 }
