@@ -14,7 +14,6 @@ use gates_core::exit::usage_error;
 use gates_core::fsutil::fsync_dir;
 use gates_core::{Emitter, Exit, Level, ToolError};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 use crate::config::ServiceConfig;
 use crate::db::BUILTIN_MIGRATIONS;
@@ -46,9 +45,7 @@ pub struct BundleInfo {
     pub files: BTreeMap<String, String>,
 }
 
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
+pub use gates_core::fsutil::sha256_hex;
 
 /// Release id: `<tag>-<first 8 hex of sha256 over the sorted "path sha\n" lines>`.
 pub fn release_id(tag: &str, files: &BTreeMap<String, String>) -> String {

@@ -237,6 +237,12 @@ pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
+/// SHA-256 of bytes in memory, as lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(bytes))
+}
+
 /// Whether two paths name the same file: canonical paths when both exist,
 /// else the absolute paths.
 pub fn same_path(a: &Path, b: &Path) -> bool {

@@ -7,7 +7,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use sha2::{Digest, Sha256};
 
 /// One versioned migration read from a migrations folder.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,10 +29,7 @@ impl Migration {
     }
 }
 
-/// SHA-256 of bytes, lowercase hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
+pub use gates_core::fsutil::sha256_hex;
 
 /// Splits `0002_add_source.up.sql` into (2, "add_source", "up").
 fn parse_file_name(name: &str) -> Option<(i64, String, &'static str)> {
