@@ -1078,7 +1078,14 @@ fn restore_backup(
             "deploy of {failed_release} failed and its down migrations could not run"
         )),
     };
-    dhash_rollback::rollback(project, env, lock, &opts, em)?;
+    let report = dhash_rollback::rollback(project, env, lock, &opts, em)?;
+    // The restore serves, but its smoke tests failed: not a clean restore.
+    if report.smoke_passed == Some(false) {
+        anyhow::bail!(
+            "restored {} but its post-rollback smoke tests failed",
+            backup.display()
+        );
+    }
     Ok(())
 }
 
