@@ -7,6 +7,7 @@
 pub mod figures;
 pub mod history;
 pub mod render;
+pub mod window;
 
 use std::path::Path;
 use std::time::Duration;

@@ -154,9 +154,57 @@ fn figures_match_the_history_the_tools_recorded() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("deployment_success_ratio"));
 
+    let bad = named(&d2, "deploy.healthy")[0]["release"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    window_page_charts_every_gate(&tp, &bad);
     marking_sets_the_false_positive_rate(&tp);
     textfile_is_valid_exposition_format(&tp);
     csv_has_one_row_per_figure(&tp);
+}
+
+fn window_page_charts_every_gate(tp: &TestProject, release: &str) {
+    let page = tp.root().join("window.html");
+    let out = report(
+        tp,
+        &[
+            "window",
+            "--env",
+            ENV,
+            "--release",
+            release,
+            "--out",
+            page.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert_eq!(
+        html.matches("<svg").count(),
+        1,
+        "one chart per gate (one gate here)"
+    );
+    assert!(
+        html.contains("data-gate=\"low_confidence_queue\""),
+        "{html}"
+    );
+    for legend in [
+        "threshold",
+        "violation",
+        "rollback started",
+        "healthy again",
+    ] {
+        assert!(html.contains(legend), "{legend} drawn");
+    }
+    // Self-contained: nothing fetched (the SVG namespace URI is a name, not a fetch).
+    assert!(
+        !html.contains("<script") && !html.contains("<link") && !html.contains("src="),
+        "self-contained"
+    );
+    assert!(html.contains("Result: <b>rolled-back</b>"), "summary");
+    let out = report(tp, &["window", "--env", ENV, "--release", "nope"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
 }
 
 fn marking_sets_the_false_positive_rate(tp: &TestProject) {

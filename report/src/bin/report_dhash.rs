@@ -59,6 +59,24 @@ struct ReportArgs {
 enum Cmd {
     /// Record an operator's verdict on a rollback (a new ledger record; the latest verdict counts).
     Mark(MarkArgs),
+    /// Write one self-contained HTML page for one watch: a chart per gate with its threshold,
+    /// violations, the rollback and the return to health (default: the newest watch).
+    Window(WindowArgs),
+}
+
+#[derive(Args, Debug)]
+struct WindowArgs {
+    #[arg(long)]
+    env: String,
+    /// The watched release (its id as the ledger records it).
+    #[arg(long, conflicts_with = "recording")]
+    release: Option<String>,
+    /// The watch that made this telemetry recording.
+    #[arg(long, value_name = "FILE")]
+    recording: Option<PathBuf>,
+    /// Where to write the page (default: window_<env>_<release>.html in the monitor's log folder).
+    #[arg(long, value_name = "PATH")]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -87,6 +105,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     gates_core::cli::main_entry(TOOL, || match cli.cmd {
         Some(Cmd::Mark(m)) => mark(m),
+        Some(Cmd::Window(w)) => window(w),
         None => report(cli.report),
     })
 }
@@ -127,5 +146,28 @@ fn report(a: ReportArgs) -> anyhow::Result<Exit> {
         dhash_report::write_textfile(&report, path)?;
         eprintln!("{TOOL}: wrote {}", path.display());
     }
+    Ok(Exit::Ok)
+}
+
+fn window(w: WindowArgs) -> anyhow::Result<Exit> {
+    let project = Project::discover()?;
+    let env = project.env(&w.env)?;
+    let (release, events) =
+        dhash_report::window::find_watch(env, w.release.as_deref(), w.recording.as_deref())?;
+    let html = dhash_report::window::page(&env.name, release.as_deref(), &events)?;
+    let out = w.out.unwrap_or_else(|| {
+        let name = release
+            .as_deref()
+            .unwrap_or("unknown")
+            .replace(['/', ' '], "_");
+        env.log_dir.join(format!("window_{}_{name}.html", env.name))
+    });
+    gates_core::fsutil::write_atomic(&out, html.as_bytes())?;
+    let em = Emitter::stdout(TOOL, &env.name, false);
+    em.info(
+        "report.window-written",
+        format!("wrote {}", out.display()),
+        serde_json::json!({"path": out, "release": release, "events": events}),
+    );
     Ok(Exit::Ok)
 }
