@@ -134,11 +134,11 @@ fn chart(
                 vec![(0.0, th), (t1.max(1.0), th)],
                 6,
                 4,
-                RGBColor(90, 90, 90).stroke_width(2),
+                THRESHOLD.stroke_width(2),
             ))
             .map_err(|e| anyhow!("{e}"))?
             .label("threshold")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], RGBColor(90, 90, 90)));
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], THRESHOLD));
         }
         let violations = pts.iter().filter(|p| p.status == "violated").map(|p| {
             Cross::new(
@@ -159,7 +159,50 @@ fn chart(
             .map_err(|e| anyhow!("{e}"))?;
         root.present().map_err(|e| anyhow!("{e}"))?;
     }
-    Ok(svg)
+    Ok(with_roles(&svg))
+}
+
+const THRESHOLD: RGBColor = RGBColor(90, 90, 90);
+const ROLLBACK: RGBColor = BLUE;
+const HEALTHY: RGBColor = GREEN;
+
+/// The legend's background, the one element drawn with opacity 0.8: what
+/// follows it is the legend, whose samples share the roles' colours.
+const LEGEND_BACKGROUND: &str = "opacity=\"0.8\"";
+
+/// `svg` with `data-role="threshold|rollback|healthy"` on the lines that draw
+/// those, so a browser test (or a reader's devtools) can find them in the
+/// DOM. plotters' SVG backend takes no attributes, so they are recognised by
+/// their colour, which only they use in the plot (the legend excepted); it
+/// writes one element per line.
+fn with_roles(svg: &str) -> String {
+    let roles = [
+        (THRESHOLD, "threshold"),
+        (ROLLBACK, "rollback"),
+        (HEALTHY, "healthy"),
+    ]
+    .map(|(RGBColor(r, g, b), role)| (format!("stroke=\"#{r:02X}{g:02X}{b:02X}\""), role));
+    let mut out = String::with_capacity(svg.len() + 512);
+    let mut in_legend = false;
+    for line in svg.split_inclusive('\n') {
+        in_legend |= line.starts_with("<rect") && line.contains(LEGEND_BACKGROUND);
+        let role = roles
+            .iter()
+            .find(|(stroke, _)| line.contains(stroke.as_str()))
+            .map(|(_, role)| *role);
+        match (
+            role,
+            line.strip_prefix("<polyline ")
+                .or_else(|| line.strip_prefix("<line ")),
+        ) {
+            (Some(role), Some(rest)) if !in_legend => {
+                let tag = &line[..line.len() - rest.len()];
+                out.push_str(&format!("{tag}data-role=\"{role}\" {rest}"));
+            }
+            _ => out.push_str(line),
+        }
+    }
+    out
 }
 
 type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
@@ -167,8 +210,8 @@ type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64
 /// The rollback and the return to health, as vertical lines across the chart.
 fn draw_marks(c: &mut Chart<'_, '_>, marks: &Marks, ymax: f64) -> anyhow::Result<()> {
     for (at, label, colour) in [
-        (marks.rollback, "rollback started", BLUE),
-        (marks.healthy, "healthy again", GREEN),
+        (marks.rollback, "rollback started", ROLLBACK),
+        (marks.healthy, "healthy again", HEALTHY),
     ] {
         if let Some(x) = at {
             c.draw_series(LineSeries::new(
@@ -232,7 +275,7 @@ pub fn page(env: &str, release: Option<&str>, events_path: &Path) -> anyhow::Res
         let svg = chart(gate, pts, t0, secs(t_end, t0), &marks)
             .with_context(|| format!("drawing the chart of {gate}"))?;
         body.push_str(&format!(
-            "<figure class=\"gate\" data-gate=\"{}\">\n{svg}\n</figure>\n",
+            "<figure class=\"gate-chart\" data-gate=\"{}\">\n{svg}\n</figure>\n",
             esc(gate)
         ));
     }
@@ -242,4 +285,38 @@ pub fn page(env: &str, release: Option<&str>, events_path: &Path) -> anyhow::Res
          <body>\n{body}</body></html>\n",
         esc(release.unwrap_or("unknown"))
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_tag_the_plotted_lines_not_the_legend_samples() {
+        let svg = "<svg>\n\
+            <polyline fill=\"none\" opacity=\"1\" stroke=\"#5A5A5A\" stroke-width=\"2\" points=\"1,5 7,5 \"/>\n\
+            <polyline fill=\"none\" opacity=\"1\" stroke=\"#0000FF\" stroke-width=\"2\" points=\"3,0 3,9 \"/>\n\
+            <line opacity=\"1\" stroke=\"#00FF00\" stroke-width=\"2\" x1=\"4\" y1=\"0\" x2=\"4\" y2=\"9\"/>\n\
+            <polyline fill=\"none\" opacity=\"1\" stroke=\"#000000\" stroke-width=\"2\" points=\"0,0 9,9 \"/>\n\
+            <rect x=\"5\" y=\"5\" width=\"9\" height=\"9\" opacity=\"0.8\" fill=\"#FFFFFF\" stroke=\"none\"/>\n\
+            <polyline fill=\"none\" opacity=\"1\" stroke=\"#0000FF\" stroke-width=\"2\" points=\"6,6 22,6 \"/>\n\
+            </svg>\n";
+        let out = with_roles(svg);
+        for role in ["threshold", "rollback", "healthy"] {
+            assert_eq!(
+                out.matches(&format!("data-role=\"{role}\"")).count(),
+                1,
+                "{out}"
+            );
+        }
+        assert!(out.contains("<line data-role=\"healthy\" opacity"), "{out}");
+        let legend = &out[out.find("<rect").expect("the legend background")..];
+        assert!(!legend.contains("data-role"), "legend untagged: {out}");
+        assert_eq!(
+            out.replace(" data-role=\"threshold\"", "")
+                .replace(" data-role=\"rollback\"", "")
+                .replace(" data-role=\"healthy\"", ""),
+            svg
+        );
+    }
 }

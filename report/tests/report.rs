@@ -6,7 +6,8 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
@@ -158,13 +159,14 @@ fn figures_match_the_history_the_tools_recorded() {
         .as_str()
         .unwrap()
         .to_string();
-    window_page_charts_every_gate(&tp, &bad);
+    let page = window_page_charts_every_gate(&tp, &bad);
+    page_renders_in_chromium(&page, &w2);
     marking_sets_the_false_positive_rate(&tp);
     textfile_is_valid_exposition_format(&tp);
     csv_has_one_row_per_figure(&tp);
 }
 
-fn window_page_charts_every_gate(tp: &TestProject, release: &str) {
+fn window_page_charts_every_gate(tp: &TestProject, release: &str) -> PathBuf {
     let page = tp.root().join("window.html");
     let out = report(
         tp,
@@ -205,6 +207,135 @@ fn window_page_charts_every_gate(tp: &TestProject, release: &str) {
     assert!(html.contains("Result: <b>rolled-back</b>"), "summary");
     let out = report(tp, &["window", "--env", ENV, "--release", "nope"]);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    page
+}
+
+const CHROMIUM: &str = "chromium";
+const CHROMIUM_LIMIT: Duration = Duration::from_secs(60);
+
+/// Headless Chromium on `page` with `args`, in a throwaway profile, killed
+/// after [`CHROMIUM_LIMIT`]. Started, not waited for: the DOM dump and the
+/// screenshot run side by side. Its output goes to files in the profile, as
+/// a pipe nobody reads while polling would stall a large DOM dump.
+fn chromium(page: &Path, profile: &Path, args: &[&str]) -> (Child, PathBuf) {
+    std::fs::create_dir_all(profile).unwrap();
+    let file = |name: &str| std::fs::File::create(profile.join(name)).unwrap();
+    let child = Command::new(CHROMIUM)
+        // --no-sandbox: CI runs as root in a container, where the sandbox cannot start.
+        .args(["--headless", "--disable-gpu", "--no-sandbox", "--no-first-run"])
+        .args(["--enable-logging=stderr", "--v=0"])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .arg(format!("file://{}", page.display()))
+        .stdin(Stdio::null())
+        .stdout(file("stdout"))
+        .stderr(file("stderr"))
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{CHROMIUM} is needed for this test (bash .ci/run installs it: apt-get install chromium): {e}"
+            )
+        });
+    (child, profile.to_path_buf())
+}
+
+/// Waits for a [`chromium`] run; its stdout once it exited cleanly with no
+/// console message.
+fn finish((mut child, profile): (Child, PathBuf), what: &str) -> String {
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > CHROMIUM_LIMIT {
+            child.kill().ok();
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let read = |name: &str| std::fs::read_to_string(profile.join(name)).unwrap_or_default();
+    let (out, log) = (read("stdout"), read("stderr"));
+    assert!(
+        start.elapsed() <= CHROMIUM_LIMIT,
+        "chromium {what} still running after {CHROMIUM_LIMIT:?}, killed: {log}"
+    );
+    assert!(status.success(), "chromium {what}: {status}\n{log}");
+    // The page has no script, so any console message (this Chromium logs
+    // even console.error as INFO:CONSOLE) is a rendering problem.
+    let console: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(":CONSOLE") || l.contains("Uncaught"))
+        .collect();
+    assert!(console.is_empty(), "chromium {what} console: {console:#?}");
+    out
+}
+
+/// The page as a browser sees it: it renders without errors, its DOM holds
+/// one chart per gate the watch decided on, each with its threshold line,
+/// and the rollback marker; a screenshot is kept as a test artifact.
+fn page_renders_in_chromium(page: &Path, watch: &[Value]) {
+    let profiles = profiles_dir(page);
+    let shot = testkit::target_dir().join("test-artifacts/watch-page.png");
+    std::fs::create_dir_all(shot.parent().unwrap()).unwrap();
+    std::fs::remove_file(&shot).ok();
+    let started = Instant::now();
+    let dom = chromium(page, &profiles.join("dom"), &["--dump-dom"]);
+    let screenshot = chromium(
+        page,
+        &profiles.join("shot"),
+        &[
+            &format!("--screenshot={}", shot.display()),
+            "--window-size=1200,1600",
+            "--hide-scrollbars",
+        ],
+    );
+    let dom = finish(dom, "--dump-dom");
+    finish(screenshot, "--screenshot");
+    eprintln!(
+        "chromium: {:?}; screenshot of the watch page: {}",
+        started.elapsed(),
+        shot.display()
+    );
+    let png = std::fs::read(&shot).unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "{} is a PNG", shot.display());
+
+    assert!(
+        dom.contains("Result: <b>rolled-back</b>"),
+        "summary rendered: {dom}"
+    );
+    let mut gates: Vec<&str> = watch
+        .iter()
+        .filter(|e| e["event"].as_str().unwrap_or("").starts_with("gate."))
+        .filter_map(|e| e["gate"].as_str())
+        .collect();
+    gates.sort_unstable();
+    gates.dedup();
+    assert!(!gates.is_empty(), "the watch decided on gates");
+    let charts: Vec<&str> = dom.split("<figure class=\"gate-chart\"").skip(1).collect();
+    assert_eq!(charts.len(), gates.len(), "one chart per gate {gates:?}");
+    for gate in &gates {
+        let chart = charts
+            .iter()
+            .find(|c| c.starts_with(&format!(" data-gate=\"{gate}\"")))
+            .unwrap_or_else(|| panic!("a chart of {gate}"));
+        let chart = &chart[..chart.find("</figure>").unwrap()];
+        assert!(chart.contains("<svg"), "{gate}: an SVG chart");
+        assert!(
+            chart.contains("data-role=\"threshold\""),
+            "{gate}: threshold line"
+        );
+        assert!(
+            chart.contains("data-role=\"rollback\""),
+            "{gate}: rollback marker"
+        );
+    }
+}
+
+/// A fresh folder next to `page` (inside the test project, removed with it).
+fn profiles_dir(page: &Path) -> PathBuf {
+    let dir = page.parent().unwrap().join("chromium-profiles");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 fn marking_sets_the_false_positive_rate(tp: &TestProject) {
