@@ -73,6 +73,8 @@ pub struct Incident<'a> {
     pub timeline: &'a Timeline,
     pub restore: Restore,
     pub notifications: &'a [String],
+    /// The watch page (HTML) written next to this record, or why there is none.
+    pub page: Result<&'a Path, &'a str>,
 }
 
 fn or_unknown(v: &Option<String>) -> &str {
@@ -175,6 +177,7 @@ pub fn render(i: &Incident<'_>) -> String {
 - **Outcome:** {outcome}
 - **Restored release:** {restored}
 - **Backup used:** {backup}
+- **Watch page:** {page}
 
 ## Timeline
 - {deploy}
@@ -222,11 +225,24 @@ pub fn render(i: &Incident<'_>) -> String {
         gates = violations_section(i),
         minutes = impact_duration(t, &i.restore),
         notes = notifications_section(i.notifications),
+        page = match i.page {
+            Ok(p) => p.display().to_string(),
+            Err(why) => format!("[none: {why}]"),
+        },
     )
+}
+
+fn file_stamp(t_ms: i64) -> String {
+    ts_of(t_ms).replace([':', '-', '.'], "")
 }
 
 /// `monitor_logs/incident_<env>_<timestamp>.md`
 pub fn path_for(log_dir: &Path, env: &str, t_ms: i64) -> PathBuf {
-    let stamp = ts_of(t_ms).replace([':', '-', '.'], "");
-    log_dir.join(format!("incident_{env}_{stamp}.md"))
+    log_dir.join(format!("incident_{env}_{}.md", file_stamp(t_ms)))
+}
+
+/// `monitor_logs/watch_<env>_<timestamp>.html`: the watch page, with the
+/// same stamp as the incident record of the same `t_ms`.
+pub fn page_path_for(log_dir: &Path, env: &str, t_ms: i64) -> PathBuf {
+    log_dir.join(format!("watch_{env}_{}.html", file_stamp(t_ms)))
 }

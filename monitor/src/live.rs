@@ -99,6 +99,33 @@ struct Watch<'a> {
     timeline: Timeline,
     alerts_active: HashSet<String>,
     notifications: Vec<String>,
+    /// This watch's events file, which the watch page after a rollback charts.
+    events: Option<PathBuf>,
+}
+
+/// The watch page after a rollback: its stamp (shared with the incident
+/// record) and the path written, or why none was.
+struct WatchPage {
+    t_ms: i64,
+    written: Result<PathBuf, String>,
+}
+
+impl WatchPage {
+    /// `page` (or `page_error`) for a notification's or event's fields.
+    fn insert_into(&self, f: &mut Map<String, Value>) {
+        match &self.written {
+            Ok(p) => f.insert("page".into(), json!(p.display().to_string())),
+            Err(e) => f.insert("page_error".into(), json!(e)),
+        };
+    }
+
+    /// The sentence a notification ends with.
+    fn sentence(&self) -> String {
+        match &self.written {
+            Ok(p) => format!("Watch page: {}", p.display()),
+            Err(e) => format!("No watch page: {e}"),
+        }
+    }
 }
 
 /// How long a starting monitor waits for the running watcher to publish
@@ -449,6 +476,7 @@ pub fn run(
         ));
     }
     let mut w = Watch::new(project, env, em, args.dry_run, release, backup, log);
+    w.events = Some(window.events.clone());
     w.timeline.deploy = up
         .deploy_started
         .clone()
@@ -496,6 +524,7 @@ fn finish_interrupted(
         Some(j.backup.clone()),
         log,
     );
+    w.events = Some(events);
     w.finish_pending(j)
 }
 
@@ -619,6 +648,7 @@ impl<'a> Watch<'a> {
             timeline: Timeline::default(),
             alerts_active: HashSet::new(),
             notifications: Vec::new(),
+            events: None,
         }
     }
 }
@@ -1301,16 +1331,56 @@ impl Watch<'_> {
         others: &[Decision],
         result: anyhow::Result<dhash_rollback::RollbackReport>,
     ) -> Outcome {
+        // The events file holds the rollback now: the page can draw it, and
+        // the notification below can name it.
+        let page = self.write_page(now_ms());
         let (restore, restored) = match result {
-            Ok(report) => (self.rolled_back(cause, cause_text, &report), report.release),
-            Err(e) => (self.rollback_failed(cause, cause_text, &e), None),
+            Ok(report) => (
+                self.rolled_back(cause, cause_text, &report, &page),
+                report.release,
+            ),
+            Err(e) => (self.rollback_failed(cause, cause_text, &e, &page), None),
         };
         let outcome = match restore.result() {
             WatchResult::RolledBack => Outcome::RolledBack,
             _ => Outcome::RollbackFailed,
         };
-        self.write_incident(cause, cause_text, others, restored.as_deref(), restore);
+        self.write_incident(
+            cause,
+            cause_text,
+            others,
+            restored.as_deref(),
+            restore,
+            &page,
+        );
         outcome
+    }
+
+    /// Writes the watch page (`report_dhash window`'s HTML) from this
+    /// watch's events. Never fails the watch: a failure is warned of and
+    /// named in the notification and the incident record instead.
+    fn write_page(&self, t_ms: i64) -> WatchPage {
+        let path = incident::page_path_for(&self.env.log_dir, &self.env.name, t_ms);
+        let written = match self.events.as_deref().filter(|e| e.exists()) {
+            None => Err("this watch has no events file".to_string()),
+            Some(events) => {
+                // A panic while drawing must not end the watch before its
+                // notification and incident record either.
+                let render =
+                    || dhash_report::window::page(&self.env.name, self.release.as_deref(), events);
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(render))
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("drawing the page panicked")))
+                    .map(|html| gates_core::redact::global().redact(&html))
+                    .and_then(|html| fsutil::write_atomic(&path, html.as_bytes()))
+                    .map(|()| path.clone())
+                    .map_err(|e| format!("cannot write the watch page {}: {e:#}", path.display()))
+            }
+        };
+        if let Err(e) = &written {
+            self.log.line(&format!("warning: {e}"));
+            self.em.human(&format!("warning: {e}"));
+        }
+        WatchPage { t_ms, written }
     }
 
     /// A rollback that returned its report: restored, or up with failed smoke tests.
@@ -1319,6 +1389,7 @@ impl Watch<'_> {
         cause: Option<&Decision>,
         cause_text: &str,
         report: &dhash_rollback::RollbackReport,
+        page: &WatchPage,
     ) -> Restore {
         let now = gates_core::event::now_rfc3339();
         let restore = Restore::of_report(report);
@@ -1340,6 +1411,7 @@ impl Watch<'_> {
         f.insert("restored_release".into(), json!(report.release));
         f.insert("gate".into(), json!(cause.map(|c| c.gate.clone())));
         f.insert("reason".into(), json!(cause_text));
+        page.insert_into(&mut f);
         let (msg, title, key) = match restore {
             Restore::Restored => {
                 self.timeline.service_restored = Some(now);
@@ -1359,6 +1431,7 @@ impl Watch<'_> {
                 (msg, title, "rollback-failed")
             }
         };
+        let msg = format!("{msg}. {}", page.sentence());
         self.log.line(&msg);
         self.send(Level::Critical, &title, &msg, f, key);
         self.backup = Some(report.backup.clone());
@@ -1370,13 +1443,19 @@ impl Watch<'_> {
         cause: Option<&Decision>,
         cause_text: &str,
         e: &anyhow::Error,
+        page: &WatchPage,
     ) -> Restore {
-        let msg = format!("ROLLBACK FAILED for {}: {e:#}", self.env.name);
+        let msg = format!(
+            "ROLLBACK FAILED for {}: {e:#}. {}",
+            self.env.name,
+            page.sentence()
+        );
         self.log.line(&msg);
         let mut f = Map::new();
         f.insert("gate".into(), json!(cause.map(|c| c.gate.clone())));
         f.insert("reason".into(), json!(cause_text));
         f.insert("error".into(), json!(format!("{e:#}")));
+        page.insert_into(&mut f);
         self.send(
             Level::Critical,
             &format!("ROLLBACK FAILED ({}): page the on-call", self.env.name),
@@ -1395,6 +1474,7 @@ impl Watch<'_> {
         others: &[Decision],
         restored: Option<&str>,
         restore: Restore,
+        page: &WatchPage,
     ) {
         let text = incident::render(&Incident {
             env: &self.env.name,
@@ -1408,16 +1488,20 @@ impl Watch<'_> {
             timeline: &self.timeline,
             restore,
             notifications: &self.notifications,
+            page: page.written.as_deref().map_err(String::as_str),
         });
-        let path = incident::path_for(&self.env.log_dir, &self.env.name, now_ms());
+        let path = incident::path_for(&self.env.log_dir, &self.env.name, page.t_ms);
         let text = gates_core::redact::global().redact(&text);
         match fsutil::write_atomic(&path, text.as_bytes()) {
             Ok(()) => {
+                let mut fields = Map::new();
+                fields.insert("path".into(), json!(path.display().to_string()));
+                page.insert_into(&mut fields);
                 self.em.emit(
                     "incident.created",
                     Level::Info,
                     format!("incident record {}", path.display()),
-                    json!({"path": path.display().to_string()}),
+                    Value::Object(fields),
                 );
             }
             Err(e) => self.em.human(&format!(

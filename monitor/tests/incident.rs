@@ -24,6 +24,7 @@ fn render(timeline: &Timeline, restore: Restore) -> String {
         timeline,
         restore,
         notifications: &[],
+        page: Err("not written"),
     })
 }
 
@@ -102,5 +103,52 @@ fn a_restore_whose_smoke_tests_failed_is_a_failed_rollback() {
     assert_eq!(
         Restore::of_report(&passed).result().exit(),
         Exit::GateRolledBack
+    );
+}
+
+/// Issue 15: the record links the watch page written next to it (same
+/// stamp), or says why there is none.
+#[test]
+fn the_record_links_the_watch_page_or_says_why_none() {
+    let dir = std::path::Path::new("/logs");
+    let t_ms = 1_764_650_000_123;
+    let page = incident::page_path_for(dir, "staging", t_ms);
+    let record = incident::path_for(dir, "staging", t_ms);
+    assert_eq!(
+        page.file_stem()
+            .unwrap()
+            .to_string_lossy()
+            .replace("watch_", ""),
+        record
+            .file_stem()
+            .unwrap()
+            .to_string_lossy()
+            .replace("incident_", ""),
+        "one stamp for both"
+    );
+    assert_eq!(page.extension().unwrap(), "html");
+    let timeline = Timeline::default();
+    let linked = incident::render(&Incident {
+        env: "staging",
+        release: Some("v2"),
+        restored_release: Some("v1"),
+        backup: None,
+        operator: "tester".into(),
+        violation: None,
+        cause: "quality gate health_failures violated",
+        other_violations: &[],
+        timeline: &timeline,
+        restore: Restore::Restored,
+        notifications: &[],
+        page: Ok(&page),
+    });
+    assert!(
+        linked.contains(&format!("**Watch page:** {}", page.display())),
+        "{linked}"
+    );
+    let none = render(&timeline, Restore::Restored);
+    assert!(
+        none.contains("**Watch page:** [none: not written]"),
+        "{none}"
     );
 }

@@ -168,6 +168,40 @@ fn describe(out: &Output) -> String {
     )
 }
 
+/// Issue 15: after a rollback the watch page (HTML with SVG charts) lies
+/// next to the incident record, with its stamp; the record, the
+/// `incident.created` event and the rollback notification name it.
+fn assert_watch_page(s: &Setup, evs: &[Value], incident: &Path, text: &str) {
+    let created = find(evs, "incident.created");
+    let page = created
+        .first()
+        .and_then(|e| e["page"].as_str())
+        .unwrap_or_else(|| panic!("incident.created names the page: {created:?}"));
+    let page = PathBuf::from(page);
+    let html = std::fs::read_to_string(&page).expect("the watch page");
+    assert!(html.contains("<html") && html.contains("<svg"), "{html}");
+    let name = |p: &Path, prefix: &str| {
+        let n = p.file_name().unwrap().to_string_lossy().to_string();
+        n.strip_prefix(prefix)
+            .map(|r| r.split('.').next().unwrap_or("").to_string())
+    };
+    let stamp = name(incident, &format!("incident_{}_", s.env));
+    assert_eq!(name(&page, &format!("watch_{}_", s.env)), stamp);
+    assert_eq!(
+        page.parent(),
+        incident.parent(),
+        "next to the incident record"
+    );
+    let line = format!("Watch page:** {}", page.display());
+    assert!(text.contains(&line), "the incident links the page: {text}");
+    let fallback =
+        std::fs::read_to_string(s.tp.env(s.env).notify.fallback_file).unwrap_or_default();
+    assert!(
+        fallback.contains(&format!("Watch page: {}", page.display())),
+        "the rollback notification names the page: {fallback}"
+    );
+}
+
 fn assert_rolled_back(s: &Setup, out: &Output, gate: &str) {
     let evs = events(&out.stdout);
     assert_eq!(out.status.code(), Some(3), "{}", describe(out));
@@ -218,6 +252,7 @@ fn assert_rolled_back(s: &Setup, out: &Output, gate: &str) {
             && text.contains("## Timeline"),
         "{text}"
     );
+    assert_watch_page(s, &evs, &incident.path(), &text);
     let log = std::fs::read_dir(&log_dir)
         .unwrap()
         .filter_map(|e| e.ok())
