@@ -12,6 +12,14 @@ use serde_json::json;
 use testkit::TestProject;
 
 fn render(timeline: &Timeline, restore: Restore) -> String {
+    render_with_page(timeline, restore, Err("not written"))
+}
+
+fn render_with_page(
+    timeline: &Timeline,
+    restore: Restore,
+    page: Result<&std::path::Path, &str>,
+) -> String {
     incident::render(&Incident {
         env: "staging",
         release: Some("v2"),
@@ -24,7 +32,7 @@ fn render(timeline: &Timeline, restore: Restore) -> String {
         timeline,
         restore,
         notifications: &[],
-        page: Err("not written"),
+        page,
     })
 }
 
@@ -128,20 +136,7 @@ fn the_record_links_the_watch_page_or_says_why_none() {
     );
     assert_eq!(page.extension().unwrap(), "html");
     let timeline = Timeline::default();
-    let linked = incident::render(&Incident {
-        env: "staging",
-        release: Some("v2"),
-        restored_release: Some("v1"),
-        backup: None,
-        operator: "tester".into(),
-        violation: None,
-        cause: "quality gate health_failures violated",
-        other_violations: &[],
-        timeline: &timeline,
-        restore: Restore::Restored,
-        notifications: &[],
-        page: Ok(&page),
-    });
+    let linked = render_with_page(&timeline, Restore::Restored, Ok(&page));
     assert!(
         linked.contains(&format!("**Watch page:** {}", page.display())),
         "{linked}"
