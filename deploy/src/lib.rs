@@ -28,6 +28,7 @@
 //! ledger record carries `started_at`.
 
 pub mod bundle;
+pub mod cli;
 pub mod dry_run;
 mod execute;
 pub mod plan;
