@@ -25,6 +25,8 @@
 //! A restore that serves but fails its smoke tests is completed with
 //! `smoke_passed: false`, not failed: the data and release are the backup's.
 
+pub mod cli;
+
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
