@@ -1,108 +1,16 @@
 //! report_dhash: deployment success rate, auto-rollbacks, MTTR, false
 //! positives, gate violations and time under watch, from the ledger.
 use std::io::Write;
-use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::Parser;
+use dhash_report::cli::{Args, Cmd, MarkArgs, ReportArgs, WindowArgs};
 use dhash_report::{Verdict, TOOL};
-use gates_core::exit::{usage_error, Exit, EXIT_CODES_HELP};
+use gates_core::exit::{usage_error, Exit};
 use gates_core::project::Project;
 use gates_core::Emitter;
 
-#[derive(Parser, Debug)]
-#[command(
-    name = "report_dhash",
-    version,
-    about = "The operation's key figures for one environment and period, from what the tools record \
-             (the ledger, the watches' events files, the incident records): deployments and their \
-             outcome, success rate, auto-rollbacks (per deployment, per week), MTTR from the violating \
-             sample to the restored release's proven health (mean, median, worst, each incident), \
-             violations per gate, time under watch, and the false-positive rate of rollbacks marked \
-             unnecessary with `report_dhash mark`. JSON-lines events on stdout, a table on stderr.",
-    after_help = EXIT_CODES_HELP,
-    args_conflicts_with_subcommands = true
-)]
-struct Cli {
-    #[command(subcommand)]
-    cmd: Option<Cmd>,
-    #[command(flatten)]
-    report: ReportArgs,
-}
-
-#[derive(Args, Debug)]
-struct ReportArgs {
-    /// Environment (from environments.json), e.g. production or staging.
-    #[arg(long)]
-    env: Option<String>,
-    /// Start of the period: a duration back from --until (30d, 12h), a date or an RFC 3339 time.
-    #[arg(long, value_name = "WHEN", default_value = dhash_report::DEFAULT_SINCE)]
-    since: String,
-    /// End of the period (default: now): a duration back from now, a date or an RFC 3339 time.
-    #[arg(long, value_name = "WHEN")]
-    until: Option<String>,
-    /// Print the table on stdout instead of the JSON-lines events.
-    #[arg(long, conflicts_with = "csv")]
-    table: bool,
-    /// Print the figures as CSV on stdout instead of the JSON-lines events.
-    #[arg(long)]
-    csv: bool,
-    /// Also write the figures to PATH in Prometheus' text format (atomically), for
-    /// node_exporter's textfile collector.
-    #[arg(long, value_name = "PATH")]
-    prometheus_textfile: Option<PathBuf>,
-    /// No table on stderr.
-    #[arg(long, short)]
-    quiet: bool,
-}
-
-#[derive(Subcommand, Debug)]
-enum Cmd {
-    /// Record an operator's verdict on a rollback (a new ledger record; the latest verdict counts).
-    Mark(MarkArgs),
-    /// Write one self-contained HTML page for one watch: a chart per gate with its threshold,
-    /// violations, the rollback and the return to health (default: the newest watch).
-    Window(WindowArgs),
-}
-
-#[derive(Args, Debug)]
-struct WindowArgs {
-    #[arg(long)]
-    env: String,
-    /// The watched release (its id as the ledger records it).
-    #[arg(long, conflicts_with = "recording")]
-    release: Option<String>,
-    /// The watch that made this telemetry recording.
-    #[arg(long, value_name = "FILE")]
-    recording: Option<PathBuf>,
-    /// Where to write the page (default: window_<env>_<release>.html in the monitor's log folder).
-    #[arg(long, value_name = "PATH")]
-    out: Option<PathBuf>,
-}
-
-#[derive(Args, Debug)]
-struct MarkArgs {
-    #[arg(long)]
-    env: String,
-    /// The rollback: its time as the report lists it, or a unique prefix of that time.
-    #[arg(long, value_name = "ID")]
-    rollback: String,
-    /// The rollback was not needed (a false positive).
-    #[arg(
-        long,
-        conflicts_with = "necessary",
-        required_unless_present = "necessary"
-    )]
-    unnecessary: bool,
-    /// The rollback was needed (withdraws an earlier `--unnecessary`).
-    #[arg(long)]
-    necessary: bool,
-    /// Why (recorded).
-    #[arg(long)]
-    reason: Option<String>,
-}
-
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = Args::parse();
     gates_core::cli::main_entry(TOOL, || match cli.cmd {
         Some(Cmd::Mark(m)) => mark(m),
         Some(Cmd::Window(w)) => window(w),
