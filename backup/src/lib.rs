@@ -27,6 +27,7 @@
 //! production backup even when staging backups exist; a shared folder is
 //! warned about on every backup.
 
+pub mod cli;
 mod create;
 mod names;
 mod plan;

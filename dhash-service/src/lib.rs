@@ -11,6 +11,7 @@
 //! - [`images`]: deterministic synthetic images (golden set, load payloads).
 
 pub mod bundle;
+pub mod cli;
 pub mod config;
 pub mod db;
 pub mod dhash;

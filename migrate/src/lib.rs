@@ -15,6 +15,7 @@
 //! version, `migrate.failed`, `migrate.completed`; `migrate.status` per
 //! migration with `--status`.
 
+pub mod cli;
 pub mod migration;
 pub mod release;
 pub mod source;

@@ -18,6 +18,7 @@
 //! `smoke.passed` or `smoke.failed`. `--dry-run` lists the checks
 //! (`smoke.planned` events) and contacts nothing.
 
+pub mod cli;
 pub mod logging;
 
 use std::fs;
