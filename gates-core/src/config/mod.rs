@@ -3,6 +3,7 @@
 //! names the file, the JSON path of the field and what was expected.
 
 mod dupkeys;
+pub mod escalation;
 mod gates;
 pub mod limits;
 mod topology;
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+pub use escalation::{EscalationLevel, EscalationPolicy};
 pub use gates::{Action, GateKind, GateSpec, GatesEnv, GatesFile, Metric, MonitorOverride};
 pub use limits::DurationRange;
 pub use topology::{

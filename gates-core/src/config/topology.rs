@@ -132,6 +132,9 @@ struct RawEnv {
     health: RawHealth,
     #[serde(default)]
     retention: RawRetention,
+    /// The escalation policy (absent: the runbooks' default).
+    #[serde(default)]
+    escalation: Option<super::escalation::RawEscalation>,
     #[serde(default)]
     description: Option<String>,
 }
@@ -219,6 +222,8 @@ pub struct EnvConfig {
     pub monitor: MonitorSettings,
     pub health: HealthPolicy,
     pub retention: Retention,
+    /// Who is told at each level and when the environment escalates.
+    pub escalation: super::escalation::EscalationPolicy,
 }
 
 impl EnvConfig {
@@ -709,6 +714,11 @@ fn resolve_env(
         monitor,
         health,
         retention,
+        escalation: super::escalation::resolve(
+            file,
+            &format!("{path}.escalation"),
+            e.escalation.as_ref(),
+        )?,
     })
 }
 
@@ -717,7 +727,15 @@ fn as_count(n: u64) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
 }
 
-pub const CHANNELS: &[&str] = &["slack", "teams", "discord", "email", "webhook"];
+pub const CHANNELS: &[&str] = &[
+    "slack",
+    "teams",
+    "discord",
+    "email",
+    "webhook",
+    "pagerduty",
+    "opsgenie",
+];
 
 fn default_routes() -> Vec<Route> {
     vec![
