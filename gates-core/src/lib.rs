@@ -21,6 +21,7 @@ pub mod runlog;
 pub mod sample;
 #[cfg(unix)]
 pub mod service;
+pub mod stats;
 pub mod watch;
 
 pub use event::{Emitter, Event, Level};
