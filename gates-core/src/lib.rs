@@ -15,6 +15,7 @@ pub mod ledger;
 pub mod lock;
 pub mod probe;
 pub mod project;
+pub mod promql;
 pub mod redact;
 pub mod release;
 pub mod runlog;

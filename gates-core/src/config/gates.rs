@@ -114,6 +114,32 @@ pub struct RawGate {
     pub no_data_to_violate: Option<Value>,
     #[serde(default)]
     pub description: Option<String>,
+    /// Where the figure is read: `probe` (default, the service's `/metrics`)
+    /// or `prometheus` (the topology's Prometheus server, issue 17).
+    #[serde(default)]
+    pub source: Option<SourceKind>,
+    /// With `"source": "prometheus"`: the PromQL whose value is the figure;
+    /// absent, the gate's built-in equivalent (`gates_core::promql::gate_expr`).
+    #[serde(default)]
+    pub promql: Option<String>,
+}
+
+/// `source` as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    Probe,
+    Prometheus,
+}
+
+/// Where a validated gate's figure comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "source", rename_all = "lowercase")]
+pub enum GateSource {
+    /// Computed from the polled `/metrics` samples.
+    Probe,
+    /// The value of a PromQL expression at the time of the poll.
+    Prometheus { promql: String },
 }
 
 /// A validated gate, ready for evaluation.
@@ -135,6 +161,17 @@ pub struct GateSpec {
     pub no_data_to_violate: u32,
     pub unit: &'static str,
     pub description: Option<String>,
+    pub source: GateSource,
+}
+
+impl GateSpec {
+    /// The PromQL of a gate read through Prometheus; `None` on the probe.
+    pub fn promql(&self) -> Option<&str> {
+        match &self.source {
+            GateSource::Prometheus { promql } => Some(promql),
+            GateSource::Probe => None,
+        }
+    }
 }
 
 /// Defaults: a probe that fails 5 polls in a row leaves us blind for too long
@@ -227,7 +264,8 @@ impl GatesFile {
             let mut gates = Vec::new();
             for (name, g) in &raw_env.quality_gates {
                 let path = format!("environments.{env}.quality_gates.{name}");
-                gates.push(validate_gate(file, &path, name, g)?);
+                let spec = validate_gate(file, &path, name, g)?;
+                gates.push(with_source(file, &path, env, spec, g)?);
             }
             let monitoring = match &raw_env.monitoring {
                 None => None,
@@ -463,7 +501,53 @@ fn validate_gate(
         )?,
         unit: seed.map_or_else(|| unit_for(kind, metric), |d| d.3),
         description: g.description.clone(),
+        source: GateSource::Probe,
     })
+}
+
+/// `source` and `promql`: a Prometheus gate takes its PromQL as written or
+/// its built-in equivalent scoped to the environment's targets; a health
+/// gate has none (Prometheus sees only `up`, not `/health`'s verdict).
+fn with_source(
+    file: &Path,
+    path: &str,
+    env: &str,
+    mut spec: GateSpec,
+    g: &RawGate,
+) -> Result<GateSpec, ConfigError> {
+    let err = |field: &str, msg: String| ConfigError::new(file, format!("{path}.{field}"), msg);
+    let promql = g.promql.as_deref().map(str::trim);
+    match (g.source.unwrap_or(SourceKind::Probe), promql) {
+        (SourceKind::Probe, None) => {}
+        (SourceKind::Probe, Some(_)) => {
+            return Err(err(
+                "promql",
+                "a PromQL expression is read only with \"source\": \"prometheus\"".into(),
+            ))
+        }
+        (SourceKind::Prometheus, Some("")) => {
+            return Err(err(
+                "promql",
+                "expected a PromQL expression, found an empty string".into(),
+            ))
+        }
+        (SourceKind::Prometheus, Some(q)) => {
+            spec.source = GateSource::Prometheus {
+                promql: q.to_string(),
+            }
+        }
+        (SourceKind::Prometheus, None) => {
+            let scope = crate::promql::Scope::env(env);
+            let q = crate::promql::gate_expr(&spec, &scope).ok_or_else(|| {
+                err(
+                    "source",
+                    format!("gate {:?} reads /health, which Prometheus does not see (only whether a scrape answered): keep it on the probe, or give \"promql\"", spec.name),
+                )
+            })?;
+            spec.source = GateSource::Prometheus { promql: q }
+        }
+    }
+    Ok(spec)
 }
 
 /// `window_minutes`: absent or null is no window.
@@ -620,8 +704,8 @@ mod tests {
             "gates.json: environments.staging.quality_gates.p95_hash_time.window_minutes: a percentile gate needs a window > 0",
             "gates.json: environments.staging.quality_gates.error_rate.window_minutes: a rate gate needs a window > 0",
             "gates.json: environments.staging.quality_gates.error_rate.errors_to_violate: expected a whole number from 0 to 10000, found -1",
-            "ok GateSpec { name: \"p95_hash_time\", kind: Percentile, metric: HashTimeMs, denominator: None, threshold: 2000.0, window: 600s, action: AutoRollback, quantile: 0.99, errors_to_violate: 5, no_data_to_violate: 0, unit: \"ms\", description: None }",
-            "ok GateSpec { name: \"cpu\", kind: Sustained, metric: CpuPercent, denominator: None, threshold: 90.0, window: 120s, action: Shadow, quantile: 0.95, errors_to_violate: 5, no_data_to_violate: 3, unit: \"%\", description: None }",
+            "ok GateSpec { name: \"p95_hash_time\", kind: Percentile, metric: HashTimeMs, denominator: None, threshold: 2000.0, window: 600s, action: AutoRollback, quantile: 0.99, errors_to_violate: 5, no_data_to_violate: 0, unit: \"ms\", description: None, source: Probe }",
+            "ok GateSpec { name: \"cpu\", kind: Sustained, metric: CpuPercent, denominator: None, threshold: 90.0, window: 120s, action: Shadow, quantile: 0.95, errors_to_violate: 5, no_data_to_violate: 3, unit: \"%\", description: None, source: Probe }",
         ];
         assert_eq!(got, want);
     }

@@ -15,7 +15,10 @@ use std::time::Duration;
 use serde_json::Value;
 
 pub use escalation::{EscalationLevel, EscalationPolicy};
-pub use gates::{Action, GateKind, GateSpec, GatesEnv, GatesFile, Metric, MonitorOverride};
+pub use gates::{
+    Action, GateKind, GateSource, GateSpec, GatesEnv, GatesFile, Metric, MonitorOverride,
+    SourceKind,
+};
 pub use limits::DurationRange;
 pub use topology::{
     CadencePhase, EnvConfig, HealthPolicy, MonitorSettings, NotifySettings, Retention, Route,

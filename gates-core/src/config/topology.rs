@@ -132,6 +132,9 @@ struct RawEnv {
     health: RawHealth,
     #[serde(default)]
     retention: RawRetention,
+    /// A Prometheus server gates may read their figures from (issue 17).
+    #[serde(default)]
+    prometheus: Option<crate::promql::RawServer>,
     /// The escalation policy (absent: the runbooks' default).
     #[serde(default)]
     escalation: Option<super::escalation::RawEscalation>,
@@ -222,6 +225,8 @@ pub struct EnvConfig {
     pub monitor: MonitorSettings,
     pub health: HealthPolicy,
     pub retention: Retention,
+    /// The Prometheus server of the gates with `"source": "prometheus"`.
+    pub prometheus: Option<crate::promql::Client>,
     /// Who is told at each level and when the environment escalates.
     pub escalation: super::escalation::EscalationPolicy,
 }
@@ -714,6 +719,11 @@ fn resolve_env(
         monitor,
         health,
         retention,
+        prometheus: crate::promql::resolve_server(
+            file,
+            &format!("{path}.prometheus"),
+            &e.prometheus,
+        )?,
         escalation: super::escalation::resolve(
             file,
             &format!("{path}.escalation"),
