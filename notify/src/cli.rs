@@ -23,6 +23,10 @@ variables is skipped and said so once):
   teams    TEAMS_WEBHOOK or TEAMS_WEBHOOK_URL  (Workflows webhook; Adaptive Card)
   discord  DISCORD_WEBHOOK_URL
   webhook  WEBHOOK_URL  (generic JSON POST)
+  pagerduty PAGERDUTY_ROUTING_KEY (Events API v2), PAGERDUTY_EVENTS_URL
+  opsgenie OPSGENIE_API_KEY, OPSGENIE_API_URL (default https://api.opsgenie.com)
+  tracker  gh (on PATH, logged in) or GH_TOKEN/GITHUB_TOKEN + DHASH_TRACKER_REPO
+           (GITHUB_API_URL), or INCIDENT_WEBHOOK_URL
   email    EMAIL_TO (comma-separated), EMAIL_FROM, EMAIL_TRANSPORT=smtp|sendmail,
            EMAIL_SMTP_HOST, EMAIL_SMTP_PORT, EMAIL_SMTP_TLS=starttls|tls|none,
            EMAIL_USER, EMAIL_PASSWORD, EMAIL_SENDMAIL (sendmail command)
@@ -112,6 +116,7 @@ impl Common {
         SendSettings {
             only: (!only.is_empty()).then_some(only),
             no_dedup,
+            ..SendSettings::default()
         }
     }
 }
@@ -129,6 +134,7 @@ pub enum Kind {
 #[command(
     name = "notify",
     version,
+    args_conflicts_with_subcommands = true,
     after_help = format!("With no --message and events piped on stdin, every event is forwarded to stdout
 and those selected are sent: events at --min-event-level (default warning) or
 above, plus these milestones whatever their level (--events to change them):
@@ -140,11 +146,24 @@ hash of level, title and message); --no-dedup and --type test always send.
 Events: notify.sent, notify.fallback, notify.skipped, notify.recorded (dry run),
 notify.completed.
 
+Escalation (environments.<env>.escalation): 3+ warnings within 15m or a 2nd
+critical move the environment one level up (escalation.raised, a ledger
+record, a notification to that level's channels and contacts); an
+auto-rollback reaches every configured channel; an auto-rollback incident
+(an upstream incident.created) not acknowledged within 5m escalates one level
+at each deadline until the top. `notify ack --env E [--incident ID] --by NAME`
+stops it; `notify escalate --env E` checks the deadlines (cron, systemd
+timer). State: <install_root>/escalation.json. DHASH_NOW (RFC 3339 or Unix
+seconds) sets the clock escalation reasons with, for drills and tests.
+
 {ENV_HELP}
 
 {EXIT_CODES_HELP}")
 )]
 pub struct NotifyArgs {
+    /// `ack` or `escalate` (see `notify ack --help`); none: send.
+    #[command(subcommand)]
+    pub command: Option<crate::escalation::cli::EscalationCommand>,
     #[command(flatten)]
     pub common: Common,
     /// Level: info, warning or critical (also debug, error).
@@ -286,6 +305,9 @@ fn load_dotenv(project: &Project) -> anyhow::Result<()> {
 }
 
 pub fn run_notify(args: NotifyArgs) -> anyhow::Result<Exit> {
+    if let Some(cmd) = args.command {
+        return crate::escalation::cli::run(cmd);
+    }
     let project = Project::discover()?;
     load_dotenv(&project)?;
     let env = project.env(&args.common.env_name())?;
@@ -312,6 +334,12 @@ pub fn run_notify(args: NotifyArgs) -> anyhow::Result<Exit> {
             }
             let selector = args.selector();
             gates_core::event::pump_stdin(&em, |ev| {
+                // The monitor's incident record: start its ack clock and tracker copy.
+                if ev.event == "incident.created" && !opts.dry_run {
+                    if let Some(p) = ev.str_field("path") {
+                        crate::escalation::incident_opened(env, std::path::Path::new(p), &em);
+                    }
+                }
                 if selector.selects(ev) {
                     let mut n = Notification::from_event(ev);
                     add_fields(&mut n, &args.fields);

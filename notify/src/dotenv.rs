@@ -57,6 +57,15 @@ pub const KNOWN_VARS: &[&str] = &[
     "SMTP_PORT",
     "SMTP_USER",
     "SMTP_PASSWORD",
+    "PAGERDUTY_ROUTING_KEY",
+    "PAGERDUTY_EVENTS_URL",
+    "OPSGENIE_API_KEY",
+    "OPSGENIE_API_URL",
+    "GH_TOKEN",
+    "GITHUB_TOKEN",
+    "GITHUB_API_URL",
+    "DHASH_TRACKER_REPO",
+    "INCIDENT_WEBHOOK_URL",
 ];
 
 /// Why the file cannot be used. Never quotes the line (it may hold a secret).

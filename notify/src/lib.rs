@@ -100,13 +100,17 @@
 
 pub mod channels;
 pub mod cli;
+pub mod clock;
 pub mod dedup;
 pub mod deliver;
 pub mod dotenv;
+pub mod escalation;
+pub mod incident_file;
 pub mod record;
 pub mod render;
 mod report;
 pub mod route;
+pub mod tracker;
 pub mod truncate;
 
 use serde_json::{json, Map, Value};
@@ -270,6 +274,12 @@ pub struct SendSettings {
     pub only: Option<Vec<Channel>>,
     /// Ignore the quiet period.
     pub no_dedup: bool,
+    /// Exactly these channels, whatever the routes say (an escalation
+    /// level's channels); `None`: the routes.
+    pub direct: Option<Vec<Channel>>,
+    /// Notify's own escalation notices: not counted as alerts, no deadline
+    /// check (no loop).
+    pub internal: bool,
 }
 
 /// Sends one notification to the environment's routed channels. Never fails:
@@ -305,10 +315,15 @@ pub fn send_with(
     settings: &SendSettings,
 ) -> DeliveryReport {
     ensure_dotenv(em);
+    let escalating = !settings.internal && !opts.dry_run;
+    if escalating {
+        // A deadline passed while no notify ran is acted on by the next one.
+        escalation::check_deadlines(env, em);
+    }
     // Titles in events and messages: redacted and short, whatever came in.
     let title = truncate::chars(&redact(&n.title), truncate::TITLE_MAX);
     let only = settings.only.as_deref();
-    let routing = route::route(&env.notify.routes, n.level, only);
+    let routing = channels_for(env, n, settings);
     route::report_unknown(&routing, &env.name, em);
     // The quiet period is checked before "no route" is said, as it always was.
     let quiet = dedup::Quiet::new(env, n, settings.no_dedup);
@@ -317,6 +332,9 @@ pub fn send_with(
             deduplicated: true,
             ..DeliveryReport::default()
         };
+    }
+    if escalating {
+        escalation::after_alert(env, n, &title, em);
     }
     if routing.channels.is_empty() {
         route::report_no_route(&env.name, n.level, &title, only.is_some(), em);
@@ -343,6 +361,33 @@ pub fn send_with(
         quiet.remember(em);
     }
     report
+}
+
+/// The channels a notification goes to: the settings' direct list, else the
+/// routes; an auto-rollback also reaches every other configured channel.
+fn channels_for(env: &EnvConfig, n: &Notification, settings: &SendSettings) -> route::Routing {
+    if let Some(direct) = &settings.direct {
+        let mut channels: Vec<Channel> = Vec::new();
+        for c in direct {
+            if !channels.contains(c) {
+                channels.push(*c);
+            }
+        }
+        return route::Routing {
+            channels,
+            unknown: Vec::new(),
+        };
+    }
+    let mut routing = route::route(&env.notify.routes, n.level, settings.only.as_deref());
+    if env.escalation.configured && escalation::is_auto_rollback(n) && settings.only.is_none() {
+        for ch in Channel::ALL {
+            let ready = matches!(channels::configure(ch), channels::Config::Ready(_));
+            if ready && !routing.channels.contains(&ch) {
+                routing.channels.push(ch);
+            }
+        }
+    }
+    routing
 }
 
 /// Reads `.env.notifications` once per process, from the project found the

@@ -186,13 +186,13 @@ mod tests {
     /// A route naming an unknown channel used to be dropped without a word.
     #[test]
     fn an_unknown_channel_in_a_route_is_reported_not_dropped_silently() {
-        let r = routes(&[("pagerduty", Level::Info), ("slack", Level::Info)]);
+        let r = routes(&[("victorops", Level::Info), ("slack", Level::Info)]);
         let routing = route(&r, Level::Critical, None);
         assert_eq!(routing.channels, vec![Channel::Slack]);
         assert_eq!(routing.unknown.len(), 1);
         let (name, why) = &routing.unknown[0];
-        assert_eq!(name, "pagerduty");
-        assert!(why.contains("unknown channel \"pagerduty\""), "{why}");
+        assert_eq!(name, "victorops");
+        assert!(why.contains("unknown channel \"victorops\""), "{why}");
         // Below its level, the route is not looked at.
         assert!(route(&r, Level::Debug, None).unknown.is_empty());
     }

@@ -41,6 +41,11 @@ pub struct EscalationLevel {
 /// The resolved policy: levels (index 0 is level 1) and the rules.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EscalationPolicy {
+    /// Whether the environment has an `escalation` block. Without one
+    /// nothing escalates (and auto-rollbacks follow the routes): the shipped
+    /// `environments.json` writes the runbooks' policy out for both
+    /// environments, and a topology written before it behaves as it did.
+    pub configured: bool,
     pub levels: Vec<EscalationLevel>,
     /// This many warnings of the environment within `warning_window` escalate.
     pub warnings: u32,
@@ -61,6 +66,7 @@ impl Default for EscalationPolicy {
             channels: channels.iter().map(|s| s.to_string()).collect(),
         };
         EscalationPolicy {
+            configured: true,
             levels: vec![
                 level("deploy-operator", &["@ops"], &["slack", "teams"]),
                 level(
@@ -122,7 +128,10 @@ pub fn resolve(
 ) -> Result<EscalationPolicy, ConfigError> {
     let d = EscalationPolicy::default();
     let Some(raw) = raw else {
-        return Ok(d);
+        return Ok(EscalationPolicy {
+            configured: false,
+            ..d
+        });
     };
     let dur = |field: &str, v: &Option<Value>, default: Duration, range: DurationRange| match v {
         None | Some(Value::Null) => Ok(default),
@@ -138,6 +147,7 @@ pub fn resolve(
         Some(l) => check_levels(file, path, l)?,
     };
     Ok(EscalationPolicy {
+        configured: true,
         levels,
         warnings: count("warnings", &raw.warnings, d.warnings)?,
         warning_window: dur(
@@ -220,6 +230,8 @@ mod tests {
         assert_eq!(d.top(), 3);
         assert_eq!(d.level(9).name, "engineering");
         assert_eq!(parse(serde_json::json!({})).expect("empty"), d);
+        let absent = resolve(Path::new("e.json"), "environments.x.escalation", None).expect("ok");
+        assert!(!absent.configured);
     }
 
     #[test]

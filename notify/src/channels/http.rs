@@ -33,6 +33,8 @@ pub struct Request {
     channel: Channel,
     url: String,
     body: Vec<u8>,
+    /// Extra headers (Opsgenie's `Authorization: GenieKey …`).
+    headers: Vec<(String, String)>,
 }
 
 impl Request {
@@ -44,15 +46,26 @@ impl Request {
             channel,
             url: url.to_string(),
             body,
+            headers: Vec::new(),
         })
+    }
+
+    /// Adds a header to every attempt.
+    pub fn header(mut self, name: &str, value: &str) -> Request {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
     }
 
     /// One POST of the JSON body.
     pub fn attempt(&self, timeout: Duration) -> Attempt {
-        let result = self
+        let mut req = self
             .agent
             .post(&self.url)
-            .header("Content-Type", "application/json")
+            .header("Content-Type", "application/json");
+        for (name, value) in &self.headers {
+            req = req.header(name, value);
+        }
+        let result = req
             .config()
             .timeout_global(Some(timeout))
             .build()

@@ -6,6 +6,8 @@
 mod discord;
 mod email;
 mod http;
+mod opsgenie;
+mod pagerduty;
 mod slack;
 mod teams;
 mod webhook;
@@ -25,6 +27,8 @@ pub use email::{
     email_content, find_sendmail, EmailConfig, EmailTransport, SmtpTls, SENDMAIL_DIRS,
 };
 pub use http::classify;
+pub use opsgenie::{opsgenie_action, opsgenie_create_payload};
+pub use pagerduty::{pagerduty_dedup_key, pagerduty_payload, PagerDutyAction};
 pub use slack::{limits as slack_limits, slack_payload};
 pub use teams::{limits as teams_limits, teams_payload};
 pub use webhook::webhook_payload;
@@ -37,15 +41,19 @@ pub enum Channel {
     Discord,
     Email,
     Webhook,
+    PagerDuty,
+    Opsgenie,
 }
 
 impl Channel {
-    pub const ALL: [Channel; 5] = [
+    pub const ALL: [Channel; 7] = [
         Channel::Slack,
         Channel::Teams,
         Channel::Discord,
         Channel::Email,
         Channel::Webhook,
+        Channel::PagerDuty,
+        Channel::Opsgenie,
     ];
 
     /// The name routes and `--channel` use (gates-core's topology validates
@@ -57,6 +65,8 @@ impl Channel {
             Channel::Discord => "discord",
             Channel::Email => "email",
             Channel::Webhook => "webhook",
+            Channel::PagerDuty => "pagerduty",
+            Channel::Opsgenie => "opsgenie",
         }
     }
 
@@ -73,6 +83,8 @@ impl Channel {
             Channel::Discord => &discord::Discord,
             Channel::Email => &email::Email,
             Channel::Webhook => &webhook::Webhook,
+            Channel::PagerDuty => &pagerduty::PagerDuty,
+            Channel::Opsgenie => &opsgenie::Opsgenie,
         }
     }
 }
@@ -90,7 +102,7 @@ impl FromStr for Channel {
             .into_iter()
             .find(|c| c.name().eq_ignore_ascii_case(s.trim()))
             .ok_or_else(|| {
-                format!("unknown channel {s:?}: expected slack, teams, discord, email or webhook")
+                format!("unknown channel {s:?}: expected slack, teams, discord, email, webhook, pagerduty or opsgenie")
             })
     }
 }
@@ -98,7 +110,15 @@ impl FromStr for Channel {
 /// Where a configured channel delivers.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Target {
-    Http { url: String },
+    Http {
+        url: String,
+    },
+    /// An HTTP API with a key kept out of the payload previews (PagerDuty's
+    /// routing key, Opsgenie's API key): set into the request only.
+    Keyed {
+        url: String,
+        key: String,
+    },
     Email(EmailConfig),
 }
 
@@ -147,7 +167,9 @@ pub trait Integration: Sync {
                 http::Request::new(self.channel(), url, &self.payload(r, dedup_key))
                     .map(Request::Http)
             }
-            Target::Email(_) => Err(format!("{} does not send email", self.channel())),
+            Target::Email(_) | Target::Keyed { .. } => {
+                Err(format!("{} has no request for this target", self.channel()))
+            }
         }
     }
 

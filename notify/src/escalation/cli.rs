@@ -1,0 +1,111 @@
+//! `notify ack` and `notify escalate`: the acknowledgement and the deadline
+//! check, for people and for cron or the systemd timer
+//! (`deploy/systemd/dhash-escalate@.service`).
+
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use gates_core::exit::{Exit, ToolError};
+use gates_core::project::Project;
+use gates_core::{Emitter, Level};
+
+use super::{ack, check_deadlines, state, AckError, Acked};
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum EscalationCommand {
+    /// Record that a person has seen an incident (or the environment's
+    /// alerts): its escalation stops; PagerDuty and Opsgenie are told.
+    Ack(AckArgs),
+    /// Act on every passed acknowledgement deadline of the environment
+    /// (for cron or the shipped systemd timer), then exit.
+    Escalate(EscalateArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AckArgs {
+    /// Environment (default production, said on stderr).
+    #[arg(long, value_name = "ENV")]
+    pub env: Option<String>,
+    /// The incident (its record's name, e.g. incident_production_20261123T094107123Z);
+    /// default: the newest unacknowledged one, else the environment's alerts.
+    #[arg(long, value_name = "ID")]
+    pub incident: Option<String>,
+    /// Who acknowledges.
+    #[arg(long, value_name = "NAME")]
+    pub by: String,
+    /// A note kept with the acknowledgement.
+    #[arg(long, value_name = "TEXT")]
+    pub note: Option<String>,
+    /// Also resolve it (PagerDuty resolve, Opsgenie close).
+    #[arg(long)]
+    pub resolve: bool,
+    #[arg(long, short)]
+    pub verbose: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EscalateArgs {
+    /// Environment (default production, said on stderr).
+    #[arg(long, value_name = "ENV")]
+    pub env: Option<String>,
+    #[arg(long, short)]
+    pub verbose: bool,
+}
+
+fn env_name(env: &Option<String>) -> String {
+    env.clone().unwrap_or_else(|| {
+        eprintln!("notify: no --env given: using {}", crate::cli::DEFAULT_ENV);
+        crate::cli::DEFAULT_ENV.to_string()
+    })
+}
+
+pub fn run(cmd: EscalationCommand) -> anyhow::Result<Exit> {
+    let project = Project::discover()?;
+    crate::dotenv::load(&project.root)
+        .map_err(|e| ToolError::new(Exit::Usage, anyhow::anyhow!("{e}")))?;
+    match cmd {
+        EscalationCommand::Ack(a) => {
+            let env = project.env(&env_name(&a.env))?;
+            let em = Emitter::stdout("notify", &env.name, a.verbose);
+            gates_core::event::pump_stdin(&em, |_| {});
+            match ack(
+                env,
+                a.incident.as_deref(),
+                &a.by,
+                a.note.as_deref(),
+                a.resolve,
+                &em,
+            ) {
+                Ok(Acked::Incident(i)) => em.human(&format!("{} acknowledged by {}", i.id, a.by)),
+                Ok(Acked::Alerts { .. }) => {
+                    em.human("no open incident: the alerts are acknowledged")
+                }
+                Err(e @ AckError::Unknown(..)) => {
+                    return Err(ToolError::new(Exit::Failed, anyhow::Error::new(e)).into())
+                }
+                Err(AckError::State(e)) => return Err(e),
+            }
+            Ok(Exit::Ok)
+        }
+        EscalationCommand::Escalate(a) => {
+            let env = project.env(&env_name(&a.env))?;
+            let em = Emitter::stdout("notify", &env.name, a.verbose);
+            gates_core::event::pump_stdin(&em, |_| {});
+            let raised = check_deadlines(env, &em);
+            let open = state::read(env)
+                .map(|s| s.incidents.values().filter(|i| i.open()).count())
+                .unwrap_or(0);
+            em.emit(
+                "escalation.checked",
+                Level::Info,
+                format!(
+                    "{} escalation(s) raised; {open} incident(s) awaiting acknowledgement",
+                    raised.len()
+                ),
+                json!({"raised": raised.len(), "open_incidents": open,
+                       "state": state::path(env).display().to_string()}),
+            );
+            Ok(Exit::Ok)
+        }
+    }
+}

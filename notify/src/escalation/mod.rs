@@ -1,0 +1,445 @@
+//! Escalation and acknowledgement, on top of notify's delivery (see the
+//! policy in `gates_core::config::escalation`).
+//!
+//! - Every warning or critical notify delivers (not a duplicate, not a dry
+//!   run) is counted for its environment; when a rule fires, the
+//!   environment moves to the next level: an `escalation.raised` event, a
+//!   ledger record (`escalation`) and a critical notification to that
+//!   level's channels, naming its contacts.
+//! - An auto-rollback incident ([`incident_opened`], called by the monitor
+//!   once its record is written, or on an upstream `incident.created`)
+//!   starts an acknowledgement clock; unacknowledged, it escalates one level
+//!   at each deadline until the top. [`ack`] stops it.
+//! - Deadlines are on disk: any notify (and the monitor's notifications)
+//!   checks them first, and `notify escalate --env E` does only that, for
+//!   cron or the shipped systemd timer.
+//! - An auto-rollback notification reaches every configured channel.
+//!
+//! The clock is [`crate::clock`] (`DHASH_NOW` for drills and tests).
+
+pub mod cli;
+pub mod rules;
+pub mod state;
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use gates_core::config::EnvConfig;
+use gates_core::{Emitter, Level};
+
+use crate::channels::Channel;
+use crate::incident_file::{self, ACKNOWLEDGED, ESCALATION, TRACKER};
+use crate::{clock, tracker, Notification, NotifyOptions, SendSettings};
+pub use rules::{Raise, Rule};
+
+/// Ledger record kinds.
+pub const LEDGER_ESCALATION: &str = "escalation";
+pub const LEDGER_ACK: &str = "acknowledgement";
+
+/// Whether a notification is about an automatic rollback (the monitor's
+/// rollback notifications, an upstream rollback event of the monitor, a
+/// gate violation whose action is auto-rollback): it reaches every channel.
+pub fn is_auto_rollback(n: &Notification) -> bool {
+    let f = |k: &str| n.fields.get(k).and_then(Value::as_str);
+    let key = n.dedup_key.as_deref().unwrap_or("");
+    n.level.severity() >= Level::Critical.severity()
+        && (f("action") == Some("auto-rollback")
+            || key.contains(":rollback:")
+            || key.ends_with(":rollback-completed")
+            || key.ends_with(":rollback-failed")
+            || (f("tool") == Some("monitor_dhash")
+                && f("event").is_some_and(|e| e.starts_with("rollback."))))
+}
+
+/// After a delivered alert: count it, and escalate when a rule says so.
+pub fn after_alert(env: &EnvConfig, n: &Notification, title: &str, em: &Emitter) {
+    if !env.escalation.configured || n.level.severity() < Level::Warning.severity() {
+        return;
+    }
+    let policy = &env.escalation;
+    let now = clock::now_secs();
+    match state::update(env, |s| rules::on_alert(policy, s, now, n.level, title)) {
+        Ok(Some(raise)) => raised(env, &raise, em),
+        Ok(None) => {}
+        Err(e) => em.human(&format!("escalation state not updated: {e:#}")),
+    }
+}
+
+/// Acts on every passed deadline; returns what was raised.
+pub fn check_deadlines(env: &EnvConfig, em: &Emitter) -> Vec<Raise> {
+    if !env.escalation.configured {
+        return Vec::new();
+    }
+    let now = clock::now_secs();
+    let raises = match state::update(env, |s| rules::due(&env.escalation, s, now)) {
+        Ok(r) => r,
+        Err(e) => {
+            em.human(&format!("escalation deadlines not checked: {e:#}"));
+            return Vec::new();
+        }
+    };
+    for r in &raises {
+        raised(env, r, em);
+    }
+    raises
+}
+
+/// An escalation: the event, the ledger record, the incident record's line
+/// and the notification to the new level's channels.
+fn raised(env: &EnvConfig, r: &Raise, em: &Emitter) {
+    let level = env.escalation.level(r.to);
+    let why = match r.rule {
+        Rule::Warnings => format!(
+            "{} warnings within {}",
+            r.alerts.len(),
+            gates_core::duration::human(env.escalation.warning_window)
+        ),
+        Rule::Criticals => format!("{} critical alerts", r.alerts.len()),
+        Rule::AckDeadline => format!(
+            "incident {} not acknowledged within {}",
+            r.incident.as_deref().unwrap_or("?"),
+            gates_core::duration::human(env.escalation.ack_deadline)
+        ),
+    };
+    let msg = format!(
+        "{}: escalated from level {} to level {} ({}: {})",
+        why,
+        r.from,
+        r.to,
+        level.name,
+        level.contacts.join(", ")
+    );
+    let fields = json!({"level_number": r.to, "from": r.from, "level_name": level.name,
+        "contacts": level.contacts, "channels": level.channels, "rule": r.rule.as_str(),
+        "alerts": r.alerts, "incident": r.incident, "due_at": clock::rfc3339(r.at)});
+    em.emit(
+        "escalation.raised",
+        Level::Critical,
+        msg.clone(),
+        fields.clone(),
+    );
+    let mut rec = fields.clone();
+    rec["env"] = json!(env.name);
+    if let Err(e) = env.ledger().append(LEDGER_ESCALATION, rec) {
+        em.human(&format!(
+            "cannot append the escalation to the ledger: {e:#}"
+        ));
+    }
+    if let Some(id) = &r.incident {
+        note_incident_level(env, id, em);
+    }
+    let mut n = Notification::new(
+        Level::Critical,
+        format!(
+            "Escalated to level {} ({}): dhash {}",
+            r.to, level.name, env.name
+        ),
+        format!(
+            "{msg}. Acknowledge: notify ack --env {}{} --by NAME",
+            env.name,
+            r.incident
+                .as_deref()
+                .map(|i| format!(" --incident {i}"))
+                .unwrap_or_default()
+        ),
+    );
+    n.fields = fields.as_object().cloned().unwrap_or_default();
+    if let Some(key) = r.incident.as_deref().and_then(|i| incident_key(env, i)) {
+        n.fields.insert("incident_key".into(), json!(key));
+    }
+    send_to(env, &n, channels_of(&level.channels), em);
+}
+
+fn channels_of(names: &[String]) -> Vec<Channel> {
+    names.iter().filter_map(|c| c.parse().ok()).collect()
+}
+
+/// Sends an escalation's own notification to `channels` (routes aside,
+/// never deduplicated, never counted as an alert).
+fn send_to(env: &EnvConfig, n: &Notification, channels: Vec<Channel>, em: &Emitter) {
+    let settings = SendSettings {
+        only: None,
+        no_dedup: true,
+        direct: Some(channels),
+        internal: true,
+    };
+    crate::send_with(env, n, &NotifyOptions::default(), em, &settings);
+}
+
+fn incident_key(env: &EnvConfig, id: &str) -> Option<String> {
+    state::read(env)
+        .ok()?
+        .incidents
+        .get(id)
+        .map(|i| i.key.clone())
+}
+
+/// The incident record's Escalation line, from the state.
+fn note_incident_level(env: &EnvConfig, id: &str, em: &Emitter) {
+    let Some(inc) = state::read(env)
+        .ok()
+        .and_then(|s| s.incidents.get(id).cloned())
+    else {
+        return;
+    };
+    let level = env.escalation.level(inc.level);
+    let next = if !inc.open() {
+        "acknowledged".to_string()
+    } else if inc.level >= env.escalation.top() {
+        "top level reached".to_string()
+    } else {
+        format!("next escalation at {} unless acknowledged (`notify ack --env {} --incident {} --by NAME`)",
+            clock::rfc3339(inc.deadline), env.name, inc.id)
+    };
+    let text = format!(
+        "level {} ({}: {}); {next}",
+        inc.level,
+        level.name,
+        level.contacts.join(", ")
+    );
+    if let Err(e) = incident_file::set_line(&inc.path, ESCALATION, &text) {
+        em.human(&format!("cannot update the incident record: {e:#}"));
+    }
+}
+
+/// An auto-rollback incident record was written: start its ack clock, open
+/// it in the tracker and write the link back. Known already: nothing to do.
+pub fn incident_opened(env: &EnvConfig, record: &Path, em: &Emitter) {
+    if !env.escalation.configured {
+        return;
+    }
+    let id = record
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "incident".into());
+    let key = format!("dhash/{}/{id}", env.name);
+    let now = clock::now_secs();
+    let policy = &env.escalation;
+    match state::update(env, |s| {
+        rules::open_incident(policy, s, now, &id, record, &key)
+    }) {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(e) => {
+            em.human(&format!(
+                "incident {id}: escalation state not updated: {e:#}"
+            ));
+            return;
+        }
+    }
+    let deadline = clock::rfc3339(now + policy.ack_deadline.as_secs_f64());
+    em.emit(
+        "escalation.opened",
+        Level::Warning,
+        format!(
+            "incident {id}: acknowledge by {deadline} or it escalates to level 2 ({})",
+            policy.level(2).name
+        ),
+        json!({"incident": id, "path": record.display().to_string(), "deadline": deadline,
+               "level_number": 1, "key": key}),
+    );
+    if let Err(e) = incident_file::set_line(
+        record,
+        ACKNOWLEDGED,
+        &format!("[not yet: due by {deadline}]"),
+    ) {
+        em.human(&format!("cannot update the incident record: {e:#}"));
+    }
+    note_incident_level(env, &id, em);
+    track(env, record, &id, em);
+}
+
+/// The tracker copy and its link in the record; a failure is reported and
+/// the local record stays complete.
+fn track(env: &EnvConfig, record: &Path, id: &str, em: &Emitter) {
+    let title = format!("Auto-rollback of dhash {}: {id}", env.name);
+    let issue = tracker::Issue {
+        title: &title,
+        record,
+        env: &env.name,
+        id,
+    };
+    let (line, url, error) = match tracker::open(&issue, env.notify.timeout) {
+        Ok(tracker::Tracked::Opened { via, url }) => {
+            em.emit(
+                "incident.tracked",
+                Level::Info,
+                format!(
+                    "incident {id} opened in the tracker ({via}){}",
+                    url.as_deref().map(|u| format!(": {u}")).unwrap_or_default()
+                ),
+                json!({"incident": id, "via": via, "url": url}),
+            );
+            let line = url
+                .clone()
+                .unwrap_or_else(|| format!("[opened via {via}; no link returned]"));
+            (line, url, None)
+        }
+        Ok(tracker::Tracked::NotConfigured(why)) => {
+            em.emit(
+                "incident.tracker-skipped",
+                Level::Debug,
+                why.clone(),
+                json!({"incident": id}),
+            );
+            (format!("[none: {why}]"), None, None)
+        }
+        Err(why) => {
+            em.emit("incident.tracker-failed", Level::Warning,
+                format!("incident {id} could not be opened in the tracker: {why}; the local record is complete"),
+                json!({"incident": id, "reason": why, "path": record.display().to_string()}));
+            (format!("[not opened: {why}]"), None, Some(why))
+        }
+    };
+    if let Err(e) = incident_file::set_line(record, TRACKER, &line) {
+        em.human(&format!(
+            "cannot write the tracker link into the incident record: {e:#}"
+        ));
+    }
+    let _ = state::update(env, |s| {
+        if let Some(i) = s.incidents.get_mut(id) {
+            i.tracker_url = url;
+            i.tracker_error = error;
+        }
+    });
+}
+
+/// What an acknowledgement acknowledged.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Acked {
+    Incident(Box<state::IncidentState>),
+    /// No open incident: the environment's alerts (its level back to 1).
+    Alerts {
+        level_was: u32,
+    },
+}
+
+/// Why an ack could not be recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum AckError {
+    #[error("no incident {0:?} in {1}; known: {2}")]
+    Unknown(String, String, String),
+    #[error(transparent)]
+    State(#[from] anyhow::Error),
+}
+
+/// `notify ack`: the incident named, else the newest open one, else the
+/// environment's alerts. `resolve` also closes it (PagerDuty resolve,
+/// Opsgenie close).
+pub fn ack(
+    env: &EnvConfig,
+    incident: Option<&str>,
+    by: &str,
+    note: Option<&str>,
+    resolve: bool,
+    em: &Emitter,
+) -> Result<Acked, AckError> {
+    let at = clock::rfc3339(clock::now_secs());
+    let acked = state::update(env, |s| -> Result<Acked, AckError> {
+        let id = match incident {
+            Some(i) => Some(i.to_string()),
+            None => s
+                .incidents
+                .values()
+                .filter(|i| i.open())
+                .max_by(|a, b| a.opened_at.cmp(&b.opened_at))
+                .map(|i| i.id.clone()),
+        };
+        let Some(id) = id else {
+            let level_was = s.level();
+            s.level = 1;
+            return Ok(Acked::Alerts { level_was });
+        };
+        let known = s.incidents.keys().cloned().collect::<Vec<_>>().join(", ");
+        let path = state::path(env).display().to_string();
+        let inc = s
+            .incidents
+            .get_mut(&id)
+            .ok_or(AckError::Unknown(id.clone(), path, known))?;
+        inc.acked_by = Some(by.to_string());
+        inc.acked_at = Some(at.clone());
+        inc.note = note.map(str::to_string);
+        inc.resolved |= resolve;
+        Ok(Acked::Incident(Box::new(inc.clone())))
+    })??;
+    announce_ack(env, &acked, by, note, &at, resolve, em);
+    Ok(acked)
+}
+
+/// The ack's event, ledger record, incident line, and the on-call tools told.
+fn announce_ack(
+    env: &EnvConfig,
+    acked: &Acked,
+    by: &str,
+    note: Option<&str>,
+    at: &str,
+    resolve: bool,
+    em: &Emitter,
+) {
+    let (incident, msg) = match acked {
+        Acked::Incident(i) => (
+            Some(i),
+            format!(
+                "incident {} acknowledged by {by} at {at}{}",
+                i.id,
+                if resolve { " and resolved" } else { "" }
+            ),
+        ),
+        Acked::Alerts { level_was } => (
+            None,
+            format!(
+                "alerts of {} acknowledged by {by} at {at} (level {level_was} back to 1)",
+                env.name
+            ),
+        ),
+    };
+    let fields = json!({"by": by, "at": at, "note": note, "incident": incident.map(|i| &i.id),
+        "resolved": resolve, "level_number": incident.map(|i| i.level)});
+    em.emit(
+        "escalation.acknowledged",
+        Level::Info,
+        msg.clone(),
+        fields.clone(),
+    );
+    let mut rec = fields;
+    rec["env"] = json!(env.name);
+    if let Err(e) = env.ledger().append(LEDGER_ACK, rec) {
+        em.human(&format!(
+            "cannot append the acknowledgement to the ledger: {e:#}"
+        ));
+    }
+    let Some(inc) = incident else { return };
+    let line = format!(
+        "by {by} at {at}{}{}",
+        note.map(|n| format!(" — {n}")).unwrap_or_default(),
+        if resolve { " (resolved)" } else { "" }
+    );
+    if let Err(e) = incident_file::set_line(&inc.path, ACKNOWLEDGED, &line) {
+        em.human(&format!("cannot update the incident record: {e:#}"));
+    }
+    note_incident_level(env, &inc.id, em);
+    let action = if resolve { "resolve" } else { "acknowledge" };
+    let n = Notification::new(
+        Level::Info,
+        format!("Incident {} {action}d: dhash {}", inc.id, env.name),
+        msg,
+    )
+    .field("incident", inc.id.clone())
+    .field("incident_key", inc.key.clone())
+    .field("pagerduty_action", action)
+    .field("acknowledged_by", by);
+    // Only the on-call tools that are set up: elsewhere an ack is not news.
+    let tools: Vec<Channel> = [Channel::PagerDuty, Channel::Opsgenie]
+        .into_iter()
+        .filter(|c| {
+            matches!(
+                crate::channels::configure(*c),
+                crate::channels::Config::Ready(_)
+            )
+        })
+        .collect();
+    if !tools.is_empty() {
+        send_to(env, &n, tools, em);
+    }
+}

@@ -1,0 +1,627 @@
+//! Escalation, acknowledgement, on-call channels and the tracker (issue 19):
+//! the real `notify` binary, one process per step (so every step is also a
+//! restart: the state lives on disk), a scratch project, loopback receivers
+//! standing in for PagerDuty and Opsgenie, a `gh` stand-in on `PATH`, and
+//! `DHASH_NOW` for the minutes.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::{json, Value};
+use testkit::receiver::{Receiver, Reply};
+
+const NOTIFY: &str = env!("CARGO_BIN_EXE_notify");
+/// 2027-01-15T08:00:00Z: the drills' T0.
+const T0: i64 = 1_800_000_000;
+const MIN: i64 = 60;
+const ROUTING_KEY: &str = "R0uTiNgKeY0123456789abcdefABCDEF";
+const GENIE_KEY: &str = "genie-api-key-5f1c2b7a";
+
+/// Variables of the developer's shell that must not take part.
+const CLEARED: &[&str] = &[
+    "SLACK_WEBHOOK",
+    "SLACK_WEBHOOK_URL",
+    "TEAMS_WEBHOOK",
+    "TEAMS_WEBHOOK_URL",
+    "DISCORD_WEBHOOK_URL",
+    "DISCORD_WEBHOOK",
+    "WEBHOOK_URL",
+    "EMAIL_TO",
+    "EMAIL_SMTP_HOST",
+    "PAGERDUTY_ROUTING_KEY",
+    "PAGERDUTY_EVENTS_URL",
+    "OPSGENIE_API_KEY",
+    "OPSGENIE_API_URL",
+    "GH_TOKEN",
+    "GITHUB_TOKEN",
+    "GITHUB_API_URL",
+    "DHASH_TRACKER_REPO",
+    "INCIDENT_WEBHOOK_URL",
+    "DHASH_NOW",
+];
+
+struct Project {
+    dir: tempfile::TempDir,
+    /// `PATH` for the tool: an empty folder unless a test puts a `gh` there.
+    bin: PathBuf,
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+    lines: Vec<Value>,
+}
+
+impl Run {
+    fn events(&self, name: &str) -> Vec<&Value> {
+        self.lines.iter().filter(|v| v["event"] == name).collect()
+    }
+    fn ok(self) -> Run {
+        assert_eq!(
+            self.code, 0,
+            "exit {}\n{}\n{}",
+            self.code, self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+impl Project {
+    fn new() -> Project {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let topology = json!({"environments": {"staging": {
+            "install_root": ".dhash/staging", "data_dir": ".dhash/staging/data",
+            "database": ".dhash/staging/data/dhash.sqlite3",
+            "service": {"kind": "local", "bind": "127.0.0.1:9"},
+            "health_url": "http://127.0.0.1:9/health", "metrics_url": "http://127.0.0.1:9/metrics",
+            "queue_url": "http://127.0.0.1:9/api/dhash/queue/status",
+            "log_dir": "monitor_logs",
+            "notifications": {"quiet_period": "10m", "timeout": "5s",
+                "routes": [{"channel": "pagerduty", "min_level": "critical"}]},
+            "escalation": {"ack_deadline": "5m"}
+        }}});
+        std::fs::write(dir.path().join("environments.json"), topology.to_string()).unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        Project { dir, bin }
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn run(&self, args: &[&str], now: i64, vars: &[(&str, &str)], stdin: Option<&str>) -> Run {
+        let mut cmd = Command::new(NOTIFY);
+        cmd.args(args).current_dir(self.root());
+        for v in CLEARED {
+            cmd.env_remove(v);
+        }
+        cmd.env("DHASH_ROOT", self.root())
+            .env("PATH", &self.bin)
+            .env("DHASH_NOW", now.to_string());
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        cmd.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn notify");
+        if let Some(input) = stdin {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        }
+        let out = child.wait_with_output().expect("wait");
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let lines = stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect();
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+            lines,
+        }
+    }
+
+    fn alert(&self, level: &str, message: &str, now: i64) -> Run {
+        self.run(
+            &["--env", "staging", "--level", level, "--message", message],
+            now,
+            &[],
+            None,
+        )
+        .ok()
+    }
+
+    fn state(&self) -> Value {
+        let p = self.root().join(".dhash/staging/escalation.json");
+        serde_json::from_str(&std::fs::read_to_string(p).expect("escalation state")).unwrap()
+    }
+
+    fn ledger(&self, kind: &str) -> Vec<Value> {
+        std::fs::read_to_string(self.root().join(".dhash/staging/ledger.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|v| v["kind"] == kind)
+            .collect()
+    }
+
+    /// An incident record as the monitor writes it (template of seed 004).
+    fn incident(&self, id: &str) -> PathBuf {
+        let dir = self.root().join("monitor_logs");
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(format!("{id}.md"));
+        std::fs::write(&p, INCIDENT).unwrap();
+        p
+    }
+
+    /// The monitor's `incident.created`, piped to notify as quick-deploy does.
+    fn report_incident(&self, path: &Path, now: i64, vars: &[(&str, &str)]) -> Run {
+        let ev = json!({"ts": "2027-01-15T08:00:00.000Z", "tool": "monitor_dhash", "env": "staging",
+            "event": "incident.created", "level": "info", "msg": "incident record",
+            "path": path.display().to_string()});
+        self.run(&["--env", "staging"], now, vars, Some(&format!("{ev}\n")))
+            .ok()
+    }
+
+    fn escalate(&self, now: i64) -> Run {
+        self.run(&["escalate", "--env", "staging"], now, &[], None)
+            .ok()
+    }
+}
+
+const INCIDENT: &str = "# Incident Report: Rollback 2027-01-15T08:00:00.000Z
+
+## Summary
+- **Environment:** staging
+- **Release Tag:** v2-bad
+- **Outcome:** Rolled back to the previous release; service restored
+- **Watch page:** monitor_logs/watch_staging.html
+- **Acknowledged:** [not yet]
+- **Tracker:** [none]
+
+## Timeline
+- Issue detected: 2027-01-15T07:59:30.000Z
+
+## Root Cause
+[To be filled by engineering team]
+";
+
+#[test]
+fn three_warnings_within_15_minutes_escalate_once_and_two_do_not() {
+    let p = Project::new();
+    for (i, at) in [0, 5 * MIN].into_iter().enumerate() {
+        let r = p.alert("warning", &format!("queue high #{i}"), T0 + at);
+        assert!(r.events("escalation.raised").is_empty(), "{}", r.stdout);
+    }
+    // Each step was its own process: the count lives on disk.
+    assert_eq!(p.state()["alerts"].as_array().map(Vec::len), Some(2));
+    let r = p.alert("warning", "queue high #2", T0 + 14 * MIN);
+    let raised = r.events("escalation.raised");
+    assert_eq!(raised.len(), 1, "{}", r.stdout);
+    assert_eq!(raised[0]["rule"], "warnings");
+    assert_eq!(
+        (
+            raised[0]["from"].as_u64(),
+            raised[0]["level_number"].as_u64()
+        ),
+        (Some(1), Some(2))
+    );
+    assert_eq!(raised[0]["level_name"], "sre");
+    assert_eq!(raised[0]["alerts"].as_array().map(Vec::len), Some(3));
+    assert_eq!(p.state()["level"], 2);
+    assert_eq!(p.ledger("escalation").len(), 1);
+    // A 4th warning is not a second escalation.
+    let r = p.alert("warning", "queue high #3", T0 + 15 * MIN);
+    assert!(r.events("escalation.raised").is_empty(), "{}", r.stdout);
+
+    // Two within 15 minutes, the third 16 minutes after the first: none.
+    let q = Project::new();
+    for (i, at) in [0, 10 * MIN, 16 * MIN].into_iter().enumerate() {
+        let r = q.alert("warning", &format!("memory high #{i}"), T0 + at);
+        assert!(r.events("escalation.raised").is_empty(), "{}", r.stdout);
+    }
+    assert_eq!(q.ledger("escalation").len(), 0);
+}
+
+#[test]
+fn a_second_critical_escalates() {
+    let p = Project::new();
+    let r = p.alert("critical", "error rate 12 %", T0);
+    assert!(r.events("escalation.raised").is_empty(), "{}", r.stdout);
+    let r = p.alert("critical", "p95 5400 ms", T0 + 2 * MIN);
+    let raised = r.events("escalation.raised");
+    assert_eq!(raised.len(), 1, "{}", r.stdout);
+    assert_eq!(raised[0]["rule"], "criticals");
+    assert_eq!(raised[0]["level_number"], 2);
+    assert_eq!(p.ledger("escalation")[0]["rule"], "criticals");
+}
+
+#[test]
+fn an_unacknowledged_incident_escalates_at_each_deadline_and_an_ack_stops_it() {
+    let p = Project::new();
+    let path = p.incident("incident_staging_20270115T080000000Z");
+    let r = p.report_incident(&path, T0, &[]);
+    assert_eq!(r.events("escalation.opened").len(), 1, "{}", r.stdout);
+    assert_eq!(
+        p.escalate(T0 + 4 * MIN).events("escalation.checked")[0]["raised"],
+        0
+    );
+    let r = p.escalate(T0 + 5 * MIN + 1);
+    let raised = r.events("escalation.raised");
+    assert_eq!(raised.len(), 1, "{}", r.stdout);
+    assert_eq!(
+        (
+            raised[0]["rule"].as_str(),
+            raised[0]["level_number"].as_u64()
+        ),
+        (Some("ack-deadline"), Some(2))
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("- **Escalation:** level 2 (sre: @sre, SRE on-call); next escalation at 2027-01-15T08:10:00.000Z"), "{text}");
+    let r = p.escalate(T0 + 11 * MIN);
+    assert_eq!(
+        r.events("escalation.raised")[0]["level_number"],
+        3,
+        "{}",
+        r.stdout
+    );
+    assert_eq!(
+        p.escalate(T0 + 40 * MIN).events("escalation.raised").len(),
+        0,
+        "top reached"
+    );
+    assert_eq!(p.ledger("escalation").len(), 2);
+
+    // Acknowledged at T+3 min: the deadline passes without an escalation.
+    let q = Project::new();
+    let path = q.incident("incident_staging_20270115T080000000Z");
+    q.report_incident(&path, T0, &[]);
+    let r = q
+        .run(
+            &[
+                "ack",
+                "--env",
+                "staging",
+                "--by",
+                "alice",
+                "--note",
+                "looking at p95",
+            ],
+            T0 + 3 * MIN,
+            &[],
+            None,
+        )
+        .ok();
+    let acked = r.events("escalation.acknowledged");
+    assert_eq!(acked.len(), 1, "{}", r.stdout);
+    assert_eq!(
+        (acked[0]["by"].as_str(), acked[0]["incident"].as_str()),
+        (Some("alice"), Some("incident_staging_20270115T080000000Z"))
+    );
+    assert_eq!(
+        q.escalate(T0 + 6 * MIN).events("escalation.raised").len(),
+        0
+    );
+    assert_eq!(
+        q.escalate(T0 + 60 * MIN).events("escalation.raised").len(),
+        0
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        text.contains("- **Acknowledged:** by alice at 2027-01-15T08:03:00.000Z — looking at p95"),
+        "{text}"
+    );
+    assert_eq!(q.ledger("acknowledgement")[0]["by"], "alice");
+    // An unknown incident is refused, naming the known ones.
+    let r = q.run(
+        &[
+            "ack",
+            "--env",
+            "staging",
+            "--incident",
+            "nope",
+            "--by",
+            "bob",
+        ],
+        T0,
+        &[],
+        None,
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("incident_staging_20270115T080000000Z"),
+        "{}",
+        r.stderr
+    );
+}
+
+/// The Events API v2 request schema (developer.pagerduty.com, "Send an
+/// Alert Event" / "Acknowledge" / "Resolve").
+fn assert_events_api_v2(body: &Value) {
+    let o = body
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {body}"));
+    assert_eq!(o["routing_key"], ROUTING_KEY);
+    let key = o["dedup_key"].as_str().expect("dedup_key");
+    assert!(!key.is_empty() && key.chars().count() <= 255, "{key}");
+    match o["event_action"].as_str() {
+        Some("trigger") => {
+            for k in o.keys() {
+                assert!(
+                    [
+                        "routing_key",
+                        "event_action",
+                        "dedup_key",
+                        "payload",
+                        "images",
+                        "links",
+                        "client",
+                        "client_url"
+                    ]
+                    .contains(&k.as_str()),
+                    "{k}"
+                );
+            }
+            let p = o["payload"].as_object().expect("payload");
+            for k in p.keys() {
+                assert!(
+                    [
+                        "summary",
+                        "source",
+                        "severity",
+                        "timestamp",
+                        "component",
+                        "group",
+                        "class",
+                        "custom_details"
+                    ]
+                    .contains(&k.as_str()),
+                    "{k}"
+                );
+            }
+            let summary = p["summary"].as_str().expect("summary");
+            assert!(!summary.is_empty() && summary.chars().count() <= 1024);
+            assert!(p["source"].as_str().is_some_and(|s| !s.is_empty()));
+            assert!(
+                ["critical", "error", "warning", "info"].contains(&p["severity"].as_str().unwrap())
+            );
+            chrono::DateTime::parse_from_rfc3339(p["timestamp"].as_str().unwrap())
+                .expect("ISO 8601 timestamp");
+            assert!(p["custom_details"].is_object());
+        }
+        Some("acknowledge") | Some("resolve") => {
+            for k in o.keys() {
+                assert!(
+                    ["routing_key", "event_action", "dedup_key"].contains(&k.as_str()),
+                    "{k}"
+                );
+            }
+        }
+        other => panic!("event_action {other:?}"),
+    }
+}
+
+#[test]
+fn pagerduty_and_opsgenie_get_the_documented_requests_with_one_stable_key() {
+    let pd = Receiver::start(vec![
+        Reply::status(500),
+        Reply::json(202, r#"{"status":"success","message":"Event processed"}"#),
+    ]);
+    let og = Receiver::start(vec![Reply::json(
+        202,
+        r#"{"result":"Request will be processed"}"#,
+    )]);
+    let pd_url = pd.url_with("/v2/enqueue");
+    let og_url = og.url();
+    let vars = [
+        ("PAGERDUTY_ROUTING_KEY", ROUTING_KEY),
+        ("PAGERDUTY_EVENTS_URL", pd_url.as_str()),
+        ("OPSGENIE_API_KEY", GENIE_KEY),
+        ("OPSGENIE_API_URL", og_url.as_str()),
+    ];
+    let p = Project::new();
+    // A critical alert: PagerDuty answers 500, then 202; the retry is the same event.
+    p.run(
+        &[
+            "--env",
+            "staging",
+            "--level",
+            "critical",
+            "--message",
+            "p95 5400 ms",
+        ],
+        T0,
+        &vars,
+        None,
+    )
+    .ok();
+    let first = pd.requests();
+    assert_eq!(first.len(), 2);
+    assert_eq!(first[0].body, first[1].body, "a retry sends the same event");
+    assert_eq!(first[0].json()["event_action"], "trigger");
+    assert_events_api_v2(&first[0].json());
+
+    // An incident escalates at its deadline (level 2 has pagerduty and opsgenie),
+    // then is acknowledged and resolved: one key throughout.
+    let path = p.incident("incident_staging_20270115T080000000Z");
+    p.report_incident(&path, T0, &vars);
+    p.run(&["escalate", "--env", "staging"], T0 + 6 * MIN, &vars, None)
+        .ok();
+    p.run(
+        &["ack", "--env", "staging", "--by", "alice"],
+        T0 + 7 * MIN,
+        &vars,
+        None,
+    )
+    .ok();
+    p.run(
+        &[
+            "ack",
+            "--env",
+            "staging",
+            "--incident",
+            "incident_staging_20270115T080000000Z",
+            "--by",
+            "alice",
+            "--resolve",
+        ],
+        T0 + 9 * MIN,
+        &vars,
+        None,
+    )
+    .ok();
+    let later: Vec<Value> = pd.requests()[2..].iter().map(|r| r.json()).collect();
+    let actions: Vec<&str> = later
+        .iter()
+        .map(|b| b["event_action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["trigger", "acknowledge", "resolve"], "{later:?}");
+    for b in &later {
+        assert_events_api_v2(b);
+        assert_eq!(
+            b["dedup_key"],
+            "dhash/staging/incident_staging_20270115T080000000Z"
+        );
+    }
+    assert!(later[0]["payload"]["summary"]
+        .as_str()
+        .unwrap()
+        .contains("Escalated to level 2 (sre)"));
+
+    let og_reqs = og.requests();
+    let paths: Vec<&str> = og_reqs.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(paths, [
+        "/v2/alerts",
+        "/v2/alerts/dhash%2Fstaging%2Fincident_staging_20270115T080000000Z/acknowledge?identifierType=alias",
+        "/v2/alerts/dhash%2Fstaging%2Fincident_staging_20270115T080000000Z/close?identifierType=alias",
+    ]);
+    for r in &og_reqs {
+        assert_eq!(
+            r.header("authorization"),
+            Some(format!("GenieKey {GENIE_KEY}").as_str())
+        );
+    }
+    let create = og_reqs[0].json();
+    assert_eq!(
+        create["alias"],
+        "dhash/staging/incident_staging_20270115T080000000Z"
+    );
+    assert_eq!(create["priority"], "P1");
+    assert!(create["message"].as_str().unwrap().chars().count() <= 130);
+    assert_eq!(og_reqs[1].json()["user"], "alice");
+
+    // Neither key is written anywhere under the project.
+    for f in walk(p.root()) {
+        let text = String::from_utf8_lossy(&std::fs::read(&f).unwrap()).to_string();
+        assert!(
+            !text.contains(ROUTING_KEY) && !text.contains(GENIE_KEY),
+            "{} holds a key",
+            f.display()
+        );
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// A `gh` that records its arguments; `issue create` fails when GH_FAIL is set.
+fn gh_stand_in(p: &Project) -> PathBuf {
+    let log = p.root().join("gh-args.log");
+    let script = format!(
+        "#!/bin/sh\nfor a in \"$@\"; do printf '%s\\n' \"$a\" >> '{log}'; done\necho ---- >> '{log}'\n\
+         case \"$1 $2\" in\n  'auth status') exit 0 ;;\n  'issue create')\n    \
+         if [ -n \"$GH_FAIL\" ]; then echo 'error connecting to api.github.com' >&2; exit 1; fi\n    \
+         echo 'https://github.com/acme/dhash/issues/42' ;;\nesac\n",
+        log = log.display()
+    );
+    let gh = p.bin.join("gh");
+    std::fs::write(&gh, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&gh, std::fs::Permissions::from_mode(0o755)).unwrap();
+    log
+}
+
+#[test]
+fn the_tracker_gets_the_incident_through_gh_and_a_tracker_down_leaves_it_complete_locally() {
+    let p = Project::new();
+    let log = gh_stand_in(&p);
+    let path = p.incident("incident_staging_20270115T080000000Z");
+    let r = p.report_incident(&path, T0, &[("DHASH_TRACKER_REPO", "acme/dhash")]);
+    let tracked = r.events("incident.tracked");
+    assert_eq!(tracked.len(), 1, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(tracked[0]["url"], "https://github.com/acme/dhash/issues/42");
+    let args = std::fs::read_to_string(&log).unwrap();
+    let calls: Vec<Vec<&str>> = args
+        .split("----\n")
+        .filter(|c| !c.is_empty())
+        .map(|c| c.lines().collect())
+        .collect();
+    assert_eq!(calls[0], ["auth", "status"]);
+    let title = "Auto-rollback of dhash staging: incident_staging_20270115T080000000Z";
+    let record = path.display().to_string();
+    assert_eq!(
+        calls[1],
+        [
+            "issue",
+            "create",
+            "--title",
+            title,
+            "--body-file",
+            &record,
+            "--repo",
+            "acme/dhash"
+        ]
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        text.contains("- **Tracker:** https://github.com/acme/dhash/issues/42\n"),
+        "{text}"
+    );
+    assert_eq!(text.matches("**Tracker:**").count(), 1);
+
+    // The tracker down: reported, and the record is whole with the reason.
+    let q = Project::new();
+    gh_stand_in(&q);
+    let path = q.incident("incident_staging_20270115T080000000Z");
+    let r = q.report_incident(&path, T0, &[("GH_FAIL", "1")]);
+    let failed = r.events("incident.tracker-failed");
+    assert_eq!(failed.len(), 1, "{}", r.stdout);
+    assert_eq!(failed[0]["level"], "warning");
+    let text = std::fs::read_to_string(&path).unwrap();
+    for line in INCIDENT
+        .lines()
+        .filter(|l| !l.starts_with("- **Acknowledged") && !l.starts_with("- **Tracker"))
+    {
+        assert!(text.contains(line), "{line:?} lost from\n{text}");
+    }
+    assert!(text.contains("- **Tracker:** [not opened: gh issue create failed: error connecting to api.github.com]"), "{text}");
+    assert!(
+        text.contains("- **Acknowledged:** [not yet: due by 2027-01-15T08:05:00.000Z]"),
+        "{text}"
+    );
+}
