@@ -14,6 +14,7 @@ pub mod install;
 pub mod ledger;
 pub mod lock;
 pub mod probe;
+pub mod progress;
 pub mod project;
 pub mod promql;
 pub mod redact;
