@@ -312,7 +312,11 @@ fn scan(
     let manifest = zip_manifest(&mut zip)?;
     let expected = expected_files(&manifest)?;
     let files = files_matching(&metas, &expected, &manifest)?;
+    // Verify and restore read every byte of the backup: the display counts them.
+    let what = if dest.is_some() { "restore" } else { "verify" };
+    let size: u64 = files.iter().map(|m| expected[m.name.as_str()].bytes).sum();
     let mut stream = Stream {
+        progress: gates_core::progress::bytes(what, size),
         dest,
         skip_hashes,
         database: manifest.database.as_deref(),
@@ -324,6 +328,7 @@ fn scan(
     for m in &files {
         total += stream.entry(&mut zip, m, expected[m.name.as_str()])?;
     }
+    stream.progress.finish();
     if let Some(d) = dest {
         sync_extracted(d, stream.dirs)?;
     }
@@ -465,6 +470,7 @@ fn files_matching<'m>(
 /// Without a destination, the database is copied to a temporary file for its
 /// SQLite checks (the bytes checked are the bytes hashed).
 struct Stream<'a> {
+    progress: gates_core::progress::Bar,
     dest: Option<&'a Path>,
     skip_hashes: bool,
     /// The manifest's database entry.
@@ -482,6 +488,7 @@ impl Stream<'_> {
         let mut entry = zip
             .by_index(m.index)
             .with_context(|| format!("reading {}", m.name))?;
+        self.progress.set_message(m.name.as_str());
         let mut out = self.output(&m.name)?;
         let mut hasher = Sha256::new();
         let mut bytes = 0u64;
@@ -500,6 +507,7 @@ impl Stream<'_> {
                     .with_context(|| format!("writing {}", m.name))?;
             }
             bytes += n as u64;
+            self.progress.inc(n as u64);
         }
         if !self.skip_hashes {
             let got = hex::encode(hasher.finalize());

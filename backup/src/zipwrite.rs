@@ -3,7 +3,7 @@
 //! the manifest last. Memory stays flat whatever the size of the data.
 
 use std::fs::{self, File};
-use std::io::{self, BufWriter, IsTerminal, Read, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -44,7 +44,7 @@ pub(crate) fn write_zip(
     manifest: Manifest,
 ) -> anyhow::Result<Written> {
     let total: u64 = items.iter().map(|i| i.bytes).sum();
-    let progress = progress_bar(total);
+    let progress = gates_core::progress::bytes("backup", total);
     let discard = Arc::new(AtomicBool::new(false));
     let file = fs::OpenOptions::new()
         .write(true)
@@ -67,7 +67,7 @@ pub(crate) fn write_zip(
             Err(e)
         }
     };
-    progress.finish_and_clear();
+    progress.finish();
     let (entries, hw) = match written {
         Ok(x) => x,
         Err(e) => {
@@ -188,7 +188,7 @@ fn add_file(
     zip: &mut Zip,
     item: &PlanItem,
     buf: &mut [u8],
-    progress: &indicatif::ProgressBar,
+    progress: &gates_core::progress::Bar,
 ) -> anyhow::Result<FileEntry> {
     let source = &item.source;
     let mut f = fsutil::open_regular(source, "the file to back up")?;
@@ -239,7 +239,7 @@ fn write_entries(
     zip: &mut Zip,
     items: &[PlanItem],
     mut manifest: Manifest,
-    progress: &indicatif::ProgressBar,
+    progress: &gates_core::progress::Bar,
 ) -> anyhow::Result<Vec<FileEntry>> {
     let mut buf = vec![0u8; BUF];
     let mut entries = Vec::with_capacity(items.len());
@@ -267,22 +267,6 @@ fn finish_zip(zip: Zip) -> anyhow::Result<HashWriter<BufWriter<File>>> {
     hw.flush().context("writing the zip")?;
     hw.inner.get_ref().sync_all().context("syncing the zip")?;
     Ok(hw)
-}
-
-fn progress_bar(total: u64) -> indicatif::ProgressBar {
-    if !io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let pb = indicatif::ProgressBar::with_draw_target(
-        Some(total),
-        indicatif::ProgressDrawTarget::stderr(),
-    );
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{spinner} backup {bar:30} {bytes}/{total_bytes} {bytes_per_sec} {msg}",
-    ) {
-        pb.set_style(style);
-    }
-    pb
 }
 
 #[cfg(test)]
