@@ -162,9 +162,14 @@ fn assemble(
     let schema_version = opts.schema_version.unwrap_or(top);
 
     // The cheap inputs are checked; now the (large) binary.
+    let size = fs::metadata(binary).map(|m| m.len()).unwrap_or(0);
+    let progress = gates_core::progress::bytes("bundle", size);
+    progress.set_message("bin/dhash-service");
     let exe = fs::read(binary)
         .with_context(|| format!("reading the service binary {}", binary.display()))?;
     write_file(tmp, "bin/dhash-service", &exe, &mut files)?;
+    progress.set_position(size);
+    progress.finish();
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
