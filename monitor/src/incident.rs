@@ -1,6 +1,8 @@
 //! The incident record written after an automatic rollback, following the
 //! incident template of the operations guide (seed 004), with the timeline
-//! filled from the events the monitor saw.
+//! filled from the events the monitor saw. Its `Acknowledged`, `Escalation`
+//! and `Tracker` lines are notify's to keep up to date (who acknowledged it
+//! and when, the level reached, the tracker link: `dhash_notify::escalation`).
 
 use std::path::{Path, PathBuf};
 
@@ -178,6 +180,8 @@ pub fn render(i: &Incident<'_>) -> String {
 - **Restored release:** {restored}
 - **Backup used:** {backup}
 - **Watch page:** {page}
+- **Acknowledged:** [not yet]
+- **Tracker:** [none]
 
 ## Timeline
 - {deploy}
