@@ -1503,6 +1503,8 @@ impl Watch<'_> {
                     format!("incident record {}", path.display()),
                     Value::Object(fields),
                 );
+                // Its ack clock and tracker copy are notify's (issue 19).
+                dhash_notify::escalation::incident_opened(self.env, &path, self.em);
             }
             Err(e) => self.em.human(&format!(
                 "cannot write the incident record {}: {e:#}",
