@@ -443,10 +443,7 @@ fn incident_of(
             Err(e) => (IncidentTimes::default(), Some(format!("{e:#}"))),
         },
     };
-    let mttr = match (times.detected, times.resolved) {
-        (Some(a), Some(b)) => Some((b - a).num_milliseconds() as f64 / 1000.0),
-        _ => None,
-    };
+    let mttr = crate::mttr_of(&times);
     let note = note.or_else(|| match (&times.detected, &times.resolved) {
         (None, _) => Some("no auto-rollback violation in the watch's events".into()),
         (_, None) => Some("no return to health recorded after the rollback".into()),
@@ -695,6 +692,12 @@ mod tests {
         assert_eq!(t.gate.as_deref(), Some("q"));
         assert_eq!(t.detected, parse_ts("2026-01-01T00:00:02Z"));
         assert_eq!(t.resolved, parse_ts("2026-01-01T00:00:06Z"));
+        assert_eq!(
+            crate::mttr(&evs),
+            Some(4.0),
+            "sample at :02 to third OK at :06"
+        );
+        assert_eq!(crate::mttr(&evs[..4]), None, "no return to health yet");
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod figures;
 pub mod history;
 pub mod render;
+pub mod roles;
 pub mod window;
 
 use std::path::Path;
@@ -20,7 +21,8 @@ use gates_core::exit::usage_error;
 use gates_core::Emitter;
 use serde_json::json;
 
-pub use figures::{Period, Report};
+pub use figures::{incident_times, IncidentTimes, Period, Report};
+pub use history::{read_events, WatchEvent};
 
 pub const TOOL: &str = "report_dhash";
 
@@ -74,6 +76,22 @@ pub fn period(
         )));
     }
     Ok(Period { since, until })
+}
+
+/// MTTR in seconds, the one definition every figure, page and benchmark
+/// uses: from detection (the time of the sample that violated an
+/// auto-rollback gate) to resolution (the health check after the restore
+/// that completed the required run of consecutive OK checks, the third by
+/// default). None when the watch's events hold no such violation or no
+/// such return to health.
+pub fn mttr(events: &[WatchEvent]) -> Option<f64> {
+    mttr_of(&incident_times(events))
+}
+
+/// [`mttr`] of incident times already extracted.
+pub fn mttr_of(times: &IncidentTimes) -> Option<f64> {
+    let (detected, resolved) = (times.detected?, times.resolved?);
+    Some((resolved - detected).num_milliseconds() as f64 / 1000.0)
 }
 
 /// Reads the environment's history and computes the report for `period`.

@@ -29,10 +29,19 @@ fn describe(out: &Output) -> String {
     )
 }
 
-/// One auto-rollback gate with no window: the flood trips it on the first sample.
+/// One auto-rollback gate with no window: the flood trips it on the first
+/// sample; and an alert gate with a 2 s window, pending until it is covered
+/// (then without data: the watch sends no traffic).
+/// The watch polls every 0.5 s for its first second, then every second, so
+/// its pages have two cadence phases.
 fn queue_gate(tp: &TestProject) -> PathBuf {
+    tp.edit_topology(|t| {
+        t["environments"][ENV]["monitor"]["cadence"] =
+            json!([{"every": "0.5s", "for": "1s"}, {"every": "1s"}]);
+    });
     let doc = json!({"environments": {ENV: {"quality_gates": {
-        "low_confidence_queue": {"threshold": 1000, "window_minutes": 0, "action": "auto-rollback"}
+        "low_confidence_queue": {"threshold": 1000, "window_minutes": 0, "action": "auto-rollback"},
+        "extraction_failure_rate": {"threshold": 50, "window_minutes": "2s", "action": "alert"}
     }}}});
     let path = tp.root().join("fast-gates.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
@@ -184,8 +193,8 @@ fn window_page_charts_every_gate(tp: &TestProject, release: &str) -> PathBuf {
     let html = std::fs::read_to_string(&page).unwrap();
     assert_eq!(
         html.matches("<svg").count(),
-        1,
-        "one chart per gate (one gate here)"
+        2,
+        "one chart per gate (two gates here)"
     );
     assert!(
         html.contains("data-gate=\"low_confidence_queue\""),
@@ -328,7 +337,26 @@ fn page_renders_in_chromium(page: &Path, watch: &[Value]) {
             chart.contains("data-role=\"rollback\""),
             "{gate}: rollback marker"
         );
+        let count = |role: &str| chart.matches(&format!("data-role=\"{role}\"")).count();
+        assert_eq!(count("phase"), 2, "{gate}: the 0.5 s and the 1 s phase");
+        assert_eq!(
+            count("release"),
+            2,
+            "{gate}: the bad release, then the restored one"
+        );
+        for label in ["every 0.5 s", "every 1 s", "release ", "restored "] {
+            assert!(chart.contains(label), "{gate}: {label:?} drawn");
+        }
     }
+    // The alert gate's 2 s window was not covered when the rollback began.
+    let ratio = charts
+        .iter()
+        .find(|c| c.starts_with(" data-gate=\"extraction_failure_rate\""))
+        .expect("the extraction_failure_rate chart");
+    assert!(
+        ratio.contains("data-role=\"pending\""),
+        "the pending stretch is shaded"
+    );
 }
 
 /// A fresh folder next to `page` (inside the test project, removed with it).
