@@ -1,0 +1,103 @@
+//! `scripts/check_performance.sh production` (seed 004) against the
+//! reference service on loopback: a healthy release passes, with the gates
+//! one poll cannot cover named as such; a release whose low-confidence queue
+//! is above production's auto-rollback threshold (1000) fails, exit 1.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+use testkit::TestProject;
+
+const BIN: &str = env!("CARGO_BIN_EXE_check_performance");
+
+/// The seed's command, through the drop-in script and run-tool, which runs
+/// this test's build of the binary (no release build of the workspace).
+fn check(tp: &TestProject) -> (i32, Vec<Value>, String) {
+    let bin = Path::new(BIN);
+    let target = bin.parent().and_then(Path::parent).unwrap();
+    let script: PathBuf = testkit::workspace_root().join("scripts/check_performance.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg("production")
+        .current_dir(tp.root())
+        .env("DHASH_ROOT", tp.root())
+        .env("DHASH_NO_BUILD", "1")
+        .env("DHASH_PROFILE", bin.parent().unwrap().file_name().unwrap())
+        .env("CARGO_TARGET_DIR", target)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let events = testkit::events(&out.stdout);
+    (out.status.code().unwrap_or(-1), events, stderr)
+}
+
+fn gate<'a>(events: &'a [Value], name: &str) -> &'a Value {
+    events
+        .iter()
+        .find(|e| e["event"] == "performance.gate" && e["gate"] == name)
+        .unwrap_or_else(|| panic!("no performance.gate for {name}: {events:?}"))
+}
+
+#[test]
+fn a_healthy_release_passes_and_a_flooded_queue_fails_now() {
+    let tp = TestProject::new();
+    let healthy = tp.bundle("v1", &[]);
+    tp.install_and_start("production", &healthy);
+    let (code, events, stderr) = check(&tp);
+    assert_eq!(code, 0, "{stderr}");
+    let queue = gate(&events, "low_confidence_queue");
+    assert_eq!(
+        (queue["status"].as_str(), queue["covered"].as_bool()),
+        (Some("ok"), Some(true))
+    );
+    assert_eq!(queue["threshold"], 1000.0);
+    // A rate over 10 minutes is not covered by one poll, and says so.
+    let rate = gate(&events, "extraction_failure_rate");
+    assert_eq!(
+        (rate["status"].as_str(), rate["covered"].as_bool()),
+        (Some("pending"), Some(false))
+    );
+    assert!(
+        stderr.contains("extraction_failure_rate") && stderr.contains("NOT COVERED"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("threshold"), "{stderr}");
+    let done = events
+        .iter()
+        .find(|e| e["event"] == "performance.checked")
+        .unwrap();
+    assert!(done["not_covered"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|g| g == "p95_hash_time"));
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["event"] == "performance.gate")
+            .count(),
+        6
+    );
+
+    tp.stop("production").unwrap();
+    let flooded = tp.bundle("v2-flood", &[("low_confidence_flood", "1500")]);
+    tp.install_and_start("production", &flooded);
+    let (code, events, stderr) = check(&tp);
+    assert_eq!(code, 1, "{stderr}");
+    let queue = gate(&events, "low_confidence_queue");
+    assert_eq!(queue["status"], "violated");
+    assert_eq!(queue["value"], 1500.0);
+    let done = events
+        .iter()
+        .find(|e| e["event"] == "performance.checked")
+        .unwrap();
+    assert_eq!(done["auto_rollback_violated"][0], "low_confidence_queue");
+    assert!(
+        stderr.contains("auto-rollback gate(s) violated now: low_confidence_queue"),
+        "{stderr}"
+    );
+    tp.stop("production").unwrap();
+}
