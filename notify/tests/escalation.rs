@@ -625,3 +625,33 @@ fn the_tracker_gets_the_incident_through_gh_and_a_tracker_down_leaves_it_complet
         "{text}"
     );
 }
+
+#[test]
+fn an_auto_rollback_reaches_every_configured_channel_whatever_the_routes() {
+    let hook = Receiver::start(vec![Reply::status(204)]);
+    let url = hook.url_with("/hooks/incident-bridge");
+    let p = Project::new();
+    // The routes send critical alerts to pagerduty only (not configured here).
+    let violated = json!({"ts": "2027-01-15T08:00:00.000Z", "tool": "monitor_dhash", "env": "staging",
+        "event": "gate.violated", "level": "critical", "msg": "p95 above threshold",
+        "gate": "p95_hash_time", "action": "auto-rollback", "value": 5400.0});
+    let alert = json!({"ts": "2027-01-15T08:00:01.000Z", "tool": "monitor_dhash", "env": "staging",
+        "event": "gate.violated", "level": "critical", "msg": "memory above threshold",
+        "gate": "memory_usage", "action": "alert", "value": 91.0});
+    let r = p
+        .run(
+            &["--env", "staging"],
+            T0,
+            &[("WEBHOOK_URL", url.as_str())],
+            Some(&format!("{violated}\n{alert}\n")),
+        )
+        .ok();
+    let got: Vec<Value> = hook.requests().iter().map(|q| q.json()).collect();
+    assert_eq!(
+        got.len(),
+        1,
+        "only the auto-rollback goes beyond the routes: {}",
+        r.stdout
+    );
+    assert_eq!(got[0]["fields"]["gate"], "p95_hash_time");
+}
