@@ -171,14 +171,11 @@ pub fn gate_expr(g: &GateSpec, scope: &Scope) -> Option<String> {
     })
 }
 
-/// The expression of a health gate's alert: the instances whose scrape
-/// failed (`up == 0`); the rule's `for:` makes it "in a row".
+/// The expression of a health gate's alert: each instance whose scrape
+/// failed (`up == 0`), one alert per instance; the rule's `for:` makes it
+/// "in a row".
 pub fn health_expr(scope: &Scope) -> String {
-    format!(
-        "max by ({}) ({}) == 0",
-        scope.split.by(),
-        scope.series(format!("up{{{}}}", scope.matchers))
-    )
+    format!("{} == 0", scope.series(format!("up{{{}}}", scope.matchers)))
 }
 
 /// A number as PromQL and the rules files write it (`5`, `0.95`, `2000`).
@@ -295,7 +292,6 @@ pub fn alerting_rules(gates: &crate::config::GatesFile, scrape_interval: Duratio
             }
             out.push_str("        annotations:\n");
             out.push_str(&format!("          summary: {}\n", yaml_str(&r.summary)));
-            out.push_str("          value: '{{ $value }}'\n");
         }
     }
     out
