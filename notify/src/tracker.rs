@@ -61,8 +61,8 @@ pub fn open(issue: &Issue<'_>, timeout: Duration) -> Result<Tracked, String> {
         return webhook_create(&url, issue, timeout).map_err(redact);
     }
     Ok(Tracked::NotConfigured(
-        "no tracker: gh is not installed or not logged in, no GH_TOKEN/GITHUB_TOKEN with \
-         DHASH_TRACKER_REPO, no INCIDENT_WEBHOOK_URL"
+        "gh is not installed or not logged in, no GH_TOKEN/GITHUB_TOKEN with DHASH_TRACKER_REPO, \
+         no INCIDENT_WEBHOOK_URL"
             .into(),
     ))
 }

@@ -280,7 +280,7 @@ fn track(env: &EnvConfig, record: &Path, id: &str, em: &Emitter) {
             em.emit(
                 "incident.tracker-skipped",
                 Level::Debug,
-                why.clone(),
+                format!("no tracker: {why}"),
                 json!({"incident": id}),
             );
             (format!("[none: {why}]"), None, None)
