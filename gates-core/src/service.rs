@@ -13,6 +13,10 @@
 //!   `DHASH_DATA_DIR` and `DHASH_DATABASE` set; a non-zero exit is an error
 //!   carrying the command's stderr. Start and restart then wait for `/health`.
 //!
+//! - Fleets: [`drain`] / [`undrain`] take an instance out of its balancer and
+//!   put it back (the `drain`/`undrain` commands, or the local `draining`
+//!   marker file).
+//!
 //! Events: `service.started`, `service.stopped` (through the caller's Emitter).
 
 use std::fs::{self, OpenOptions};
@@ -117,6 +121,52 @@ pub fn restart(env: &EnvConfig, em: &Emitter) -> anyhow::Result<()> {
             stop(env, em)?;
             start(env, em)
         }
+    }
+}
+
+/// The marker a local fleet instance carries while it is out of the
+/// balancer (`<install_root>/draining`); a balancer in front of local
+/// instances skips an instance that has it.
+pub const DRAIN_MARKER: &str = "draining";
+
+/// Takes a fleet instance out of its balancer before it is changed: the
+/// `drain` command of a `commands` kind (none: nothing to do), or the
+/// [`DRAIN_MARKER`] file of a local instance. The caller then waits the
+/// fleet's drain time so in-flight requests finish elsewhere.
+pub fn drain(env: &EnvConfig) -> anyhow::Result<()> {
+    match &env.service {
+        ServiceControl::Local { .. } => {
+            fs::create_dir_all(&env.install_root)
+                .with_context(|| format!("creating {}", env.install_root.display()))?;
+            crate::fsutil::write_atomic(
+                &env.install_root.join(DRAIN_MARKER),
+                format!("{}\n", crate::event::now_rfc3339()).as_bytes(),
+            )
+        }
+        ServiceControl::Commands { drain: Some(c), .. } => {
+            run_command(env, ServiceAction::Drain, c)
+        }
+        ServiceControl::Commands { .. } => Ok(()),
+    }
+}
+
+/// Puts a drained instance back (the `undrain` command, or removes the marker).
+pub fn undrain(env: &EnvConfig) -> anyhow::Result<()> {
+    match &env.service {
+        ServiceControl::Local { .. } => {
+            match fs::remove_file(env.install_root.join(DRAIN_MARKER)) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(anyhow::anyhow!(
+                    "removing {}: {e}",
+                    env.install_root.join(DRAIN_MARKER).display()
+                )),
+            }
+        }
+        ServiceControl::Commands {
+            undrain: Some(c), ..
+        } => run_command(env, ServiceAction::Undrain, c),
+        ServiceControl::Commands { .. } => Ok(()),
     }
 }
 
@@ -682,6 +732,10 @@ pub enum ServiceAction {
     Start,
     Stop,
     Restart,
+    /// A fleet instance leaves the balancer before it is changed.
+    Drain,
+    /// And comes back once it is healthy.
+    Undrain,
 }
 
 impl ServiceAction {
@@ -690,6 +744,8 @@ impl ServiceAction {
             ServiceAction::Start => "start",
             ServiceAction::Stop => "stop",
             ServiceAction::Restart => "restart",
+            ServiceAction::Drain => "drain",
+            ServiceAction::Undrain => "undrain",
         }
     }
 
@@ -698,7 +754,7 @@ impl ServiceAction {
     pub fn timeout(self, start_timeout: Duration, stop_timeout: Duration) -> Duration {
         match self {
             ServiceAction::Start | ServiceAction::Restart => start_timeout,
-            ServiceAction::Stop => stop_timeout,
+            ServiceAction::Stop | ServiceAction::Drain | ServiceAction::Undrain => stop_timeout,
         }
     }
 }

@@ -20,6 +20,7 @@ pub use gates::{
     SourceKind,
 };
 pub use limits::DurationRange;
+pub use topology::fleet;
 pub use topology::{
     CadencePhase, EnvConfig, HealthPolicy, MonitorSettings, NotifySettings, Retention, Route,
     ServiceControl, Topology,

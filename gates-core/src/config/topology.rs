@@ -17,6 +17,8 @@ use super::{
 };
 use crate::event::Level;
 
+pub mod fleet;
+
 /// How the environment's service is started, stopped and restarted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
@@ -36,6 +38,13 @@ pub enum ServiceControl {
         stop: String,
         #[serde(default)]
         restart: Option<String>,
+        /// Fleets: tells the balancer to stop sending to this instance
+        /// before it is changed (e.g. `haproxy ... disable server`).
+        #[serde(default)]
+        drain: Option<String>,
+        /// Fleets: puts the instance back into the balancer.
+        #[serde(default)]
+        undrain: Option<String>,
         #[serde(default)]
         start_timeout: Option<Value>,
         #[serde(default)]
@@ -140,6 +149,12 @@ struct RawEnv {
     escalation: Option<super::escalation::RawEscalation>,
     #[serde(default)]
     description: Option<String>,
+    /// A fleet: the instances the waves move (see [`fleet`]).
+    #[serde(default)]
+    instances: Option<Vec<fleet::RawInstance>>,
+    /// A fleet's waves plan, canary comparison and drain time.
+    #[serde(default)]
+    rollout: Option<fleet::RawRollout>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -227,11 +242,30 @@ pub struct EnvConfig {
     pub retention: Retention,
     /// The Prometheus server of the gates with `"source": "prometheus"`.
     pub prometheus: Option<crate::promql::Client>,
+    /// A fleet environment's instances and rollout; `None`: one instance.
+    pub fleet: Option<fleet::Fleet>,
     /// Who is told at each level and when the environment escalates.
     pub escalation: super::escalation::EscalationPolicy,
 }
 
 impl EnvConfig {
+    /// The environment as one of its fleet's instances sees it: that
+    /// instance's install root, data folder, service control and URLs;
+    /// the database, backups, logs, notifications, gates and health policy
+    /// are the fleet's (one schema, migrated once).
+    pub fn instance_env(&self, inst: &fleet::Instance) -> EnvConfig {
+        EnvConfig {
+            install_root: inst.install_root.clone(),
+            data_dir: inst.data_dir.clone(),
+            service: inst.service.clone(),
+            health_url: inst.health_url.clone(),
+            metrics_url: inst.metrics_url.clone(),
+            queue_url: inst.queue_url.clone(),
+            fleet: None,
+            ..self.clone()
+        }
+    }
+
     pub fn releases_dir(&self) -> PathBuf {
         self.install_root.join("releases")
     }
@@ -501,6 +535,27 @@ fn check_port(file: &Path, path: &str, port: &str, written: &str) -> Result<(), 
     }
 }
 
+/// http(s) URLs with a valid port when one is written.
+fn check_urls<'a>(
+    file: &Path,
+    path: &str,
+    urls: impl IntoIterator<Item = (&'a str, &'a String)>,
+) -> Result<(), ConfigError> {
+    for (field, url) in urls {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(ConfigError::new(
+                file,
+                format!("{path}.{field}"),
+                format!("expected an http:// or https:// URL, found {url:?}"),
+            ));
+        }
+        if let Some(port) = url_port(url) {
+            check_port(file, &format!("{path}.{field}"), port, url)?;
+        }
+    }
+    Ok(())
+}
+
 fn resolve_env(
     file: &Path,
     root: &Path,
@@ -544,22 +599,15 @@ fn resolve_env(
             }
         }
     }
-    for (field, url) in [
-        ("health_url", &e.health_url),
-        ("metrics_url", &e.metrics_url),
-        ("queue_url", &e.queue_url),
-    ] {
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(ConfigError::new(
-                file,
-                format!("{path}.{field}"),
-                format!("expected an http:// or https:// URL, found {url:?}"),
-            ));
-        }
-        if let Some(port) = url_port(url) {
-            check_port(file, &format!("{path}.{field}"), port, url)?;
-        }
-    }
+    check_urls(
+        file,
+        path,
+        [
+            ("health_url", &e.health_url),
+            ("metrics_url", &e.metrics_url),
+            ("queue_url", &e.queue_url),
+        ],
+    )?;
     let (start_timeout, stop_timeout) = e.service.timeout_values();
     for (field, v) in [
         ("start_timeout", start_timeout),
@@ -724,6 +772,16 @@ fn resolve_env(
             &format!("{path}.prometheus"),
             &e.prometheus,
         )?,
+        fleet: match &e.instances {
+            None => None,
+            Some(list) => Some(fleet::resolve(
+                file,
+                root,
+                path,
+                list,
+                &e.rollout.clone().unwrap_or_default(),
+            )?),
+        },
         escalation: super::escalation::resolve(
             file,
             &format!("{path}.escalation"),
