@@ -20,10 +20,12 @@
 //! (0 = never). A health check that cannot connect is a failed health check.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::baseline::{Baseline, BaselineRule, Fallback};
 use crate::config::{Action, GateKind, GateSpec, Metric};
 use crate::sample::{Bucket, Health, Metrics, Sample};
 
@@ -35,6 +37,9 @@ pub enum Status {
     NoData,
     Error,
     Violated,
+    /// Neither held nor violated: a baseline too thin to judge against (per
+    /// the gate's `fallback`). The environment's policy decides.
+    Inconclusive,
 }
 
 impl Status {
@@ -45,6 +50,7 @@ impl Status {
             Status::NoData => "no-data",
             Status::Error => "error",
             Status::Violated => "violated",
+            Status::Inconclusive => "inconclusive",
         }
     }
 
@@ -56,6 +62,7 @@ impl Status {
             Status::NoData => "gate.no-data",
             Status::Error => "gate.error",
             Status::Violated => "gate.violated",
+            Status::Inconclusive => "gate.inconclusive",
         }
     }
 }
@@ -73,6 +80,12 @@ pub struct Decision {
     pub action: Action,
     pub reason: Reason,
     pub t_ms: i64,
+    /// The baseline a baseline-relative gate compared with (shared by every
+    /// decision of the gate).
+    #[serde(skip)]
+    pub baseline: Option<Arc<Baseline>>,
+    /// The limit the baseline set (`None` without a usable baseline).
+    pub limit: Option<f64>,
 }
 
 /// Why a gate decided what it did, kept as figures: the words are built only
@@ -131,6 +144,18 @@ pub enum Reason {
         violated: bool,
     },
     Internal(&'static str),
+    /// A measured figure against a baseline (and the fixed threshold when
+    /// it applies too).
+    AgainstBaseline {
+        measure: Measure,
+        threshold: Option<f64>,
+        unit: &'static str,
+        baseline: Arc<Baseline>,
+        /// The limit over the baseline, and the rule in words ("+20 %").
+        limit: Option<f64>,
+        rule: String,
+        fallback: Fallback,
+    },
 }
 
 /// The figure a [`Reason::Measured`] compares.
@@ -237,6 +262,23 @@ impl std::fmt::Display for Reason {
                 violated,
             } => fmt_in_a_row(f, inner, *n, *limit, *violated),
             Reason::Internal(what) => write!(f, "internal: {what}"),
+            Reason::AgainstBaseline {
+                measure,
+                threshold,
+                unit,
+                baseline,
+                limit,
+                rule,
+                fallback,
+            } => fmt_against_baseline(
+                f,
+                measure,
+                (*threshold, *limit),
+                unit,
+                baseline,
+                rule,
+                *fallback,
+            ),
         }
     }
 }
@@ -258,6 +300,42 @@ fn fmt_health(f: &mut std::fmt::Formatter<'_>, n: u32, limit: f64, last: &str) -
             "{n} failed health check(s) in a row, not more than {limit} (last: {last})"
         )
     }
+}
+
+/// [`Reason::AgainstBaseline`]: the figure, then the baseline and its
+/// limit, then the fixed threshold; a missing or thin baseline says what
+/// decided instead.
+fn fmt_against_baseline(
+    f: &mut std::fmt::Formatter<'_>,
+    measure: &Measure,
+    (threshold, limit): (Option<f64>, Option<f64>),
+    unit: &str,
+    baseline: &Baseline,
+    rule: &str,
+    fallback: Fallback,
+) -> std::fmt::Result {
+    let v = measure.value();
+    write!(f, "{measure}: ")?;
+    match limit {
+        Some(l) => write!(
+            f,
+            "{} the baseline limit {} {unit} ({} {rule})",
+            side_of(v, l),
+            fmt_num(l),
+            baseline.describe(unit)
+        )?,
+        None => {
+            let then = match fallback {
+                Fallback::Threshold => "the fixed threshold decides",
+                Fallback::Inconclusive => "inconclusive",
+            };
+            write!(f, "{}; {then}", baseline.describe(unit))?
+        }
+    }
+    if let Some(t) = threshold {
+        write!(f, "; {} the threshold {} {unit}", side_of(v, t), fmt_num(t))?;
+    }
+    Ok(())
 }
 
 /// Strictly above the threshold violates.
@@ -428,6 +506,8 @@ pub struct Evaluator {
     health_failures: u32,
     last_health_detail: String,
     max_window_ms: i64,
+    /// Per gate: the baseline a baseline-relative gate compares with.
+    baselines: Vec<Option<Arc<Baseline>>>,
 }
 
 impl Evaluator {
@@ -443,7 +523,16 @@ impl Evaluator {
             health_failures: 0,
             last_health_detail: String::new(),
             max_window_ms,
+            baselines: Vec::new(),
         }
+    }
+
+    /// Sets the baselines, one per gate in order (see
+    /// [`crate::baseline::BaselineBuilder::finish`]). A baseline-relative
+    /// gate given none is judged as if its baseline were missing.
+    pub fn with_baselines(mut self, baselines: Vec<Option<Arc<Baseline>>>) -> Self {
+        self.baselines = baselines;
+        self
     }
 
     pub fn gates(&self) -> &[GateSpec] {
@@ -566,7 +655,65 @@ impl Evaluator {
         {
             self.states[i].breach_since_ms = None;
         }
-        self.finish(i, g, outcome, sample.t_ms)
+        let (outcome, base) = match &g.baseline {
+            Some(rule) => self.against_baseline(i, g, rule, outcome),
+            None => (outcome, None),
+        };
+        let mut d = self.finish(i, g, outcome, sample.t_ms);
+        if let Some((baseline, limit)) = base {
+            d.baseline = Some(baseline);
+            d.limit = limit;
+        }
+        d
+    }
+
+    /// A measured figure of a baseline-relative gate, judged against the
+    /// baseline's limit and (unless the rule drops it) the fixed threshold.
+    /// Other outcomes (pending, no data, errors) are left as they are.
+    #[allow(clippy::type_complexity)]
+    fn against_baseline(
+        &self,
+        i: usize,
+        g: &GateSpec,
+        rule: &BaselineRule,
+        o: Outcome,
+    ) -> (Outcome, Option<(Arc<Baseline>, Option<f64>)>) {
+        let baseline = match self.baselines.get(i).cloned().flatten() {
+            Some(b) => b,
+            None => Arc::new(Baseline::missing("none", "no baseline was given")),
+        };
+        let Reason::Measured { measure, .. } = o.reason else {
+            return (o, Some((baseline, None)));
+        };
+        let v = measure.value();
+        let limit = baseline.ready_value().map(|b| rule.limit(b));
+        let over_threshold = rule.threshold_too && v > g.threshold;
+        let status = match limit {
+            Some(l) if v > l || over_threshold => Status::Violated,
+            Some(_) => Status::Ok,
+            None if v > g.threshold
+                && (rule.threshold_too || rule.fallback == Fallback::Threshold) =>
+            {
+                Status::Violated
+            }
+            None if rule.fallback == Fallback::Threshold => Status::Ok,
+            None => Status::Inconclusive,
+        };
+        let threshold_shown =
+            rule.threshold_too || (limit.is_none() && rule.fallback == Fallback::Threshold);
+        let reason = Reason::AgainstBaseline {
+            measure,
+            threshold: threshold_shown.then_some(g.threshold),
+            unit: g.unit,
+            baseline: baseline.clone(),
+            limit,
+            rule: rule.describe(g.unit),
+            fallback: rule.fallback,
+        };
+        (
+            Outcome::new(status, o.value, reason),
+            Some((baseline, limit)),
+        )
     }
 
     /// Turns runs of errors / no-data into violations per the gate's policy.
@@ -623,6 +770,8 @@ impl Evaluator {
             action: g.action,
             reason,
             t_ms,
+            baseline: None,
+            limit: None,
         }
     }
 

@@ -2,6 +2,7 @@
 //! samples, gate evaluation, the event contract, the environment lock, the
 //! ledger, service control and crash-safe file operations.
 
+pub mod baseline;
 pub mod cli;
 pub mod config;
 pub mod crash;

@@ -4,7 +4,9 @@
 //! `gates_core::gates::Evaluator`.
 
 pub mod attach;
+pub mod baseline;
 pub mod incident;
+pub mod judge;
 pub mod ledger;
 pub mod live;
 pub mod replay;
@@ -95,6 +97,13 @@ pub struct Args {
     /// Which replay decisions to print as events.
     #[arg(long, value_enum, default_value = "changes")]
     pub decisions: DecisionOutput,
+    /// Baseline-relative gates: compare with this recording instead of the configured
+    /// baseline (repeatable; e.g. the previous release's monitor_logs/telemetry_*.csv).
+    #[arg(long, value_name = "FILE")]
+    pub baseline_recording: Vec<PathBuf>,
+    /// Baseline-relative gates: compare with the passed watches of this release (pinned known-good).
+    #[arg(long, value_name = "ID", conflicts_with = "baseline_recording")]
+    pub baseline_release: Option<String>,
     /// Replay: also write every decision as CSV, one row per sample (t_ms, then <gate>_status, <gate>_value per gate).
     #[arg(long)]
     pub decisions_csv: Option<PathBuf>,
@@ -114,14 +123,17 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
     let project = Project::discover()?;
     if let Some(path) = &args.replay {
         // Replay needs only the gates: recorded telemetry may come from any host.
-        let gates = project
-            .gates(args.config.as_deref())?
-            .env(&env_name)?
-            .gates
-            .clone();
+        let gates_file = project.gates(args.config.as_deref())?;
+        let gates_env = gates_file.env(&env_name)?;
+        let gates = gates_env.gates.clone();
+        let source = args.baseline_override().source(&gates_env.baseline);
+        // The ledger's passed watches, when this project has the environment.
+        let env = project.env(&env_name).ok();
+        let baselines = baseline::load(&gates, &source, env, &env_name, None, &em);
         return replay::run(
             &em,
             gates,
+            baselines,
             path,
             args.decisions,
             args.decisions_csv.as_deref(),
@@ -131,7 +143,12 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
     // environment (seed 004's profile, quality-gates-mobius.json); --duration
     // still wins.
     let (env, gates_file) = project.watch_setup(&env_name, args.config.as_deref())?;
-    let gates = gates_file.env(&env_name)?.gates.clone();
+    let gates_env = gates_file.env(&env_name)?;
+    let gates = gates_env.gates.clone();
+    let judgment = judge::Settings {
+        source: args.baseline_override().source(&gates_env.baseline),
+        policy: gates_env.inconclusive,
+    };
     for p in gates_file
         .check_placeholders(&env_name)?
         .iter()
@@ -144,7 +161,7 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
             p.file.display()
         ));
     }
-    live::run(&project, &env, gates, &args, &em, &tee)
+    live::run(&project, &env, (gates, judgment), &args, &em, &tee)
 }
 
 /// The result of a watch, as `monitor.completed` and the ledger carry it.
@@ -203,7 +220,7 @@ pub fn exit_for_result(result: &str) -> Exit {
 
 /// The JSON fields of a decision event.
 pub fn decision_fields(d: &Decision) -> serde_json::Value {
-    json!({
+    let mut v = json!({
         "gate": d.gate,
         "status": d.status.as_str(),
         "value": d.value,
@@ -213,7 +230,23 @@ pub fn decision_fields(d: &Decision) -> serde_json::Value {
         "action": d.action.as_str(),
         "reason": d.reason,
         "sample_ts": ts_of(d.t_ms),
-    })
+    });
+    // Only a baseline-relative gate's decisions carry its baseline and limit.
+    if let (Some(b), serde_json::Value::Object(m)) = (d.baseline.as_deref(), &mut v) {
+        m.insert("limit".into(), json!(d.limit));
+        m.insert("baseline".into(), baseline::baseline_json(b));
+    }
+    v
+}
+
+impl Args {
+    /// The baseline source the command line asks for, if any.
+    pub fn baseline_override(&self) -> baseline::Override {
+        baseline::Override {
+            recordings: self.baseline_recording.clone(),
+            release: self.baseline_release.clone(),
+        }
+    }
 }
 
 pub fn ts_of(t_ms: i64) -> String {
@@ -254,6 +287,7 @@ struct GateTally {
     no_data: u64,
     error: u64,
     violated: u64,
+    inconclusive: u64,
     last: &'static str,
     max_value: Option<f64>,
     first_violation: Option<String>,
@@ -275,6 +309,7 @@ impl Summary {
             Pending => t.pending += 1,
             NoData => t.no_data += 1,
             Error => t.error += 1,
+            Inconclusive => t.inconclusive += 1,
             Violated => {
                 t.violated += 1;
                 if t.first_violation.is_none() {
@@ -305,6 +340,10 @@ impl Summary {
                 }
                 let why = match t {
                     None => "no sample was taken".to_string(),
+                    Some(t) if t.inconclusive > 0 => format!(
+                        "inconclusive: {} decision(s) with a missing or thin baseline, never held or violated",
+                        t.inconclusive
+                    ),
                     Some(t) if t.pending > 0 && t.no_data == 0 && t.error == 0 => format!(
                         "its {} window was never covered ({} pending decision(s))",
                         gates_core::duration::human(g.window),

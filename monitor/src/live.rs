@@ -24,7 +24,9 @@ use gates_core::{fsutil, install, Emitter, Event, Exit, Level, ToolError};
 use serde_json::{json, Map, Value};
 
 use crate::attach;
+use crate::baseline;
 use crate::incident::{self, DeployStart, Incident, Restore, Timeline};
+use crate::judge;
 use crate::ledger::{self, WindowState};
 use crate::tee::Tee;
 use crate::telemetry::{self, Recorder};
@@ -101,6 +103,8 @@ struct Watch<'a> {
     notifications: Vec<String>,
     /// This watch's events file, which the watch page after a rollback charts.
     events: Option<PathBuf>,
+    /// The baseline source and inconclusive policy (issue 16).
+    judgment: judge::Settings,
 }
 
 /// The watch page after a rollback: its stamp (shared with the incident
@@ -429,7 +433,7 @@ fn conclude(
 pub fn run(
     project: &Project,
     env: &EnvConfig,
-    gates: Vec<GateSpec>,
+    (gates, judgment): (Vec<GateSpec>, judge::Settings),
     args: &Args,
     em: &Emitter,
     tee: &Tee,
@@ -477,6 +481,7 @@ pub fn run(
     }
     let mut w = Watch::new(project, env, em, args.dry_run, release, backup, log);
     w.events = Some(window.events.clone());
+    w.judgment = judgment;
     w.timeline.deploy = up
         .deploy_started
         .clone()
@@ -649,6 +654,7 @@ impl<'a> Watch<'a> {
             alerts_active: HashSet::new(),
             notifications: Vec::new(),
             events: None,
+            judgment: judge::Settings::default(),
         }
     }
 }
@@ -663,7 +669,15 @@ impl Watch<'_> {
         args: &Args,
         stop: &AtomicBool,
     ) -> anyhow::Result<Exit> {
-        let mut evaluator = Evaluator::new(gates.clone());
+        let baselines = baseline::load(
+            &gates,
+            &self.judgment.source,
+            Some(self.env),
+            &self.env.name,
+            self.release.as_deref(),
+            self.em,
+        );
+        let mut evaluator = Evaluator::new(gates.clone()).with_baselines(baselines);
         let mut summary = Summary::default();
         if window.continued() && window.recording.exists() {
             self.restore(&window.recording, &mut evaluator, &mut summary)?;
@@ -877,7 +891,7 @@ impl Watch<'_> {
 fn decision_level(d: &Decision) -> Level {
     match (d.status, d.action) {
         (Status::Violated, Action::AutoRollback) => Level::Critical,
-        (Status::Violated, _) | (Status::Error, _) => Level::Warning,
+        (Status::Violated | Status::Error | Status::Inconclusive, _) => Level::Warning,
         (Status::Ok | Status::Pending | Status::NoData, _) => Level::Info,
     }
 }

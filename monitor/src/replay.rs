@@ -16,6 +16,7 @@ use crate::{decision_fields, gates_summary, telemetry, DecisionOutput, Summary};
 pub fn run(
     em: &Emitter,
     gates: Vec<GateSpec>,
+    baselines: Vec<Option<std::sync::Arc<gates_core::baseline::Baseline>>>,
     path: &Path,
     output: DecisionOutput,
     decisions_csv: Option<&Path>,
@@ -32,7 +33,7 @@ pub fn run(
         None => None,
     };
     let specs = gates.clone();
-    let mut ev = Evaluator::new(gates);
+    let mut ev = Evaluator::new(gates).with_baselines(baselines);
     let mut summary = Summary::default();
     let mut shown = Shown::new(output, ev.gates().len());
     let mut prev_t = i64::MIN;

@@ -122,6 +122,10 @@ pub struct RawGate {
     /// absent, the gate's built-in equivalent (`gates_core::promql::gate_expr`).
     #[serde(default)]
     pub promql: Option<String>,
+    /// Compare with a baseline as well as (or instead of) the threshold
+    /// (issue 16; see `gates_core::baseline`).
+    #[serde(default)]
+    pub baseline: Option<crate::baseline::RawBaselineRule>,
 }
 
 /// `source` as written.
@@ -162,6 +166,8 @@ pub struct GateSpec {
     pub unit: &'static str,
     pub description: Option<String>,
     pub source: GateSource,
+    /// The gate's baseline rule, when it compares with a baseline.
+    pub baseline: Option<crate::baseline::BaselineRule>,
 }
 
 impl GateSpec {
@@ -190,6 +196,12 @@ pub struct RawGatesEnv {
     pub monitoring: Option<RawMonitoring>,
     #[serde(default)]
     pub description: Option<String>,
+    /// Where baseline-relative gates take their baseline (issue 16).
+    #[serde(default)]
+    pub baseline: Option<crate::baseline::RawBaselineSource>,
+    /// What an inconclusive auto-rollback gate leads to (issue 16).
+    #[serde(default)]
+    pub inconclusive: Option<crate::baseline::RawInconclusivePolicy>,
 }
 
 /// `environments.<env>.monitoring` as written: the same `duration` and
@@ -239,6 +251,10 @@ pub struct GatesEnv {
     pub gates: Vec<GateSpec>,
     /// `environments.<env>.monitoring`, when the file has one.
     pub monitoring: Option<MonitorOverride>,
+    /// `environments.<env>.baseline` (default: the last passed watches).
+    pub baseline: crate::baseline::BaselineSource,
+    /// `environments.<env>.inconclusive` (default: keep).
+    pub inconclusive: crate::baseline::InconclusivePolicy,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -275,12 +291,15 @@ impl GatesFile {
                     m,
                 )?),
             };
+            let (baseline, inconclusive) = judgment_settings(file, env, raw_env)?;
             environments.insert(
                 env.clone(),
                 GatesEnv {
                     name: env.clone(),
                     gates,
                     monitoring,
+                    baseline,
+                    inconclusive,
                 },
             );
         }
@@ -502,6 +521,14 @@ fn validate_gate(
         unit: seed.map_or_else(|| unit_for(kind, metric), |d| d.3),
         description: g.description.clone(),
         source: GateSource::Probe,
+        baseline: match &g.baseline {
+            None => None,
+            Some(b) => Some(crate::baseline::validate_rule(
+                file,
+                &format!("{path}.baseline"),
+                b,
+            )?),
+        },
     })
 }
 
@@ -548,6 +575,35 @@ fn with_source(
         }
     }
     Ok(spec)
+}
+
+/// `environments.<env>.baseline` and `.inconclusive` (issue 16); recordings
+/// named there are relative to the gates file's folder.
+fn judgment_settings(
+    file: &Path,
+    env: &str,
+    raw: &RawGatesEnv,
+) -> Result<
+    (
+        crate::baseline::BaselineSource,
+        crate::baseline::InconclusivePolicy,
+    ),
+    ConfigError,
+> {
+    let dir = file.parent().unwrap_or(Path::new("."));
+    let baseline = match &raw.baseline {
+        None => Default::default(),
+        Some(b) => {
+            crate::baseline::validate_source(file, &format!("environments.{env}.baseline"), b, dir)?
+        }
+    };
+    let inconclusive = match &raw.inconclusive {
+        None => Default::default(),
+        Some(p) => {
+            crate::baseline::validate_policy(file, &format!("environments.{env}.inconclusive"), p)?
+        }
+    };
+    Ok((baseline, inconclusive))
 }
 
 /// `window_minutes`: absent or null is no window.
@@ -704,8 +760,8 @@ mod tests {
             "gates.json: environments.staging.quality_gates.p95_hash_time.window_minutes: a percentile gate needs a window > 0",
             "gates.json: environments.staging.quality_gates.error_rate.window_minutes: a rate gate needs a window > 0",
             "gates.json: environments.staging.quality_gates.error_rate.errors_to_violate: expected a whole number from 0 to 10000, found -1",
-            "ok GateSpec { name: \"p95_hash_time\", kind: Percentile, metric: HashTimeMs, denominator: None, threshold: 2000.0, window: 600s, action: AutoRollback, quantile: 0.99, errors_to_violate: 5, no_data_to_violate: 0, unit: \"ms\", description: None, source: Probe }",
-            "ok GateSpec { name: \"cpu\", kind: Sustained, metric: CpuPercent, denominator: None, threshold: 90.0, window: 120s, action: Shadow, quantile: 0.95, errors_to_violate: 5, no_data_to_violate: 3, unit: \"%\", description: None, source: Probe }",
+            "ok GateSpec { name: \"p95_hash_time\", kind: Percentile, metric: HashTimeMs, denominator: None, threshold: 2000.0, window: 600s, action: AutoRollback, quantile: 0.99, errors_to_violate: 5, no_data_to_violate: 0, unit: \"ms\", description: None, source: Probe, baseline: None }",
+            "ok GateSpec { name: \"cpu\", kind: Sustained, metric: CpuPercent, denominator: None, threshold: 90.0, window: 120s, action: Shadow, quantile: 0.95, errors_to_violate: 5, no_data_to_violate: 3, unit: \"%\", description: None, source: Probe, baseline: None }",
         ];
         assert_eq!(got, want);
     }

@@ -1,0 +1,259 @@
+//! Issue 16 end to end: baseline-relative gates judged on recordings the
+//! real monitor made of the reference service, with injected latency.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use serde_json::{json, Value};
+use testkit::{events, TestProject};
+
+const MONITOR: &str = env!("CARGO_BIN_EXE_monitor_dhash");
+
+/// The load driver, stopped (and reaped) when dropped.
+struct Load(Child);
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn load(tp: &TestProject, env: &str, secs: u32) -> Load {
+    Load(
+        tp.cmd("dhash-service")
+            .args(["load", "--url", &tp.base_url(env), "--rate", "10"])
+            .args(["--mix", "valid=100,low=0,bad=0"])
+            .args(["--duration", &format!("{secs}s")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("load driver"),
+    )
+}
+
+/// A gates file with one p95 gate (fixed threshold 2000 ms, window 2 s),
+/// with `rule` as its baseline rule when given, and `env_extra` merged into
+/// the environment's section.
+fn gates(
+    tp: &TestProject,
+    name: &str,
+    env: &str,
+    rule: Option<Value>,
+    env_extra: Value,
+) -> PathBuf {
+    let mut gate = json!({"threshold": 2000, "window_minutes": "2s", "action": "auto-rollback"});
+    if let Some(r) = rule {
+        gate["baseline"] = r;
+    }
+    let mut section = json!({"quality_gates": {"p95_hash_time": gate}});
+    if let (Value::Object(s), Value::Object(e)) = (&mut section, env_extra) {
+        s.extend(e);
+    }
+    let path = tp.root().join(name);
+    let doc = json!({"environments": {env: section}});
+    std::fs::write(&path, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+    path
+}
+
+fn monitor(tp: &TestProject, args: &[&str]) -> Command {
+    let mut c = tp.cmd_path(Path::new(MONITOR));
+    c.args(args);
+    c
+}
+
+/// A live watch of `secs` seconds under load.
+fn watch(tp: &TestProject, env: &str, cfg: &Path, secs: u32, extra: &[&str]) -> Output {
+    let _load = load(tp, env, secs + 3);
+    monitor(
+        tp,
+        &["--env", env, "--duration", &secs.to_string(), "--config"],
+    )
+    .arg(cfg)
+    .args(extra)
+    .stdin(Stdio::null())
+    .output()
+    .expect("monitor_dhash runs")
+}
+
+fn describe(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn of<'a>(evs: &'a [Value], name: &str) -> Vec<&'a Value> {
+    evs.iter().filter(|e| e["event"] == name).collect()
+}
+
+fn recording_of(out: &Output) -> PathBuf {
+    let evs = events(&out.stdout);
+    let started = of(&evs, "monitor.started");
+    PathBuf::from(
+        started[0]["recording"]
+            .as_str()
+            .expect("the recording path"),
+    )
+}
+
+/// Windows of 2 s in watches of 5 s give 3 or 4 figures per watch.
+const RULE: &str = r#"{"max_increase_percent": 20, "fallback": "inconclusive", "min_figures": 2}"#;
+
+/// +30 % hash latency stays far under the fixed 2000 ms, yet the relative
+/// gate catches it against the previous release's recording (the ledger's
+/// last passed watch, the default baseline); a release as fast as the
+/// previous one is not caught; and without a baseline the gate is
+/// `inconclusive` (fallback inconclusive) or decided by its threshold
+/// (fallback threshold), saying so.
+#[test]
+fn relative_gate_catches_what_the_fixed_threshold_misses() {
+    let tp = TestProject::new();
+    let env = tp.env_name();
+    let rule: Value = serde_json::from_str(RULE).unwrap();
+    let plain = gates(&tp, "plain.json", env, None, json!({}));
+    let relative = gates(&tp, "relative.json", env, Some(rule.clone()), json!({}));
+
+    // v1: 400 ms per hash (p95 in the 250-500 ms bucket). Its watch passes.
+    let v1 = tp.bundle("v1", &[("hash_latency_ms", "400")]);
+    tp.install_and_start(env, &v1);
+    let first = watch(&tp, env, &plain, 5, &[]);
+    assert_eq!(first.status.code(), Some(0), "{}", describe(&first));
+    let v1_recording = recording_of(&first);
+
+    // v1 again, against its first watch: as fast, so not caught.
+    let out = watch(
+        &tp,
+        env,
+        &relative,
+        5,
+        &[
+            "--fresh",
+            "--baseline-recording",
+            v1_recording.to_str().unwrap(),
+        ],
+    );
+    let evs = events(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(of(&evs, "gate.violated").is_empty(), "{}", describe(&out));
+    assert!(!of(&evs, "gate.ok").is_empty(), "{}", describe(&out));
+
+    // No baseline: a release pinned that never passed a watch.
+    let out = monitor(&tp, &["--env", env, "--config"])
+        .arg(&relative)
+        .args([
+            "--baseline-release",
+            "never-deployed",
+            "--decisions",
+            "all",
+            "--replay",
+        ])
+        .arg(&v1_recording)
+        .output()
+        .unwrap();
+    let evs = events(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let loaded = of(&evs, "baseline.loaded");
+    assert_eq!(loaded[0]["gates"][0]["state"], "missing", "{loaded:?}");
+    let unsure = of(&evs, "gate.inconclusive");
+    assert!(!unsure.is_empty(), "{}", describe(&out));
+    assert_eq!(unsure[0]["baseline"]["state"], "missing");
+    assert!(
+        unsure[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("baseline missing"),
+        "{}",
+        unsure[0]
+    );
+    assert!(of(&evs, "gate.ok").is_empty() && of(&evs, "gate.violated").is_empty());
+
+    // v2: +30 % (520 ms). Judged against v1's passed watch: caught, though
+    // under 2000 ms.
+    tp.stop(env).unwrap();
+    let v2 = tp.bundle("v2", &[("hash_latency_ms", "520")]);
+    tp.install_and_start(env, &v2);
+    let out = watch(&tp, env, &relative, 5, &["--dry-run"]);
+    let evs = events(&out.stdout);
+    let loaded = of(&evs, "baseline.loaded");
+    assert_eq!(
+        loaded[0]["gates"][0]["state"],
+        "ready",
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        loaded[0]["recordings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r.as_str() == v1_recording.to_str()),
+        "the previous release's recording is the baseline: {}",
+        loaded[0]
+    );
+    let violated = of(&evs, "gate.violated");
+    let v = violated
+        .first()
+        .unwrap_or_else(|| panic!("not caught: {}", describe(&out)));
+    let (value, limit) = (v["value"].as_f64().unwrap(), v["limit"].as_f64().unwrap());
+    assert!(value < 2000.0 && value > limit, "{v}");
+    assert!(v["baseline"]["value"].as_f64().unwrap() < limit, "{v}");
+    assert!(v["baseline"]["figures"].as_u64().unwrap() >= 5, "{v}");
+    let reason = v["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("above the baseline limit")
+            && reason.contains("within the threshold 2000 ms"),
+        "{reason}"
+    );
+    assert!(
+        !of(&evs, "monitor.rollback-skipped").is_empty(),
+        "{}",
+        describe(&out)
+    );
+    let v2_recording = recording_of(&out);
+
+    // The same slow recording against an explicit recording, fallback
+    // threshold with no baseline: the fixed threshold decides, and says so.
+    let out = monitor(&tp, &["--env", env, "--config"])
+        .arg(&relative)
+        .arg("--baseline-recording")
+        .arg(&v1_recording)
+        .arg("--replay")
+        .arg(&v2_recording)
+        .output()
+        .unwrap();
+    assert!(
+        !of(&events(&out.stdout), "gate.violated").is_empty(),
+        "{}",
+        describe(&out)
+    );
+    let lenient = gates(
+        &tp,
+        "lenient.json",
+        env,
+        Some(json!({"max_increase_percent": 20, "fallback": "threshold"})),
+        json!({}),
+    );
+    let out = monitor(&tp, &["--env", env, "--config"])
+        .arg(&lenient)
+        .args(["--baseline-release", "never-deployed", "--replay"])
+        .arg(&v2_recording)
+        .output()
+        .unwrap();
+    let evs = events(&out.stdout);
+    let ok = of(&evs, "gate.ok");
+    assert!(
+        !ok.is_empty() && of(&evs, "gate.inconclusive").is_empty(),
+        "{}",
+        describe(&out)
+    );
+    let reason = ok[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("baseline missing") && reason.contains("the fixed threshold decides"),
+        "{reason}"
+    );
+}
