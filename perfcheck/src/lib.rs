@@ -46,6 +46,7 @@ pub struct Args {
     /// Gates file (default quality-gates-config.json), as monitor_dhash --config.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Accepted for symmetry with the other tools (the table is always shown).
     #[arg(long, short)]
     pub verbose: bool,
 }
@@ -62,7 +63,9 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
         .clone()
         .or(args.env_flag.clone())
         .unwrap_or_else(|| "production".to_string());
-    let em = Emitter::stdout(TOOL, &env_name, args.verbose);
+    // The table below is the human output: events go to stdout without
+    // the usual stderr echo, which would say every line twice.
+    let em = Emitter::to_writer(TOOL, &env_name, Box::new(std::io::stdout()));
     let project = Project::discover()?;
     let (env, gates_file) = project.watch_setup(&env_name, args.config.as_deref())?;
     let gates = gates_file.env(&env_name)?.gates.clone();

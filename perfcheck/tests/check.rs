@@ -44,6 +44,8 @@ fn gate<'a>(events: &'a [Value], name: &str) -> &'a Value {
 #[test]
 fn a_healthy_release_passes_and_a_flooded_queue_fails_now() {
     let tp = TestProject::new();
+    // The tags and faults of the end-to-end tests' bundles: testkit's cache
+    // then builds each once for the whole suite.
     let healthy = tp.bundle("v1", &[]);
     tp.install_and_start("production", &healthy);
     let (code, events, stderr) = check(&tp);
@@ -83,7 +85,7 @@ fn a_healthy_release_passes_and_a_flooded_queue_fails_now() {
     );
 
     tp.stop("production").unwrap();
-    let flooded = tp.bundle("v2-flood", &[("low_confidence_flood", "1500")]);
+    let flooded = tp.bundle("bad", &[("low_confidence_flood", "1500")]);
     tp.install_and_start("production", &flooded);
     let (code, events, stderr) = check(&tp);
     assert_eq!(code, 1, "{stderr}");
