@@ -318,6 +318,11 @@ pub fn run_notify(args: NotifyArgs) -> anyhow::Result<Exit> {
     let settings = args
         .common
         .settings(args.no_dedup || args.kind == Kind::Test);
+    if !opts.dry_run {
+        // Any notify run acts on a passed ack deadline, even one that ends
+        // up sending nothing.
+        crate::escalation::check_deadlines(env, &em);
+    }
     let mut totals = Totals::default();
     match &args.message {
         Some(message) => {
