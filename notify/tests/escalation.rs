@@ -655,3 +655,51 @@ fn an_auto_rollback_reaches_every_configured_channel_whatever_the_routes() {
     );
     assert_eq!(got[0]["fields"]["gate"], "p95_hash_time");
 }
+
+#[test]
+fn without_gh_the_incident_goes_through_the_github_rest_api_with_the_token() {
+    let api = Receiver::start(vec![Reply::json(
+        201,
+        r#"{"number":7,"html_url":"https://github.com/acme/dhash/issues/7"}"#,
+    )]);
+    let p = Project::new();
+    let path = p.incident("incident_staging_20270115T080000000Z");
+    let token = "ghp_TestToken0123456789abcdef";
+    let api_url = api.url();
+    let vars = [
+        ("GH_TOKEN", token),
+        ("DHASH_TRACKER_REPO", "acme/dhash"),
+        ("GITHUB_API_URL", api_url.as_str()),
+    ];
+    let r = p.report_incident(&path, T0, &vars);
+    assert_eq!(
+        r.events("incident.tracked")[0]["via"],
+        "github-rest",
+        "{}",
+        r.stdout
+    );
+    let req = &api.requests()[0];
+    assert_eq!(
+        (req.method.as_str(), req.path.as_str()),
+        ("POST", "/repos/acme/dhash/issues")
+    );
+    assert_eq!(
+        req.header("authorization"),
+        Some(format!("Bearer {token}").as_str())
+    );
+    let body = req.json();
+    assert!(body["title"]
+        .as_str()
+        .unwrap()
+        .contains("incident_staging_20270115T080000000Z"));
+    assert!(
+        body["body"].as_str().unwrap().contains("## Timeline"),
+        "the record is the body"
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        text.contains("- **Tracker:** https://github.com/acme/dhash/issues/7\n"),
+        "{text}"
+    );
+    assert!(!r.stdout.contains(token) && !r.stderr.contains(token));
+}
