@@ -144,6 +144,8 @@ pub enum Reason {
         violated: bool,
     },
     Internal(&'static str),
+    /// A figure computed elsewhere (a PromQL query), in its source's words.
+    Figure(String),
     /// A measured figure against a baseline (and the fixed threshold when
     /// it applies too).
     AgainstBaseline {
@@ -262,6 +264,7 @@ impl std::fmt::Display for Reason {
                 violated,
             } => fmt_in_a_row(f, inner, *n, *limit, *violated),
             Reason::Internal(what) => write!(f, "internal: {what}"),
+            Reason::Figure(text) => f.write_str(text),
             Reason::AgainstBaseline {
                 measure,
                 threshold,
@@ -537,6 +540,40 @@ impl Evaluator {
 
     pub fn gates(&self) -> &[GateSpec] {
         &self.gates
+    }
+
+    /// Judges a figure that arrives already computed (a gate read through
+    /// Prometheus, see `crate::promql`) for gate `i`: strictly above the
+    /// threshold violates, and runs of `error` / `no-data` count against
+    /// the gate's `errors_to_violate` / `no_data_to_violate` as a polled
+    /// figure's do. `None` when there is no gate `i`.
+    pub fn observe_figure(
+        &mut self,
+        i: usize,
+        figure: &crate::promql::Figure,
+        t_ms: i64,
+    ) -> Option<Decision> {
+        use crate::promql::Figure;
+        let g = self.gates.get(i)?.clone();
+        let outcome = match figure {
+            Figure::Value(v) => {
+                let status = if *v > g.threshold {
+                    Status::Violated
+                } else {
+                    Status::Ok
+                };
+                let (value, threshold) = (fmt_num(*v), fmt_num(g.threshold));
+                let side = side_of(*v, g.threshold);
+                let unit = g.unit;
+                let text = format!(
+                    "PromQL figure {value} {unit}: {side} the threshold {threshold} {unit}"
+                );
+                Outcome::new(status, Some(*v), Reason::Figure(text))
+            }
+            Figure::NoData(why) => Outcome::no_data(Reason::Figure(why.clone())),
+            Figure::Error(why) => Outcome::error(Reason::Figure(why.clone())),
+        };
+        Some(self.finish(i, &g, outcome, t_ms))
     }
 
     /// Takes one sample (in time order) and returns one decision per gate.
