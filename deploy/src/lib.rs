@@ -31,6 +31,7 @@ pub mod bundle;
 pub mod cli;
 pub mod dry_run;
 mod execute;
+pub mod fleet;
 pub mod plan;
 pub mod state;
 pub mod tee;
@@ -140,6 +141,9 @@ pub fn run_tool(opts: &DeployOptions) -> anyhow::Result<Exit> {
             project.root.join(p)
         }
     });
+    if env.fleet.is_some() {
+        return run_fleet_tool(&project, env, opts, upstream, &em);
+    }
     if opts.dry_run {
         return dry_run(&project, env, opts, upstream, &em);
     }
@@ -172,6 +176,42 @@ pub fn run_tool(opts: &DeployOptions) -> anyhow::Result<Exit> {
     }
     if let Some(l) = &log {
         em.human(&format!("log: {}", l.path().display()));
+    }
+    drop(tee);
+    result
+}
+
+/// A fleet environment: the waves rollout ([`fleet`]), under the same run
+/// log. No T+60 watch is started (the watch follows one instance); the
+/// waves' bakes are the fleet's gates. `--dry-run` lists the waves.
+fn run_fleet_tool(
+    project: &Project,
+    env: &EnvConfig,
+    opts: &DeployOptions,
+    upstream: Option<PathBuf>,
+    em: &Emitter,
+) -> anyhow::Result<Exit> {
+    for p in project.topology.check_placeholders(&env.name)? {
+        em.human(&format!(
+            "warning: unresolved placeholder at {}: {:?}",
+            p.path, p.value
+        ));
+    }
+    let resolved = resolve_bundle(project, opts.tag.as_deref(), opts.dry_run, em)?;
+    if opts.dry_run {
+        let f = env.fleet.as_ref().map(|f| (f.targets(), f.waves.clone()));
+        em.info(
+            "fleet.planned",
+            format!("would roll {} out to {} in waves", resolved.bundle.manifest.id, env.name),
+            serde_json::json!({"release": resolved.bundle.manifest.id,
+                               "waves": f.as_ref().map(|f| &f.1), "targets": f.as_ref().map(|f| &f.0)}),
+        );
+        return Ok(Exit::Ok);
+    }
+    let (log, tee) = start_run_log(project, env, em);
+    let result = fleet::run_fleet(project, env, opts, upstream, &resolved.bundle, em);
+    if let (Err(e), Some(l)) = (&result, &log) {
+        l.line(&format!("{TOOL}: error: {e:#}"));
     }
     drop(tee);
     result

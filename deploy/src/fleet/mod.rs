@@ -1,0 +1,539 @@
+//! Fleet rollouts: an environment with `instances` is deployed in waves
+//! (`rollout.waves`). Each wave moves its instances one by one (drain,
+//! single-instance deploy: install, migrate (the shared schema, once: later
+//! instances find nothing pending), switch, restart, health, undrain), then
+//! bakes: the moved instances must stay healthy and, while the fleet is
+//! mixed, must not fail more than the unmoved ones over the same minutes
+//! ([`canary`]). A failed wave rolls back only the moved instances, newest
+//! first; the others are never touched. Every step is journalled
+//! ([`journal`]) under the fleet lock.
+//!
+//! A plan whose pending migrations are not marked compatible with both
+//! releases ([`COMPAT_MARKER`] in the `.up.sql`) is refused before anything
+//! changes: the old release keeps serving on the unmoved instances against
+//! the new schema.
+//!
+//! Exit codes: 0 all waves passed; 3 a wave's canary comparison or health
+//! broke and the moved instances were rolled back; 1 an instance's deploy
+//! failed or the comparison was inconclusive (rolled back likewise); 4 a
+//! rollback failed; 2 the plan was refused; 75 locked.
+//!
+//! Events (each carries `instance` when it is about one): `fleet.started`,
+//! `fleet.instance.drained`, the single-instance `deploy.*`/`service.*`/
+//! `migrate.*` events, `fleet.instance.moved`, `fleet.wave.judged`,
+//! `fleet.wave.passed`, `fleet.wave.failed`, `fleet.instance.rolled_back`,
+//! `fleet.rolled_back`, `fleet.completed`, `fleet.interrupted`,
+//! `fleet.instance.undrain_failed`.
+
+pub mod canary;
+pub mod instance;
+pub mod journal;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::anyhow;
+use dhash_migrate::release::Bundle;
+use gates_core::config::fleet::{Fleet, Wave};
+use gates_core::config::EnvConfig;
+use gates_core::project::Project;
+use gates_core::sample::Health;
+use gates_core::{Emitter, Exit, Level, ToolError};
+use serde_json::json;
+
+use crate::{crash_point, DeployOptions, TOOL};
+use canary::{Counts, Judgment, Verdict};
+use instance::Member;
+use journal::{FleetJournal, FleetStep};
+
+/// The line a migration's `.up.sql` carries when the previous release runs
+/// correctly against the schema it produces (expand-only changes).
+pub const COMPAT_MARKER: &str = "-- dhash: mixed-fleet-compatible";
+
+/// Consecutive failed health probes of a moved instance that fail a bake.
+const BAKE_HEALTH_FAILURES: u32 = 2;
+
+/// A rollout of bundle `b` to fleet environment `env`.
+pub fn run_fleet(
+    project: &Project,
+    env: &EnvConfig,
+    opts: &DeployOptions,
+    upstream: Option<PathBuf>,
+    b: &Bundle,
+    em: &Emitter,
+) -> anyhow::Result<Exit> {
+    let fleet = env
+        .fleet
+        .as_ref()
+        .ok_or_else(|| anyhow!("{} is not a fleet environment", env.name))?;
+    let _lock = env.lock(TOOL)?;
+    let members: Vec<Member> = fleet
+        .instances
+        .iter()
+        .map(|i| Member {
+            inst: i,
+            env: env.instance_env(i),
+        })
+        .collect();
+    let mut j = match FleetJournal::load(env)? {
+        Some(j) => resume(env, j, b, em)?,
+        None => {
+            check_compatible(env, &members, b)?;
+            new_journal(&members, b)
+        }
+    };
+    if j.step == FleetStep::RollingBack {
+        let why = j
+            .reason
+            .clone()
+            .unwrap_or_else(|| "interrupted rollback".into());
+        return Ok(roll_back(
+            env,
+            fleet,
+            &members,
+            &mut j,
+            &why,
+            Exit::Failed,
+            em,
+        ));
+    }
+    let targets = fleet.targets();
+    em.emit(
+        "fleet.started",
+        Level::Info,
+        format!(
+            "rolling {} out to {} in {} waves",
+            b.manifest.id,
+            env.name,
+            targets.len()
+        ),
+        json!({"release": b.manifest.id, "tag": b.manifest.tag, "waves": targets,
+               "instances": members.iter().map(|m| m.name()).collect::<Vec<_>>()}),
+    );
+    for (w, &target) in targets.iter().enumerate().skip(j.wave) {
+        j.wave = w;
+        if let Some(exit) = move_wave(
+            project, env, fleet, &members, &mut j, target, opts, &upstream, b, em,
+        )? {
+            return Ok(exit);
+        }
+        crash_point(em, &format!("fleet-wave-{}-moved", w + 1));
+        j.step = FleetStep::Baking;
+        j.save(env)?;
+        let unmoved = &members[target..];
+        let judgment = bake(&members[..target], unmoved, &fleet.waves[w], fleet, em);
+        em.emit(
+            "fleet.wave.judged",
+            level_of(judgment.verdict),
+            format!(
+                "wave {}: {}: {}",
+                w + 1,
+                judgment.verdict.as_str(),
+                judgment.reason
+            ),
+            json!({"wave": w + 1, "release": j.release, "moved": &j.moved, "judgment": judgment}),
+        );
+        if judgment.verdict != Verdict::Pass {
+            em.emit(
+                "fleet.wave.failed",
+                Level::Critical,
+                format!("wave {} failed: {}; rolling back the {} moved instances", w + 1, judgment.reason, j.moved.len()),
+                json!({"wave": w + 1, "release": j.release, "verdict": judgment.verdict, "reason": judgment.reason}),
+            );
+            let exit = if judgment.verdict == Verdict::Violation {
+                Exit::GateRolledBack
+            } else {
+                Exit::Failed
+            };
+            return Ok(roll_back(
+                env,
+                fleet,
+                &members,
+                &mut j,
+                &judgment.reason,
+                exit,
+                em,
+            ));
+        }
+        em.emit(
+            "fleet.wave.passed",
+            Level::Info,
+            format!(
+                "wave {} passed: {} of {} instances on {}",
+                w + 1,
+                target,
+                members.len(),
+                j.release
+            ),
+            json!({"wave": w + 1, "release": j.release, "moved": &j.moved}),
+        );
+        j.wave = w + 1;
+        j.step = FleetStep::Moving;
+        j.save(env)?;
+        crash_point(em, &format!("fleet-wave-{}-passed", w + 1));
+    }
+    FleetJournal::remove(env)?;
+    em.emit(
+        "fleet.completed",
+        Level::Info,
+        format!(
+            "{} runs on all {} instances of {}",
+            j.release,
+            members.len(),
+            env.name
+        ),
+        json!({"release": j.release, "tag": j.tag, "instances": &j.moved}),
+    );
+    Ok(Exit::Ok)
+}
+
+fn level_of(v: Verdict) -> Level {
+    match v {
+        Verdict::Pass => Level::Info,
+        Verdict::Violation => Level::Critical,
+        Verdict::Inconclusive => Level::Warning,
+    }
+}
+
+fn new_journal(members: &[Member], b: &Bundle) -> FleetJournal {
+    let now = gates_core::event::now_rfc3339();
+    FleetJournal {
+        release: b.manifest.id.clone(),
+        tag: b.manifest.tag.clone(),
+        from: members
+            .iter()
+            .map(|m| {
+                (
+                    m.name().to_string(),
+                    gates_core::install::current_release_id(&m.env),
+                )
+            })
+            .collect::<BTreeMap<_, _>>(),
+        moved: Vec::new(),
+        wave: 0,
+        step: FleetStep::Moving,
+        reason: None,
+        pid: std::process::id(),
+        started_at: now.clone(),
+        updated_at: now,
+    }
+}
+
+/// A journal left by a killed rollout: the same release resumes (or its
+/// rollback finishes); another release is refused until that one is done.
+fn resume(
+    env: &EnvConfig,
+    j: FleetJournal,
+    b: &Bundle,
+    em: &Emitter,
+) -> anyhow::Result<FleetJournal> {
+    em.emit(
+        "fleet.interrupted",
+        Level::Warning,
+        format!(
+            "a rollout of {} (pid {}) stopped at wave {} ({:?}) with {} instances moved; {}",
+            j.release,
+            j.pid,
+            j.wave + 1,
+            j.step,
+            j.moved.len(),
+            if j.step == FleetStep::RollingBack {
+                "finishing its rollback"
+            } else {
+                "resuming it"
+            }
+        ),
+        json!({"release": j.release, "wave": j.wave + 1, "step": j.step, "moved": j.moved,
+               "journal": FleetJournal::path(env)}),
+    );
+    if j.release != b.manifest.id && j.step != FleetStep::RollingBack {
+        return Err(ToolError::new(
+            Exit::Failed,
+            anyhow!(
+                "a rollout of {} to {} is unfinished ({}); rerun deploy_dhash --env {} --tag {} to finish it first; nothing was changed",
+                j.release, env.name, FleetJournal::path(env).display(), env.name, j.tag
+            ),
+        )
+        .into());
+    }
+    Ok(j)
+}
+
+/// Moves the wave's instances not yet moved. `Some(exit)`: an instance
+/// failed and the moved ones were rolled back.
+#[allow(clippy::too_many_arguments)]
+fn move_wave(
+    project: &Project,
+    env: &EnvConfig,
+    fleet: &Fleet,
+    members: &[Member],
+    j: &mut FleetJournal,
+    target: usize,
+    opts: &DeployOptions,
+    upstream: &Option<PathBuf>,
+    b: &Bundle,
+    em: &Emitter,
+) -> anyhow::Result<Option<Exit>> {
+    for m in &members[..target] {
+        let already = j.moved.iter().any(|n| n == m.name());
+        if already && done_moving(m, &j.release) {
+            continue;
+        }
+        if !already {
+            j.moved.push(m.name().to_string());
+        }
+        j.step = FleetStep::Moving;
+        j.save(env)?;
+        // One backup of the shared database is enough: the first move's.
+        let first = j.moved.len() == 1;
+        let iopts = DeployOptions {
+            no_monitor: true,
+            no_backup: opts.no_backup || !first,
+            backup_first: opts.backup_first && first,
+            ..opts.clone()
+        };
+        let up = if first { upstream.clone() } else { None };
+        match instance::move_instance(project, m, &iopts, up, b, fleet.drain, em) {
+            Ok(r) => em.emit(
+                "fleet.instance.moved",
+                Level::Info,
+                format!(
+                    "instance {} runs {} (wave {})",
+                    m.name(),
+                    r.release,
+                    j.wave + 1
+                ),
+                json!({"instance": m.name(), "wave": j.wave + 1, "release": r.release,
+                       "from": r.from, "unchanged": r.unchanged}),
+            ),
+            Err(e) => {
+                // The single-instance deploy switched this one back itself.
+                let inner = gates_core::exit::exit_for(&e);
+                j.moved.retain(|n| n != m.name());
+                let why = format!("instance {} failed to deploy: {e:#}", m.name());
+                let exit = if inner == Exit::RollbackFailed {
+                    inner
+                } else {
+                    Exit::Failed
+                };
+                em.human(&why);
+                return Ok(Some(roll_back(env, fleet, members, j, &why, exit, em)));
+            }
+        };
+    }
+    Ok(None)
+}
+
+/// A moved instance (of an earlier wave, or of this one before a kill)
+/// that serves `release` with no single-instance deploy left half done.
+fn done_moving(m: &Member, release: &str) -> bool {
+    gates_core::install::current_release_id(&m.env).as_deref() == Some(release)
+        && !gates_core::install::deploy_journal(&m.env).exists()
+}
+
+/// Rolls the moved instances back, newest first, then ends the rollout.
+/// Returns `exit`, or 4 when an instance could not be rolled back.
+fn roll_back(
+    env: &EnvConfig,
+    fleet: &Fleet,
+    members: &[Member],
+    j: &mut FleetJournal,
+    reason: &str,
+    exit: Exit,
+    em: &Emitter,
+) -> Exit {
+    j.step = FleetStep::RollingBack;
+    j.reason = Some(reason.to_string());
+    if let Err(e) = j.save(env) {
+        em.human(&format!("warning: journal not written: {e:#}"));
+    }
+    let mut failed = Vec::new();
+    for name in j.moved.clone().iter().rev() {
+        let Some(m) = members.iter().find(|m| m.name() == name) else {
+            continue;
+        };
+        let to = j.from.get(name).cloned().flatten();
+        let now = gates_core::install::current_release_id(&m.env);
+        let result = match &to {
+            Some(to) if now.as_deref() == Some(to.as_str()) => Ok(()),
+            Some(to) => instance::roll_back_instance(m, &j.release, to, reason, fleet.drain, em),
+            None => Err(anyhow!(
+                "instance {name} ran no release before this rollout: nothing to go back to"
+            )),
+        };
+        if let Err(e) = result {
+            em.emit(
+                "fleet.instance.rollback_failed",
+                Level::Critical,
+                format!("instance {name} could not be rolled back: {e:#}"),
+                json!({"instance": name, "release": j.release, "error": format!("{e:#}")}),
+            );
+            failed.push(name.clone());
+        } else {
+            crash_point(em, "fleet-instance-rolled-back");
+        }
+    }
+    let exit = if failed.is_empty() {
+        exit
+    } else {
+        Exit::RollbackFailed
+    };
+    if failed.is_empty() {
+        if let Err(e) = FleetJournal::remove(env) {
+            em.human(&format!("warning: {e:#}"));
+        }
+    }
+    em.emit(
+        "fleet.rolled_back",
+        if failed.is_empty() {
+            Level::Warning
+        } else {
+            Level::Critical
+        },
+        format!(
+            "{} rolled back on {} instances ({}); untouched: {}",
+            j.release,
+            j.moved.len() - failed.len(),
+            reason,
+            members
+                .iter()
+                .filter(|m| !j.moved.iter().any(|n| n == m.name()))
+                .map(|m| m.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        json!({"release": j.release, "rolled_back": &j.moved, "failed": failed,
+               "reason": reason, "exit": exit.code()}),
+    );
+    exit
+}
+
+/// The wave's bake: the moved instances are probed for health every
+/// second; at the end, while the fleet is mixed, moved and unmoved are
+/// compared over the same period. A full fleet only needs its health.
+fn bake(
+    moved: &[Member],
+    unmoved: &[Member],
+    wave: &Wave,
+    fleet: &Fleet,
+    em: &Emitter,
+) -> Judgment {
+    let read_all = |ms: &[Member]| -> Result<Vec<Counts>, String> {
+        ms.iter()
+            .map(|m| canary::read_counts(&m.env).map_err(|e| format!("{}: {e}", m.name())))
+            .collect()
+    };
+    let start = (read_all(moved), read_all(unmoved));
+    em.human(&format!(
+        "baking for {}",
+        gates_core::duration::human(wave.bake)
+    ));
+    if let Some(bad) = watch_health(moved, wave.bake) {
+        return health_violation(bad);
+    }
+    let end = (read_all(moved), read_all(unmoved));
+    let sum = |a: Result<Vec<Counts>, String>,
+               b: Result<Vec<Counts>, String>|
+     -> Result<Counts, String> {
+        Ok(a?
+            .into_iter()
+            .zip(b?)
+            .fold(Counts::default(), |acc, (s, e)| acc.plus(e.since(s))))
+    };
+    let canary_side = sum(start.0, end.0);
+    let baseline_side = sum(start.1, end.1);
+    if unmoved.is_empty() {
+        return Judgment {
+            verdict: Verdict::Pass,
+            canary: canary_side.unwrap_or_default(),
+            baseline: Counts::default(),
+            canary_rate: 0.0,
+            baseline_rate: 0.0,
+            z: None,
+            reason:
+                "the whole fleet runs the release and stayed healthy (no baseline left to compare)"
+                    .into(),
+        };
+    }
+    match (canary_side, baseline_side) {
+        (Ok(c), Ok(b)) => canary::judge(c, b, &fleet.canary),
+        (Err(e), _) | (_, Err(e)) => Judgment {
+            verdict: Verdict::Inconclusive,
+            canary: Counts::default(),
+            baseline: Counts::default(),
+            canary_rate: 0.0,
+            baseline_rate: 0.0,
+            z: None,
+            reason: format!("metrics could not be read: {e}"),
+        },
+    }
+}
+
+/// The first moved instance that failed [`BAKE_HEALTH_FAILURES`] probes in a
+/// row during `bake`, with the last answer.
+fn watch_health(moved: &[Member], bake: Duration) -> Option<(String, String)> {
+    let until = Instant::now() + bake;
+    let mut misses = vec![0u32; moved.len()];
+    loop {
+        for (i, m) in moved.iter().enumerate() {
+            match gates_core::probe::probe_health(&m.env.health_url, m.env.monitor.probe_timeout) {
+                Health::Ok => misses[i] = 0,
+                h => {
+                    misses[i] += 1;
+                    if misses[i] >= BAKE_HEALTH_FAILURES {
+                        return Some((m.name().to_string(), h.label().to_string()));
+                    }
+                }
+            }
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        std::thread::sleep(left.min(Duration::from_secs(1)));
+    }
+}
+
+fn health_violation((name, health): (String, String)) -> Judgment {
+    Judgment {
+        verdict: Verdict::Violation,
+        canary: Counts::default(),
+        baseline: Counts::default(),
+        canary_rate: 0.0,
+        baseline_rate: 0.0,
+        z: None,
+        reason: format!("instance {name} failed {BAKE_HEALTH_FAILURES} health checks in a row during the bake ({health})"),
+    }
+}
+
+/// Refuses (exit 2, nothing changed) a rollout whose pending migrations
+/// lack [`COMPAT_MARKER`] while some instance serves a release: during the
+/// waves that release runs against the new schema.
+fn check_compatible(env: &EnvConfig, members: &[Member], b: &Bundle) -> anyhow::Result<()> {
+    let serving = members
+        .iter()
+        .any(|m| gates_core::install::current_release_id(&m.env).is_some());
+    if !serving || !env.database.is_file() {
+        return Ok(());
+    }
+    let pending = dhash_migrate::pending(&env.database, &b.dir.join("migrations"))?;
+    let unmarked: Vec<String> = pending
+        .iter()
+        .filter(|m| !m.up_sql.lines().any(|l| l.trim() == COMPAT_MARKER))
+        .map(|m| m.label())
+        .collect();
+    if unmarked.is_empty() {
+        return Ok(());
+    }
+    Err(ToolError::new(
+        Exit::Usage,
+        anyhow!(
+            "refusing the rollout of {} to {}: its pending migrations {} are not marked compatible with the release still serving on the unmoved instances (a line `{COMPAT_MARKER}` in the .up.sql says the previous release works against the new schema); nothing was changed",
+            b.manifest.id,
+            env.name,
+            unmarked.join(", ")
+        ),
+    )
+    .into())
+}

@@ -1,0 +1,610 @@
+//! Fleet rollouts end to end: four real reference-service instances on
+//! loopback behind a small balancer (round robin over the instances that do
+//! not carry the `draining` marker, as an nginx/HAProxy health check would
+//! skip a drained server), the real `dhash-service load` driver sending
+//! through the balancer the whole time, and the real deploy_dhash binary.
+//! Bakes last seconds.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use gates_core::config::EnvConfig;
+use gates_core::Emitter;
+use serde_json::{json, Value};
+use testkit::TestProject;
+
+const BIN: &str = env!("CARGO_BIN_EXE_deploy_dhash");
+const NAMES: [&str; 4] = ["a", "b", "c", "d"];
+
+/// A stripped copy of dhash-service, so a bundle (which ships the binary)
+/// is small to hash and copy four times.
+fn service_bin() -> PathBuf {
+    static BIN_PATH: OnceLock<PathBuf> = OnceLock::new();
+    BIN_PATH
+        .get_or_init(|| {
+            let original = testkit::bin_path("dhash-service");
+            let dir = testkit::target_dir().join("deploy-fleet-tests");
+            fs::create_dir_all(&dir).expect("mkdir");
+            let out = dir.join("dhash-service");
+            let mtime = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
+            if out.is_file() && mtime(&out) >= mtime(&original) {
+                return out;
+            }
+            let tmp = dir.join(format!(".dhash-service.{}.partial", std::process::id()));
+            let ok = Command::new("strip")
+                .arg("-o")
+                .arg(&tmp)
+                .arg(&original)
+                .status()
+                .is_ok_and(|s| s.success())
+                && fs::rename(&tmp, &out).is_ok();
+            if ok {
+                out
+            } else {
+                original
+            }
+        })
+        .clone()
+}
+
+fn bundle(tp: &TestProject, tag: &str, faults: &[(&str, &str)]) -> PathBuf {
+    let mut cmd = tp.cmd_path(&service_bin());
+    cmd.args(["bundle", "--tag", tag, "--out"])
+        .arg(tp.root().join("dist"))
+        .arg("--migrations")
+        .arg(testkit::workspace_root().join("dhash-service/migrations"));
+    for (k, v) in faults {
+        cmd.arg("--fault").arg(format!("{k}={v}"));
+    }
+    let out = cmd.output().expect("dhash-service bundle");
+    assert!(
+        out.status.success(),
+        "bundle {tag}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tp.root().join("dist").join(format!("dhash-{tag}"))
+}
+
+fn release_id(bundle: &Path) -> String {
+    let v: Value =
+        serde_json::from_str(&fs::read_to_string(bundle.join("release.json")).unwrap()).unwrap();
+    v["id"].as_str().unwrap().to_string()
+}
+
+/// One fleet test at a time: each runs four services, a balancer and the
+/// load driver, which on two shared cores is faster in a row than side by side.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The test project with a `fleet` environment of four local instances.
+struct Fleet {
+    tp: TestProject,
+    envs: Vec<EnvConfig>,
+}
+
+impl Fleet {
+    fn new() -> Fleet {
+        let tp = TestProject::new();
+        let ports: Vec<u16> = loop {
+            let p: Vec<u16> = (0..4).map(|_| testkit::free_port()).collect();
+            let mut q = p.clone();
+            q.sort();
+            q.dedup();
+            if q.len() == 4 {
+                break p;
+            }
+        };
+        let url = |p: u16, path: &str| format!("http://127.0.0.1:{p}{path}");
+        let instances: Vec<Value> = NAMES
+            .iter()
+            .zip(&ports)
+            .map(|(n, p)| {
+                json!({"name": n, "install_root": format!(".dhash/fleet/{n}"),
+                       "service": {"kind": "local", "bind": format!("127.0.0.1:{p}"),
+                                   "start_timeout": "10s", "stop_timeout": "3s"},
+                       "health_url": url(*p, "/health"), "metrics_url": url(*p, "/metrics"),
+                       "queue_url": url(*p, "/api/dhash/queue/status")})
+            })
+            .collect();
+        tp.edit_topology(|t| {
+            let mut env = t["environments"]["staging"].clone();
+            env["install_root"] = json!(".dhash/fleet");
+            env["data_dir"] = json!(".dhash/fleet/data");
+            env["database"] = json!(".dhash/fleet/data/dhash.sqlite3");
+            env["service"] = instances[0]["service"].clone();
+            for k in ["health_url", "metrics_url", "queue_url"] {
+                env[k] = instances[0][k].clone();
+            }
+            env["health"] = json!({"checks_required": 2, "interval": 0.2, "timeout": "10s"});
+            env["instances"] = json!(instances);
+            env["rollout"] = json!({
+                "waves": [{"instances": 1, "bake": "2s"}, {"percent": 50, "bake": "1s"},
+                          {"percent": 100, "bake": "0.5s"}],
+                "canary": {"min_requests": 10, "max_increase": 5},
+                "drain": "0.3s"
+            });
+            t["environments"]["fleet"] = env;
+        });
+        let project = tp.project();
+        let env = project.env("fleet").unwrap().clone();
+        let envs = env
+            .fleet
+            .as_ref()
+            .unwrap()
+            .instances
+            .iter()
+            .map(|i| env.instance_env(i))
+            .collect();
+        Fleet { tp, envs }
+    }
+
+    /// The old release installed on every instance and started.
+    fn start_on(&self, bundle: &Path) {
+        for env in &self.envs {
+            testkit::install_bundle(env, bundle).unwrap();
+            gates_core::service::start(env, &Emitter::sink("test", "fleet")).unwrap();
+        }
+    }
+
+    fn deploy(&self, tag: &str, crash_at: Option<&str>) -> Run {
+        let mut c = self.tp.cmd_path(Path::new(BIN));
+        c.args(["--env", "fleet", "--tag", tag, "--no-backup"]);
+        if let Some(p) = crash_at {
+            c.env("DHASH_TEST_CRASH_AT", p);
+        }
+        c.output().expect("run deploy_dhash").into()
+    }
+
+    /// The release each instance serves, by asking it.
+    fn serving(&self) -> Vec<String> {
+        self.envs
+            .iter()
+            .map(|e| {
+                let a = gates_core::probe::get(&e.health_url, Duration::from_secs(2)).unwrap();
+                a.json().unwrap()["release"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_string()
+            })
+            .collect()
+    }
+
+    fn pids(&self) -> Vec<Option<u32>> {
+        self.envs
+            .iter()
+            .map(gates_core::service::running_pid)
+            .collect()
+    }
+
+    fn balancer(&self) -> Balancer {
+        Balancer::start(
+            self.envs
+                .iter()
+                .map(|e| (e.health_url.replace("/health", ""), e.install_root.clone()))
+                .collect(),
+        )
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for env in &self.envs {
+            let _ = gates_core::service::stop(env, &Emitter::sink("test", "fleet"));
+        }
+    }
+}
+
+struct Run {
+    code: i32,
+    signal: Option<i32>,
+    events: Vec<Value>,
+    stdout: String,
+    stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            signal: o.status.signal(),
+            events: testkit::events(&o.stdout),
+            stdout: String::from_utf8_lossy(&o.stdout).to_string(),
+            stderr: String::from_utf8_lossy(&o.stderr).to_string(),
+        }
+    }
+}
+
+impl Run {
+    fn of(&self, name: &str) -> Vec<&Value> {
+        self.events.iter().filter(|e| e["event"] == name).collect()
+    }
+    fn expect(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.code, code,
+            "exit code\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+// ------------------------------------------------------------ balancer
+
+/// A random pick among the backends without a `draining` marker (round
+/// robin would alias with the load driver's fixed kind cycle); a backend
+/// that refuses the connection is skipped (like `proxy_next_upstream
+/// error`), a request that reached one is never sent twice.
+struct Balancer {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    no_backend: Arc<AtomicU64>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Balancer {
+    fn start(backends: Vec<(String, PathBuf)>) -> Balancer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let no_backend = Arc::new(AtomicU64::new(0));
+        let (s, nb) = (stop.clone(), no_backend.clone());
+        let backends = Arc::new(backends);
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() as usize)
+            .unwrap_or(7);
+        let next = Arc::new(AtomicUsize::new(seed));
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let (b, n, nb) = (backends.clone(), next.clone(), nb.clone());
+                std::thread::spawn(move || proxy(conn, &b, &n, &nb));
+            }
+        });
+        Balancer {
+            port,
+            stop,
+            no_backend,
+            thread: Some(thread),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One request (headers and a Content-Length body), sent with
+/// `Connection: close`, or None when the client closed.
+fn read_request(conn: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16384];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = conn.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    while buf.len() < head_end + len {
+        let n = conn.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let mut out: Vec<u8> = head
+        .trim_end()
+        .lines()
+        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+        .flat_map(|l| format!("{l}\r\n").into_bytes())
+        .collect();
+    out.extend_from_slice(b"Connection: close\r\n\r\n");
+    out.extend_from_slice(&buf[head_end..head_end + len]);
+    Some(out)
+}
+
+/// A xorshift step on the shared state: a cheap, good-enough random index.
+fn pick(state: &AtomicUsize, n: usize) -> usize {
+    let mut x = state.load(Ordering::Relaxed) | 1;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    state.store(x, Ordering::Relaxed);
+    x % n
+}
+
+fn proxy(mut conn: TcpStream, backends: &[(String, PathBuf)], next: &AtomicUsize, nb: &AtomicU64) {
+    let Some(request) = read_request(&mut conn) else {
+        return;
+    };
+    let first = pick(next, backends.len());
+    for k in 0..backends.len() {
+        let (base, root) = &backends[(first + k) % backends.len()];
+        if root.join(gates_core::service::DRAIN_MARKER).exists() {
+            continue;
+        }
+        let addr = base.trim_start_matches("http://");
+        let Ok(mut up) = TcpStream::connect(addr) else {
+            continue;
+        };
+        let mut response = Vec::new();
+        if up.write_all(&request).is_ok() {
+            let _ = up.read_to_end(&mut response);
+        }
+        if response.is_empty() {
+            response =
+                b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_vec();
+        }
+        let _ = conn.write_all(&response);
+        let _ = conn.shutdown(Shutdown::Both);
+        return;
+    }
+    nb.fetch_add(1, Ordering::Relaxed);
+    let _ = conn.write_all(
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+}
+
+// ------------------------------------------------------------ load
+
+/// The load driver run in 2-second rounds through the balancer until
+/// stopped; the rounds' `load.completed` reports summed.
+struct Load {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    totals: Arc<Mutex<Totals>>,
+}
+
+/// The load driver's rounds summed.
+#[derive(Debug, Clone, Default)]
+struct Totals {
+    sent: u64,
+    transport_errors: u64,
+    status: BTreeMap<String, u64>,
+}
+
+impl Load {
+    fn start(tp: &TestProject, url: &str) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let totals = Arc::new(Mutex::new(Totals::default()));
+        let (s, t) = (stop.clone(), totals.clone());
+        let mut cmd = tp.cmd("dhash-service");
+        // No undecodable images: a good release then fails nothing on
+        // either side, so the comparison cannot flake on a small sample.
+        cmd.args(["load", "--url", url, "--rate", "40", "--duration", "2s"])
+            .args(["--mix", "valid=90,low=10,bad=0", "--timeout", "5s"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let out = cmd.output().expect("dhash-service load");
+                let ev = testkit::events(&out.stdout);
+                let done = ev
+                    .iter()
+                    .find(|e| e["event"] == "load.completed")
+                    .unwrap_or_else(|| {
+                        panic!(
+                            "no load.completed: {}",
+                            String::from_utf8_lossy(&out.stdout)
+                        )
+                    });
+                let mut t = t.lock().unwrap();
+                t.sent += done["sent"].as_u64().unwrap_or(0);
+                t.transport_errors += done["transport_errors"].as_u64().unwrap_or(0);
+                for (k, v) in done["status"].as_object().into_iter().flatten() {
+                    *t.status.entry(k.clone()).or_default() += v.as_u64().unwrap_or(0);
+                }
+            }
+        });
+        Load {
+            stop,
+            thread: Some(thread),
+            totals,
+        }
+    }
+
+    /// Every round's figures, summed.
+    fn finish(mut self) -> Totals {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().expect("load thread");
+        }
+        self.totals.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// No request failed because of a switch: every one was answered, none
+/// with a 5xx (a 422 is the bad release's injected extraction failure,
+/// which the canary comparison is about, not a switch).
+fn assert_no_failed_request(load: Totals, bal: &Balancer) {
+    let Totals {
+        sent,
+        transport_errors: transport,
+        status,
+    } = load;
+    assert!(sent > 80, "the load driver sent too little: {sent}");
+    assert_eq!(
+        transport, 0,
+        "transport errors during the rollout: {status:?}"
+    );
+    let server_errors: u64 = status
+        .iter()
+        .filter(|(k, _)| k.starts_with('5'))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(
+        server_errors, 0,
+        "5xx answers during the rollout: {status:?}"
+    );
+    assert_eq!(bal.no_backend.load(Ordering::Relaxed), 0);
+}
+
+// ------------------------------------------------------------ tests
+
+#[test]
+fn a_good_release_goes_through_every_wave_with_no_failed_request() {
+    let _serial = serial();
+    let f = Fleet::new();
+    let v1 = bundle(&f.tp, "v1", &[]);
+    let v2 = bundle(&f.tp, "v2", &[]);
+    f.start_on(&v1);
+    let bal = f.balancer();
+    let load = Load::start(&f.tp, &bal.url());
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = std::time::Instant::now();
+    let run = f.deploy("v2", None);
+    eprintln!("deploy took {:?}", t0.elapsed());
+    let load = load.finish();
+    run.expect(0);
+    let id = release_id(&v2);
+    assert_eq!(f.serving(), vec![id.clone(); 4]);
+    let passed: Vec<i64> = run
+        .of("fleet.wave.passed")
+        .iter()
+        .map(|e| e["wave"].as_i64().unwrap())
+        .collect();
+    assert_eq!(passed, vec![1, 2, 3]);
+    // The single-instance events carry the instance.
+    let healthy: Vec<&str> = run
+        .of("deploy.healthy")
+        .iter()
+        .map(|e| e["instance"].as_str().unwrap())
+        .collect();
+    assert_eq!(healthy, NAMES.to_vec());
+    // The canary wave compared real traffic on both sides and passed.
+    let judged = run.of("fleet.wave.judged");
+    assert_eq!(judged[0]["judgment"]["verdict"], "pass");
+    assert!(
+        judged[0]["judgment"]["baseline"]["requests"]
+            .as_f64()
+            .unwrap()
+            >= 10.0
+    );
+    assert_eq!(run.of("fleet.completed").len(), 1);
+    assert!(!f.tp.root().join(".dhash/fleet/fleet.journal.json").exists());
+    assert_no_failed_request(load, &bal);
+}
+
+#[test]
+fn a_bad_canary_is_rolled_back_alone_and_the_rest_never_change() {
+    let _serial = serial();
+    let f = Fleet::new();
+    let v1 = bundle(&f.tp, "v1", &[]);
+    let bad = bundle(&f.tp, "v3bad", &[("failure_fraction", "0.5")]);
+    f.start_on(&v1);
+    let before = f.pids();
+    let bal = f.balancer();
+    let load = Load::start(&f.tp, &bal.url());
+    std::thread::sleep(Duration::from_millis(500));
+    let run = f.deploy("v3bad", None);
+    let load = load.finish();
+    run.expect(3);
+    let judged = run.of("fleet.wave.judged");
+    assert_eq!(judged.len(), 1, "only the canary wave ran");
+    assert_eq!(judged[0]["judgment"]["verdict"], "violation");
+    let back: Vec<&str> = run
+        .of("fleet.instance.rolled_back")
+        .iter()
+        .map(|e| e["instance"].as_str().unwrap())
+        .collect();
+    assert_eq!(back, vec!["a"], "only the canary is rolled back");
+    let v1id = release_id(&v1);
+    assert_eq!(f.serving(), vec![v1id; 4]);
+    let after = f.pids();
+    let bad_id = release_id(&bad);
+    for (i, env) in f.envs.iter().enumerate().skip(1) {
+        assert_eq!(after[i], before[i], "instance {} was restarted", NAMES[i]);
+        assert!(
+            !env.releases_dir().join(&bad_id).exists(),
+            "instance {} received the bad release",
+            NAMES[i]
+        );
+    }
+    let st = gates_core::release::ReleasesState::load(&f.envs[0]).unwrap();
+    assert!(
+        st.is_failed(&bad_id),
+        "the canary records the release as rolled back"
+    );
+    assert_no_failed_request(load, &bal);
+}
+
+#[test]
+fn a_rollout_killed_between_waves_finishes_on_rerun() {
+    let _serial = serial();
+    let f = Fleet::new();
+    let v1 = bundle(&f.tp, "v1", &[]);
+    let v2 = bundle(&f.tp, "v2", &[]);
+    f.start_on(&v1);
+    let bal = f.balancer();
+    let load = Load::start(&f.tp, &bal.url());
+    std::thread::sleep(Duration::from_millis(500));
+    let killed = f.deploy("v2", Some("fleet-wave-1-passed"));
+    assert_eq!(killed.signal, Some(9), "{}", killed.stderr);
+    let journal = f.tp.root().join(".dhash/fleet/fleet.journal.json");
+    let j: Value = serde_json::from_str(&fs::read_to_string(&journal).unwrap()).unwrap();
+    assert_eq!(j["wave"], 1);
+    assert_eq!(j["moved"], json!(["a"]));
+    let (v1id, v2id) = (release_id(&v1), release_id(&v2));
+    let mixed = vec![v2id.clone(), v1id.clone(), v1id.clone(), v1id];
+    assert_eq!(f.serving(), mixed);
+    let run = f.deploy("v2", None);
+    let load = load.finish();
+    run.expect(0);
+    assert_eq!(run.of("fleet.interrupted").len(), 1);
+    // The canary is not moved twice; waves 2 and 3 run.
+    let moved: Vec<&str> = run
+        .of("fleet.instance.moved")
+        .iter()
+        .filter(|e| e["unchanged"] == false)
+        .map(|e| e["instance"].as_str().unwrap())
+        .collect();
+    assert_eq!(moved, vec!["b", "c", "d"]);
+    assert_eq!(f.serving(), vec![v2id; 4]);
+    assert!(!journal.exists());
+    assert_no_failed_request(load, &bal);
+}
