@@ -18,6 +18,8 @@ use crate::incident::DeployStart;
 pub const DEPLOY: &str = "deploy";
 pub const MONITOR: &str = "monitor";
 pub const GATE: &str = "gate";
+/// An operator's verdict on a rollback (`report_dhash mark`, `rollback_dhash --mark-unnecessary`).
+pub const REVIEW: &str = "rollback-review";
 
 /// A deploy record's `result` once its release answered its health checks.
 const DEPLOY_HEALTHY: &str = "healthy";

@@ -10,8 +10,10 @@ pub mod judge;
 pub mod ledger;
 pub mod live;
 pub mod replay;
+pub mod sweep;
 pub mod tee;
 pub mod telemetry;
+pub mod tuning;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -92,8 +94,17 @@ pub struct Args {
     #[arg(long)]
     pub record: Option<PathBuf>,
     /// Replay recorded telemetry (CSV or JSON lines) through the gates instead of polling.
-    #[arg(long)]
-    pub replay: Option<PathBuf>,
+    /// Several files (several releases, both environments) are replayed one after the other,
+    /// each with fresh gate state.
+    #[arg(long, value_name = "FILE", num_args = 1..)]
+    pub replay: Vec<PathBuf>,
+    /// With --replay: sweep a gate's threshold over a range, GATE.threshold=FROM..TO/STEP
+    /// (repeatable; every combination is evaluated in one pass). Prints per combination the
+    /// violations, rollbacks, false positives, caught rollbacks (and how much earlier or later)
+    /// and rollbacks marked unnecessary it avoids, then the tightest setting with no false
+    /// positive on the passed windows.
+    #[arg(long, value_name = "SPEC", requires = "replay")]
+    pub sweep: Vec<String>,
     /// Which replay decisions to print as events.
     #[arg(long, value_enum, default_value = "changes")]
     pub decisions: DecisionOutput,
@@ -121,7 +132,12 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
         em.human("no --env given: monitoring production (the seeds' default)");
     }
     let project = Project::discover()?;
-    if let Some(path) = &args.replay {
+    if !args.replay.is_empty() {
+        if args.replay.len() > 1 && args.decisions_csv.is_some() {
+            return Err(gates_core::exit::usage_error(
+                "--decisions-csv takes one --replay file (each file would overwrite it)",
+            ));
+        }
         // Replay needs only the gates: recorded telemetry may come from any host.
         let gates_file = project.gates(args.config.as_deref())?;
         let gates_env = gates_file.env(&env_name)?;
@@ -129,15 +145,23 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
         let source = args.baseline_override().source(&gates_env.baseline);
         // The ledger's passed watches, when this project has the environment.
         let env = project.env(&env_name).ok();
+        if !args.sweep.is_empty() {
+            let variants = sweep::Variants::new(&gates, &tuning::parse_all(&args.sweep)?)?;
+            let baselines = baseline::load(&variants.specs, &source, env, &env_name, None, &em);
+            return tuning::run(&project, &em, &variants, &baselines, &args.replay);
+        }
         let baselines = baseline::load(&gates, &source, env, &env_name, None, &em);
-        return replay::run(
-            &em,
-            gates,
-            baselines,
-            path,
-            args.decisions,
-            args.decisions_csv.as_deref(),
-        );
+        for path in &args.replay {
+            replay::run(
+                &em,
+                gates.clone(),
+                baselines.clone(),
+                path,
+                args.decisions,
+                args.decisions_csv.as_deref(),
+            )?;
+        }
+        return Ok(Exit::Ok);
     }
     // The gates file may set the watch's duration and cadence for an
     // environment (seed 004's profile, quality-gates-mobius.json); --duration

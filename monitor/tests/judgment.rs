@@ -34,7 +34,9 @@ fn load(tp: &TestProject, env: &str, secs: u32) -> Load {
     )
 }
 
-/// A gates file with one p95 gate (fixed threshold 2000 ms, window 2 s),
+/// A gates file with one median hash-time gate (fixed threshold 2000 ms,
+/// window 2 s; the median, because a window of 2 s holds ~20 requests, and
+/// a p95 would move with one request slowed by a busy CI machine),
 /// with `rule` as its baseline rule when given, and `env_extra` merged into
 /// the environment's section.
 fn gates(
@@ -44,11 +46,12 @@ fn gates(
     rule: Option<Value>,
     env_extra: Value,
 ) -> PathBuf {
-    let mut gate = json!({"threshold": 2000, "window_minutes": "2s", "action": "auto-rollback"});
+    let mut gate = json!({"kind": "percentile", "metric": "hash_time_ms", "percentile": 50,
+                          "threshold": 2000, "window_minutes": "2s", "action": "auto-rollback"});
     if let Some(r) = rule {
         gate["baseline"] = r;
     }
-    let mut section = json!({"quality_gates": {"p95_hash_time": gate}});
+    let mut section = json!({"quality_gates": {"p50_hash_time": gate}});
     if let (Value::Object(s), Value::Object(e)) = (&mut section, env_extra) {
         s.extend(e);
     }
@@ -118,7 +121,7 @@ fn relative_gate_catches_what_the_fixed_threshold_misses() {
     let plain = gates(&tp, "plain.json", env, None, json!({}));
     let relative = gates(&tp, "relative.json", env, Some(rule.clone()), json!({}));
 
-    // v1: 400 ms per hash (p95 in the 250-500 ms bucket). Its watch passes.
+    // v1: 400 ms per hash (median in the 250-500 ms bucket). Its watch passes.
     let v1 = tp.bundle("v1", &[("hash_latency_ms", "400")]);
     tp.install_and_start(env, &v1);
     let first = watch(&tp, env, &plain, 5, &[]);
@@ -255,5 +258,67 @@ fn relative_gate_catches_what_the_fixed_threshold_misses() {
     assert!(
         reason.contains("baseline missing") && reason.contains("the fixed threshold decides"),
         "{reason}"
+    );
+    sweep_matches_plain_replay(&tp, env, &plain, &[v1_recording, v2_recording]);
+}
+
+/// A sweep over the real recordings: each combination's decisions are
+/// those of a plain replay with that threshold, decision for decision; the
+/// CLI reports every combination and suggests the tightest threshold that
+/// rolls back no passed window.
+fn sweep_matches_plain_replay(tp: &TestProject, env: &str, cfg: &Path, files: &[PathBuf]) {
+    use dhash_monitor::sweep::{evaluate, parse_sweep, Variants};
+    use gates_core::gates::Evaluator;
+    let spec = gates_core::config::GatesFile::load(cfg).unwrap();
+    let gates = spec.env(env).unwrap().gates.clone();
+    let arg = parse_sweep("p50_hash_time.threshold=300..900/300").unwrap();
+    assert_eq!(arg.values, vec![300.0, 600.0, 900.0]);
+    let variants = Variants::new(&gates, &[arg]).unwrap();
+    for f in files {
+        let read = || dhash_monitor::telemetry::read_samples(f).unwrap();
+        let pass = evaluate(&variants, &[], f, read(), true).unwrap();
+        let statuses = pass.statuses.unwrap();
+        for (k, threshold) in [300.0, 600.0, 900.0].into_iter().enumerate() {
+            let mut g = gates.clone();
+            g[0].threshold = threshold;
+            let mut ev = Evaluator::new(g);
+            let plain: Vec<_> = read().map(|s| ev.observe(&s.unwrap())[0].status).collect();
+            assert_eq!(
+                statuses[variants.combination(k)[0]],
+                plain,
+                "threshold {threshold}, {}",
+                f.display()
+            );
+        }
+    }
+    let out = monitor(tp, &["--env", env, "--config"])
+        .arg(cfg)
+        .arg("--replay")
+        .args(files)
+        .args(["--sweep", "p50_hash_time.threshold=300..900/300"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let evs = events(&out.stdout);
+    let combos = of(&evs, "sweep.combination");
+    assert_eq!(combos.len(), 3, "{}", describe(&out));
+    // Medians 375 ms (v1) and 750 ms (v2): 300 flags both, 600 the slow one, 900 neither.
+    let rollbacks: Vec<u64> = combos
+        .iter()
+        .map(|c| c["rollbacks"].as_u64().unwrap())
+        .collect();
+    assert_eq!(rollbacks, vec![2, 1, 0], "{}", describe(&out));
+    let done = of(&evs, "sweep.completed");
+    assert_eq!(done[0]["recordings"][0]["actual"], "passed", "{}", done[0]);
+    let fp: Vec<u64> = combos
+        .iter()
+        .map(|c| c["false_positives"].as_u64().unwrap())
+        .collect();
+    let tightest = fp.iter().position(|f| *f == 0).unwrap();
+    assert_eq!(
+        done[0]["suggested"]["settings"]["p50_hash_time.threshold"],
+        combos[tightest]["settings"]["p50_hash_time.threshold"],
+        "{}",
+        done[0]
     );
 }
