@@ -46,6 +46,10 @@ pub struct ReportArgs {
     /// node_exporter's textfile collector.
     #[arg(long, value_name = "PATH")]
     pub prometheus_textfile: Option<PathBuf>,
+    /// Also write the period's figures to PATH as one self-contained HTML page with charts:
+    /// deployments and rollbacks per week, MTTR per incident, each gate's worst figure per release.
+    #[arg(long, value_name = "PATH")]
+    pub html: Option<PathBuf>,
     /// No table on stderr.
     #[arg(long, short)]
     pub quiet: bool,

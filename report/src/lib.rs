@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod figures;
 pub mod history;
+pub mod page;
 pub mod render;
 pub mod roles;
 pub mod window;

@@ -170,6 +170,7 @@ fn figures_match_the_history_the_tools_recorded() {
         .to_string();
     let page = window_page_charts_every_gate(&tp, &bad);
     page_renders_in_chromium(&page, &w2);
+    history_page_renders_in_chromium(&tp, &[&w1, &w2], mttr);
     marking_sets_the_false_positive_rate(&tp);
     textfile_is_valid_exposition_format(&tp);
     csv_has_one_row_per_figure(&tp);
@@ -356,6 +357,87 @@ fn page_renders_in_chromium(page: &Path, watch: &[Value]) {
     assert!(
         ratio.contains("data-role=\"pending\""),
         "the pending stretch is shaded"
+    );
+}
+
+/// `--html`: the period's page, in Chromium: the weekly chart with a bar of
+/// deployments and one of rollbacks, one MTTR bar (the one incident), and a
+/// trend chart per gate that had a figure in the watches, each with its
+/// threshold; a screenshot is kept as a test artifact.
+fn history_page_renders_in_chromium(tp: &TestProject, watches: &[&Vec<Value>], mttr: f64) {
+    let page = tp.root().join("history.html");
+    let out = report(
+        tp,
+        &[
+            "--env",
+            ENV,
+            "--since",
+            "1h",
+            "-q",
+            "--html",
+            page.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(
+        !html.contains("<script") && !html.contains("<link") && !html.contains("src="),
+        "self-contained"
+    );
+    let shot = testkit::target_dir().join("test-artifacts/history-page.png");
+    std::fs::remove_file(&shot).ok();
+    let profiles = profiles_dir(&page);
+    let dom = chromium(&page, &profiles.join("history-dom"), &["--dump-dom"]);
+    let screenshot = chromium(
+        &page,
+        &profiles.join("history-shot"),
+        &[
+            &format!("--screenshot={}", shot.display()),
+            "--window-size=1000,2000",
+            "--hide-scrollbars",
+        ],
+    );
+    let dom = finish(dom, "--dump-dom history");
+    finish(screenshot, "--screenshot history");
+    assert!(std::fs::read(&shot).unwrap().starts_with(b"\x89PNG"));
+    let chart = |name: &str| -> Vec<&str> {
+        dom.split(&format!(
+            "<figure class=\"history-chart\" data-chart=\"{name}\""
+        ))
+        .skip(1)
+        .map(|c| &c[..c.find("</figure>").unwrap()])
+        .collect()
+    };
+    let roles = |c: &str, role: &str| c.matches(&format!("data-role=\"{role}\"")).count();
+    let weekly = chart("deploys-per-week");
+    assert_eq!(weekly.len(), 1, "{dom}");
+    // Everything happened in this week (or, just after midnight on Monday, the last one).
+    assert!(roles(weekly[0], "deployments") >= 1, "{}", weekly[0]);
+    assert!(roles(weekly[0], "rollbacks") >= 1, "{}", weekly[0]);
+    let mttr_chart = chart("mttr-per-incident");
+    assert_eq!(mttr_chart.len(), 1);
+    assert_eq!(roles(mttr_chart[0], "mttr"), 1, "one incident");
+    // The gates with a figure in the watches' own events, each with a trend.
+    let mut gates: Vec<&str> = watches
+        .iter()
+        .flat_map(|w| w.iter())
+        .filter(|e| {
+            e["event"].as_str().unwrap_or("").starts_with("gate.") && e["value"].is_number()
+        })
+        .filter_map(|e| e["gate"].as_str())
+        .collect();
+    gates.sort_unstable();
+    gates.dedup();
+    let trends = chart("gate-trend");
+    assert_eq!(trends.len(), gates.len(), "a trend per gate {gates:?}");
+    for (t, gate) in trends.iter().zip(&gates) {
+        assert!(t.starts_with(&format!(" data-gate=\"{gate}\"")), "{t}");
+        assert!(roles(t, "threshold") >= 1, "{gate}: threshold");
+    }
+    assert!(dom.contains("mttr_worst_seconds"), "the figures table");
+    assert!(
+        dom.contains(&format!("{}", (mttr * 1000.0).round() / 1000.0)),
+        "MTTR {mttr} in the table"
     );
 }
 

@@ -50,6 +50,11 @@ fn report(a: ReportArgs) -> anyhow::Result<Exit> {
     if !a.quiet && !a.table {
         eprint!("{table}");
     }
+    if let Some(path) = &a.html {
+        let html = dhash_report::page::history_page(&report)?;
+        gates_core::fsutil::write_atomic(path, html.as_bytes())?;
+        eprintln!("{TOOL}: wrote {}", path.display());
+    }
     if let Some(path) = &a.prometheus_textfile {
         dhash_report::write_textfile(&report, path)?;
         eprintln!("{TOOL}: wrote {}", path.display());
