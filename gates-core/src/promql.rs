@@ -520,6 +520,73 @@ impl Client {
     }
 }
 
+/// The gates of a watch that read their figure through Prometheus, judged
+/// apart from the polled ones: a watch keeps its usual [`Evaluator`] for
+/// the probe gates (from [`PromGates::split`]) and asks this one at each
+/// poll, so each gate's runs of errors and no-data count once.
+///
+/// [`Evaluator`]: crate::gates::Evaluator
+#[derive(Debug, Clone)]
+pub struct PromGates {
+    evaluator: crate::gates::Evaluator,
+    client: Option<Client>,
+}
+
+impl PromGates {
+    /// Splits `gates` into the probe gates and the Prometheus ones. A
+    /// Prometheus gate in an environment that names no server is refused
+    /// here, before the watch starts (it could never be judged).
+    pub fn split(
+        env: &crate::config::EnvConfig,
+        gates: Vec<GateSpec>,
+    ) -> Result<(Vec<GateSpec>, PromGates), String> {
+        let (prom, probe): (Vec<GateSpec>, Vec<GateSpec>) =
+            gates.into_iter().partition(|g| g.promql().is_some());
+        if let (Some(g), None) = (prom.first(), &env.prometheus) {
+            return Err(format!(
+                "gate {:?} reads \"source\": \"prometheus\" but environment {:?} names no Prometheus server: add environments.{}.prometheus {{\"url\": ...}} to environments.json",
+                g.name, env.name, env.name
+            ));
+        }
+        let client = if prom.is_empty() {
+            None
+        } else {
+            env.prometheus.clone()
+        };
+        let evaluator = crate::gates::Evaluator::new(prom);
+        Ok((probe, PromGates { evaluator, client }))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.evaluator.gates().is_empty()
+    }
+
+    pub fn gates(&self) -> &[GateSpec] {
+        self.evaluator.gates()
+    }
+
+    /// Queries every Prometheus gate at `t_ms` and judges its figure.
+    pub fn poll(&mut self, t_ms: i64) -> Vec<crate::gates::Decision> {
+        let Some(client) = self.client.clone() else {
+            return Vec::new();
+        };
+        let queries: Vec<String> = self
+            .evaluator
+            .gates()
+            .iter()
+            .map(|g| g.promql().unwrap_or_default().to_string())
+            .collect();
+        queries
+            .iter()
+            .enumerate()
+            .filter_map(|(i, q)| {
+                let figure = client.figure(q, Some(t_ms));
+                self.evaluator.observe_figure(i, &figure, t_ms)
+            })
+            .collect()
+    }
+}
+
 enum AnswerError {
     Query(PromError),
     Malformed(String),

@@ -718,3 +718,40 @@ fn prometheus_figures_become_gate_decisions() {
     assert_eq!(runs[..4], [Status::Error; 4]);
     assert_eq!(runs[4], Status::Violated);
 }
+
+/// A watch's Prometheus gates are split from its probe gates, refused
+/// without a server, and judged at each poll from the server's answers.
+#[test]
+fn prometheus_gates_are_split_and_polled() {
+    let p = start_prometheus(&[]);
+    let text = r#"{"environments": {"staging": {"quality_gates": {
+        "error_rate": {"threshold": 3, "window_minutes": 5, "action": "alert"},
+        "p95_hash_time": {"threshold": 2000, "window_minutes": 10, "action": "alert", "source": "prometheus", "promql": "vector(2500)"},
+        "extraction_failure_rate": {"threshold": 10, "window_minutes": 5, "action": "alert", "source": "prometheus"}}}}}"#;
+    let gates = GatesFile::parse(Path::new("gates.json"), text)
+        .unwrap()
+        .environments["staging"]
+        .gates
+        .clone();
+    let topology = Topology::load(&root().join("environments.json")).unwrap();
+    let mut env = topology.environments["staging"].clone();
+    let refused = promql::PromGates::split(&env, gates.clone()).unwrap_err();
+    assert!(refused.contains("names no Prometheus server"), "{refused}");
+    env.prometheus = Some(client(&p));
+    let (probe, mut prom) = promql::PromGates::split(&env, gates).unwrap();
+    assert_eq!(probe.len(), 1);
+    assert_eq!(probe[0].name, "error_rate");
+    let got: Vec<(String, Status)> = prom
+        .poll(now_ms())
+        .into_iter()
+        .map(|d| (d.gate, d.status))
+        .collect();
+    // The built-in ratio finds no series here (nothing scraped): no-data.
+    assert_eq!(
+        got,
+        [
+            ("extraction_failure_rate".to_string(), Status::NoData),
+            ("p95_hash_time".to_string(), Status::Violated),
+        ]
+    );
+}
