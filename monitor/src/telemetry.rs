@@ -211,6 +211,21 @@ impl Recorder {
     }
 }
 
+/// The recording's reader, counting the bytes read into the progress display
+/// (a terminal only; it goes away with the iterator).
+struct Counted {
+    inner: File,
+    progress: gates_core::progress::Bar,
+}
+
+impl Read for Counted {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.progress.inc(n as u64);
+        Ok(n)
+    }
+}
+
 /// The first byte of a JSON lines recording (a JSON object).
 const JSON_OBJECT_START: u8 = b'{';
 
@@ -221,6 +236,11 @@ pub fn read_samples(
     path: &Path,
 ) -> anyhow::Result<Box<dyn Iterator<Item = anyhow::Result<Sample>>>> {
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let file = Counted {
+        inner: file,
+        progress: gates_core::progress::bytes("replay", size),
+    };
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let first = reader
         .fill_buf()?
