@@ -134,7 +134,15 @@ pub fn copy_release(from: &Path, to: &Path, expected: &ReleaseManifest) -> anyho
     let mut files = Vec::new();
     walk(from, "", &mut files)?;
     fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    // On a terminal only: bytes copied, rate, time left.
+    let size = files
+        .iter()
+        .filter_map(|(_, src)| fs::metadata(src).ok())
+        .map(|m| m.len())
+        .sum();
+    let progress = gates_core::progress::bytes("install", size);
     for (rel, src) in files {
+        progress.set_message(rel.as_str());
         let dst = to.join(&rel);
         if let Some(parent) = dst.parent() {
             fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
@@ -155,6 +163,7 @@ pub fn copy_release(from: &Path, to: &Path, expected: &ReleaseManifest) -> anyho
             output
                 .write_all(&buf[..n])
                 .with_context(|| format!("writing {}", dst.display()))?;
+            progress.inc(n as u64);
         }
         let perms = input
             .metadata()
@@ -178,6 +187,7 @@ pub fn copy_release(from: &Path, to: &Path, expected: &ReleaseManifest) -> anyho
             }
         }
     }
+    progress.finish();
     if ReleaseManifest::read(to)? != *expected {
         bail!(
             "{} changed while being installed",
