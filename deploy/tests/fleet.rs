@@ -58,11 +58,20 @@ fn service_bin() -> PathBuf {
 }
 
 fn bundle(tp: &TestProject, tag: &str, faults: &[(&str, &str)]) -> PathBuf {
+    bundle_with(
+        tp,
+        tag,
+        faults,
+        &testkit::workspace_root().join("dhash-service/migrations"),
+    )
+}
+
+fn bundle_with(tp: &TestProject, tag: &str, faults: &[(&str, &str)], migrations: &Path) -> PathBuf {
     let mut cmd = tp.cmd_path(&service_bin());
     cmd.args(["bundle", "--tag", tag, "--out"])
         .arg(tp.root().join("dist"))
         .arg("--migrations")
-        .arg(testkit::workspace_root().join("dhash-service/migrations"));
+        .arg(migrations);
     for (k, v) in faults {
         cmd.arg("--fault").arg(format!("{k}={v}"));
     }
@@ -607,4 +616,73 @@ fn a_rollout_killed_between_waves_finishes_on_rerun() {
     assert_eq!(f.serving(), vec![v2id; 4]);
     assert!(!journal.exists());
     assert_no_failed_request(load, &bal);
+}
+
+#[test]
+fn a_plan_with_unmarked_migrations_is_refused_before_anything_changes() {
+    let _serial = serial();
+    let f = Fleet::new();
+    let v1 = bundle(&f.tp, "v1", &[]);
+    for env in &f.envs {
+        testkit::install_bundle(env, &v1).unwrap();
+    }
+    // The built-in migrations plus one the old release may not survive.
+    let mdir = f.tp.root().join("migrations-v4");
+    testkit::copy_dir(
+        &testkit::workspace_root().join("dhash-service/migrations"),
+        &mdir,
+    )
+    .unwrap();
+    fs::write(
+        mdir.join("0003_drop_source.up.sql"),
+        "ALTER TABLE hashes DROP COLUMN source;",
+    )
+    .unwrap();
+    bundle_with(&f.tp, "v4", &[], &mdir);
+    let run = f.deploy("v4", None);
+    run.expect(2);
+    assert!(
+        run.stderr.contains("0003_drop_source") && run.stderr.contains("mixed-fleet-compatible"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.of("fleet.started").is_empty());
+    let v1id = release_id(&v1);
+    for env in &f.envs {
+        assert_eq!(
+            gates_core::install::current_release_id(env).as_deref(),
+            Some(v1id.as_str())
+        );
+    }
+    assert!(!f.tp.root().join(".dhash/fleet/fleet.journal.json").exists());
+}
+
+#[test]
+fn the_shipped_fleet_is_four_loopback_instances_beside_production_and_staging() {
+    let t =
+        gates_core::config::Topology::load(&testkit::workspace_root().join("environments.json"))
+            .expect("shipped environments.json");
+    let fleet = t
+        .env("fleet")
+        .unwrap()
+        .fleet
+        .clone()
+        .expect("fleet has instances");
+    let ports: Vec<&str> = fleet
+        .instances
+        .iter()
+        .map(|i| {
+            i.health_url
+                .trim_start_matches("http://127.0.0.1:")
+                .trim_end_matches("/health")
+        })
+        .collect();
+    assert_eq!(ports, vec!["3010", "3011", "3012", "3013"]);
+    assert_eq!(fleet.targets(), vec![1, 2, 4]);
+    for single in ["production", "staging"] {
+        assert!(
+            t.env(single).unwrap().fleet.is_none(),
+            "{single} stays one instance"
+        );
+    }
 }
