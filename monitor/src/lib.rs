@@ -4,6 +4,7 @@
 //! `gates_core::gates::Evaluator`.
 
 pub mod attach;
+pub mod follow;
 pub mod baseline;
 pub mod incident;
 pub mod judge;
@@ -118,9 +119,18 @@ pub struct Args {
     /// Replay: also write every decision as CSV, one row per sample (t_ms, then <gate>_status, <gate>_value per gate).
     #[arg(long)]
     pub decisions_csv: Option<PathBuf>,
+    /// The operator's dashboard: follow the running watch of --env (each gate's state and
+    /// figure against its threshold, time left, the last samples), redrawn in place on a
+    /// terminal, plain lines otherwise; exits with the watch's result. Never evaluates.
+    #[arg(long, conflicts_with_all = ["replay", "detach", "dry_run"])]
+    pub follow: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<Exit> {
+    if args.follow {
+        let project = Project::discover()?;
+        return follow::follow(project.env(args.env.as_deref().unwrap_or("production"))?);
+    }
     // Before any thread exists (the signal handler's), so the mask is inherited.
     if args.detach || tee::sighup_ignored() {
         tee::leave_terminal(args.detach);
