@@ -56,6 +56,23 @@ endpoint, pending migrations) and lists the steps; it changes no file outside ta
 (a bundle it must build goes to a temporary folder, not dist/):
   deploy_dhash --dry-run --env staging > deploy-dryrun.log 2>&1
 
+Fleet environments (environments.json lists `instances`, e.g. --env fleet): the
+release goes out in the waves of `rollout.waves` (default: one instance, then the
+rest). Each instance is drained (its `drain` command, or the local `draining`
+marker), deployed as above (one backup, the shared schema migrated once), and put
+back; each wave then bakes: its instances must stay healthy and, while the fleet is
+mixed, must not fail more hash requests than the unmoved ones over the same minutes
+(too little traffic is inconclusive, never a pass). A failed wave rolls back only
+the moved instances, newest first (exit 3; 1 when inconclusive or an instance's
+deploy failed; 4 when a rollback failed). Pending migrations without the line
+`-- dhash: mixed-fleet-compatible` are refused (exit 2). A rollout killed between
+waves resumes on rerun from <install_root>/fleet.journal.json (the interrupted wave
+bakes again); one killed while rolling back finishes its rollback. No T+60 watch is
+started for a fleet. Events: fleet.started, fleet.instance.drained,
+fleet.instance.moved, fleet.wave.judged, fleet.wave.passed | fleet.wave.failed,
+fleet.instance.rolled_back, fleet.rolled_back, fleet.completed, fleet.interrupted,
+fleet.planned (dry run); the instances' own events carry `instance`.
+
 Events (stdout, JSON lines): deploy.started, deploy.installed, deploy.switched,
 deploy.healthy (release, from, backup) or deploy.failed; monitor.detached or
 monitor.failed; deploy.interrupted,

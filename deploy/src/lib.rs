@@ -26,6 +26,9 @@
 //! `refusal` is the real run's error and exit code), `deploy.pruned`, and the
 //! `migrate.*`, `backup.*`, `service.*` events of the steps. Every deploy
 //! ledger record carries `started_at`.
+//!
+//! A fleet environment (one that lists `instances`) is rolled out in waves
+//! by [`fleet`], which runs the deploy above on each instance in turn.
 
 pub mod bundle;
 pub mod cli;

@@ -173,7 +173,19 @@ impl Fleet {
         if let Some(p) = crash_at {
             c.env("DHASH_TEST_CRASH_AT", p);
         }
-        c.output().expect("run deploy_dhash").into()
+        let run: Run = c.output().expect("run deploy_dhash").into();
+        // FLEET_TEST_SHOW=1: the run's stderr and fleet events (for the docs).
+        if std::env::var_os("FLEET_TEST_SHOW").is_some() {
+            eprintln!("{}", run.stderr);
+            for e in run
+                .events
+                .iter()
+                .filter(|e| e["event"].as_str().is_some_and(|n| n.starts_with("fleet.")))
+            {
+                eprintln!("{e}");
+            }
+        }
+        run
     }
 
     /// The release each instance serves, by asking it.
