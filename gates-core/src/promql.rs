@@ -587,6 +587,36 @@ impl PromGates {
     }
 }
 
+/// The `source` field of a gate decision's event: `"prometheus"` for a
+/// figure read through PromQL (only [`crate::gates::Evaluator::observe_figure`]
+/// gives a [`crate::gates::Reason::Figure`]), `"probe"` for one judged from
+/// the service's `/health` and `/metrics`.
+pub fn decision_source(d: &crate::gates::Decision) -> &'static str {
+    match d.reason {
+        crate::gates::Reason::Figure(_) => "prometheus",
+        _ => "probe",
+    }
+}
+
+/// `--replay` and `--sweep` judge recorded `/metrics` samples; a recording
+/// holds no Prometheus figures, so a gate that reads Prometheus cannot be
+/// replayed. It is refused by name (a usage error), never silently judged
+/// from the recorded `/metrics` instead.
+pub fn refuse_replay(gates: &[GateSpec]) -> Result<(), String> {
+    let prom: Vec<&str> = gates
+        .iter()
+        .filter(|g| g.promql().is_some())
+        .map(|g| g.name.as_str())
+        .collect();
+    match prom.as_slice() {
+        [] => Ok(()),
+        names => Err(format!(
+            "gate(s) {} read \"source\": \"prometheus\", whose figures a recording does not hold: a replay cannot judge them (and will not judge them from the recorded /metrics instead); replay a gates file without them (--config)",
+            names.join(", ")
+        )),
+    }
+}
+
 enum AnswerError {
     Query(PromError),
     Malformed(String),
