@@ -669,15 +669,19 @@ impl Watch<'_> {
         args: &Args,
         stop: &AtomicBool,
     ) -> anyhow::Result<Exit> {
+        // Issue 17: the gates that read Prometheus are polled apart, never
+        // judged from /metrics; refused here when no server is named.
+        let (probe_gates, mut prom) = gates_core::promql::PromGates::split(self.env, gates.clone())
+            .map_err(gates_core::exit::usage_error)?;
         let baselines = baseline::load(
-            &gates,
+            &probe_gates,
             &self.judgment.source,
             Some(self.env),
             &self.env.name,
             self.release.as_deref(),
             self.em,
         );
-        let mut evaluator = Evaluator::new(gates.clone()).with_baselines(baselines);
+        let mut evaluator = Evaluator::new(probe_gates).with_baselines(baselines);
         let mut summary = Summary::default();
         if window.continued() && window.recording.exists() {
             self.restore(&window.recording, &mut evaluator, &mut summary)?;
@@ -694,7 +698,8 @@ impl Watch<'_> {
         );
         publish(guard, &info, self.em);
         self.announce(window, &gates, args)?;
-        let outcome = self.poll_window(window, &mut evaluator, &mut summary, &mut recorder, stop);
+        let judges = (&mut evaluator, &mut prom);
+        let outcome = self.poll_window(window, judges, &mut summary, &mut recorder, stop);
         let end = conclude(
             &outcome,
             summary.never_evaluated(&gates),
@@ -790,7 +795,7 @@ impl Watch<'_> {
     fn poll_window(
         &mut self,
         window: &Window,
-        evaluator: &mut Evaluator,
+        (evaluator, prom): (&mut Evaluator, &mut gates_core::promql::PromGates),
         summary: &mut Summary,
         recorder: &mut Recorder,
         stop: &AtomicBool,
@@ -801,7 +806,8 @@ impl Watch<'_> {
             if let Some(o) = self.interruption(me, stop) {
                 break o;
             }
-            let decisions = self.poll_once(evaluator, summary, recorder);
+            let mut decisions = self.poll_once(evaluator, summary, recorder);
+            decisions.extend(prom.poll(now_ms()));
             if let Some(o) = self.handle(&decisions, summary) {
                 break o;
             }
@@ -955,6 +961,10 @@ impl Watch<'_> {
         let mut fields = decision_fields(d);
         if let Value::Object(m) = &mut fields {
             m.insert("release".into(), json!(self.release));
+            m.insert(
+                "source".into(),
+                json!(gates_core::promql::decision_source(d)),
+            );
         }
         self.em.emit(
             d.status.event_name(),
