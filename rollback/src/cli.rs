@@ -51,6 +51,13 @@ pub struct Args {
     /// Why (recorded in events and the ledger).
     #[arg(long)]
     pub reason: Option<String>,
+    /// Record that an automatic rollback was unnecessary (a false positive), changing nothing
+    /// else: INCIDENT is its incident record (monitor_logs/incident_<env>_<stamp>.md) or the
+    /// rollback's time as report_dhash lists it (or a unique prefix). Needs --reason.
+    /// report_dhash and monitor_dhash --sweep read the verdict.
+    #[arg(long, value_name = "INCIDENT", requires = "reason",
+          conflicts_with_all = ["backup", "force", "skip_validation", "dry_run", "on_violation"])]
+    pub mark_unnecessary: Option<String>,
     /// More detail on stderr.
     #[arg(long, short)]
     pub verbose: bool,
@@ -61,6 +68,13 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
     let Some(env_name) = args.env.as_deref() else {
         return Err(usage_error("--env is required (e.g. --env production)"));
     };
+    if let (Some(wanted), Some(reason)) = (&args.mark_unnecessary, &args.reason) {
+        let project = Project::discover()?;
+        let env = project.env(env_name)?;
+        let em = Emitter::stdout(TOOL, &env.name, args.verbose);
+        crate::review::mark_unnecessary(env, wanted, reason, &em)?;
+        return Ok(Exit::Ok);
+    }
     let interactive = std::io::stdin().is_terminal();
     if !args.force && !args.dry_run && !args.on_violation && !interactive {
         return Err(usage_error(

@@ -26,6 +26,7 @@
 //! `smoke_passed: false`, not failed: the data and release are the backup's.
 
 pub mod cli;
+pub mod review;
 
 use std::fs;
 use std::io;
