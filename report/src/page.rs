@@ -175,7 +175,9 @@ fn bar_chart(
                     Rectangle::new([(x, y - 5), (x + 16, y + 5)], colour.filled())
                 });
         }
+        // Upper left: the latest weeks, on the right, are the ones with bars.
         c.configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .draw()
