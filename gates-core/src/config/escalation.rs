@@ -193,6 +193,14 @@ fn check_levels(
                 "expected a non-empty name",
             ));
         }
+        if l.channels.is_empty() {
+            // A level nobody is told on would make its escalation silent.
+            return Err(ConfigError::new(
+                file,
+                format!("{path}.levels[{i}].channels"),
+                "expected at least one channel (an escalation to this level would reach nobody)",
+            ));
+        }
         for (j, c) in l.channels.iter().enumerate() {
             if !CHANNELS.contains(&c.as_str()) {
                 return Err(ConfigError::new(
@@ -248,5 +256,11 @@ mod tests {
         assert_eq!(e.path, "environments.production.escalation.warnings");
         let e = parse(serde_json::json!({"levels": []})).expect_err("no level");
         assert!(e.message.contains("1 to 20"), "{e}");
+        let e = parse(serde_json::json!({"levels": [{"name": "a", "channels": []}]}))
+            .expect_err("a level on no channel");
+        assert_eq!(
+            e.path,
+            "environments.production.escalation.levels[0].channels"
+        );
     }
 }
