@@ -310,6 +310,9 @@ pub fn run_notify(args: NotifyArgs) -> anyhow::Result<Exit> {
     }
     let project = Project::discover()?;
     load_dotenv(&project)?;
+    if let Err(e) = crate::clock::check() {
+        eprintln!("notify: {e}; escalation uses the real clock");
+    }
     let env = project.env(&args.common.env_name())?;
     let em = Emitter::stdout("notify", &env.name, args.common.verbose);
     let opts = NotifyOptions {

@@ -15,6 +15,21 @@ pub fn now_secs() -> f64 {
     }
 }
 
+/// `Err` (naming the variable and its value) when `DHASH_NOW` is set but is
+/// neither RFC 3339 nor Unix seconds. `notify ack` and `notify escalate`
+/// refuse to run on it (a drill that silently ran on the real clock would
+/// escalate, or not, at the wrong minute); an alert is still sent, with a
+/// warning, on the real clock.
+pub fn check() -> Result<(), String> {
+    match std::env::var(NOW_VAR) {
+        Ok(v) if !v.trim().is_empty() && parse(&v).is_none() => Err(format!(
+            "{NOW_VAR}={v:?} is not a time: write RFC 3339 (2027-01-15T08:00:00Z) or Unix seconds, \
+             or unset it for the real clock"
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn real_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -95,6 +95,26 @@ impl Project {
     }
 
     fn run(&self, args: &[&str], now: i64, vars: &[(&str, &str)], stdin: Option<&str>) -> Run {
+        let mut cmd = self.command(args, now, vars);
+        cmd.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+        let mut child = cmd.spawn().expect("spawn notify");
+        if let Some(input) = stdin {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        }
+        finish(child)
+    }
+
+    /// The notify command of a step, stdout and stderr piped (not started).
+    fn command(&self, args: &[&str], now: i64, vars: &[(&str, &str)]) -> Command {
         let mut cmd = Command::new(NOTIFY);
         cmd.args(args).current_dir(self.root());
         for v in CLEARED {
@@ -106,34 +126,8 @@ impl Project {
         for (k, v) in vars {
             cmd.env(k, v);
         }
-        cmd.stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn notify");
-        if let Some(input) = stdin {
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(input.as_bytes())
-                .unwrap();
-        }
-        let out = child.wait_with_output().expect("wait");
-        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        let lines = stdout
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-            .collect();
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout,
-            stderr: String::from_utf8_lossy(&out.stderr).to_string(),
-            lines,
-        }
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd
     }
 
     fn alert(&self, level: &str, message: &str, now: i64) -> Run {
@@ -181,6 +175,22 @@ impl Project {
     fn escalate(&self, now: i64) -> Run {
         self.run(&["escalate", "--env", "staging"], now, &[], None)
             .ok()
+    }
+}
+
+/// Waits for a step and reads what it wrote.
+fn finish(child: std::process::Child) -> Run {
+    let out = child.wait_with_output().expect("wait");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let lines = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+        lines,
     }
 }
 
@@ -702,4 +712,205 @@ fn without_gh_the_incident_goes_through_the_github_rest_api_with_the_token() {
         "{text}"
     );
     assert!(!r.stdout.contains(token) && !r.stderr.contains(token));
+}
+
+// ---- What an on-call user meets when things go wrong (review of issue 19) ----
+
+/// A monitor event piped to notify, as quick-deploy does.
+fn monitor_event(event: &str, extra: Value) -> String {
+    let mut ev = json!({"ts": "2027-01-15T08:00:00.000Z", "tool": "monitor_dhash", "env": "staging",
+        "event": event, "level": "critical", "msg": event, "release": "v2-bad"});
+    for (k, v) in extra.as_object().unwrap() {
+        ev[k] = v.clone();
+    }
+    format!("{ev}\n")
+}
+
+#[test]
+fn one_rollback_counts_as_one_critical_and_a_failed_rollback_escalates() {
+    let p = Project::new();
+    // One auto-rollback: the gate violated, then the rollback completed.
+    let violated = monitor_event(
+        "gate.violated",
+        json!({"gate": "p95_hash_time", "action": "auto-rollback"}),
+    );
+    let done = monitor_event("rollback.completed", json!({}));
+    let r = p
+        .run(&["--env", "staging"], T0, &[], Some(&(violated + &done)))
+        .ok();
+    assert!(
+        r.events("escalation.raised").is_empty(),
+        "one rollback is one critical: level 1 verifies it (ack deadline), not level 2 at once\n{}",
+        r.stdout
+    );
+    assert_eq!(p.state()["alerts"].as_array().unwrap().len(), 2);
+    // Seed 004: "Rollback failed - ESCALATE IMMEDIATELY": a second situation.
+    let failed = monitor_event("rollback.failed", json!({}));
+    let r = p
+        .run(&["--env", "staging"], T0 + MIN, &[], Some(&failed))
+        .ok();
+    let raised = r.events("escalation.raised");
+    assert_eq!(raised.len(), 1, "{}", r.stdout);
+    assert_eq!(raised[0]["rule"], "criticals");
+}
+
+#[test]
+fn a_corrupt_state_fails_notify_escalate_with_the_file_and_the_way_out_yet_alerts_go_out() {
+    let p = Project::new();
+    let state = p.root().join(".dhash/staging/escalation.json");
+    std::fs::create_dir_all(state.parent().unwrap()).unwrap();
+    // What a torn write would leave (write_atomic makes it impossible; a
+    // disk or a hand edit still can).
+    std::fs::write(&state, r#"{"version":1,"level":2,"alerts":[{"at":1"#).unwrap();
+    let r = p.run(&["escalate", "--env", "staging"], T0, &[], None);
+    assert_eq!(
+        r.code, 1,
+        "cron must see it fail\n{}\n{}",
+        r.stdout, r.stderr
+    );
+    assert!(r.stderr.contains("escalation.json"), "{}", r.stderr);
+    assert!(r.stderr.contains("move it aside"), "{}", r.stderr);
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+    // The alert itself is still delivered (to the fallback, here).
+    let r = p.alert("critical", "error rate 12 %", T0);
+    assert!(
+        r.stderr.contains("escalation state not updated"),
+        "{}",
+        r.stderr
+    );
+    // The way out works: moved aside, notify starts again.
+    std::fs::rename(&state, state.with_extension("json.broken")).unwrap();
+    p.escalate(T0);
+    assert_eq!(p.state()["version"], 1);
+}
+
+#[test]
+fn a_second_ack_keeps_the_first_and_an_unknown_incident_is_refused() {
+    let p = Project::new();
+    let r = p.run(
+        &[
+            "ack",
+            "--env",
+            "staging",
+            "--incident",
+            "nope",
+            "--by",
+            "alice",
+        ],
+        T0,
+        &[],
+        None,
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("no incident \"nope\""), "{}", r.stderr);
+    let rec = p.incident("incident_staging_20270115T080000000Z");
+    p.report_incident(&rec, T0, &[]);
+    let ack = |by: &str, at: i64| {
+        p.run(
+            &[
+                "ack",
+                "--env",
+                "staging",
+                "--incident",
+                "incident_staging_20270115T080000000Z",
+                "--by",
+                by,
+            ],
+            at,
+            &[],
+            None,
+        )
+        .ok()
+    };
+    ack("alice", T0 + MIN);
+    let r = ack("bob", T0 + 2 * MIN);
+    assert!(
+        r.stderr.contains("already acknowledged by alice"),
+        "{}",
+        r.stderr
+    );
+    let inc = &p.state()["incidents"]["incident_staging_20270115T080000000Z"];
+    assert_eq!(inc["acked_by"], "alice");
+    assert_eq!(p.ledger("acknowledgement").len(), 1);
+    let text = std::fs::read_to_string(&rec).unwrap();
+    assert!(
+        text.contains("by alice") && !text.contains("by bob"),
+        "{text}"
+    );
+}
+
+#[test]
+fn concurrent_escalate_and_ack_act_once_and_a_rerun_does_nothing() {
+    let p = Project::new();
+    let rec = p.incident("incident_staging_20270115T080000000Z");
+    p.report_incident(&rec, T0, &[]);
+    let at = T0 + 6 * MIN;
+    let spawn = |args: &[&str]| {
+        let mut c = p.command(args, at, &[]);
+        c.stdin(Stdio::null());
+        c.spawn().expect("spawn notify")
+    };
+    let kids: Vec<_> = (0..4)
+        .map(|_| spawn(&["escalate", "--env", "staging"]))
+        .chain([spawn(&["ack", "--env", "staging", "--by", "carol"])])
+        .collect();
+    let runs: Vec<Run> = kids.into_iter().map(|c| finish(c).ok()).collect();
+    let raised: usize = runs
+        .iter()
+        .map(|r| r.events("escalation.raised").len())
+        .sum();
+    assert!(
+        raised <= 1,
+        "one deadline, at most one escalation: {raised}"
+    );
+    assert_eq!(p.ledger("escalation").len(), raised);
+    assert_eq!(p.ledger("acknowledgement").len(), 1);
+    let inc = &p.state()["incidents"]["incident_staging_20270115T080000000Z"];
+    assert_eq!(inc["acked_by"], "carol");
+    assert_eq!(inc["level"], 1 + raised as u64);
+    // A rerun (cron's next minute, much later) acts on nothing: acked.
+    let r = p.escalate(T0 + 30 * MIN);
+    assert!(r.events("escalation.raised").is_empty(), "{}", r.stdout);
+    assert_eq!(p.ledger("escalation").len(), raised);
+}
+
+#[test]
+fn concurrent_escalates_raise_a_passed_deadline_exactly_once() {
+    let p = Project::new();
+    let rec = p.incident("incident_staging_20270115T080000000Z");
+    p.report_incident(&rec, T0, &[]);
+    let kids: Vec<_> = (0..4)
+        .map(|_| {
+            let mut c = p.command(&["escalate", "--env", "staging"], T0 + 6 * MIN, &[]);
+            c.stdin(Stdio::null());
+            c.spawn().expect("spawn notify")
+        })
+        .collect();
+    let raised: usize = kids
+        .into_iter()
+        .map(|c| finish(c).ok().events("escalation.raised").len())
+        .sum();
+    assert_eq!(raised, 1);
+    assert_eq!(p.ledger("escalation").len(), 1);
+    assert!(p
+        .escalate(T0 + 6 * MIN)
+        .events("escalation.raised")
+        .is_empty());
+}
+
+#[test]
+fn a_garbage_clock_is_refused_by_ack_and_escalate() {
+    let p = Project::new();
+    let r = p.run(
+        &["escalate", "--env", "staging"],
+        T0,
+        &[("DHASH_NOW", "tomorrow-ish")],
+        None,
+    );
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("DHASH_NOW=\"tomorrow-ish\""),
+        "{}",
+        r.stderr
+    );
 }

@@ -9,7 +9,7 @@ use gates_core::exit::{Exit, ToolError};
 use gates_core::project::Project;
 use gates_core::{Emitter, Level};
 
-use super::{ack, check_deadlines, state, AckError, Acked};
+use super::{ack, state, try_check_deadlines, AckError, Acked};
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum EscalationCommand {
@@ -60,6 +60,7 @@ fn env_name(env: &Option<String>) -> String {
 }
 
 pub fn run(cmd: EscalationCommand) -> anyhow::Result<Exit> {
+    crate::clock::check().map_err(|e| ToolError::new(Exit::Usage, anyhow::anyhow!(e)))?;
     let project = Project::discover()?;
     crate::dotenv::load(&project.root)
         .map_err(|e| ToolError::new(Exit::Usage, anyhow::anyhow!("{e}")))?;
@@ -77,6 +78,13 @@ pub fn run(cmd: EscalationCommand) -> anyhow::Result<Exit> {
                 &em,
             ) {
                 Ok(Acked::Incident(i)) => em.human(&format!("{} acknowledged by {}", i.id, a.by)),
+                Ok(Acked::Already(i)) => em.human(&format!(
+                    "{} was already acknowledged by {} at {}{}; nothing changed",
+                    i.id,
+                    i.acked_by.as_deref().unwrap_or("?"),
+                    i.acked_at.as_deref().unwrap_or("?"),
+                    if i.resolved { " (resolved)" } else { "" }
+                )),
                 Ok(Acked::Alerts { .. }) => {
                     em.human("no open incident: the alerts are acknowledged")
                 }
@@ -91,7 +99,8 @@ pub fn run(cmd: EscalationCommand) -> anyhow::Result<Exit> {
             let env = project.env(&env_name(&a.env))?;
             let em = Emitter::stdout("notify", &env.name, a.verbose);
             gates_core::event::pump_stdin(&em, |_| {});
-            let raised = check_deadlines(env, &em);
+            let raised = try_check_deadlines(env, &em)
+                .map_err(|e| ToolError::new(Exit::Failed, e.context("deadlines not checked")))?;
             let open = state::read(env)
                 .map(|s| s.incidents.values().filter(|i| i.open()).count())
                 .unwrap_or(0);

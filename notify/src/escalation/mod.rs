@@ -52,6 +52,36 @@ pub fn is_auto_rollback(n: &Notification) -> bool {
                 && f("event").is_some_and(|e| e.starts_with("rollback."))))
 }
 
+/// The incident an alert belongs to, for the criticals rule: every alert of
+/// one auto-rollback (the gate violated, the rollback completed, the
+/// monitor's or upstream events about it) shares `rollback:<release>`, so
+/// one rollback counts as ONE critical (see [`rules::on_alert`] for why). A
+/// failed rollback belongs to none: it is a second critical situation, and
+/// seed 004 escalates it at once.
+pub fn rollback_incident(n: &Notification) -> Option<String> {
+    if !is_auto_rollback(n) {
+        return None;
+    }
+    let key = n.dedup_key.as_deref().unwrap_or("");
+    let event = n.fields.get("event").and_then(Value::as_str);
+    if key.contains("rollback-failed")
+        || key.contains("rollback.failed")
+        || event == Some("rollback.failed")
+    {
+        return None;
+    }
+    // The monitor's own keys are `<env>:<release>:<what>`; upstream events
+    // carry the release as a field.
+    let from_key = (!key.starts_with("event:"))
+        .then(|| key.split(':').nth(1))
+        .flatten()
+        .filter(|r| !r.is_empty());
+    let release = from_key
+        .or_else(|| n.fields.get("release").and_then(Value::as_str))
+        .unwrap_or("-");
+    Some(format!("rollback:{release}"))
+}
+
 /// After a delivered alert: count it, and escalate when a rule says so.
 pub fn after_alert(env: &EnvConfig, n: &Notification, title: &str, em: &Emitter) {
     if !env.escalation.configured || n.level.severity() < Level::Warning.severity() {
@@ -59,30 +89,39 @@ pub fn after_alert(env: &EnvConfig, n: &Notification, title: &str, em: &Emitter)
     }
     let policy = &env.escalation;
     let now = clock::now_secs();
-    match state::update(env, |s| rules::on_alert(policy, s, now, n.level, title)) {
+    let incident = rollback_incident(n);
+    match state::update(env, |s| {
+        rules::on_alert(policy, s, now, n.level, title, incident.as_deref())
+    }) {
         Ok(Some(raise)) => raised(env, &raise, em),
         Ok(None) => {}
         Err(e) => em.human(&format!("escalation state not updated: {e:#}")),
     }
 }
 
-/// Acts on every passed deadline; returns what was raised.
+/// Acts on every passed deadline; returns what was raised. An unreadable
+/// state is said on stderr and nothing is raised: the alert being sent
+/// matters more than the bookkeeping (`notify escalate` fails instead).
 pub fn check_deadlines(env: &EnvConfig, em: &Emitter) -> Vec<Raise> {
+    try_check_deadlines(env, em).unwrap_or_else(|e| {
+        em.human(&format!("escalation deadlines not checked: {e:#}"));
+        Vec::new()
+    })
+}
+
+/// [`check_deadlines`], with an unreadable or unwritable state as an error
+/// (for `notify escalate`, whose only job this is: cron and the systemd
+/// timer must see it fail, not "0 escalations").
+pub fn try_check_deadlines(env: &EnvConfig, em: &Emitter) -> anyhow::Result<Vec<Raise>> {
     if !env.escalation.configured {
-        return Vec::new();
+        return Ok(Vec::new());
     }
     let now = clock::now_secs();
-    let raises = match state::update(env, |s| rules::due(&env.escalation, s, now)) {
-        Ok(r) => r,
-        Err(e) => {
-            em.human(&format!("escalation deadlines not checked: {e:#}"));
-            return Vec::new();
-        }
-    };
+    let raises = state::update(env, |s| rules::due(&env.escalation, s, now))?;
     for r in &raises {
         raised(env, r, em);
     }
-    raises
+    Ok(raises)
 }
 
 /// An escalation: the event, the ledger record, the incident record's line
@@ -309,6 +348,10 @@ fn track(env: &EnvConfig, record: &Path, id: &str, em: &Emitter) {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Acked {
     Incident(Box<state::IncidentState>),
+    /// Already acknowledged (and resolved, if asked): nothing changed. The
+    /// first acknowledgement stands, so the record, the ledger and the
+    /// on-call tools keep who saw it first and when.
+    Already(Box<state::IncidentState>),
     /// No open incident: the environment's alerts (its level back to 1).
     Alerts {
         level_was: u32,
@@ -351,18 +394,32 @@ pub fn ack(
             s.level = 1;
             return Ok(Acked::Alerts { level_was });
         };
-        let known = s.incidents.keys().cloned().collect::<Vec<_>>().join(", ");
+        let mut known = s.incidents.keys().cloned().collect::<Vec<_>>().join(", ");
+        if known.is_empty() {
+            known = "(none)".into();
+        }
         let path = state::path(env).display().to_string();
         let inc = s
             .incidents
             .get_mut(&id)
             .ok_or(AckError::Unknown(id.clone(), path, known))?;
+        if inc.acked_by.is_some() && (inc.resolved || !resolve) {
+            return Ok(Acked::Already(Box::new(inc.clone())));
+        }
+        if inc.acked_by.is_some() {
+            // Resolving an acknowledged incident keeps who acknowledged it.
+            inc.resolved = true;
+            return Ok(Acked::Incident(Box::new(inc.clone())));
+        }
         inc.acked_by = Some(by.to_string());
         inc.acked_at = Some(at.clone());
         inc.note = note.map(str::to_string);
         inc.resolved |= resolve;
         Ok(Acked::Incident(Box::new(inc.clone())))
     })??;
+    if matches!(acked, Acked::Already(_)) {
+        return Ok(acked);
+    }
     announce_ack(env, &acked, by, note, &at, resolve, em);
     Ok(acked)
 }
@@ -378,7 +435,7 @@ fn announce_ack(
     em: &Emitter,
 ) {
     let (incident, msg) = match acked {
-        Acked::Incident(i) => (
+        Acked::Incident(i) | Acked::Already(i) => (
             Some(i),
             format!(
                 "incident {} acknowledged by {by} at {at}{}",

@@ -45,12 +45,23 @@ pub struct Raise {
 /// Records an alert and says whether it escalates the environment. Alerts
 /// already counted by an escalation are not counted again, so a 4th warning
 /// does not escalate a second time; three new ones do.
+///
+/// `incident` groups the alerts of one incident: they count as ONE toward a
+/// rule. One auto-rollback sends two criticals (the gate violated, then the
+/// rollback completed); counted apart, every rollback would jump to level 2
+/// at once and seed 002's own path (the deploy operator verifies within 5
+/// minutes, the ack deadline escalates) would never run. Seed 004's
+/// "automatic after 2 critical alerts" means two critical situations: a
+/// second incident, an unrelated critical, or a failed rollback (which the
+/// caller leaves ungrouped: seed 004 says "Rollback failed - ESCALATE
+/// IMMEDIATELY").
 pub fn on_alert(
     policy: &EscalationPolicy,
     state: &mut State,
     now: f64,
     level: Level,
     title: &str,
+    incident: Option<&str>,
 ) -> Option<Raise> {
     let longest = policy.warning_window.max(policy.critical_window);
     state
@@ -75,9 +86,10 @@ pub fn on_alert(
         at: now,
         level,
         title: title.to_string(),
+        incident: incident.map(str::to_string),
     });
-    let counted: Vec<String> = in_window(&state.alerts, level, now, window, since);
-    if counted.len() < count as usize {
+    let (counted, units) = in_window(&state.alerts, level, now, window, since);
+    if units < count as usize {
         return None;
     }
     match rule {
@@ -97,20 +109,25 @@ pub fn on_alert(
 }
 
 /// Titles of the alerts of `level`'s kind within `window` before `now`, not
-/// yet counted (after `since`).
+/// yet counted (after `since`), and how many they count for (the alerts of
+/// one incident count once).
 fn in_window(
     alerts: &[AlertSeen],
     level: Level,
     now: f64,
     window: Duration,
     since: Option<f64>,
-) -> Vec<String> {
-    alerts
+) -> (Vec<String>, usize) {
+    let hits: Vec<&AlertSeen> = alerts
         .iter()
         .filter(|a| a.level.severity() == level.severity())
         .filter(|a| since.is_none_or(|s| a.at > s) && now - a.at <= window.as_secs_f64())
-        .map(|a| a.title.clone())
-        .collect()
+        .collect();
+    let mut incidents: Vec<&str> = hits.iter().filter_map(|a| a.incident.as_deref()).collect();
+    incidents.sort_unstable();
+    incidents.dedup();
+    let units = hits.iter().filter(|a| a.incident.is_none()).count() + incidents.len();
+    (hits.iter().map(|a| a.title.clone()).collect(), units)
 }
 
 /// Every deadline passed by `now` of an unacknowledged incident below the
@@ -177,24 +194,35 @@ mod tests {
     fn three_warnings_in_15_minutes_escalate_once() {
         let p = EscalationPolicy::default();
         let mut s = State::default();
-        assert!(on_alert(&p, &mut s, 0.0, Level::Warning, "a").is_none());
-        assert!(on_alert(&p, &mut s, 5.0 * MIN, Level::Warning, "b").is_none());
-        let r = on_alert(&p, &mut s, 14.0 * MIN, Level::Warning, "c").expect("raised");
+        assert!(on_alert(&p, &mut s, 0.0, Level::Warning, "a", None).is_none());
+        assert!(on_alert(&p, &mut s, 5.0 * MIN, Level::Warning, "b", None).is_none());
+        let r = on_alert(&p, &mut s, 14.0 * MIN, Level::Warning, "c", None).expect("raised");
         assert_eq!((r.from, r.to, r.rule), (1, 2, Rule::Warnings));
         assert_eq!(r.alerts, ["a", "b", "c"]);
-        assert!(on_alert(&p, &mut s, 15.0 * MIN, Level::Warning, "d").is_none());
+        assert!(on_alert(&p, &mut s, 15.0 * MIN, Level::Warning, "d", None).is_none());
         let mut s = State::default();
-        on_alert(&p, &mut s, 0.0, Level::Warning, "a");
-        on_alert(&p, &mut s, 10.0 * MIN, Level::Warning, "b");
-        assert!(on_alert(&p, &mut s, 16.0 * MIN, Level::Warning, "c").is_none());
+        on_alert(&p, &mut s, 0.0, Level::Warning, "a", None);
+        on_alert(&p, &mut s, 10.0 * MIN, Level::Warning, "b", None);
+        assert!(on_alert(&p, &mut s, 16.0 * MIN, Level::Warning, "c", None).is_none());
+    }
+
+    #[test]
+    fn alerts_of_one_incident_count_once() {
+        let p = EscalationPolicy::default();
+        let mut s = State::default();
+        let g = Some("rollback:v2");
+        assert!(on_alert(&p, &mut s, 0.0, Level::Critical, "violated", g).is_none());
+        assert!(on_alert(&p, &mut s, 30.0, Level::Critical, "rolled back", g).is_none());
+        let r = on_alert(&p, &mut s, 60.0, Level::Critical, "failed", None).expect("2nd");
+        assert_eq!(r.alerts, ["violated", "rolled back", "failed"]);
     }
 
     #[test]
     fn second_critical_and_deadlines() {
         let p = EscalationPolicy::default();
         let mut s = State::default();
-        assert!(on_alert(&p, &mut s, 0.0, Level::Critical, "a").is_none());
-        let r = on_alert(&p, &mut s, 1.0, Level::Error, "b").expect("2nd critical");
+        assert!(on_alert(&p, &mut s, 0.0, Level::Critical, "a", None).is_none());
+        let r = on_alert(&p, &mut s, 1.0, Level::Error, "b", None).expect("2nd critical");
         assert_eq!(r.rule, Rule::Criticals);
         let mut s = State::default();
         assert!(open_incident(

@@ -21,6 +21,10 @@ pub struct AlertSeen {
     pub at: f64,
     pub level: Level,
     pub title: String,
+    /// The incident the alert belongs to (one auto-rollback): alerts of one
+    /// incident count as one toward the criticals rule (see [`super::rules::on_alert`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incident: Option<String>,
 }
 
 /// One escalation, as history.
@@ -106,8 +110,13 @@ pub fn read(env: &EnvConfig) -> anyhow::Result<State> {
 
 fn load(p: &Path) -> anyhow::Result<State> {
     match std::fs::read(p) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .with_context(|| format!("{} is not valid escalation state", p.display())),
+        Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "{} is not valid escalation state (to recover: move it aside; the ledger keeps \
+                 every escalation and acknowledgement, and notify starts again at level 1)",
+                p.display()
+            )
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
         Err(e) => Err(anyhow::anyhow!("reading {}: {e}", p.display())),
     }
