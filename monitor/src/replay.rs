@@ -21,6 +21,8 @@ pub fn run(
     output: DecisionOutput,
     decisions_csv: Option<&Path>,
 ) -> anyhow::Result<Exit> {
+    // Issue 17: a recording holds no Prometheus figures; refused by name.
+    gates_core::promql::refuse_replay(&gates).map_err(gates_core::exit::usage_error)?;
     em.emit(
         "replay.started",
         Level::Info,

@@ -27,6 +27,8 @@ pub fn run(
     baselines: &[Option<Arc<Baseline>>],
     files: &[PathBuf],
 ) -> anyhow::Result<Exit> {
+    // Issue 17: a recording holds no Prometheus figures; refused by name.
+    gates_core::promql::refuse_replay(&variants.specs).map_err(gates_core::exit::usage_error)?;
     let started = std::time::Instant::now();
     em.emit(
         "sweep.started",
