@@ -11,3 +11,168 @@ pub struct Settings {
     /// What an inconclusive auto-rollback gate leads to.
     pub policy: InconclusivePolicy,
 }
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+use clap::ValueEnum;
+use gates_core::config::EnvConfig;
+use gates_core::project::Project;
+use gates_core::{Emitter, Exit};
+use serde::Deserialize;
+use serde_json::json;
+
+/// Ledger kinds: a watch asking for a judgment, and a judgment given.
+pub const REQUEST: &str = "judgment-request";
+pub const JUDGMENT: &str = "judgment";
+
+/// A person's (or the deadline's) call on an inconclusive gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Call {
+    /// Keep the release: the inconclusive gate no longer holds the watch back.
+    Promote,
+    /// Roll the release back (by the watch, under the environment lock).
+    Rollback,
+}
+
+impl Call {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Call::Promote => "promote",
+            Call::Rollback => "rollback",
+        }
+    }
+}
+
+/// How the inconclusive gates of a watch were settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// A person promoted the release: the watch can pass.
+    Promoted,
+    /// Kept (a failed request, or the deadline's default keep): the watch
+    /// ends inconclusive.
+    Kept,
+    /// Rolled back (judged, or the deadline's default).
+    RolledBack,
+}
+
+/// A pending request as read back from the ledger.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Request {
+    pub ts: String,
+    pub release: Option<String>,
+    pub gate: Option<String>,
+    pub deadline_ms: i64,
+    pub pid: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Judgment {
+    pub request_ts: Option<String>,
+    pub call: Option<String>,
+    pub reason: Option<String>,
+    pub by: Option<String>,
+}
+
+fn all<T: serde::de::DeserializeOwned>(env: &EnvConfig, kind: &str) -> Vec<T> {
+    env.ledger()
+        .records(kind)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|v| serde_json::from_value(v).ok())
+        .collect()
+}
+
+/// The judgment given for the request made at `request_ts`, if any.
+pub fn judgment_for(env: &EnvConfig, request_ts: &str) -> Option<Judgment> {
+    all::<Judgment>(env, JUDGMENT)
+        .into_iter()
+        .find(|j| j.request_ts.as_deref() == Some(request_ts))
+}
+
+/// The newest request of the environment still open: no judgment for it
+/// yet and its deadline not passed.
+pub fn open_request(env: &EnvConfig, now_ms: i64) -> Option<Request> {
+    let last = all::<Request>(env, REQUEST).pop()?;
+    if last.deadline_ms <= now_ms || judgment_for(env, &last.ts).is_some() {
+        return None;
+    }
+    Some(last)
+}
+
+/// Records a judgment (or the deadline's default) for a request.
+pub fn record(
+    env: &EnvConfig,
+    req: &Request,
+    call: &str,
+    reason: &str,
+    by: &str,
+) -> anyhow::Result<serde_json::Value> {
+    env.ledger().append(
+        JUDGMENT,
+        json!({"env": env.name, "release": req.release, "gate": req.gate, "request_ts": req.ts,
+               "call": call, "reason": reason, "by": by}),
+    )
+}
+
+/// `monitor_dhash judge`'s arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct JudgeArgs {
+    /// The environment whose watch waits for a judgment.
+    #[arg(long)]
+    pub env: String,
+    /// Keep the release.
+    #[arg(
+        long,
+        conflicts_with = "rollback",
+        required_unless_present = "rollback"
+    )]
+    pub promote: bool,
+    /// Roll the release back (the watch does it, under the environment lock).
+    #[arg(long)]
+    pub rollback: bool,
+    /// Why (recorded in the ledger with who judged).
+    #[arg(long)]
+    pub reason: String,
+    /// Who judges (default: $USER).
+    #[arg(long)]
+    pub by: Option<String>,
+    /// A custom gates file is not needed: the waiting watch has its own.
+    #[arg(long, hide = true)]
+    pub config: Option<PathBuf>,
+}
+
+/// Records the judgment for the environment's open request; the waiting
+/// watch acts on it at its next poll. No open request: exit 1, saying so.
+pub fn run_judge(a: &JudgeArgs) -> anyhow::Result<Exit> {
+    let project = Project::discover()?;
+    let env = project.env(&a.env)?;
+    let em = Emitter::stdout(crate::TOOL, &env.name, false);
+    let now = chrono::Utc::now().timestamp_millis();
+    let Some(req) = open_request(env, now) else {
+        bail!(
+            "no watch of {} is waiting for a judgment (none asked, it was already judged, or its deadline passed)",
+            env.name
+        );
+    };
+    let call = if a.rollback {
+        Call::Rollback
+    } else {
+        Call::Promote
+    };
+    let by = a.by.clone().unwrap_or_else(gates_core::lock::username);
+    let rec = record(env, &req, call.as_str(), &a.reason, &by)?;
+    em.info(
+        "judgment.recorded",
+        format!(
+            "{by} judged {} of {}: {} ({}); the watch (pid {}) acts on it at its next poll",
+            req.gate.as_deref().unwrap_or("the inconclusive gate"),
+            req.release.as_deref().unwrap_or("the watched release"),
+            call.as_str(),
+            a.reason,
+            req.pid.map_or("?".into(), |p| p.to_string())
+        ),
+        rec,
+    );
+    Ok(Exit::Ok)
+}

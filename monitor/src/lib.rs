@@ -4,8 +4,8 @@
 //! `gates_core::gates::Evaluator`.
 
 pub mod attach;
-pub mod follow;
 pub mod baseline;
+pub mod follow;
 pub mod incident;
 pub mod judge;
 pub mod ledger;
@@ -44,6 +44,7 @@ pub enum DecisionOutput {
     name = "monitor_dhash",
     version,
     after_help = gates_core::exit::EXIT_CODES_HELP,
+    args_conflicts_with_subcommands = true,
     long_about = "Watch a deployed dhash release for the T+60 window: poll health, metrics and the \
 low-confidence queue on the configured cadence (30 s for 5 min, then 120 s), evaluate the quality \
 gates of quality-gates-config.json, and roll back to this deploy's verified backup when an \
@@ -61,6 +62,8 @@ shadow gates never evaluated are listed but do not change the result. A pending 
 (an interrupted rollback) is finished first: exit 3, or 4 when it cannot be finished."
 )]
 pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// Environment (from environments.json). Defaults to production, as the seeds' monitor does.
     #[arg(long)]
     pub env: Option<String>,
@@ -126,7 +129,18 @@ pub struct Args {
     pub follow: bool,
 }
 
+/// Subcommands (without one, monitor_dhash watches or replays).
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Judge an inconclusive gate a watch is waiting on (environment policy "ask"): --promote keeps
+    /// the release, --rollback has the watch roll it back. Recorded in the ledger with who and why.
+    Judge(judge::JudgeArgs),
+}
+
 pub fn run(args: Args) -> anyhow::Result<Exit> {
+    if let Some(Command::Judge(a)) = &args.command {
+        return judge::run_judge(a);
+    }
     if args.follow {
         let project = Project::discover()?;
         return follow::follow(project.env(args.env.as_deref().unwrap_or("production"))?);
@@ -392,6 +406,7 @@ impl Summary {
                     ),
                 };
                 Some(NeverEvaluated {
+                    inconclusive: t.is_some_and(|t| t.inconclusive > 0),
                     gate: g.name.clone(),
                     action: g.action,
                     window_secs: g.window.as_secs_f64(),
@@ -405,6 +420,8 @@ impl Summary {
 /// A gate the window never evaluated (see [`Summary::never_evaluated`]).
 #[derive(Debug, Clone)]
 pub struct NeverEvaluated {
+    /// Its only decisions were `inconclusive` (a judgment may settle it).
+    pub inconclusive: bool,
     pub gate: String,
     pub action: gates_core::config::Action,
     pub window_secs: f64,

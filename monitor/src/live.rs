@@ -14,6 +14,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use gates_core::baseline::OnInconclusive;
 use gates_core::config::{Action, EnvConfig, GateSpec};
 use gates_core::gates::{Decision, Evaluator, Status};
 use gates_core::lock::EnvLock;
@@ -105,6 +106,13 @@ struct Watch<'a> {
     events: Option<PathBuf>,
     /// The baseline source and inconclusive policy (issue 16).
     judgment: judge::Settings,
+    /// The open request for a judgment (policy `ask`).
+    ask: Option<(judge::Request, Decision)>,
+    /// The inconclusive gates are settled (promoted, or kept by the
+    /// deadline's default): no more asking.
+    settled: Option<judge::Settled>,
+    /// The reason a judged rollback records instead of "violated".
+    rollback_reason: Option<String>,
 }
 
 /// The watch page after a rollback: its stamp (shared with the incident
@@ -655,6 +663,9 @@ impl<'a> Watch<'a> {
             notifications: Vec::new(),
             events: None,
             judgment: judge::Settings::default(),
+            ask: None,
+            settled: None,
+            rollback_reason: None,
         }
     }
 }
@@ -700,12 +711,12 @@ impl Watch<'_> {
         self.announce(window, &gates, args)?;
         let judges = (&mut evaluator, &mut prom);
         let outcome = self.poll_window(window, judges, &mut summary, &mut recorder, stop);
-        let end = conclude(
-            &outcome,
-            summary.never_evaluated(&gates),
-            &gates,
-            self.release.as_deref(),
-        );
+        let mut never = summary.never_evaluated(&gates);
+        if self.settled == Some(judge::Settled::Promoted) {
+            // Judged: the inconclusive gates hold the watch back no more.
+            never.retain(|n| !n.inconclusive);
+        }
+        let end = conclude(&outcome, never, &gates, self.release.as_deref());
         self.report_end(window, &end, &summary)?;
         Ok(end.result.exit())
     }
@@ -812,7 +823,8 @@ impl Watch<'_> {
                 break o;
             }
             let t = now_ms();
-            if t >= window.end_ms {
+            // A watch waiting for a judgment goes on until it comes or its deadline.
+            if t >= window.end_ms && self.ask.is_none() {
                 break Outcome::Completed;
             }
             sched_ms = next_poll(self.env, window, sched_ms, t);
@@ -932,16 +944,22 @@ impl Watch<'_> {
     /// Reports the decisions of one poll; returns the outcome when the watch must end.
     fn handle(&mut self, decisions: &[Decision], summary: &mut Summary) -> Option<Outcome> {
         let mut rollback_cause: Option<&Decision> = None;
+        let mut unsure: Option<&Decision> = None;
         for d in decisions {
             summary.add(d);
             self.report_decision(d);
-            if (d.action, d.status) == (Action::AutoRollback, Status::Violated) {
-                rollback_cause = rollback_cause.or(Some(d));
-            } else {
-                self.track_alert(d);
+            match (d.action, d.status) {
+                (Action::AutoRollback, Status::Violated) => {
+                    rollback_cause = rollback_cause.or(Some(d))
+                }
+                (Action::AutoRollback, Status::Inconclusive) => unsure = unsure.or(Some(d)),
+                _ => self.track_alert(d),
             }
         }
-        let cause = rollback_cause?.clone();
+        let Some(cause) = rollback_cause.cloned() else {
+            let unsure = unsure.cloned();
+            return self.on_inconclusive(unsure.as_ref());
+        };
         let others: Vec<Decision> = decisions
             .iter()
             .filter(|d| d.status == Status::Violated && d.gate != cause.gate)
@@ -1119,7 +1137,10 @@ impl Watch<'_> {
 impl Watch<'_> {
     fn roll_back(&mut self, cause: &Decision, others: &[Decision]) -> Outcome {
         self.timeline.issue_detected = Some(ts_of(cause.t_ms));
-        let reason = format!("quality gate {} violated: {}", cause.gate, cause.reason);
+        let reason = self
+            .rollback_reason
+            .take()
+            .unwrap_or_else(|| format!("quality gate {} violated: {}", cause.gate, cause.reason));
         // The lock first: under it, the release must still be the current one
         // (another actor may have rolled it back or replaced it meanwhile).
         let lock = match acquire(self.env, self.em) {
@@ -1593,6 +1614,170 @@ fn acquire(env: &EnvConfig, em: &Emitter) -> anyhow::Result<EnvLock> {
                 std::thread::sleep(Duration::from_millis(500));
             }
             Err(e) => return Err(e).context("taking the environment lock for the rollback"),
+        }
+    }
+}
+
+/// An inconclusive auto-rollback gate and the environment's policy (issue
+/// 16): roll back, keep, or ask a person and wait for `monitor_dhash judge`
+/// until the deadline, then take the policy's default.
+impl Watch<'_> {
+    fn on_inconclusive(&mut self, unsure: Option<&Decision>) -> Option<Outcome> {
+        if self.settled.is_some() {
+            return None;
+        }
+        if self.ask.is_some() {
+            return self.poll_judgment();
+        }
+        let d = unsure?;
+        match self.judgment.policy.policy {
+            OnInconclusive::Keep => None,
+            OnInconclusive::Rollback => {
+                self.rollback_reason = Some(format!(
+                    "quality gate {} inconclusive ({}); the environment's policy rolls back",
+                    d.gate, d.reason
+                ));
+                self.judged_rollback(d)
+            }
+            OnInconclusive::Ask => {
+                self.request_judgment(d);
+                None
+            }
+        }
+    }
+
+    /// A rollback decided by policy or judgment: recorded and done as an
+    /// automatic one (same act-once path under the environment lock).
+    fn judged_rollback(&mut self, cause: &Decision) -> Option<Outcome> {
+        self.ledger_gate(cause);
+        if self.dry_run {
+            self.skip_rollback(cause);
+            return None;
+        }
+        Some(self.roll_back(cause, &[]))
+    }
+
+    /// Asks: a ledger request, an event, a log line and a notification
+    /// naming the command that answers.
+    fn request_judgment(&mut self, d: &Decision) {
+        let policy = self.judgment.policy;
+        let deadline_ms =
+            now_ms() + i64::try_from(policy.deadline.as_millis()).unwrap_or(i64::MAX / 2);
+        let fields = json!({"env": self.env.name, "release": self.release, "gate": d.gate,
+            "deadline_ms": deadline_ms, "deadline": ts_of(deadline_ms), "pid": std::process::id(),
+            "default": policy.default.as_str(), "reason": d.reason.to_string()});
+        let rec = match self.env.ledger().append(judge::REQUEST, fields.clone()) {
+            Ok(r) => r,
+            Err(e) => {
+                self.em.human(&format!(
+                    "cannot ask for a judgment (ledger: {e:#}); the policy's default applies"
+                ));
+                self.settled = Some(judge::Settled::Kept);
+                return;
+            }
+        };
+        let req: judge::Request = serde_json::from_value(rec).unwrap_or_default();
+        let how = format!(
+            "monitor_dhash judge --env {} --promote|--rollback --reason \"...\"",
+            self.env.name
+        );
+        let msg = format!(
+            "{} is inconclusive: {}. Judge before {} with: {how} (else: {})",
+            d.gate,
+            d.reason,
+            ts_of(deadline_ms),
+            policy.default.as_str()
+        );
+        self.em.emit(
+            "judgment.requested",
+            Level::Warning,
+            msg.clone(),
+            fields.clone(),
+        );
+        self.log.line(&format!("Judgment requested: {msg}"));
+        let mut f = Map::new();
+        if let Value::Object(m) = fields {
+            f = m;
+        }
+        f.insert("command".into(), json!(how));
+        let title = format!("Judgment needed: {} ({})", d.gate, self.env.name);
+        self.send(
+            Level::Warning,
+            &title,
+            &msg,
+            f,
+            &format!("judgment:{}", d.gate),
+        );
+        self.ask = Some((req, d.clone()));
+    }
+
+    /// The judgment given, or the default once the deadline passed.
+    fn poll_judgment(&mut self) -> Option<Outcome> {
+        let (req, cause) = self.ask.clone()?;
+        let (call, by, reason, event) = match judge::judgment_for(self.env, &req.ts) {
+            Some(j) => {
+                let call = match j.call.as_deref() {
+                    Some("rollback") => judge::Call::Rollback,
+                    _ => judge::Call::Promote,
+                };
+                (
+                    call,
+                    j.by.unwrap_or_default(),
+                    j.reason.unwrap_or_default(),
+                    "judgment.received",
+                )
+            }
+            None if now_ms() >= req.deadline_ms => {
+                let default = self.judgment.policy.default;
+                let reason = "no judgment before the deadline: the policy's default";
+                let call_str = default.as_str();
+                if let Err(e) = judge::record(self.env, &req, call_str, reason, "deadline") {
+                    self.em
+                        .human(&format!("cannot record the default in the ledger: {e:#}"));
+                }
+                let call = match default {
+                    OnInconclusive::Rollback => judge::Call::Rollback,
+                    _ => judge::Call::Promote,
+                };
+                (
+                    call,
+                    "deadline".to_string(),
+                    reason.to_string(),
+                    "judgment.defaulted",
+                )
+            }
+            None => return None,
+        };
+        self.ask = None;
+        let kept = event == "judgment.defaulted" && call == judge::Call::Promote;
+        let what = if kept { "keep" } else { call.as_str() };
+        let msg = format!("{}: {what} by {by} ({reason})", cause.gate);
+        self.em.emit(
+            event,
+            Level::Warning,
+            msg.clone(),
+            json!({"gate": cause.gate, "release": self.release, "call": what, "by": by,
+                   "reason": reason, "request_ts": req.ts}),
+        );
+        self.log.line(&format!("Judgment: {msg}"));
+        match call {
+            // The deadline's "keep" keeps the release, but the watch stays inconclusive.
+            judge::Call::Promote if kept => {
+                self.settled = Some(judge::Settled::Kept);
+                None
+            }
+            judge::Call::Promote => {
+                self.settled = Some(judge::Settled::Promoted);
+                None
+            }
+            judge::Call::Rollback => {
+                self.settled = Some(judge::Settled::RolledBack);
+                self.rollback_reason = Some(format!(
+                    "quality gate {} inconclusive; judged rollback by {by}: {reason}",
+                    cause.gate
+                ));
+                self.judged_rollback(&cause)
+            }
         }
     }
 }

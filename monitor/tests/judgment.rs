@@ -322,3 +322,121 @@ fn sweep_matches_plain_replay(tp: &TestProject, env: &str, cfg: &Path, files: &[
         done[0]
     );
 }
+
+/// Policy `ask`: an inconclusive gate (no baseline, fallback inconclusive)
+/// makes the watch ask for a judgment and wait. A judgment before the
+/// deadline is acted on (promote: the watch passes); with none, the
+/// deadline's default applies (keep: the watch ends inconclusive, exit 5).
+/// Both are recorded in the ledger with who and why.
+#[test]
+fn an_inconclusive_gate_waits_for_a_judgment() {
+    let tp = TestProject::new();
+    let env = tp.env_name();
+    let v1 = tp.bundle("v1", &[("hash_latency_ms", "400")]);
+    tp.install_and_start(env, &v1);
+    let rule: Value = serde_json::from_str(RULE).unwrap();
+    let ask = |name: &str, deadline: &str| {
+        let policy =
+            json!({"inconclusive": {"policy": "ask", "deadline": deadline, "default": "keep"}});
+        gates(&tp, name, env, Some(rule.clone()), policy)
+    };
+    let ledger = tp.env(env).ledger_path();
+    let no_request = monitor(&tp, &["judge", "--env", env, "--promote", "--reason", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        no_request.status.code(),
+        Some(1),
+        "{}",
+        describe(&no_request)
+    );
+
+    // A judgment before the deadline.
+    let cfg = ask("ask-long.json", "30s");
+    let _load = load(&tp, env, 12);
+    let watcher = monitor(
+        &tp,
+        &[
+            "--env",
+            env,
+            "--duration",
+            "3",
+            "--baseline-release",
+            "none",
+            "--config",
+        ],
+    )
+    .arg(&cfg)
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    wait_for(&ledger, "\"kind\":\"judgment-request\"", 1);
+    let judged = monitor(&tp, &["judge", "--env", env, "--promote"])
+        .args(["--reason", "median as before, by eye", "--by", "alice"])
+        .output()
+        .unwrap();
+    assert_eq!(judged.status.code(), Some(0), "{}", describe(&judged));
+    let out = watcher.wait_with_output().unwrap();
+    let evs = events(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let got = of(&evs, "judgment.received");
+    assert_eq!(
+        (got.len(), &got[0]["call"], &got[0]["by"]),
+        (1, &json!("promote"), &json!("alice")),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(of(&evs, "monitor.completed")[0]["result"], "passed");
+    let text = std::fs::read_to_string(&ledger).unwrap();
+    assert!(
+        text.lines().any(|l| l.contains("\"kind\":\"judgment\"")
+            && l.contains("\"by\":\"alice\"")
+            && l.contains("median as before")),
+        "{text}"
+    );
+
+    // No judgment: the deadline's default (keep) leaves the watch inconclusive.
+    let cfg = ask("ask-short.json", "2s");
+    let out = watch(&tp, env, &cfg, 3, &["--baseline-release", "none"]);
+    let evs = events(&out.stdout);
+    assert_eq!(out.status.code(), Some(5), "{}", describe(&out));
+    assert_eq!(
+        of(&evs, "judgment.requested").len(),
+        1,
+        "{}",
+        describe(&out)
+    );
+    let d = of(&evs, "judgment.defaulted");
+    assert_eq!(
+        (&d[0]["call"], &d[0]["by"]),
+        (&json!("keep"), &json!("deadline")),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(of(&evs, "monitor.completed")[0]["result"], "inconclusive");
+    let text = std::fs::read_to_string(&ledger).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("\"kind\":\"judgment\"") && l.contains("\"by\":\"deadline\"")),
+        "{text}"
+    );
+}
+
+/// Waits (up to 20 s) until `file` has `n` lines containing `needle`.
+fn wait_for(file: &Path, needle: &str, n: usize) {
+    let t0 = std::time::Instant::now();
+    loop {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        if text.lines().filter(|l| l.contains(needle)).count() >= n {
+            return;
+        }
+        assert!(
+            t0.elapsed().as_secs() < 20,
+            "no {needle} in {}: {text}",
+            file.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
