@@ -119,58 +119,9 @@ pub fn run_fleet(
             return Ok(exit);
         }
         crash_point(em, &format!("fleet-wave-{}-moved", w + 1));
-        j.step = FleetStep::Baking;
-        j.save(env)?;
-        let unmoved = &members[target..];
-        let judgment = bake(&members[..target], unmoved, &fleet.waves[w], fleet, em);
-        em.emit(
-            "fleet.wave.judged",
-            level_of(judgment.verdict),
-            format!(
-                "wave {}: {}: {}",
-                w + 1,
-                judgment.verdict.as_str(),
-                judgment.reason
-            ),
-            json!({"wave": w + 1, "release": j.release, "moved": &j.moved, "judgment": judgment}),
-        );
-        if judgment.verdict != Verdict::Pass {
-            em.emit(
-                "fleet.wave.failed",
-                Level::Critical,
-                format!("wave {} failed: {}; rolling back the {} moved instances", w + 1, judgment.reason, j.moved.len()),
-                json!({"wave": w + 1, "release": j.release, "verdict": judgment.verdict, "reason": judgment.reason}),
-            );
-            let exit = if judgment.verdict == Verdict::Violation {
-                Exit::GateRolledBack
-            } else {
-                Exit::Failed
-            };
-            return Ok(roll_back(
-                env,
-                fleet,
-                &members,
-                &mut j,
-                &judgment.reason,
-                exit,
-                em,
-            ));
+        if let Some(exit) = judge_wave(env, fleet, &members, &mut j, target, em)? {
+            return Ok(exit);
         }
-        em.emit(
-            "fleet.wave.passed",
-            Level::Info,
-            format!(
-                "wave {} passed: {} of {} instances on {}",
-                w + 1,
-                target,
-                members.len(),
-                j.release
-            ),
-            json!({"wave": w + 1, "release": j.release, "moved": &j.moved}),
-        );
-        j.wave = w + 1;
-        j.step = FleetStep::Moving;
-        j.save(env)?;
         crash_point(em, &format!("fleet-wave-{}-passed", w + 1));
     }
     FleetJournal::remove(env)?;
@@ -186,6 +137,72 @@ pub fn run_fleet(
         json!({"release": j.release, "tag": j.tag, "instances": &j.moved}),
     );
     Ok(Exit::Ok)
+}
+
+/// Bakes the wave just moved and decides: `Some(exit)` when it failed and
+/// the moved instances were rolled back; `None` when it passed (recorded).
+fn judge_wave(
+    env: &EnvConfig,
+    fleet: &Fleet,
+    members: &[Member],
+    j: &mut FleetJournal,
+    target: usize,
+    em: &Emitter,
+) -> anyhow::Result<Option<Exit>> {
+    let w = j.wave;
+    j.step = FleetStep::Baking;
+    j.save(env)?;
+    let unmoved = &members[target..];
+    let judgment = bake(&members[..target], unmoved, &fleet.waves[w], fleet, em);
+    em.emit(
+        "fleet.wave.judged",
+        level_of(judgment.verdict),
+        format!(
+            "wave {}: {}: {}",
+            w + 1,
+            judgment.verdict.as_str(),
+            judgment.reason
+        ),
+        json!({"wave": w + 1, "release": j.release, "moved": &j.moved, "judgment": judgment}),
+    );
+    if judgment.verdict != Verdict::Pass {
+        em.emit(
+            "fleet.wave.failed",
+            Level::Critical,
+            format!("wave {} failed: {}; rolling back the {} moved instances", w + 1, judgment.reason, j.moved.len()),
+            json!({"wave": w + 1, "release": j.release, "verdict": judgment.verdict, "reason": judgment.reason}),
+        );
+        let exit = if judgment.verdict == Verdict::Violation {
+            Exit::GateRolledBack
+        } else {
+            Exit::Failed
+        };
+        return Ok(Some(roll_back(
+            env,
+            fleet,
+            members,
+            j,
+            &judgment.reason,
+            exit,
+            em,
+        )));
+    }
+    em.emit(
+        "fleet.wave.passed",
+        Level::Info,
+        format!(
+            "wave {} passed: {} of {} instances on {}",
+            w + 1,
+            target,
+            members.len(),
+            j.release
+        ),
+        json!({"wave": w + 1, "release": j.release, "moved": &j.moved}),
+    );
+    j.wave = w + 1;
+    j.step = FleetStep::Moving;
+    j.save(env)?;
+    Ok(None)
 }
 
 fn level_of(v: Verdict) -> Level {
