@@ -109,6 +109,10 @@ pub struct Args {
     /// positive on the passed windows.
     #[arg(long, value_name = "SPEC", requires = "replay")]
     pub sweep: Vec<String>,
+    /// With --sweep: count recordings that no ledger names (e.g. copied from another host)
+    /// as passed windows, so a rollback on them is a false positive. Default: unknown, not counted.
+    #[arg(long, requires = "sweep")]
+    pub assume_passed: bool,
     /// Which replay decisions to print as events.
     #[arg(long, value_enum, default_value = "changes")]
     pub decisions: DecisionOutput,
@@ -172,7 +176,8 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
         if !args.sweep.is_empty() {
             let variants = sweep::Variants::new(&gates, &tuning::parse_all(&args.sweep)?)?;
             let baselines = baseline::load(&variants.specs, &source, env, &env_name, None, &em);
-            return tuning::run(&project, &em, &variants, &baselines, &args.replay);
+            let files = (args.replay.as_slice(), args.assume_passed);
+            return tuning::run(&project, &em, &variants, &baselines, files);
         }
         let baselines = baseline::load(&gates, &source, env, &env_name, None, &em);
         for path in &args.replay {

@@ -25,7 +25,7 @@ pub fn run(
     em: &Emitter,
     variants: &Variants,
     baselines: &[Option<Arc<Baseline>>],
-    files: &[PathBuf],
+    (files, assume_passed): (&[PathBuf], bool),
 ) -> anyhow::Result<Exit> {
     // Issue 17: a recording holds no Prometheus figures; refused by name.
     gates_core::promql::refuse_replay(&variants.specs).map_err(gates_core::exit::usage_error)?;
@@ -51,7 +51,13 @@ pub fn run(
             false,
         )?);
     }
-    let actual: Vec<Actual> = files.iter().map(|f| actual_outcome(project, f)).collect();
+    let actual: Vec<Actual> = files
+        .iter()
+        .map(|f| match actual_outcome(project, f) {
+            Actual::Unknown if assume_passed => Actual::Passed,
+            a => a,
+        })
+        .collect();
     let outcomes: Vec<Outcome> = (0..variants.combinations())
         .map(|k| sweep::judge(variants, &passes, &actual, k))
         .collect();
