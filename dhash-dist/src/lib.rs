@@ -24,8 +24,14 @@ pub fn tools() -> Vec<(&'static str, Command)> {
         ("rollback_dhash", dhash_rollback::cli::Args::command()),
         ("monitor_dhash", dhash_monitor::Args::command()),
         ("notify", dhash_notify::cli::NotifyArgs::command()),
-        ("deploy-notify", dhash_notify::cli::DeployNotifyArgs::command()),
-        ("smoke_tests", dhash_smoke::cli::smoke_tests::Args::command()),
+        (
+            "deploy-notify",
+            dhash_notify::cli::DeployNotifyArgs::command(),
+        ),
+        (
+            "smoke_tests",
+            dhash_smoke::cli::smoke_tests::Args::command(),
+        ),
         (
             "validate_logging",
             dhash_smoke::cli::validate_logging::Args::command(),
