@@ -112,7 +112,11 @@ fn gh_create(gh: &Path, issue: &Issue<'_>, timeout: Duration) -> Result<Tracked,
     }
 }
 
-/// Runs a command with a deadline: (success, stdout, stderr).
+/// Runs a command with a deadline: (success, stdout, stderr). The pipes are
+/// drained by threads as the command writes (a chatty gh never blocks on a
+/// full pipe), and what they hold is taken a moment after it exits: a child
+/// it left behind holding the pipes (a pager, a credential helper) cannot
+/// keep notify waiting past the deadline.
 fn run(mut cmd: Command, timeout: Duration) -> Result<(bool, String, String), String> {
     if let Some(dir) = workdir() {
         cmd.current_dir(dir);
@@ -123,10 +127,12 @@ fn run(mut cmd: Command, timeout: Duration) -> Result<(bool, String, String), St
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot run {:?}: {e}", cmd.get_program()))?;
+    let out = drain(child.stdout.take());
+    let err = drain(child.stderr.take());
     let end = Instant::now() + timeout;
-    loop {
+    let status = loop {
         match child.try_wait() {
-            Ok(Some(_)) => break,
+            Ok(Some(status)) => break status,
             Ok(None) if Instant::now() < end => std::thread::sleep(Duration::from_millis(20)),
             _ => {
                 let _ = child.kill();
@@ -138,13 +144,53 @@ fn run(mut cmd: Command, timeout: Duration) -> Result<(bool, String, String), St
                 ));
             }
         }
+    };
+    // The last writes reach the threads within a moment of the exit.
+    let grace = Instant::now() + Duration::from_millis(200);
+    while Instant::now() < grace && !(out.done() && err.done()) {
+        std::thread::sleep(Duration::from_millis(10));
     }
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
-    Ok((
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
+    Ok((status.success(), out.text(), err.text()))
+}
+
+/// A pipe read on a thread into a shared buffer.
+struct Drained {
+    buf: std::sync::Arc<std::sync::Mutex<(Vec<u8>, bool)>>,
+}
+
+impl Drained {
+    fn done(&self) -> bool {
+        self.buf.lock().map(|b| b.1).unwrap_or(true)
+    }
+    fn text(&self) -> String {
+        self.buf
+            .lock()
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+fn drain(pipe: Option<impl std::io::Read + Send + 'static>) -> Drained {
+    let buf = std::sync::Arc::new(std::sync::Mutex::new((Vec::new(), pipe.is_none())));
+    if let Some(mut pipe) = pipe {
+        let shared = buf.clone();
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 8192];
+            loop {
+                let n = pipe.read(&mut chunk).unwrap_or(0);
+                let Ok(mut b) = shared.lock() else { return };
+                if n == 0 {
+                    b.1 = true;
+                    return;
+                }
+                // gh's answer is a link; a megabyte is plenty of room.
+                if b.0.len() < 1 << 20 {
+                    b.0.extend_from_slice(&chunk[..n]);
+                }
+            }
+        });
+    }
+    Drained { buf }
 }
 
 fn body(issue: &Issue<'_>) -> Result<String, String> {

@@ -914,3 +914,82 @@ fn a_garbage_clock_is_refused_by_ack_and_escalate() {
         r.stderr
     );
 }
+
+#[test]
+fn a_hanging_gh_is_cut_at_the_deadline_and_the_record_stays_whole() {
+    let p = Project::new();
+    let topo = p.root().join("environments.json");
+    let mut t: Value = serde_json::from_str(&std::fs::read_to_string(&topo).unwrap()).unwrap();
+    t["environments"]["staging"]["notifications"]["timeout"] = json!("1s");
+    std::fs::write(&topo, t.to_string()).unwrap();
+    // Logged in, but `issue create` never answers (a sh that waits on a
+    // child: killing gh leaves the child holding the pipes).
+    let gh = p.bin.join("gh");
+    std::fs::write(
+        &gh,
+        "#!/bin/sh\ncase \"$1 $2\" in\n  'auth status') exit 0 ;;\n  'issue create') sleep 20 ;;\nesac\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&gh, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = p.incident("incident_staging_20270115T080000000Z");
+    let started = std::time::Instant::now();
+    let r = p.report_incident(
+        &path,
+        T0,
+        &[("PATH", &format!("{}:/bin:/usr/bin", p.bin.display()))],
+    );
+    assert!(
+        started.elapsed().as_secs() < 10,
+        "not cut: {:?}",
+        started.elapsed()
+    );
+    let failed = r.events("incident.tracker-failed");
+    assert_eq!(failed.len(), 1, "{}", r.stdout);
+    assert!(
+        failed[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no answer within"),
+        "{}",
+        r.stdout
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("- **Tracker:** [not opened:"), "{text}");
+    assert!(
+        text.contains("- **Acknowledged:** [not yet: due by"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_gh_that_leaves_a_child_holding_its_output_does_not_hold_notify() {
+    let p = Project::new();
+    let gh = p.bin.join("gh");
+    // Exits at once with the link, but a child it started keeps stdout open.
+    std::fs::write(
+        &gh,
+        "#!/bin/sh\ncase \"$1 $2\" in\n  'auth status') exit 0 ;;\n  'issue create') sleep 20 &\n    echo 'https://github.com/acme/dhash/issues/7' ;;\nesac\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&gh, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = p.incident("incident_staging_20270115T080000000Z");
+    let started = std::time::Instant::now();
+    let r = p.report_incident(
+        &path,
+        T0,
+        &[("PATH", &format!("{}:/bin:/usr/bin", p.bin.display()))],
+    );
+    assert!(
+        started.elapsed().as_secs() < 4,
+        "held: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(r.events("incident.tracked").len(), 1, "{}", r.stdout);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        text.contains("- **Tracker:** https://github.com/acme/dhash/issues/7\n"),
+        "{text}"
+    );
+}
