@@ -107,7 +107,8 @@ pub enum WaveSize {
 pub struct Wave {
     pub size: WaveSize,
     /// How long the wave's instances serve, judged against the unmoved
-    /// ones, before the next wave starts.
+    /// ones, before the next wave starts (serialized in seconds).
+    #[serde(serialize_with = "seconds")]
     pub bake: Duration,
 }
 
@@ -128,8 +129,14 @@ pub struct Fleet {
     pub instances: Vec<Instance>,
     pub waves: Vec<Wave>,
     pub canary: CanaryPolicy,
-    /// Between marking an instance draining and changing it.
+    /// Between marking an instance draining and changing it (in seconds).
+    #[serde(serialize_with = "seconds")]
     pub drain: Duration,
+}
+
+/// A duration as seconds, as the events print durations.
+fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
 }
 
 impl Fleet {
