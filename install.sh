@@ -52,7 +52,7 @@ esac
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 out="${CARGO_TARGET_DIR:-$root/target}/$profile"
 tools=(backup_dhash deploy_dhash migrate_dhash rollback_dhash monitor_dhash notify
-  deploy-notify smoke_tests validate_logging report_dhash dhash-service)
+  deploy-notify smoke_tests validate_logging report_dhash dhash-service check_performance)
 
 if [ "$build" = 1 ]; then
   command -v cargo >/dev/null 2>&1 || { echo "install.sh: cargo is needed to build (or --no-build)" >&2; exit 1; }

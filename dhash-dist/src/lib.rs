@@ -38,6 +38,7 @@ pub fn tools() -> Vec<(&'static str, Command)> {
         ),
         ("report_dhash", dhash_report::cli::Args::command()),
         ("dhash-service", dhash_service::cli::Cli::command()),
+        ("check_performance", dhash_perfcheck::Args::command()),
     ]
     .into_iter()
     .map(|(name, cmd)| (name, cmd.name(name).bin_name(name)))

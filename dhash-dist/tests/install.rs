@@ -19,6 +19,7 @@ const TOOLS: &[&str] = &[
     "validate_logging",
     "report_dhash",
     "dhash-service",
+    "check_performance",
 ];
 
 fn text(b: &[u8]) -> String {
