@@ -8,12 +8,15 @@
 //!
 //! Exit 1 when an `auto-rollback` gate is violated right now, or the
 //! service's health check fails now (what the watch would count towards a
-//! rollback); 0 otherwise; 2 for usage and configuration errors.
+//! rollback); 5 (inconclusive) when none is violated but an auto-rollback
+//! gate could not be measured (its probe failed, no data): an on-call must
+//! not read a dead metrics endpoint as "all clear"; 0 otherwise; 2 for
+//! usage and configuration errors.
 //!
 //! Events (stdout): `performance.gate` per gate (`gate`, `status`, `value`,
 //! `threshold`, `unit`, `window_secs`, `action`, `reason`, `covered`),
 //! `performance.checked` (`health`, `violated`, `auto_rollback_violated`,
-//! `not_covered`, `exit`). The table is on stderr.
+//! `not_covered`, `not_measured`, `exit`). The table is on stderr.
 
 use std::path::PathBuf;
 
@@ -34,7 +37,8 @@ pub const TOOL: &str = "check_performance";
 "One poll of the environment's health, metrics and queue URLs, evaluated by
 the same gates as monitor_dhash. A gate over a window one poll cannot cover
 is reported as not covered (with the window it needs), never as passing.
-Exit 1 when an auto-rollback gate is violated now or health fails now.
+Exit 1 when an auto-rollback gate is violated now or health fails now;
+5 when none is, but an auto-rollback gate could not be measured (never a pass).
 
 {EXIT_CODES_HELP}"))]
 pub struct Args {
@@ -107,6 +111,8 @@ fn report_gate(em: &Emitter, l: &Line<'_>) {
         (Status::Violated, _) => format!("VIOLATED: {}", d.reason),
         (s, _) => format!("{}: {}", s.as_str(), d.reason),
     };
+    // One line per gate, whatever a failed probe quoted (an HTML error page).
+    let verdict = one_line(&verdict, 200);
     eprintln!(
         "  {:<24} {:>14}  threshold {:>8} {:<6} [{}] {}",
         d.gate,
@@ -131,6 +137,15 @@ fn report_gate(em: &Emitter, l: &Line<'_>) {
     );
 }
 
+/// `text` on one line (runs of whitespace as one space), at most `max` chars.
+fn one_line(text: &str, max: usize) -> String {
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match flat.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &flat[..i]),
+        None => flat,
+    }
+}
+
 /// `performance.checked` and the exit code.
 fn summarise(em: &Emitter, lines: &[Line<'_>], health_ok: bool) -> Exit {
     let violated: Vec<&str> = lines
@@ -148,10 +163,16 @@ fn summarise(em: &Emitter, lines: &[Line<'_>], health_ok: bool) -> Exit {
         .filter(|l| !l.covered)
         .map(|l| l.d.gate.as_str())
         .collect();
-    let exit = if rollback.is_empty() && health_ok {
-        Exit::Ok
-    } else {
-        Exit::Failed
+    let not_measured: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.d.action == Action::AutoRollback)
+        .filter(|l| matches!(l.d.status, Status::Error | Status::NoData))
+        .map(|l| l.d.gate.as_str())
+        .collect();
+    let exit = match (rollback.is_empty() && health_ok, not_measured.is_empty()) {
+        (false, _) => Exit::Failed,
+        (true, false) => Exit::Inconclusive,
+        (true, true) => Exit::Ok,
     };
     let msg = match (rollback.is_empty(), health_ok) {
         (false, _) => format!(
@@ -159,6 +180,10 @@ fn summarise(em: &Emitter, lines: &[Line<'_>], health_ok: bool) -> Exit {
             rollback.join(", ")
         ),
         (true, false) => "the health check fails now".to_string(),
+        (true, true) if !not_measured.is_empty() => format!(
+            "NOT JUDGED: auto-rollback gate(s) could not be measured now: {} (not a pass)",
+            not_measured.join(", ")
+        ),
         (true, true) => format!(
             "no auto-rollback gate violated now ({} violated, {} not covered by one poll)",
             violated.len(),
@@ -175,7 +200,7 @@ fn summarise(em: &Emitter, lines: &[Line<'_>], health_ok: bool) -> Exit {
         },
         msg,
         json!({"health": health_ok, "violated": violated, "auto_rollback_violated": rollback,
-               "not_covered": not_covered, "exit": exit.code()}),
+               "not_covered": not_covered, "not_measured": not_measured, "exit": exit.code()}),
     );
     exit
 }

@@ -103,3 +103,36 @@ fn a_healthy_release_passes_and_a_flooded_queue_fails_now() {
     );
     tp.stop("production").unwrap();
 }
+
+/// Health answers, but the metrics endpoint is gone (an HTML 404 page): the
+/// auto-rollback gates cannot be judged, which is not an all clear.
+#[test]
+fn a_dead_metrics_endpoint_is_not_judged_as_a_pass() {
+    use testkit::receiver::{Receiver, Reply};
+    let tp = TestProject::new();
+    let health = Receiver::start(vec![Reply::json(200, r#"{"status":"ok"}"#); 4]);
+    let page =
+        "<!DOCTYPE HTML>\n<html>\n  <body>\n    <h1>Error response</h1>\n  </body>\n</html>\n";
+    let gone = Receiver::start(vec![Reply::text(404, page); 8]);
+    let topo = tp.root().join("environments.json");
+    let mut t: Value = serde_json::from_str(&std::fs::read_to_string(&topo).unwrap()).unwrap();
+    let prod = &mut t["environments"]["production"];
+    prod["health_url"] = health.url_with("/health").into();
+    prod["metrics_url"] = gone.url_with("/metrics").into();
+    prod["queue_url"] = gone.url_with("/api/dhash/queue/status").into();
+    std::fs::write(&topo, t.to_string()).unwrap();
+    let (code, events, stderr) = check(&tp);
+    assert_eq!(code, 5, "inconclusive, never 0\n{stderr}");
+    let done = events
+        .iter()
+        .find(|e| e["event"] == "performance.checked")
+        .unwrap();
+    assert!(done["not_measured"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|g| g == "p95_hash_time"));
+    assert!(stderr.contains("NOT JUDGED"), "{stderr}");
+    // One table line per gate: the quoted error page is flattened.
+    assert!(!stderr.contains("\n    <h1>"), "{stderr}");
+}
