@@ -107,7 +107,11 @@ impl DeployReport {
 /// `deploy-migrated`, `deploy-switched`, `deploy-stopped`, `deploy-restarted`,
 /// `deploy-healthy` (verified, not yet recorded), `deploy-unhealthy`
 /// (recorded failed, switch-back journaled, nothing switched back yet),
-/// `deploy-switched-back` (current back, schema not yet).
+/// `deploy-switched-back` (current back, schema not yet). Fleets:
+/// `fleet-wave-<n>-moved` (wave n's instances moved, not yet baked),
+/// `fleet-wave-<n>-passed` (recorded, next wave not started),
+/// `fleet-rolling-back` (rollback journalled, no instance back yet),
+/// `fleet-instance-rolled-back` (after each instance's rollback).
 pub fn crash_point(em: &Emitter, point: &str) {
     if std::env::var("DHASH_TEST_CRASH_AT").is_ok_and(|v| v == point) {
         em.human(&format!(

@@ -698,3 +698,29 @@ fn the_shipped_fleet_is_four_loopback_instances_beside_production_and_staging() 
         );
     }
 }
+
+#[test]
+fn a_rollout_killed_while_rolling_back_finishes_the_rollback_on_rerun() {
+    let _serial = serial();
+    let f = Fleet::new();
+    let v1 = bundle(&f.tp, "v1", &[]);
+    bundle(&f.tp, "v3bad", &[("failure_fraction", "0.5")]);
+    f.start_on(&v1);
+    let bal = f.balancer();
+    let load = Load::start(&f.tp, &bal.url());
+    std::thread::sleep(Duration::from_millis(500));
+    let killed = f.deploy("v3bad", Some("fleet-rolling-back"));
+    assert_eq!(killed.signal, Some(9), "{}", killed.stderr);
+    let journal = f.tp.root().join(".dhash/fleet/fleet.journal.json");
+    let j: Value = serde_json::from_str(&fs::read_to_string(&journal).unwrap()).unwrap();
+    assert_eq!(j["step"], "rolling-back");
+    let run = f.deploy("v3bad", None);
+    let load = load.finish();
+    run.expect(1);
+    assert_eq!(run.of("fleet.interrupted").len(), 1);
+    assert!(run.of("fleet.started").is_empty(), "no wave runs again");
+    assert_eq!(run.of("fleet.instance.rolled_back").len(), 1);
+    assert_eq!(f.serving(), vec![release_id(&v1); 4]);
+    assert!(!journal.exists());
+    assert_no_failed_request(load, &bal);
+}

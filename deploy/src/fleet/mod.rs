@@ -365,6 +365,7 @@ fn roll_back(
     if let Err(e) = j.save(env) {
         em.human(&format!("warning: journal not written: {e:#}"));
     }
+    crash_point(em, "fleet-rolling-back");
     let mut failed = Vec::new();
     for name in j.moved.clone().iter().rev() {
         let Some(m) = members.iter().find(|m| m.name() == name) else {
