@@ -29,6 +29,8 @@ struct Point {
     threshold: Option<f64>,
     status: String,
     unit: String,
+    /// A baseline-relative gate's baseline figure (issue 16's decisions carry it).
+    baseline: Option<f64>,
 }
 
 /// The watch the page is about: the newest monitor record naming an events
@@ -76,6 +78,11 @@ fn series(events: &[WatchEvent]) -> BTreeMap<String, Vec<Point>> {
             t,
             value: num("value"),
             threshold: num("threshold"),
+            baseline: e
+                .fields
+                .get("baseline")
+                .and_then(|b| b.get("value"))
+                .and_then(Value::as_f64),
             status: e.str("status").unwrap_or_default().to_string(),
             unit: e.str("unit").unwrap_or_default().to_string(),
         });
@@ -247,6 +254,7 @@ const THRESHOLD: RGBColor = RGBColor(90, 90, 90);
 /// the legend, see [`crate::roles::LEGEND_BACKGROUND`]).
 const SHADE_OPACITY: f64 = 0.7;
 const ROLLBACK: RGBColor = BLUE;
+const BASELINE: RGBColor = RGBColor(120, 80, 0);
 const HEALTHY: RGBColor = GREEN;
 /// The two tones the phase and release bands alternate (dark enough to
 /// tell from the shaded stretches, light enough for black labels).
@@ -259,6 +267,7 @@ fn roles() -> Vec<Role> {
         Role::stroke(THRESHOLD, "threshold"),
         Role::stroke(ROLLBACK, "rollback"),
         Role::stroke(HEALTHY, "healthy"),
+        Role::stroke(BASELINE, "baseline"),
     ];
     r.extend(Shade::ALL.map(|s| Role::fill(s.colour(), s.role())));
     r.extend(PHASE_TONES.map(|c| Role::fill(c, "phase")));
@@ -289,7 +298,7 @@ fn chart(
         root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
         let top = pts
             .iter()
-            .flat_map(|p| [p.value, p.threshold])
+            .flat_map(|p| [p.value, p.threshold, p.baseline])
             .flatten()
             .fold(1.0f64, f64::max)
             * 1.15;
@@ -360,6 +369,22 @@ fn draw_figure(
         .map_err(|e| anyhow!("{e}"))?
         .label("threshold")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], THRESHOLD));
+    }
+    let baseline: Vec<(f64, f64)> = pts
+        .iter()
+        .filter_map(|p| Some((secs(p.t, t0), p.baseline?)))
+        .collect();
+    if !baseline.is_empty() {
+        // Short dashes, unlike the threshold's long ones, so the two differ in greyscale too.
+        c.draw_series(DashedLineSeries::new(
+            baseline,
+            2,
+            3,
+            BASELINE.stroke_width(2),
+        ))
+        .map_err(|e| anyhow!("{e}"))?
+        .label("baseline")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BASELINE));
     }
     let violations = pts.iter().filter(|p| p.status == "violated").map(|p| {
         Cross::new(
@@ -546,6 +571,7 @@ mod tests {
             threshold: None,
             status: status.to_string(),
             unit: String::new(),
+            baseline: None,
         }
     }
 
@@ -571,6 +597,31 @@ mod tests {
             shaded(&pts[3..], t0, 9.0, Some(6.5)).last(),
             Some(&(Shade::Error, 5.0, 6.5)),
             "sampling ended when the rollback started"
+        );
+    }
+
+    #[test]
+    fn a_baseline_gate_draws_its_baseline() {
+        let dir = std::env::temp_dir().join(format!("dhash-report-window-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("events.jsonl");
+        let decision = |ts: &str, value: f64, base: f64| {
+            format!(
+                r#"{{"ts":"{ts}","event":"gate.ok","gate":"p95_hash_time","status":"ok","value":{value},"threshold":1.5,"limit":{},"unit":"ms","sample_ts":"{ts}","baseline":{{"state":"ready","value":{base}}}}}"#,
+                base * 1.5
+            )
+        };
+        let lines = [
+            decision("2026-01-01T00:00:01.000Z", 100.0, 90.0),
+            decision("2026-01-01T00:00:02.000Z", 120.0, 90.0),
+        ];
+        std::fs::write(&path, lines.join("\n") + "\n").expect("events");
+        let html = page("staging", Some("r1"), &path).expect("page");
+        std::fs::remove_dir_all(&dir).ok();
+        assert!(html.contains("data-role=\"baseline\""), "{html}");
+        assert!(
+            html.contains(">\nbaseline\n</text>"),
+            "in the legend: {html}"
         );
     }
 
