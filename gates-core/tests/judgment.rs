@@ -115,3 +115,86 @@ fn run_scipy(input: &serde_json::Value) -> Vec<(f64, f64)> {
     let v: Vec<(f64, f64)> = serde_json::from_slice(&out.stdout).expect("scipy's JSON");
     v
 }
+
+mod relative {
+    use std::path::Path;
+
+    use gates_core::baseline::{BaselineBuilder, BaselineState};
+    use gates_core::config::GatesFile;
+    use gates_core::gates::{Evaluator, Status};
+    use gates_core::sample::{Health, Metrics, Sample};
+
+    /// Samples 1 s apart whose failure ratio is `pct` % of 100 requests a second.
+    fn samples(n: i64, pct: f64) -> Vec<Sample> {
+        (0..n)
+            .map(|i| Sample {
+                t_ms: i * 1000,
+                health: Health::Ok,
+                metrics: Ok(Metrics {
+                    requests_total: Some(100.0 * i as f64),
+                    hash_requests_total: Some(100.0 * i as f64),
+                    extraction_failures_total: Some(pct * i as f64),
+                    ..Metrics::default()
+                }),
+            })
+            .collect()
+    }
+
+    fn gate(rule: &str) -> Vec<gates_core::config::GateSpec> {
+        let text = format!(
+            r#"{{"environments": {{"staging": {{"quality_gates": {{"extraction_failure_rate": {{"threshold": 10, "window_minutes": "5s", "action": "auto-rollback", "baseline": {rule}}}}}}}}}}}"#
+        );
+        GatesFile::parse(Path::new("g.json"), &text)
+            .expect("parses")
+            .environments["staging"]
+            .gates
+            .clone()
+    }
+
+    fn last_status(
+        gates: &[gates_core::config::GateSpec],
+        base: Option<Vec<Sample>>,
+        pct: f64,
+    ) -> (Status, String) {
+        let mut b = BaselineBuilder::new(gates);
+        if let Some(s) = base {
+            b.add_recording(s);
+        }
+        let mut ev = Evaluator::new(gates.to_vec()).with_baselines(b.finish(gates, "test"));
+        let d = samples(20, pct)
+            .iter()
+            .map(|s| ev.observe(s).remove(0))
+            .last()
+            .expect("decisions");
+        (d.status, d.reason.to_string())
+    }
+
+    /// An error ratio may be at most 1.5 points above the baseline's: 2 % on
+    /// a 1 % baseline is within, 3 % above, though both are far under the
+    /// fixed 10 %; without a baseline the fallback decides.
+    #[test]
+    fn percentage_points_over_the_baseline() {
+        let g = gate(r#"{"max_increase": 1.5, "fallback": "inconclusive"}"#);
+        let (s, why) = last_status(&g, Some(samples(30, 1.0)), 2.0);
+        assert_eq!(s, Status::Ok, "{why}");
+        let (s, why) = last_status(&g, Some(samples(30, 1.0)), 3.0);
+        assert_eq!(s, Status::Violated, "{why}");
+        assert!(
+            why.contains("above the baseline limit 2.5 %") && why.contains("+1.5 pp"),
+            "{why}"
+        );
+        let (s, why) = last_status(&g, None, 3.0);
+        assert_eq!(s, Status::Inconclusive, "{why}");
+        assert!(why.contains("baseline missing"), "{why}");
+        let (s, why) = last_status(&g, Some(samples(7, 1.0)), 3.0);
+        assert_eq!(s, Status::Inconclusive, "{why}");
+        assert!(why.contains("baseline thin"), "{why}");
+        let lenient = gate(r#"{"max_increase": 1.5}"#);
+        assert_eq!(last_status(&lenient, None, 3.0).0, Status::Ok);
+        assert_eq!(last_status(&lenient, None, 11.0).0, Status::Violated);
+        let mut b = BaselineBuilder::new(&g);
+        b.add_recording(samples(30, 1.0));
+        let base = b.finish(&g, "x")[0].clone().expect("a rule");
+        assert_eq!((base.state, base.value), (BaselineState::Ready, Some(1.0)));
+    }
+}
