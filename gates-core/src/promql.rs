@@ -592,8 +592,14 @@ impl PromGates {
 /// gives a [`crate::gates::Reason::Figure`]), `"probe"` for one judged from
 /// the service's `/health` and `/metrics`.
 pub fn decision_source(d: &crate::gates::Decision) -> &'static str {
-    match d.reason {
-        crate::gates::Reason::Figure(_) => "prometheus",
+    use crate::gates::Reason;
+    let mut reason = &d.reason;
+    // A run of errors or no-data wraps the figure's own reason.
+    while let Reason::InARow { inner, .. } = reason {
+        reason = inner;
+    }
+    match reason {
+        Reason::Figure(_) => "prometheus",
         _ => "probe",
     }
 }
