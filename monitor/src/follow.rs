@@ -284,6 +284,7 @@ pub fn follow(env: &EnvConfig) -> anyhow::Result<Exit> {
     let mut board = Board::default();
     let mut tail = Tail::new(&info.events);
     let mut gone_once = false;
+    let mut shown = String::new();
     loop {
         for line in tail.lines() {
             let Ok(e) = serde_json::from_str::<Value>(&line) else {
@@ -296,8 +297,14 @@ pub fn follow(env: &EnvConfig) -> anyhow::Result<Exit> {
             }
         }
         if tty {
-            // Cursor home, clear to the end: the new frame replaces the old in place.
-            write!(out, "\x1b[H\x1b[J{}", board.frame(&env.name, Utc::now()))?;
+            // Cursor home, clear to the end: the new frame replaces the old
+            // in place; only when it changed (at least each second, the time
+            // left), so a slow terminal does not flicker.
+            let frame = board.frame(&env.name, Utc::now());
+            if frame != shown {
+                write!(out, "\x1b[H\x1b[J{frame}")?;
+                shown = frame;
+            }
         }
         out.flush()?;
         if let Some(r) = &board.result {
