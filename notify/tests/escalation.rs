@@ -993,3 +993,30 @@ fn a_gh_that_leaves_a_child_holding_its_output_does_not_hold_notify() {
         "{text}"
     );
 }
+
+#[test]
+fn a_rerun_over_the_same_events_does_not_escalate_again() {
+    let p = Project::new();
+    let events = monitor_event(
+        "gate.violated",
+        json!({"gate": "error_rate", "action": "alert"}),
+    ) + &monitor_event(
+        "gate.violated",
+        json!({"gate": "memory_usage", "action": "alert"}),
+    );
+    let r = p.run(&["--env", "staging"], T0, &[], Some(&events)).ok();
+    assert_eq!(r.events("escalation.raised").len(), 1, "{}", r.stdout);
+    // The same events file piped again once the quiet period is over (the
+    // quiet period keeps the real clock: --no-dedup stands for its end).
+    let r = p
+        .run(
+            &["--env", "staging", "--no-dedup"],
+            T0 + 11 * MIN,
+            &[],
+            Some(&events),
+        )
+        .ok();
+    assert!(r.events("escalation.raised").is_empty(), "{}", r.stdout);
+    assert_eq!(p.state()["level"], 2);
+    assert_eq!(p.ledger("escalation").len(), 1);
+}

@@ -90,8 +90,23 @@ pub fn after_alert(env: &EnvConfig, n: &Notification, title: &str, em: &Emitter)
     let policy = &env.escalation;
     let now = clock::now_secs();
     let incident = rollback_incident(n);
+    // An upstream event is known by its key and timestamp; a --message
+    // alert has no identity beyond its text and counts each time it is sent.
+    let id = n
+        .fields
+        .get("event_ts")
+        .and_then(Value::as_str)
+        .map(|ts| format!("{}@{ts}", n.dedup_key.as_deref().unwrap_or("")));
     match state::update(env, |s| {
-        rules::on_alert(policy, s, now, n.level, title, incident.as_deref())
+        rules::on_alert(
+            policy,
+            s,
+            now,
+            n.level,
+            title,
+            incident.as_deref(),
+            id.as_deref(),
+        )
     }) {
         Ok(Some(raise)) => raised(env, &raise, em),
         Ok(None) => {}

@@ -46,6 +46,10 @@ pub struct Raise {
 /// already counted by an escalation are not counted again, so a 4th warning
 /// does not escalate a second time; three new ones do.
 ///
+/// `id` is an upstream event's identity: one already recorded (a rerun
+/// over the same events) is not counted again, so a rerun never escalates
+/// a second time on the same alerts.
+///
 /// `incident` groups the alerts of one incident: they count as ONE toward a
 /// rule. One auto-rollback sends two criticals (the gate violated, then the
 /// rollback completed); counted apart, every rollback would jump to level 2
@@ -62,11 +66,15 @@ pub fn on_alert(
     level: Level,
     title: &str,
     incident: Option<&str>,
+    id: Option<&str>,
 ) -> Option<Raise> {
     let longest = policy.warning_window.max(policy.critical_window);
     state
         .alerts
         .retain(|a| now - a.at <= longest.as_secs_f64() && a.at <= now);
+    if id.is_some() && state.alerts.iter().any(|a| a.id.as_deref() == id) {
+        return None;
+    }
     let (rule, count, window, since) = match level {
         Level::Warning => (
             Rule::Warnings,
@@ -87,6 +95,7 @@ pub fn on_alert(
         level,
         title: title.to_string(),
         incident: incident.map(str::to_string),
+        id: id.map(str::to_string),
     });
     let (counted, units) = in_window(&state.alerts, level, now, window, since);
     if units < count as usize {
@@ -194,16 +203,16 @@ mod tests {
     fn three_warnings_in_15_minutes_escalate_once() {
         let p = EscalationPolicy::default();
         let mut s = State::default();
-        assert!(on_alert(&p, &mut s, 0.0, Level::Warning, "a", None).is_none());
-        assert!(on_alert(&p, &mut s, 5.0 * MIN, Level::Warning, "b", None).is_none());
-        let r = on_alert(&p, &mut s, 14.0 * MIN, Level::Warning, "c", None).expect("raised");
+        assert!(on_alert(&p, &mut s, 0.0, Level::Warning, "a", None, None).is_none());
+        assert!(on_alert(&p, &mut s, 5.0 * MIN, Level::Warning, "b", None, None).is_none());
+        let r = on_alert(&p, &mut s, 14.0 * MIN, Level::Warning, "c", None, None).expect("raised");
         assert_eq!((r.from, r.to, r.rule), (1, 2, Rule::Warnings));
         assert_eq!(r.alerts, ["a", "b", "c"]);
-        assert!(on_alert(&p, &mut s, 15.0 * MIN, Level::Warning, "d", None).is_none());
+        assert!(on_alert(&p, &mut s, 15.0 * MIN, Level::Warning, "d", None, None).is_none());
         let mut s = State::default();
-        on_alert(&p, &mut s, 0.0, Level::Warning, "a", None);
-        on_alert(&p, &mut s, 10.0 * MIN, Level::Warning, "b", None);
-        assert!(on_alert(&p, &mut s, 16.0 * MIN, Level::Warning, "c", None).is_none());
+        on_alert(&p, &mut s, 0.0, Level::Warning, "a", None, None);
+        on_alert(&p, &mut s, 10.0 * MIN, Level::Warning, "b", None, None);
+        assert!(on_alert(&p, &mut s, 16.0 * MIN, Level::Warning, "c", None, None).is_none());
     }
 
     #[test]
@@ -211,9 +220,9 @@ mod tests {
         let p = EscalationPolicy::default();
         let mut s = State::default();
         let g = Some("rollback:v2");
-        assert!(on_alert(&p, &mut s, 0.0, Level::Critical, "violated", g).is_none());
-        assert!(on_alert(&p, &mut s, 30.0, Level::Critical, "rolled back", g).is_none());
-        let r = on_alert(&p, &mut s, 60.0, Level::Critical, "failed", None).expect("2nd");
+        assert!(on_alert(&p, &mut s, 0.0, Level::Critical, "violated", g, None).is_none());
+        assert!(on_alert(&p, &mut s, 30.0, Level::Critical, "rolled back", g, None).is_none());
+        let r = on_alert(&p, &mut s, 60.0, Level::Critical, "failed", None, None).expect("2nd");
         assert_eq!(r.alerts, ["violated", "rolled back", "failed"]);
     }
 
@@ -221,8 +230,8 @@ mod tests {
     fn second_critical_and_deadlines() {
         let p = EscalationPolicy::default();
         let mut s = State::default();
-        assert!(on_alert(&p, &mut s, 0.0, Level::Critical, "a", None).is_none());
-        let r = on_alert(&p, &mut s, 1.0, Level::Error, "b", None).expect("2nd critical");
+        assert!(on_alert(&p, &mut s, 0.0, Level::Critical, "a", None, None).is_none());
+        let r = on_alert(&p, &mut s, 1.0, Level::Error, "b", None, None).expect("2nd critical");
         assert_eq!(r.rule, Rule::Criticals);
         let mut s = State::default();
         assert!(open_incident(

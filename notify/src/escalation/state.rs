@@ -25,6 +25,10 @@ pub struct AlertSeen {
     /// incident count as one toward the criticals rule (see [`super::rules::on_alert`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incident: Option<String>,
+    /// An upstream event's identity (its key and timestamp): the same event
+    /// piped again (a rerun over the same events file) is not a new alert.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
 }
 
 /// One escalation, as history.
