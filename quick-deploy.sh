@@ -58,14 +58,9 @@ profile="${DHASH_PROFILE:-release}"
 bin="${CARGO_TARGET_DIR:-$root/target}/$profile"
 say() { printf '\n==> %s\n' "$*" >&2; }
 
-if [ "${DHASH_NO_BUILD:-0}" != 1 ] && command -v cargo >/dev/null 2>&1; then
-  say "Building the tools ($profile)"
-  if [ "$profile" = release ]; then
-    cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bins >&2
-  else
-    cargo build --quiet --manifest-path "$root/Cargo.toml" --bins >&2
-  fi
-fi
+# Built only when a source is newer than the last build (scripts/lib/run-tool).
+say "Checking the tools are built ($profile)"
+DHASH_PROFILE="$profile" "$root/scripts/lib/run-tool" --build-only
 for t in backup_dhash deploy_dhash migrate_dhash monitor_dhash notify smoke_tests dhash-service; do
   [ -x "$bin/$t" ] || { echo "quick-deploy: $bin/$t is missing (is cargo installed?)" >&2; exit 2; }
 done
