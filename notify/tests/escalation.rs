@@ -752,6 +752,15 @@ fn one_rollback_counts_as_one_critical_and_a_failed_rollback_escalates() {
     let raised = r.events("escalation.raised");
     assert_eq!(raised.len(), 1, "{}", r.stdout);
     assert_eq!(raised[0]["rule"], "criticals");
+    assert_eq!(raised[0]["counted"], 2, "{}", r.stdout);
+    assert!(
+        raised[0]["msg"]
+            .as_str()
+            .unwrap()
+            .starts_with("2 critical incidents (3 alerts"),
+        "{}",
+        r.stdout
+    );
 }
 
 #[test]

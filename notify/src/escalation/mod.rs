@@ -149,6 +149,11 @@ fn raised(env: &EnvConfig, r: &Raise, em: &Emitter) {
             r.alerts.len(),
             gates_core::duration::human(env.escalation.warning_window)
         ),
+        Rule::Criticals if r.counted < r.alerts.len() => format!(
+            "{} critical incidents ({} alerts; one incident's alerts count once)",
+            r.counted,
+            r.alerts.len()
+        ),
         Rule::Criticals => format!("{} critical alerts", r.alerts.len()),
         Rule::AckDeadline => format!(
             "incident {} not acknowledged within {}",
@@ -166,7 +171,7 @@ fn raised(env: &EnvConfig, r: &Raise, em: &Emitter) {
     );
     let fields = json!({"level_number": r.to, "from": r.from, "level_name": level.name,
         "contacts": level.contacts, "channels": level.channels, "rule": r.rule.as_str(),
-        "alerts": r.alerts, "incident": r.incident, "due_at": clock::rfc3339(r.at)});
+        "alerts": r.alerts, "counted": r.counted, "incident": r.incident, "due_at": clock::rfc3339(r.at)});
     em.emit(
         "escalation.raised",
         Level::Critical,

@@ -37,6 +37,8 @@ pub struct Raise {
     pub rule: Rule,
     /// The alerts (titles) that caused it, or the incident's.
     pub alerts: Vec<String>,
+    /// How many the rule counted them as (the alerts of one incident are one).
+    pub counted: usize,
     pub incident: Option<String>,
     /// When it became due (Unix seconds).
     pub at: f64,
@@ -112,6 +114,7 @@ pub fn on_alert(
         to: state.level,
         rule,
         alerts: counted,
+        counted: units,
         incident: None,
         at: now,
     })
@@ -150,6 +153,7 @@ pub fn due(policy: &EscalationPolicy, state: &mut State, now: f64) -> Vec<Raise>
                 to: inc.level + 1,
                 rule: Rule::AckDeadline,
                 alerts: vec![inc.id.clone()],
+                counted: 1,
                 incident: Some(inc.id.clone()),
                 at: inc.deadline,
             });
