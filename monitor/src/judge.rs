@@ -12,8 +12,6 @@ pub struct Settings {
     pub policy: InconclusivePolicy,
 }
 
-use std::path::PathBuf;
-
 use anyhow::bail;
 use clap::ValueEnum;
 use gates_core::config::EnvConfig;
@@ -137,9 +135,6 @@ pub struct JudgeArgs {
     /// Who judges (default: $USER).
     #[arg(long)]
     pub by: Option<String>,
-    /// A custom gates file is not needed: the waiting watch has its own.
-    #[arg(long, hide = true)]
-    pub config: Option<PathBuf>,
 }
 
 /// Records the judgment for the environment's open request; the waiting
