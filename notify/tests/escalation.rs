@@ -812,6 +812,8 @@ fn a_second_ack_keeps_the_first_and_an_unknown_incident_is_refused() {
     );
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("no incident \"nope\""), "{}", r.stderr);
+    let r = p.run(&["ack", "--env", "staging", "--by", " "], T0, &[], None);
+    assert_eq!(r.code, 2, "an ack by nobody: {}", r.stderr);
     let rec = p.incident("incident_staging_20270115T080000000Z");
     p.report_incident(&rec, T0, &[]);
     let ack = |by: &str, at: i64| {

@@ -66,6 +66,14 @@ pub fn run(cmd: EscalationCommand) -> anyhow::Result<Exit> {
         .map_err(|e| ToolError::new(Exit::Usage, anyhow::anyhow!("{e}")))?;
     match cmd {
         EscalationCommand::Ack(a) => {
+            if a.by.trim().is_empty() {
+                // An ack by nobody would stop the clock with no one to ask.
+                return Err(ToolError::new(
+                    Exit::Usage,
+                    anyhow::anyhow!("--by needs the name of the person acknowledging"),
+                )
+                .into());
+            }
             let env = project.env(&env_name(&a.env))?;
             let em = Emitter::stdout("notify", &env.name, a.verbose);
             gates_core::event::pump_stdin(&em, |_| {});
