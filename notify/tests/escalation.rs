@@ -879,6 +879,10 @@ fn concurrent_escalate_and_ack_act_once_and_a_rerun_does_nothing() {
     let inc = &p.state()["incidents"]["incident_staging_20270115T080000000Z"];
     assert_eq!(inc["acked_by"], "carol");
     assert_eq!(inc["level"], 1 + raised as u64);
+    // The record has both writers' lines (neither wrote back a stale copy).
+    let text = std::fs::read_to_string(&rec).unwrap();
+    assert!(text.contains("- **Acknowledged:** by carol"), "{text}");
+    assert!(text.contains("- **Escalation:** level"), "{text}");
     // A rerun (cron's next minute, much later) acts on nothing: acked.
     let r = p.escalate(T0 + 30 * MIN);
     assert!(r.events("escalation.raised").is_empty(), "{}", r.stdout);

@@ -234,14 +234,27 @@ fn incident_key(env: &EnvConfig, id: &str) -> Option<String> {
         .map(|i| i.key.clone())
 }
 
+/// An incident record's line, rewritten under the state's lock.
+fn set_line(env: &EnvConfig, record: &Path, label: &str, text: &str) -> anyhow::Result<()> {
+    state::locked(env, || incident_file::set_line(record, label, text))?
+}
+
 /// The incident record's Escalation line, from the state.
 fn note_incident_level(env: &EnvConfig, id: &str, em: &Emitter) {
-    let Some(inc) = state::read(env)
-        .ok()
-        .and_then(|s| s.incidents.get(id).cloned())
-    else {
-        return;
-    };
+    // Read and written under the lock: the line says what the state says
+    // when it is written, not what it said before a concurrent ack.
+    let written = state::locked(env, || -> anyhow::Result<()> {
+        let Some(inc) = state::read(env)?.incidents.get(id).cloned() else {
+            return Ok(());
+        };
+        incident_file::set_line(&inc.path, ESCALATION, &level_line(env, &inc))
+    });
+    if let Err(e) = written.and_then(|r| r) {
+        em.human(&format!("cannot update the incident record: {e:#}"));
+    }
+}
+
+fn level_line(env: &EnvConfig, inc: &state::IncidentState) -> String {
     let level = env.escalation.level(inc.level);
     let next = if !inc.open() {
         "acknowledged".to_string()
@@ -251,15 +264,12 @@ fn note_incident_level(env: &EnvConfig, id: &str, em: &Emitter) {
         format!("next escalation at {} unless acknowledged (`notify ack --env {} --incident {} --by NAME`)",
             clock::rfc3339(inc.deadline), env.name, inc.id)
     };
-    let text = format!(
+    format!(
         "level {} ({}: {}); {next}",
         inc.level,
         level.name,
         level.contacts.join(", ")
-    );
-    if let Err(e) = incident_file::set_line(&inc.path, ESCALATION, &text) {
-        em.human(&format!("cannot update the incident record: {e:#}"));
-    }
+    )
 }
 
 /// An auto-rollback incident record was written: start its ack clock, open
@@ -298,7 +308,8 @@ pub fn incident_opened(env: &EnvConfig, record: &Path, em: &Emitter) {
         json!({"incident": id, "path": record.display().to_string(), "deadline": deadline,
                "level_number": 1, "key": key}),
     );
-    if let Err(e) = incident_file::set_line(
+    if let Err(e) = set_line(
+        env,
         record,
         ACKNOWLEDGED,
         &format!("[not yet: due by {deadline}]"),
@@ -351,7 +362,7 @@ fn track(env: &EnvConfig, record: &Path, id: &str, em: &Emitter) {
             (format!("[not opened: {why}]"), None, Some(why))
         }
     };
-    if let Err(e) = incident_file::set_line(record, TRACKER, &line) {
+    if let Err(e) = set_line(env, record, TRACKER, &line) {
         em.human(&format!(
             "cannot write the tracker link into the incident record: {e:#}"
         ));
@@ -492,7 +503,7 @@ fn announce_ack(
         note.map(|n| format!(" — {n}")).unwrap_or_default(),
         if resolve { " (resolved)" } else { "" }
     );
-    if let Err(e) = incident_file::set_line(&inc.path, ACKNOWLEDGED, &line) {
+    if let Err(e) = set_line(env, &inc.path, ACKNOWLEDGED, &line) {
         em.human(&format!("cannot update the incident record: {e:#}"));
     }
     note_incident_level(env, &inc.id, em);

@@ -139,6 +139,16 @@ pub fn update<R>(env: &EnvConfig, f: impl FnOnce(&mut State) -> R) -> anyhow::Re
     Ok(out)
 }
 
+/// Runs `f` under the state's lock without touching the state: the
+/// incident record's lines are rewritten under it, so an ack and a
+/// concurrent escalation never write back each other's stale copy of the
+/// record. Not to be called from inside [`update`] (the lock is not
+/// re-entrant).
+pub fn locked<R>(env: &EnvConfig, f: impl FnOnce() -> R) -> anyhow::Result<R> {
+    let _guard = lock(&path(env))?;
+    Ok(f())
+}
+
 /// An exclusive lock on `<state>.lock`, held until the file is dropped.
 fn lock(p: &Path) -> anyhow::Result<std::fs::File> {
     if let Some(dir) = p.parent() {
