@@ -73,9 +73,14 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
     let project = Project::discover()?;
     let (env, gates_file) = project.watch_setup(&env_name, args.config.as_deref())?;
     let gates = gates_file.env(&env_name)?.gates.clone();
+    // Gates that read Prometheus are asked there, as the monitor does;
+    // judging them from /metrics would be a silent substitute.
+    let (probe_gates, mut prom) =
+        gates_core::promql::PromGates::split(&env, gates).map_err(gates_core::exit::usage_error)?;
     let sample = gates_core::probe::poll(&env);
-    let mut evaluator = Evaluator::new(gates);
-    let decisions = evaluator.observe(&sample);
+    let mut evaluator = Evaluator::new(probe_gates);
+    let mut decisions = evaluator.observe(&sample);
+    decisions.extend(prom.poll(sample.t_ms));
     let lines: Vec<Line<'_>> = decisions
         .iter()
         .map(|d| Line {

@@ -136,3 +136,38 @@ fn a_dead_metrics_endpoint_is_not_judged_as_a_pass() {
     // One table line per gate: the quoted error page is flattened.
     assert!(!stderr.contains("\n    <h1>"), "{stderr}");
 }
+
+/// A gate that reads Prometheus is asked there, as the monitor does; with
+/// no server named for the environment the check refuses (exit 2, naming
+/// the gate) instead of judging it from /metrics.
+#[test]
+fn a_prometheus_gate_without_a_server_is_refused_not_judged_from_metrics() {
+    let tp = TestProject::new();
+    let mut gates: Value = serde_json::from_str(
+        &std::fs::read_to_string(tp.root().join("quality-gates-config.json")).unwrap(),
+    )
+    .unwrap();
+    gates["environments"]["production"]["quality_gates"]["extraction_failure_rate"]["source"] =
+        "prometheus".into();
+    let config = tp.root().join("prometheus-gates.json");
+    std::fs::write(&config, gates.to_string()).unwrap();
+    let out = Command::new(BIN)
+        .args(["production", "--config"])
+        .arg(&config)
+        .current_dir(tp.root())
+        .env("DHASH_ROOT", tp.root())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("extraction_failure_rate") && stderr.contains("names no Prometheus server"),
+        "{stderr}"
+    );
+    assert!(
+        !testkit::events(&out.stdout)
+            .iter()
+            .any(|e| e["event"] == "performance.gate"),
+        "no gate may be judged"
+    );
+}
