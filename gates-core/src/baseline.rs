@@ -25,7 +25,7 @@ use serde_json::Value;
 
 use crate::config::{ConfigError, GateSpec};
 use crate::gates::{fmt_num, Evaluator, Status};
-use crate::sample::Sample;
+use crate::sample::{Bucket, Sample};
 
 /// `quality_gates.<gate>.baseline` as written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,6 +42,61 @@ pub struct RawBaselineRule {
     /// Whether the fixed threshold still applies (default true).
     #[serde(default)]
     pub threshold_too: Option<bool>,
+    /// `"mann-whitney"`: compare the window's latency histogram with the
+    /// baseline's by a rank test instead of one figure with a limit.
+    #[serde(default)]
+    pub test: Option<TestKind>,
+    /// With `test`: the one-sided p-value must be below it (default 0.01).
+    #[serde(default)]
+    pub alpha: Option<f64>,
+    /// With `test`: Cliff's delta (canary slower) must reach it (default 0.2).
+    #[serde(default)]
+    pub min_effect: Option<f64>,
+    /// With `test`: requests each side needs to be judged (default 20).
+    #[serde(default)]
+    pub min_observations: Option<u64>,
+}
+
+/// The statistical test of a baseline rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum TestKind {
+    MannWhitney,
+}
+
+/// A validated rank test: the window's hash-time histogram against the
+/// baseline recordings' histogram, Mann-Whitney U one-sided (canary slower).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct RankTest {
+    pub alpha: f64,
+    pub min_effect: f64,
+    pub min_observations: u64,
+}
+
+/// 1 %: a 10-minute window of a busy service compared every poll makes many
+/// tests in a watch; a stricter level than the usual 5 % keeps the false
+/// alarms of repeated testing rare.
+pub const DEFAULT_ALPHA: f64 = 0.01;
+/// Cliff's delta 0.2 ("small" is 0.147, "medium" 0.33, Romano et al.): with
+/// thousands of requests a few-percent slowdown is always significant, so
+/// significance alone would roll back harmless noise; 0.2 means a canary
+/// request is slower than a baseline one 20 points more often than faster,
+/// e.g. a whole latency bucket shifted for one request in five, which users
+/// notice, while staying under Kayenta's "medium" so a real +30 % regression
+/// (most requests a bucket up) is well above it.
+pub const DEFAULT_MIN_EFFECT: f64 = 0.2;
+/// Fewer requests on a side than this is too little to judge (the normal
+/// approximation of U is poor below ~20).
+pub const DEFAULT_MIN_OBSERVATIONS: u64 = 20;
+
+impl RankTest {
+    pub fn limits(&self) -> crate::stats::Limits {
+        crate::stats::Limits {
+            alpha: self.alpha,
+            min_effect: self.min_effect,
+            min_samples: usize::try_from(self.min_observations).unwrap_or(usize::MAX),
+        }
+    }
 }
 
 /// What a gate does when its baseline is missing or thin.
@@ -71,6 +126,8 @@ pub struct BaselineRule {
     pub fallback: Fallback,
     pub min_figures: u64,
     pub threshold_too: bool,
+    /// A rank test instead of a limit over one figure (latency gates).
+    pub test: Option<RankTest>,
 }
 
 /// Figures a baseline needs by default to be more than thin.
@@ -90,8 +147,15 @@ impl BaselineRule {
         }
     }
 
-    /// "+20 %", "+1.5 %" (points), or both.
+    /// "+20 %", "+1.5 %" (points), or both; the test and its limits.
     pub fn describe(&self, unit: &str) -> String {
+        if let Some(t) = &self.test {
+            return format!(
+                "Mann-Whitney, alpha {}, min effect {}",
+                fmt_num(t.alpha),
+                fmt_num(t.min_effect)
+            );
+        }
         let pct = self
             .max_increase_percent
             .map(|p| format!("+{} %", fmt_num(p)));
@@ -122,7 +186,15 @@ pub fn validate_rule(
             return Err(err(field, "expected a number from 0 to 1000000"));
         }
     }
-    if raw.max_increase_percent.is_none() && raw.max_increase.is_none() {
+    let test = validate_test(file, path, raw)?;
+    if test.is_some() && (raw.max_increase_percent.is_some() || raw.max_increase.is_some()) {
+        return Err(ConfigError::new(
+            file,
+            path,
+            "give \"test\" (a rank test of the latency distributions) or \"max_increase_percent\" / \"max_increase\" (a limit over one figure), not both: use two gates for both",
+        ));
+    }
+    if test.is_none() && raw.max_increase_percent.is_none() && raw.max_increase.is_none() {
         return Err(ConfigError::new(
             file,
             path,
@@ -142,7 +214,49 @@ pub fn validate_rule(
         fallback: raw.fallback.unwrap_or(Fallback::Threshold),
         min_figures,
         threshold_too: raw.threshold_too.unwrap_or(true),
+        test,
     })
+}
+
+/// `test`, `alpha`, `min_effect`, `min_observations` of a baseline rule.
+fn validate_test(
+    file: &Path,
+    path: &str,
+    raw: &RawBaselineRule,
+) -> Result<Option<RankTest>, ConfigError> {
+    let err = |field: &str, msg: &str| ConfigError::new(file, format!("{path}.{field}"), msg);
+    let Some(TestKind::MannWhitney) = raw.test else {
+        if raw.alpha.is_some() || raw.min_effect.is_some() || raw.min_observations.is_some() {
+            return Err(err(
+                "test",
+                "\"alpha\", \"min_effect\" and \"min_observations\" belong to a test: add \"test\": \"mann-whitney\"",
+            ));
+        }
+        return Ok(None);
+    };
+    let alpha = raw.alpha.unwrap_or(DEFAULT_ALPHA);
+    if !(alpha > 0.0 && alpha <= 0.5) {
+        return Err(err(
+            "alpha",
+            "expected a significance level with 0 < alpha <= 0.5 (0.01 is 1 %)",
+        ));
+    }
+    let min_effect = raw.min_effect.unwrap_or(DEFAULT_MIN_EFFECT);
+    if !(0.0..=1.0).contains(&min_effect) {
+        return Err(err("min_effect", "expected a Cliff's delta from 0 to 1 (0.2: a canary request slower 20 points more often than faster)"));
+    }
+    let min_observations = raw.min_observations.unwrap_or(DEFAULT_MIN_OBSERVATIONS);
+    if !(1..=1_000_000_000).contains(&min_observations) {
+        return Err(err(
+            "min_observations",
+            "expected a whole number from 1 to 1000000000",
+        ));
+    }
+    Ok(Some(RankTest {
+        alpha,
+        min_effect,
+        min_observations,
+    }))
 }
 
 /// `environments.<env>.baseline` as written: where the baseline comes from.
@@ -275,6 +389,10 @@ pub struct Baseline {
     pub source: String,
     /// Why it is missing or thin (None when ready).
     pub why: Option<String>,
+    /// Hash-time requests per bucket (not cumulative, `le` ascending) summed
+    /// over the baseline recordings: what a rank test compares with.
+    #[serde(skip)]
+    pub histogram: Option<Vec<Bucket>>,
 }
 
 impl Baseline {
@@ -288,7 +406,15 @@ impl Baseline {
             recordings: 0,
             source: source.to_string(),
             why: Some(why.to_string()),
+            histogram: None,
         }
+    }
+
+    /// Requests in the baseline histogram (0 without one).
+    pub fn observations(&self) -> f64 {
+        self.histogram
+            .as_ref()
+            .map_or(0.0, |h| h.iter().map(|b| b.count).sum())
     }
 
     /// The value to compare with, when the baseline is usable.
@@ -302,6 +428,13 @@ impl Baseline {
     /// "baseline 1000 ms (median of 40 figures, 3 recordings: the last 3 …)".
     pub fn describe(&self, unit: &str) -> String {
         match (self.state, self.value) {
+            (BaselineState::Ready, _) if self.histogram.is_some() => format!(
+                "baseline histogram of {} requests, median figure {} {unit} ({} recording(s): {})",
+                fmt_num(self.observations()),
+                self.value.map_or_else(|| "none".into(), fmt_num),
+                self.recordings,
+                self.source
+            ),
             (BaselineState::Ready, Some(v)) => format!(
                 "baseline {} {unit} (median of {} figures from {} sample(s) in {} recording(s): {})",
                 fmt_num(v),
@@ -327,6 +460,8 @@ pub struct BaselineBuilder {
     figures: Vec<Vec<f64>>,
     samples: u64,
     recordings: usize,
+    /// Hash-time requests per bucket over every recording (first layout).
+    histogram: Option<Vec<Bucket>>,
 }
 
 impl BaselineBuilder {
@@ -343,13 +478,24 @@ impl BaselineBuilder {
             gates: plain,
             samples: 0,
             recordings: 0,
+            histogram: None,
         }
     }
 
     /// One recording's samples, in time order.
     pub fn add_recording(&mut self, samples: impl IntoIterator<Item = Sample>) {
         let mut ev = Evaluator::new(self.gates.clone());
+        let mut prev: Option<Vec<Bucket>> = None;
         for s in samples {
+            if let Some(b) = s
+                .metrics
+                .as_ref()
+                .ok()
+                .and_then(|m| m.hash_time_buckets.as_ref())
+            {
+                self.add_buckets(prev.as_deref(), b);
+                prev = Some(b.clone());
+            }
             self.samples += 1;
             for (i, d) in ev.observe(&s).into_iter().enumerate() {
                 if let (Status::Ok | Status::Violated, Some(v)) = (d.status, d.value) {
@@ -358,6 +504,39 @@ impl BaselineBuilder {
             }
         }
         self.recordings += 1;
+    }
+
+    /// The increase of one sample's cumulative buckets over the previous
+    /// sample's, per bucket, into the summed histogram; a total that went
+    /// down is a restart (the new counts are the increase), and a layout
+    /// other than the first recorded one is left out (it cannot be added).
+    fn add_buckets(&mut self, prev: Option<&[Bucket]>, now: &[Bucket]) {
+        let Some(prev) = prev.filter(|p| same_layout(p, now)) else {
+            return;
+        };
+        let restarted = match (prev.last(), now.last()) {
+            (Some(p), Some(n)) => n.count < p.count,
+            _ => false,
+        };
+        let hist = self.histogram.get_or_insert_with(|| {
+            now.iter()
+                .map(|b| Bucket {
+                    le: b.le,
+                    count: 0.0,
+                })
+                .collect()
+        });
+        if !same_layout(hist, now) {
+            return;
+        }
+        let (mut below_now, mut below_prev) = (0.0, 0.0);
+        for ((h, n), p) in hist.iter_mut().zip(now).zip(prev) {
+            let p_count = if restarted { 0.0 } else { p.count };
+            let inc = (n.count - below_now) - (p_count - below_prev);
+            h.count += inc.max(0.0);
+            below_now = n.count;
+            below_prev = p_count;
+        }
     }
 
     /// One baseline per gate (None for a gate without a baseline rule).
@@ -379,6 +558,9 @@ impl BaselineBuilder {
         }
         let n = figs.len() as u64;
         let value = crate::gates::quantile_linear(0.5, figs);
+        if let Some(t) = &rule.test {
+            return self.histogram_baseline(t, n, value, source);
+        }
         let (state, why) = if n == 0 {
             (
                 BaselineState::Missing,
@@ -406,8 +588,60 @@ impl BaselineBuilder {
             recordings: self.recordings,
             source: source.to_string(),
             why,
+            histogram: None,
         }
     }
+
+    /// The baseline of a rank test: the summed histogram, thin below the
+    /// test's `min_observations` requests.
+    fn histogram_baseline(
+        &self,
+        t: &RankTest,
+        figures: u64,
+        value: Option<f64>,
+        source: &str,
+    ) -> Baseline {
+        let count: f64 = self
+            .histogram
+            .as_ref()
+            .map_or(0.0, |h| h.iter().map(|b| b.count).sum());
+        let (state, why) = if count <= 0.0 {
+            (
+                BaselineState::Missing,
+                Some(format!(
+                    "{} recording(s) ({} samples) but no hash-time histogram with requests in them",
+                    self.recordings, self.samples
+                )),
+            )
+        } else if count < t.min_observations as f64 {
+            (
+                BaselineState::Thin,
+                Some(format!(
+                    "only {} request(s) in the histogram of {} recording(s), fewer than the {} needed",
+                    fmt_num(count),
+                    self.recordings,
+                    t.min_observations
+                )),
+            )
+        } else {
+            (BaselineState::Ready, None)
+        };
+        Baseline {
+            state,
+            value,
+            figures,
+            samples: self.samples,
+            recordings: self.recordings,
+            source: source.to_string(),
+            why,
+            histogram: self.histogram.clone(),
+        }
+    }
+}
+
+/// Two bucket layouts with the same bounds.
+fn same_layout(a: &[Bucket], b: &[Bucket]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.le == y.le)
 }
 
 /// What an environment does when an auto-rollback gate is `inconclusive`.

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::baseline::{Baseline, BaselineRule, Fallback};
+use crate::baseline::{Baseline, BaselineRule, Fallback, RankTest};
 use crate::config::{Action, GateKind, GateSpec, Metric};
 use crate::sample::{Bucket, Health, Metrics, Sample};
 
@@ -86,6 +86,29 @@ pub struct Decision {
     pub baseline: Option<Arc<Baseline>>,
     /// The limit the baseline set (`None` without a usable baseline).
     pub limit: Option<f64>,
+    /// A rank-test gate's figures (`None` for every other gate).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mann_whitney: Option<RankFigures>,
+}
+
+/// What a Mann-Whitney gate measured: the test on the window's histogram
+/// against the baseline's, and the limits it was held to.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct RankFigures {
+    /// U of the canary (the window): scipy's `statistic` for `x` = canary.
+    pub u: f64,
+    /// One-sided p-value (alternative: the canary is slower).
+    pub p_value: f64,
+    /// Cliff's delta, -1..1; positive: canary requests are slower.
+    pub effect: f64,
+    pub direction: crate::stats::Direction,
+    pub verdict: crate::stats::Verdict,
+    /// Requests in the window and in the baseline histogram.
+    pub canary_count: f64,
+    pub baseline_count: f64,
+    pub alpha: f64,
+    pub min_effect: f64,
+    pub min_observations: u64,
 }
 
 /// Why a gate decided what it did, kept as figures: the words are built only
@@ -156,6 +179,17 @@ pub enum Reason {
         /// The limit over the baseline, and the rule in words ("+20 %").
         limit: Option<f64>,
         rule: String,
+        fallback: Fallback,
+    },
+    /// A latency histogram against the baseline's by Mann-Whitney U; when
+    /// the test could not run, `unsure` says why and `fallback` what decided.
+    RankTest {
+        measure: Measure,
+        threshold: Option<f64>,
+        unit: &'static str,
+        baseline: Arc<Baseline>,
+        figures: RankFigures,
+        unsure: Option<String>,
         fallback: Fallback,
     },
 }
@@ -282,8 +316,73 @@ impl std::fmt::Display for Reason {
                 rule,
                 *fallback,
             ),
+            Reason::RankTest {
+                measure,
+                threshold,
+                unit,
+                baseline,
+                figures,
+                unsure,
+                fallback,
+            } => {
+                write!(f, "{measure}: ")?;
+                fmt_rank_test(f, figures, unsure.as_deref(), *fallback, baseline, unit)?;
+                if let Some(t) = threshold {
+                    let v = measure.value();
+                    write!(
+                        f,
+                        "; {} the threshold {} {unit}",
+                        side_of(v, *t),
+                        fmt_num(*t)
+                    )?;
+                }
+                Ok(())
+            }
         }
     }
+}
+
+/// [`Reason::RankTest`]'s middle: U, p, effect and direction against alpha
+/// and the minimum effect, or why the test could not judge.
+fn fmt_rank_test(
+    f: &mut std::fmt::Formatter<'_>,
+    r: &RankFigures,
+    unsure: Option<&str>,
+    fallback: Fallback,
+    baseline: &Baseline,
+    unit: &str,
+) -> std::fmt::Result {
+    if let Some(why) = unsure {
+        let then = match fallback {
+            Fallback::Threshold => "the fixed threshold decides",
+            Fallback::Inconclusive => "inconclusive",
+        };
+        return write!(f, "Mann-Whitney not judged ({why}); {then}");
+    }
+    let dir = match r.direction {
+        crate::stats::Direction::Higher => "canary slower",
+        crate::stats::Direction::Lower => "canary faster",
+        crate::stats::Direction::Same => "no shift",
+    };
+    let sig = if r.p_value < r.alpha { "<" } else { ">=" };
+    let big = if r.effect >= r.min_effect { ">=" } else { "<" };
+    let verdict = if r.verdict == crate::stats::Verdict::Degraded {
+        "degraded"
+    } else {
+        "not degraded"
+    };
+    write!(
+        f,
+        "Mann-Whitney U {} on {} window vs {} baseline requests, one-sided p {:.3e} {sig} alpha {}, Cliff's delta {:.3} ({dir}) {big} min effect {}: {verdict} ({})",
+        fmt_num(r.u),
+        fmt_num(r.canary_count),
+        fmt_num(r.baseline_count),
+        r.p_value,
+        fmt_num(r.alpha),
+        r.effect,
+        fmt_num(r.min_effect),
+        baseline.describe(unit)
+    )
 }
 
 /// [`Reason::Health`]: the run of failed checks against its limit.
@@ -692,6 +791,13 @@ impl Evaluator {
         {
             self.states[i].breach_since_ms = None;
         }
+        if let Some(t) = g.baseline.as_ref().and_then(|r| r.test.as_ref()) {
+            let rule = g
+                .baseline
+                .as_ref()
+                .expect("a test belongs to a baseline rule");
+            return self.rank_test(i, g, rule, t, outcome, sample.t_ms);
+        }
         let (outcome, base) = match &g.baseline {
             Some(rule) => self.against_baseline(i, g, rule, outcome),
             None => (outcome, None),
@@ -702,6 +808,86 @@ impl Evaluator {
             d.limit = limit;
         }
         d
+    }
+
+    /// A Mann-Whitney gate: the window's hash-time histogram increase (the
+    /// counts its percentile reads) against the baseline's histogram,
+    /// one-sided (canary slower). Violated when p < alpha and the effect
+    /// reaches min_effect, or (threshold_too) above the fixed threshold; a
+    /// missing or thin side is the `fallback`, never a pass by the test.
+    fn rank_test(
+        &mut self,
+        i: usize,
+        g: &GateSpec,
+        rule: &BaselineRule,
+        t: &RankTest,
+        o: Outcome,
+        now_ms: i64,
+    ) -> Decision {
+        let baseline = match self.baselines.get(i).cloned().flatten() {
+            Some(b) => b,
+            None => Arc::new(Baseline::missing("none", "no baseline was given")),
+        };
+        let Reason::Measured { measure, .. } = o.reason else {
+            let mut d = self.finish(i, g, o, now_ms);
+            d.baseline = Some(baseline);
+            return d;
+        };
+        let window = self.window_histogram(g, now_ms);
+        let (figures, unsure) = rank_figures(t, window.as_deref(), &baseline);
+        let v = measure.value();
+        let over = v > g.threshold;
+        let degraded = figures.verdict == crate::stats::Verdict::Degraded;
+        let status = match &unsure {
+            None if degraded || (rule.threshold_too && over) => Status::Violated,
+            None => Status::Ok,
+            // The test could not judge: the fallback decides, as for a
+            // missing baseline (the threshold alone, or inconclusive).
+            Some(_) if over && (rule.threshold_too || rule.fallback == Fallback::Threshold) => {
+                Status::Violated
+            }
+            Some(_) if rule.fallback == Fallback::Threshold => Status::Ok,
+            Some(_) => Status::Inconclusive,
+        };
+        let threshold_shown =
+            rule.threshold_too || (unsure.is_some() && rule.fallback == Fallback::Threshold);
+        let reason = Reason::RankTest {
+            measure,
+            threshold: threshold_shown.then_some(g.threshold),
+            unit: g.unit,
+            baseline: baseline.clone(),
+            figures,
+            unsure,
+            fallback: rule.fallback,
+        };
+        let mut d = self.finish(i, g, Outcome::new(status, o.value, reason), now_ms);
+        d.baseline = Some(baseline);
+        d.mann_whitney = Some(figures);
+        d
+    }
+
+    /// Hash-time requests per bucket (not cumulative) in gate `g`'s window
+    /// ending now: the increase its percentile reads. `None` without a
+    /// histogram covering the window.
+    fn window_histogram(&self, g: &GateSpec, now_ms: i64) -> Option<Vec<Bucket>> {
+        let now = self.rows.back().filter(|r| r.t_ms == now_ms)?;
+        let anchor = self.anchor(now_ms, g.window)?;
+        let ((e1, b1), (e0, b0)) = (now.buckets.as_ref()?, anchor.buckets.as_ref()?);
+        if e1 != e0 {
+            return None;
+        }
+        let mut below = 0.0;
+        Some(
+            b1.iter()
+                .zip(b0)
+                .map(|(a, b)| {
+                    let cum = a.count - b.count;
+                    let count = (cum - below).max(0.0);
+                    below = cum;
+                    Bucket { le: a.le, count }
+                })
+                .collect(),
+        )
     }
 
     /// A measured figure of a baseline-relative gate, judged against the
@@ -809,6 +995,7 @@ impl Evaluator {
             t_ms,
             baseline: None,
             limit: None,
+            mann_whitney: None,
         }
     }
 
@@ -984,6 +1171,61 @@ impl Evaluator {
         };
         Outcome::new(status, Some(value), reason)
     }
+}
+
+/// The test of a window histogram against a baseline's, or why it cannot
+/// judge (no histogram, other buckets, a missing or thin side).
+fn rank_figures(
+    t: &RankTest,
+    window: Option<&[Bucket]>,
+    baseline: &Baseline,
+) -> (RankFigures, Option<String>) {
+    let limits = t.limits();
+    let base = baseline.histogram.as_deref().unwrap_or(&[]);
+    let canary_count: f64 = window.map_or(0.0, |w| w.iter().map(|b| b.count).sum());
+    let baseline_count = baseline.observations();
+    let mut unsure = match (window, baseline.state) {
+        (None, _) => Some("no hash-time histogram over the window".to_string()),
+        (_, crate::baseline::BaselineState::Missing | crate::baseline::BaselineState::Thin) => {
+            Some(baseline.describe("ms"))
+        }
+        (Some(w), _) if w.len() != base.len() || w.iter().zip(base).any(|(a, b)| a.le != b.le) => {
+            Some("the window's histogram buckets differ from the baseline's".to_string())
+        }
+        _ if canary_count < t.min_observations as f64 => Some(format!(
+            "only {} request(s) in the window, fewer than the {} needed",
+            fmt_num(canary_count),
+            t.min_observations
+        )),
+        _ => None,
+    };
+    let groups: Vec<(f64, f64)> = window
+        .unwrap_or(&[])
+        .iter()
+        .zip(base)
+        .map(|(a, b)| (a.count, b.count))
+        .collect();
+    let c = crate::stats::compare_grouped_greater(&groups, limits);
+    if unsure.is_none() && c.verdict == crate::stats::Verdict::Inconclusive {
+        unsure = Some("too few requests on a side".into());
+    }
+    let figures = RankFigures {
+        u: c.test.map_or(0.0, |m| m.u1),
+        p_value: c.test.map_or(1.0, |m| m.p_value),
+        effect: c.cliffs_delta,
+        direction: c.direction,
+        verdict: if unsure.is_some() {
+            crate::stats::Verdict::Inconclusive
+        } else {
+            c.verdict
+        },
+        canary_count,
+        baseline_count,
+        alpha: t.alpha,
+        min_effect: t.min_effect,
+        min_observations: t.min_observations,
+    };
+    (figures, unsure)
 }
 
 fn unreachable_consecutive() -> Outcome {

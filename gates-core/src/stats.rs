@@ -237,6 +237,14 @@ pub fn compare_grouped(groups: &[(f64, f64)], limits: Limits) -> Comparison {
     judge(mann_whitney_grouped(groups, Alternative::TwoSided), limits)
 }
 
+/// [`compare_grouped`] one-sided: the alternative is that the canary (the
+/// first count of each group) is stochastically greater, i.e. slower. A
+/// latency gate asks only whether the canary got worse; a faster canary is
+/// never a violation, and the one-sided test spends all of alpha on that side.
+pub fn compare_grouped_greater(groups: &[(f64, f64)], limits: Limits) -> Comparison {
+    judge(mann_whitney_grouped(groups, Alternative::Greater), limits)
+}
+
 fn judge(test: Option<MannWhitney>, limits: Limits) -> Comparison {
     let delta = test.map_or(0.0, |t| t.cliffs_delta());
     let direction = if delta > 0.0 {

@@ -198,3 +198,198 @@ mod relative {
         assert_eq!((base.state, base.value), (BaselineState::Ready, Some(1.0)));
     }
 }
+
+/// Mann-Whitney latency gates on synthetic histograms: the window's
+/// hash-time histogram increase against the baseline recording's.
+mod rank {
+    use std::path::Path;
+
+    use gates_core::baseline::{BaselineBuilder, BaselineState};
+    use gates_core::config::{GateSpec, GatesFile};
+    use gates_core::gates::{Decision, Evaluator, Status};
+    use gates_core::sample::{Bucket, Health, Metrics, Sample};
+    use gates_core::stats::{Direction, Verdict};
+
+    const LES: [f64; 5] = [250.0, 500.0, 1000.0, 2500.0, f64::INFINITY];
+
+    /// Samples 1 s apart; each second adds `per_sec[k]` requests to bucket
+    /// k (not cumulative), from `t0_ms`.
+    fn samples(n: i64, per_sec: [f64; 5]) -> Vec<Sample> {
+        (0..n)
+            .map(|i| {
+                let mut cum = 0.0;
+                let buckets = LES
+                    .iter()
+                    .zip(per_sec)
+                    .map(|(le, c)| {
+                        cum += c * i as f64;
+                        Bucket {
+                            le: *le,
+                            count: cum,
+                        }
+                    })
+                    .collect();
+                Sample {
+                    t_ms: i * 1000,
+                    health: Health::Ok,
+                    metrics: Ok(Metrics {
+                        hash_time_buckets: Some(buckets),
+                        ..Metrics::default()
+                    }),
+                }
+            })
+            .collect()
+    }
+
+    fn gate(rule: &str) -> Vec<GateSpec> {
+        let text = format!(
+            r#"{{"environments": {{"staging": {{"quality_gates": {{"p95_hash_time": {{"threshold": 2000, "window_minutes": "5s", "action": "auto-rollback", "baseline": {rule}}}}}}}}}}}"#
+        );
+        GatesFile::parse(Path::new("g.json"), &text)
+            .expect("parses")
+            .environments["staging"]
+            .gates
+            .clone()
+    }
+
+    fn last(gates: &[GateSpec], base: Option<Vec<Sample>>, window: [f64; 5]) -> Decision {
+        let mut b = BaselineBuilder::new(gates);
+        if let Some(s) = base {
+            b.add_recording(s);
+        }
+        let mut ev = Evaluator::new(gates.to_vec()).with_baselines(b.finish(gates, "test"));
+        samples(12, window)
+            .iter()
+            .map(|s| ev.observe(s).remove(0))
+            .last()
+            .expect("decisions")
+    }
+
+    const MW: &str = r#"{"test": "mann-whitney", "fallback": "inconclusive"}"#;
+    /// Baseline: 10 requests a second, 7 in 250-500 ms, 3 in 500-1000 ms.
+    const BASE: [f64; 5] = [0.0, 7.0, 3.0, 0.0, 0.0];
+    /// +30 %: most requests a bucket up.
+    const SLOW: [f64; 5] = [0.0, 3.0, 7.0, 0.0, 0.0];
+
+    /// A slower window is caught though its p95 is far under 2000 ms; an
+    /// equal one passes; a faster one never violates; a thin side, either
+    /// the window or the baseline, is the fallback, never a pass.
+    #[test]
+    fn mann_whitney_gate_on_histograms() {
+        let g = gate(MW);
+        let d = last(&g, Some(samples(30, BASE)), SLOW);
+        let why = d.reason.to_string();
+        assert_eq!(d.status, Status::Violated, "{why}");
+        assert!(d.value.expect("a p95") < 2000.0, "{why}");
+        let r = d.mann_whitney.expect("the test's figures");
+        assert_eq!(
+            (r.verdict, r.direction),
+            (Verdict::Degraded, Direction::Higher)
+        );
+        // 5 s window of 10 requests a second; 29 s of baseline.
+        assert_eq!((r.canary_count, r.baseline_count), (50.0, 290.0));
+        assert!(r.p_value < 0.01 && r.effect >= 0.2, "{r:?}");
+        // Cliff's delta by hand: P(slow > base) - P(slow < base) over buckets.
+        let want = 0.7 * 0.7 - 0.3 * 0.3;
+        assert!((r.effect - want).abs() < 1e-12, "{r:?}");
+        assert!((r.alpha, r.min_effect) == (0.01, 0.2), "{r:?}");
+        for part in [
+            "Mann-Whitney U",
+            "one-sided p",
+            "< alpha 0.01",
+            "Cliff's delta 0.400 (canary slower) >= min effect 0.2: degraded",
+            "within the threshold 2000 ms",
+        ] {
+            assert!(why.contains(part), "{part:?} not in {why}");
+        }
+
+        let d = last(&g, Some(samples(30, BASE)), BASE);
+        assert_eq!(d.status, Status::Ok, "{}", d.reason);
+        let r = d.mann_whitney.expect("figures");
+        assert_eq!((r.verdict, r.direction), (Verdict::Pass, Direction::Same));
+        assert!(r.p_value > 0.4, "{r:?}");
+
+        let fast = last(&g, Some(samples(30, SLOW)), BASE);
+        assert_eq!(fast.status, Status::Ok, "{}", fast.reason);
+        assert_eq!(
+            fast.mann_whitney.expect("figures").direction,
+            Direction::Lower
+        );
+
+        // A thin baseline: 2 s of recording, 10 requests < 20.
+        let d = last(&g, Some(samples(2, BASE)), SLOW);
+        assert_eq!(d.status, Status::Inconclusive, "{}", d.reason);
+        assert_eq!(
+            d.baseline.as_ref().expect("baseline").state,
+            BaselineState::Thin
+        );
+        assert!(
+            d.reason
+                .to_string()
+                .contains("Mann-Whitney not judged (baseline thin"),
+            "{}",
+            d.reason
+        );
+        // No baseline at all.
+        let d = last(&g, None, SLOW);
+        assert_eq!(d.status, Status::Inconclusive, "{}", d.reason);
+        // A thin window: 3 requests a second, 15 in the window.
+        let d = last(&g, Some(samples(30, BASE)), [0.0, 0.0, 3.0, 0.0, 0.0]);
+        assert_eq!(d.status, Status::Inconclusive, "{}", d.reason);
+        assert!(
+            d.reason
+                .to_string()
+                .contains("only 15 request(s) in the window"),
+            "{}",
+            d.reason
+        );
+        // Fallback threshold: the fixed threshold decides, and says so.
+        let lenient = gate(r#"{"test": "mann-whitney", "min_effect": 0.5}"#);
+        let d = last(&lenient, Some(samples(2, BASE)), SLOW);
+        assert_eq!(d.status, Status::Ok, "{}", d.reason);
+        assert!(
+            d.reason.to_string().contains("the fixed threshold decides"),
+            "{}",
+            d.reason
+        );
+        // min_effect 0.5 is above this slowdown's 0.4: significant, too small.
+        let d = last(&lenient, Some(samples(30, BASE)), SLOW);
+        assert_eq!(d.status, Status::Ok, "{}", d.reason);
+        assert!(
+            d.reason
+                .to_string()
+                .contains("< min effect 0.5: not degraded"),
+            "{}",
+            d.reason
+        );
+    }
+
+    /// The config refuses a test on a gate without a latency histogram, a
+    /// test with a limit, and limits out of range.
+    #[test]
+    fn mann_whitney_rule_is_validated() {
+        let parse = |gate: &str| {
+            let text = format!(r#"{{"environments": {{"staging": {{"quality_gates": {gate}}}}}}}"#);
+            GatesFile::parse(Path::new("g.json"), &text)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        let errs = [
+            r#"{"error_rate": {"threshold": 5, "window_minutes": 5, "action": "alert", "baseline": {"test": "mann-whitney"}}}"#,
+            r#"{"p95_hash_time": {"threshold": 2000, "window_minutes": 5, "action": "alert", "baseline": {"test": "mann-whitney", "max_increase_percent": 20}}}"#,
+            r#"{"p95_hash_time": {"threshold": 2000, "window_minutes": 5, "action": "alert", "baseline": {"test": "mann-whitney", "alpha": 0}}}"#,
+            r#"{"p95_hash_time": {"threshold": 2000, "window_minutes": 5, "action": "alert", "baseline": {"test": "mann-whitney", "min_effect": 1.5}}}"#,
+            r#"{"p95_hash_time": {"threshold": 2000, "window_minutes": 5, "action": "alert", "baseline": {"max_increase_percent": 20, "alpha": 0.05}}}"#,
+        ];
+        for (case, field) in errs.iter().zip([
+            "baseline.test",
+            "baseline:",
+            "baseline.alpha",
+            "baseline.min_effect",
+            "baseline.test",
+        ]) {
+            let e = parse(case).expect_err(case);
+            assert!(e.contains(field), "{field:?} not in {e}");
+        }
+    }
+}

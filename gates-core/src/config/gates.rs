@@ -495,6 +495,16 @@ fn validate_gate(
         return Err(err("metric", "a consecutive gate reads health only".into()));
     }
     let quantile = gate_quantile(&g.percentile).map_err(|msg| err("percentile", msg))?;
+    // A rank test compares latency distributions: only a hash-time
+    // percentile gate has a histogram to compare.
+    if g.baseline.as_ref().is_some_and(|b| b.test.is_some())
+        && (kind != GateKind::Percentile || metric != Metric::HashTimeMs)
+    {
+        return Err(err(
+            "baseline.test",
+            format!("a Mann-Whitney test compares hash-time distributions: only a percentile gate of hash_time_ms may use it, not a {kind:?} gate of {}", metric.as_str()),
+        ));
+    }
     needs_window(kind, window).map_err(|msg| err("window_minutes", msg))?;
     let run = |field: &str, v: &Option<Value>, default: u32| {
         run_length(file, &format!("{path}.{field}"), v, default)
