@@ -288,6 +288,10 @@ pub fn decision_fields(d: &Decision) -> serde_json::Value {
     if let (Some(b), serde_json::Value::Object(m)) = (d.baseline.as_deref(), &mut v) {
         m.insert("limit".into(), json!(d.limit));
         m.insert("baseline".into(), baseline::baseline_json(b));
+        // A Mann-Whitney gate's U, p, effect, direction, counts and limits.
+        if let Some(r) = &d.mann_whitney {
+            m.insert("mann_whitney".into(), json!(r));
+        }
     }
     v
 }
