@@ -141,7 +141,11 @@ fn announce(
                 m.insert("rule".into(), json!(rule));
                 m.insert(
                     "limit".into(),
-                    json!(b.ready_value().zip(rule).map(|(v, r)| r.limit(v))),
+                    // A rank test sets no limit over one figure.
+                    json!(b
+                        .ready_value()
+                        .zip(rule.filter(|r| r.test.is_none()))
+                        .map(|(v, r)| r.limit(v))),
                 );
             }
             v
@@ -177,5 +181,7 @@ pub fn baseline_json(b: &Baseline) -> Value {
         "recordings": b.recordings,
         "source": b.source,
         "why": b.why,
+        // Requests in the summed hash-time histogram a rank test compares with.
+        "observations": b.histogram.as_ref().map(|_| b.observations()),
     })
 }
