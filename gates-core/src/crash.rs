@@ -5,7 +5,9 @@
 //!
 //! Points by tool: `backup-*` (backup crate), `deploy-*` (deploy crate),
 //! `rollback-*` (rollback crate), and `service-spawned`: the local service
-//! has been spawned but its pid is not yet in `service.pid`.
+//! has been spawned but its pid is not yet in `service.pid`, and
+//! `notify-escalation-saved`: notify has saved an escalation (its notice
+//! unsent in the outbox) but not yet sent the notice.
 
 /// The variable naming the point to die at.
 pub const VAR: &str = "DHASH_TEST_CRASH_AT";
