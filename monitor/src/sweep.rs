@@ -79,6 +79,9 @@ pub struct Variants {
     pub specs: Vec<GateSpec>,
     /// For each gate, the indices of its variants in `specs`.
     pub of_gate: Vec<Vec<usize>>,
+    /// For each gate, whether a `--sweep` names it (a one-value sweep is
+    /// still a setting the operator asked about, and is reported as one).
+    pub swept: Vec<bool>,
 }
 
 impl Variants {
@@ -98,6 +101,10 @@ impl Variants {
         }
         let mut specs = Vec::new();
         let mut of_gate = Vec::new();
+        let swept = gates
+            .iter()
+            .map(|g| sweeps.iter().any(|s| s.gate == g.name))
+            .collect();
         for g in gates {
             let values: Vec<f64> = match sweeps.iter().rev().find(|s| s.gate == g.name) {
                 Some(s) => s.values.clone(),
@@ -117,6 +124,7 @@ impl Variants {
             gates: gates.to_vec(),
             specs,
             of_gate,
+            swept,
         };
         if v.combinations() > MAX_COMBINATIONS {
             bail!(
@@ -147,7 +155,7 @@ impl Variants {
         combo
             .iter()
             .enumerate()
-            .filter(|(i, _)| self.of_gate[*i].len() > 1)
+            .filter(|(i, _)| self.swept[*i])
             .map(|(i, v)| {
                 (
                     format!("{}.threshold", self.gates[i].name),
@@ -403,5 +411,23 @@ mod tests {
         assert_eq!((loose.avoided_unnecessary, loose.unnecessary), (1, 1));
         assert_eq!(loose.shifts_secs, vec![0.0]);
         assert_eq!(suggest(&v, &[tight, loose]), Some(1));
+    }
+
+    /// A one-value sweep still names its setting (it used to print none).
+    #[test]
+    fn a_one_value_sweep_reports_its_setting() {
+        let spec = gates_core::config::GatesFile::parse(
+            Path::new("g.json"),
+            r#"{"environments": {"staging": {"quality_gates": {"p95_hash_time": {"threshold": 2000, "window_minutes": 1, "action": "auto-rollback"}, "low_confidence_queue": {"threshold": 1000, "window_minutes": 0, "action": "auto-rollback"}}}}}"#,
+        )
+        .expect("parses");
+        let gates = spec.environments["staging"].gates.clone();
+        let arg = parse_sweep("p95_hash_time.threshold=1500..1500/100").expect("parses");
+        let v = Variants::new(&gates, &[arg]).expect("variants");
+        assert_eq!(v.combinations(), 1);
+        assert_eq!(
+            settings_text(&v.settings(&v.combination(0))),
+            "p95_hash_time.threshold=1500"
+        );
     }
 }
