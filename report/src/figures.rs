@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::acks::{self, Acks};
 use crate::history::{self, parse_ts, ts_of_ms, Record, WatchEvent};
 
 /// The period a report covers: records with `since <= ts <= until`.
@@ -140,6 +141,13 @@ pub struct IncidentRow {
     pub events: Option<PathBuf>,
     /// Why a time is missing, when one is.
     pub note: Option<String>,
+    /// Who acknowledged the incident (`notify ack`), and when (issue 19).
+    pub acknowledged_by: Option<String>,
+    pub acknowledged_at: Option<String>,
+    /// From the rollback's start (else the detection) to the acknowledgement.
+    pub ack_seconds: Option<f64>,
+    /// The highest escalation level notify reached for this incident.
+    pub escalation_level: Option<u32>,
 }
 
 /// One figure; `value` None means it cannot be derived, `why` says why.
@@ -209,6 +217,7 @@ pub fn build(inp: &Inputs<'_>) -> Report {
     let deploys = deploys(inp.records, inp.period, &watches, &rollbacks);
     let mut figures = deploy_figures(&deploys, &rollbacks, inp.period);
     figures.extend(mttr_figures(&incidents));
+    figures.extend(ack_figures(&incidents));
     figures.extend(false_positive_figures(&rollbacks));
     figures.extend(gate_figures(inp.records, inp.period));
     figures.extend(watch_figures(&watches));
@@ -421,11 +430,33 @@ fn incidents(
     rollbacks: &mut [RollbackRow],
 ) -> Vec<IncidentRow> {
     let records = history::incident_records(inp.log_dir, inp.env);
+    let acks = Acks::from_records(inp.records, inp.period.until);
     watches
         .iter()
         .filter(|w| matches!(w.result.as_deref(), Some("rolled-back" | "rollback-failed")))
-        .map(|w| incident_of(w, rollbacks, &records))
+        .map(|w| {
+            let mut row = incident_of(w, rollbacks, &records);
+            acknowledge(&mut row, &acks);
+            row
+        })
         .collect()
+}
+
+/// The row's acknowledgement and escalation level, by its record's id.
+fn acknowledge(row: &mut IncidentRow, acks: &Acks) {
+    let Some(id) = row.incident_record.as_deref().and_then(acks::incident_id) else {
+        return;
+    };
+    row.escalation_level = acks.level(&id);
+    let Some(ack) = acks.ack(&id) else { return };
+    let from = row
+        .rollback_started
+        .as_deref()
+        .or(row.detected.as_deref())
+        .and_then(parse_ts);
+    row.acknowledged_by = Some(ack.by.clone());
+    row.acknowledged_at = Some(ack.at.clone());
+    row.ack_seconds = acks::seconds(from, ack);
 }
 
 fn incident_of(
@@ -474,6 +505,10 @@ fn incident_of(
         rollback: rollback.map(|rb| rb.ts.clone()),
         events: w.events.clone(),
         note,
+        acknowledged_by: None,
+        acknowledged_at: None,
+        ack_seconds: None,
+        escalation_level: None,
     }
 }
 
@@ -590,6 +625,49 @@ fn mttr_figures(incidents: &[IncidentRow]) -> Vec<Figure> {
             &why,
         ),
     ]
+}
+
+/// Unacknowledged incidents, and the median time to acknowledge (never a
+/// 0 when nothing was acknowledged: unavailable, with why).
+fn ack_figures(incidents: &[IncidentRow]) -> Vec<Figure> {
+    let unacked = incidents
+        .iter()
+        .filter(|i| i.acknowledged_by.is_none())
+        .count();
+    let mut secs: Vec<f64> = incidents.iter().filter_map(|i| i.ack_seconds).collect();
+    secs.sort_by(f64::total_cmp);
+    let why = if incidents.is_empty() {
+        "no incident in the period"
+    } else if unacked == incidents.len() {
+        "no incident in the period was acknowledged (notify ack)"
+    } else {
+        "no acknowledged incident has a rollback or detection time to measure from"
+    };
+    vec![
+        Figure::new(
+            "incidents_unacknowledged",
+            "incidents",
+            "Incidents in the period nobody acknowledged (notify ack).",
+            unacked as f64,
+        ),
+        Figure::or_why(
+            "ack_median_seconds",
+            "seconds",
+            "Median time from the rollback's start to the incident's acknowledgement.",
+            median(&secs),
+            why,
+        ),
+    ]
+}
+
+/// The median of sorted values.
+fn median(sorted: &[f64]) -> Option<f64> {
+    let m = sorted.len() / 2;
+    match sorted.len() {
+        0 => None,
+        n if n % 2 == 0 => Some((sorted[m - 1] + sorted[m]) / 2.0),
+        _ => Some(sorted[m]),
+    }
 }
 
 fn false_positive_figures(rollbacks: &[RollbackRow]) -> Vec<Figure> {

@@ -4,6 +4,7 @@
 //! verdict on a rollback (unnecessary or not) as a new ledger record; no
 //! existing line is ever edited.
 
+pub mod acks;
 pub mod cli;
 pub mod figures;
 pub mod history;

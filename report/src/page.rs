@@ -295,6 +295,39 @@ fn figures_table(report: &Report) -> String {
     )
 }
 
+/// Every incident of the period: when, what tripped, MTTR, and who
+/// acknowledged it and when (issue 19).
+fn incidents_table(report: &Report) -> String {
+    let mut rows = String::new();
+    for i in &report.incidents {
+        let mttr = i
+            .mttr_seconds
+            .map(|m| format!("{m:.1} s"))
+            .unwrap_or_else(|| "n/a".into());
+        let ack = match (&i.acknowledged_by, &i.acknowledged_at) {
+            (Some(by), at) => format!("{by} at {}", at.as_deref().unwrap_or("?")),
+            (None, _) => "not acknowledged".to_string(),
+        };
+        let level = i
+            .escalation_level
+            .map(|l| l.to_string())
+            .unwrap_or_default();
+        rows.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"ack\">{}</td><td>{}</td></tr>\n",
+            esc(i.detected.as_deref().unwrap_or("-")),
+            esc(i.release.as_deref().unwrap_or("-")),
+            esc(i.gate.as_deref().unwrap_or("-")),
+            esc(&mttr),
+            esc(&ack),
+            esc(&level)
+        ));
+    }
+    format!(
+        "<h2>Incidents</h2>\n<table class=\"incidents\">\n<tr><th>detected (UTC)</th><th>release</th>\
+         <th>gate</th><th>MTTR</th><th>acknowledged</th><th>escalation level</th></tr>\n{rows}</table>\n"
+    )
+}
+
 /// The history page of `report`.
 pub fn history_page(report: &Report) -> anyhow::Result<String> {
     let weeks = per_week(report);
@@ -365,6 +398,7 @@ pub fn history_page(report: &Report) -> anyhow::Result<String> {
             &svg,
         ));
     }
+    body.push_str(&incidents_table(report));
     body.push_str(&figures_table(report));
     Ok(format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>dhash report {}</title>\

@@ -38,6 +38,13 @@ pub fn emit(report: &Report, em: &Emitter) {
             Some(s) => format!("incident: recovered in {s:.1}s"),
             None => format!("incident: {}", i.note.as_deref().unwrap_or("MTTR unknown")),
         };
+        let msg = match &i.acknowledged_by {
+            Some(by) => format!(
+                "{msg}; acknowledged by {by} at {}",
+                i.acknowledged_at.as_deref().unwrap_or("?")
+            ),
+            None => format!("{msg}; not acknowledged"),
+        };
         em.info("report.incident", msg, to_value(i));
     }
     for f in &report.figures {
@@ -109,9 +116,23 @@ pub fn table(report: &Report) -> String {
             .mttr_seconds
             .map(|m| format!("{m:.1}s"))
             .unwrap_or_else(|| format!("n/a: {}", or_dash(i.note.as_deref())));
+        let ack = match (&i.acknowledged_by, &i.acknowledged_at) {
+            (Some(by), at) => format!(
+                "acked by {by} at {}{}",
+                or_dash(at.as_deref()),
+                i.ack_seconds
+                    .map(|a| format!(" (+{a:.1}s)"))
+                    .unwrap_or_default()
+            ),
+            (None, _) => "not acknowledged".to_string(),
+        };
+        let level = i
+            .escalation_level
+            .map(|l| format!("; escalated to level {l}"))
+            .unwrap_or_default();
         let _ = writeln!(
             s,
-            "  {:<26} {:<28} {:<24} {mttr}",
+            "  {:<26} {:<28} {:<24} {mttr:<10} {ack}{level}",
             or_dash(i.detected.as_deref()),
             or_dash(i.release.as_deref()),
             or_dash(i.gate.as_deref())

@@ -17,6 +17,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde_json::Value;
 
+use crate::acks::{self, Ack, Acks};
 use crate::figures::{incident_times, rfc3339};
 use crate::history::{self, parse_ts, WatchEvent};
 use crate::roles::Role;
@@ -497,8 +498,36 @@ fn esc(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// The page for the watch whose events are in `events_path`.
+/// The page for the watch whose events are in `events_path` (as the
+/// monitor writes it when the watch ends: before anyone could acknowledge).
 pub fn page(env: &str, release: Option<&str>, events_path: &Path) -> anyhow::Result<String> {
+    page_acked(env, release, events_path, None)
+}
+
+/// The acknowledgement of the incident the watch at `events_path` ended in,
+/// from the ledger: the incident record whose detection time is the watch's.
+pub fn acknowledgement(env: &EnvConfig, events_path: &Path) -> anyhow::Result<Option<Ack>> {
+    let events = history::read_events(events_path)?;
+    let Some(detected) = incident_times(&events).detected.map(rfc3339) else {
+        return Ok(None);
+    };
+    let records = history::read_ledger(&env.ledger_path())?;
+    let acks = Acks::from_records(&records, chrono::Utc::now());
+    Ok(history::incident_records(&env.log_dir, &env.name)
+        .iter()
+        .find(|(_, d)| d.as_deref() == Some(detected.as_str()))
+        .and_then(|(p, _)| acks::incident_id(p))
+        .and_then(|id| acks.ack(&id).cloned()))
+}
+
+/// [`page`], with who acknowledged the incident and when in the summary
+/// (`report_dhash window` looks it up in the ledger).
+pub fn page_acked(
+    env: &str,
+    release: Option<&str>,
+    events_path: &Path,
+    ack: Option<&Ack>,
+) -> anyhow::Result<String> {
     let events = history::read_events(events_path)?;
     let per_gate = series(&events);
     let times = incident_times(&events);
@@ -526,7 +555,7 @@ pub fn page(env: &str, release: Option<&str>, events_path: &Path) -> anyhow::Res
     let mut body = format!(
         "<h1>Watch of {rel} on {env}</h1>\n<ul class=\"summary\">\n<li>Result: <b>{result}</b></li>\n\
          <li>Release: {rel}</li>\n<li>Window: {start} to {end} (UTC)</li>\n<li>Gate that tripped: {gate}</li>\n\
-         <li>Detected: {det}</li>\n<li>Rollback started: {rb}</li>\n<li>Healthy again: {ok}</li>\n<li>MTTR: {mttr}</li>\n</ul>\n",
+         <li>Detected: {det}</li>\n<li>Rollback started: {rb}</li>\n<li>Healthy again: {ok}</li>\n<li>MTTR: {mttr}</li>\n<li>Acknowledged: {acked}</li>\n</ul>\n",
         rel = esc(release.unwrap_or("unknown")),
         env = esc(env),
         start = rfc3339(t0),
@@ -535,6 +564,10 @@ pub fn page(env: &str, release: Option<&str>, events_path: &Path) -> anyhow::Res
         det = times.detected.map(rfc3339).unwrap_or_else(|| "-".into()),
         rb = times.rollback_started.map(rfc3339).unwrap_or_else(|| "-".into()),
         ok = times.resolved.map(rfc3339).unwrap_or_else(|| "-".into()),
+        acked = match (ack, times.rollback_started) {
+            (_, None) => "-".to_string(),
+            (a, Some(_)) => esc(&acks::describe(a)),
+        },
     );
     for (gate, pts) in &per_gate {
         let svg = chart(gate, pts, t0, t1, &marks)

@@ -38,6 +38,8 @@ fn queue_gate(tp: &TestProject) -> PathBuf {
     tp.edit_topology(|t| {
         t["environments"][ENV]["monitor"]["cadence"] =
             json!([{"every": "0.5s", "for": "1s"}, {"every": "1s"}]);
+        // The runbooks' policy: the rollback's incident gets an ack clock.
+        t["environments"][ENV]["escalation"] = json!({"ack_deadline": "5m"});
     });
     let doc = json!({"environments": {ENV: {"quality_gates": {
         "low_confidence_queue": {"threshold": 1000, "window_minutes": 0, "action": "auto-rollback"},
@@ -63,9 +65,28 @@ fn deploy(tp: &TestProject, tag: &str) -> Vec<Value> {
     events(&out.stdout)
 }
 
+/// A `gh` stand-in that is not logged in, first on the watch's PATH: the
+/// escalation policy opens the rollback's incident in a tracker, and a
+/// test must never reach a real GitHub (the local record stays complete).
+fn path_without_gh(tp: &TestProject) -> std::ffi::OsString {
+    let bin = tp.root().join("no-gh-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let gh = bin.join("gh");
+    std::fs::write(&gh, "#!/bin/sh\necho 'not logged in' >&2\nexit 1\n").unwrap();
+    let mut perms = std::fs::metadata(&gh).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&gh, perms).unwrap();
+    let mut dirs = vec![bin];
+    dirs.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    std::env::join_paths(dirs).unwrap()
+}
+
 fn watch(tp: &TestProject, gates: &Path, secs: &str, code: i32) -> Vec<Value> {
     let out = tp
         .cmd("monitor_dhash")
+        .env("PATH", path_without_gh(tp))
         .args(["--env", ENV, "--config"])
         .arg(gates)
         .args(["--duration", secs])
@@ -141,6 +162,7 @@ fn figures_match_the_history_the_tools_recorded() {
     let rolled_back = named(&w2, "rollback.completed").len();
     let mttr = mttr_from(&w2);
     assert_eq!((deploys, passed, rolled_back), (2, 1, 1), "{results:?}");
+    let ack = acknowledge(&tp, &w2);
 
     let out = report(&tp, &["--env", ENV, "--since", "1h"]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
@@ -163,17 +185,92 @@ fn figures_match_the_history_the_tools_recorded() {
         incidents[0]
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("deployment_success_ratio"));
+    let row = incidents[0];
+    assert_eq!(row["acknowledged_by"], "alice", "{row}");
+    assert_eq!(row["acknowledged_at"], ack.at.as_str(), "{row}");
+    let secs = row["ack_seconds"].as_f64().unwrap();
+    assert!(
+        (secs - ack.seconds).abs() < 0.002,
+        "report {secs} vs ledger {}",
+        ack.seconds
+    );
+    assert!(
+        row["escalation_level"].is_null(),
+        "acked before the deadline: {row}"
+    );
+    assert_eq!(
+        row["incident_record"]
+            .as_str()
+            .and_then(|p| Path::new(p).file_stem()?.to_str()),
+        Some(ack.incident.as_str())
+    );
+    assert_eq!(figure(&evs, "incidents_unacknowledged")["value"], 0.0);
+    assert_eq!(figure(&evs, "ack_median_seconds")["value"], secs);
+    let table = report(&tp, &["--env", ENV, "--since", "1h", "--table"]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains(&format!("acked by alice at {}", ack.at)),
+        "{table}"
+    );
 
     let bad = named(&d2, "deploy.healthy")[0]["release"]
         .as_str()
         .unwrap()
         .to_string();
     let page = window_page_charts_every_gate(&tp, &bad);
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(
+        html.contains(&format!("<li>Acknowledged: alice at {}</li>", ack.at)),
+        "window summary names the ack: {html}"
+    );
     page_renders_in_chromium(&page, &w2);
     history_page_renders_in_chromium(&tp, &[&w1, &w2], mttr);
+    let history = std::fs::read_to_string(tp.root().join("history.html")).unwrap();
+    assert!(
+        history.contains(&format!("<td class=\"ack\">alice at {}</td>", ack.at)),
+        "history incident list names the ack: {history}"
+    );
     marking_sets_the_false_positive_rate(&tp);
     textfile_is_valid_exposition_format(&tp);
     csv_has_one_row_per_figure(&tp);
+}
+
+/// An acknowledgement as the ledger holds it, and its delay measured here.
+struct LedgerAck {
+    incident: String,
+    at: String,
+    seconds: f64,
+}
+
+/// The real `notify ack` after the rolled-back watch; what it recorded is
+/// read back from the ledger, and the delay measured from the watch's own
+/// rollback.started event.
+fn acknowledge(tp: &TestProject, watch: &[Value]) -> LedgerAck {
+    let out = tp
+        .cmd("notify")
+        .args(["ack", "--env", ENV, "--by", "alice"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "notify ack: {}", describe(&out));
+    let ledger =
+        std::fs::read_to_string(tp.root().join(".dhash").join(ENV).join("ledger.jsonl")).unwrap();
+    let acks: Vec<Value> = ledger
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["kind"] == "acknowledgement")
+        .collect();
+    assert_eq!(acks.len(), 1, "{ledger}");
+    assert_eq!(acks[0]["by"], "alice");
+    let started = named(watch, "rollback.started")[0];
+    let seconds = (time(&acks[0]["at"]) - time(&started["ts"])).num_milliseconds() as f64 / 1000.0;
+    LedgerAck {
+        incident: acks[0]["incident"]
+            .as_str()
+            .expect("the incident acknowledged")
+            .to_string(),
+        at: acks[0]["at"].as_str().unwrap().to_string(),
+        seconds,
+    }
 }
 
 fn window_page_charts_every_gate(tp: &TestProject, release: &str) -> PathBuf {

@@ -67,7 +67,9 @@ fn window(w: WindowArgs) -> anyhow::Result<Exit> {
     let env = project.env(&w.env)?;
     let (release, events) =
         dhash_report::window::find_watch(env, w.release.as_deref(), w.recording.as_deref())?;
-    let html = dhash_report::window::page(&env.name, release.as_deref(), &events)?;
+    let ack = dhash_report::window::acknowledgement(env, &events)?;
+    let html =
+        dhash_report::window::page_acked(&env.name, release.as_deref(), &events, ack.as_ref())?;
     let out = w.out.unwrap_or_else(|| {
         let name = release
             .as_deref()
