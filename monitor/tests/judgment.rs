@@ -144,6 +144,7 @@ fn relative_gate_catches_what_the_fixed_threshold_misses() {
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(of(&evs, "gate.violated").is_empty(), "{}", describe(&out));
     assert!(!of(&evs, "gate.ok").is_empty(), "{}", describe(&out));
+    let v1_again = recording_of(&out);
 
     // No baseline: a release pinned that never passed a watch.
     let out = monitor(&tp, &["--env", env, "--config"])
@@ -259,7 +260,89 @@ fn relative_gate_catches_what_the_fixed_threshold_misses() {
         reason.contains("baseline missing") && reason.contains("the fixed threshold decides"),
         "{reason}"
     );
+    mann_whitney_over_recordings(&tp, env, &v1_recording, &v1_again, &v2_recording);
     sweep_matches_plain_replay(&tp, env, &plain, &[v1_recording, v2_recording]);
+}
+
+/// The same recordings judged by a Mann-Whitney gate (replays, no new
+/// watch): each 2 s window's hash-time histogram against v1's whole
+/// recording. The +30 % release is degraded (significant, large, slower)
+/// though under 2000 ms; v1 watched again is not.
+fn mann_whitney_over_recordings(
+    tp: &TestProject,
+    env: &str,
+    base: &Path,
+    healthy: &Path,
+    slow: &Path,
+) {
+    // ~20 requests in a 2 s window at 10 a second: 10 each side suffice here.
+    let rule = json!({"test": "mann-whitney", "alpha": 0.01, "min_effect": 0.2,
+                      "min_observations": 10, "fallback": "inconclusive"});
+    let cfg = gates(tp, "mann-whitney.json", env, Some(rule), json!({}));
+    let replay = |recording: &Path| {
+        let out = monitor(tp, &["--env", env, "--config"])
+            .arg(&cfg)
+            .arg("--baseline-recording")
+            .arg(base)
+            .args(["--decisions", "all", "--replay"])
+            .arg(recording)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+        out
+    };
+    let out = replay(slow);
+    let evs = events(&out.stdout);
+    let loaded = of(&evs, "baseline.loaded");
+    assert_eq!(
+        loaded[0]["gates"][0]["state"],
+        "ready",
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        loaded[0]["gates"][0]["observations"].as_f64().unwrap() >= 10.0,
+        "{}",
+        loaded[0]
+    );
+    let violated = of(&evs, "gate.violated");
+    let v = violated
+        .first()
+        .unwrap_or_else(|| panic!("+30 % not caught by Mann-Whitney: {}", describe(&out)));
+    let mw = &v["mann_whitney"];
+    assert_eq!(
+        (mw["verdict"].as_str(), mw["direction"].as_str()),
+        (Some("degraded"), Some("higher")),
+        "{v}"
+    );
+    assert!(
+        mw["p_value"].as_f64().unwrap() < 0.01 && mw["effect"].as_f64().unwrap() >= 0.2,
+        "{v}"
+    );
+    assert!(
+        mw["canary_count"].as_f64().unwrap() >= 10.0 && mw["u"].as_f64().is_some(),
+        "{v}"
+    );
+    assert_eq!(
+        (mw["alpha"].as_f64(), mw["min_effect"].as_f64()),
+        (Some(0.01), Some(0.2)),
+        "{v}"
+    );
+    assert!(v["value"].as_f64().unwrap() < 2000.0, "{v}");
+    let reason = v["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("(canary slower)")
+            && reason.contains("degraded")
+            && reason.contains("within the threshold 2000 ms"),
+        "{reason}"
+    );
+
+    let out = replay(healthy);
+    let evs = events(&out.stdout);
+    assert!(of(&evs, "gate.violated").is_empty(), "{}", describe(&out));
+    let ok = of(&evs, "gate.ok");
+    assert!(!ok.is_empty(), "{}", describe(&out));
+    assert_eq!(ok[0]["mann_whitney"]["verdict"], "pass", "{}", ok[0]);
 }
 
 /// A sweep over the real recordings: each combination's decisions are
