@@ -12,7 +12,8 @@
 //! ],
 //! "rollout": {
 //!   "waves": [ { "instances": 1, "bake": "10m" }, { "percent": 50, "bake": "10m" }, { "percent": 100 } ],
-//!   "canary": { "min_requests": 200, "max_increase": 2 },
+//!   "canary": { "min_requests": 200, "max_increase": 2,
+//!               "latency_alpha": 0.01, "latency_min_effect": 0.474, "latency_min_samples": 100 },
 //!   "drain": "5s"
 //! }
 //! ```
@@ -69,6 +70,12 @@ struct RawCanary {
     min_requests: Option<Value>,
     #[serde(default)]
     max_increase: Option<Value>,
+    #[serde(default)]
+    latency_alpha: Option<Value>,
+    #[serde(default)]
+    latency_min_effect: Option<Value>,
+    #[serde(default)]
+    latency_min_samples: Option<Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -122,6 +129,14 @@ pub struct CanaryPolicy {
     /// baseline's, in percentage points, before a significant difference is
     /// a violation.
     pub max_increase: f64,
+    /// Latency comparison (hash-time histograms, one-sided grouped
+    /// Mann-Whitney): the p-value must be below this to count (default 0.01).
+    pub latency_alpha: f64,
+    /// ... and Cliff's delta (canary slower) must reach this (default 0.474,
+    /// the conventional "large").
+    pub latency_min_effect: f64,
+    /// Timed hash requests each side needs; fewer is inconclusive (default 100).
+    pub latency_min_samples: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -369,9 +384,32 @@ fn resolve_canary(file: &Path, path: &str, c: &RawCanary) -> Result<CanaryPolicy
             }
         },
     };
+    let fraction = |v: &Option<Value>, name: &str, default: f64, lo: f64, hi: f64| match v {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => match v.as_f64() {
+            Some(x) if x > lo && x <= hi => Ok(x),
+            _ => Err(ConfigError::new(
+                file,
+                format!("{path}.{name}"),
+                format!("expected a number above {lo} and at most {hi}, found {v}"),
+            )),
+        },
+    };
+    let latency_min_samples = match &c.latency_min_samples {
+        None | Some(Value::Null) => 100,
+        Some(v) => whole_in(
+            file,
+            &format!("{path}.latency_min_samples"),
+            v,
+            &(1..=1_000_000_000),
+        )?,
+    };
     Ok(CanaryPolicy {
         min_requests,
         max_increase,
+        latency_alpha: fraction(&c.latency_alpha, "latency_alpha", 0.01, 0.0, 0.5)?,
+        latency_min_effect: fraction(&c.latency_min_effect, "latency_min_effect", 0.474, 0.0, 1.0)?,
+        latency_min_samples,
     })
 }
 
