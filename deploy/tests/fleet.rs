@@ -141,7 +141,7 @@ impl Fleet {
             env["rollout"] = json!({
                 "waves": [{"instances": 1, "bake": "2s"}, {"percent": 50, "bake": "1s"},
                           {"percent": 100, "bake": "0.5s"}],
-                "canary": {"min_requests": 10, "max_increase": 5},
+                "canary": {"min_requests": 10, "max_increase": 5, "latency_min_samples": 10},
                 "drain": "0.3s"
             });
             t["environments"]["fleet"] = env;
@@ -591,6 +591,49 @@ fn a_bad_canary_is_rolled_back_alone_and_the_rest_never_change() {
         st.is_failed(&bad_id),
         "the canary records the release as rolled back"
     );
+    assert_no_failed_request(load, &bal);
+}
+
+#[test]
+fn a_slow_canary_is_caught_by_the_latency_comparison_and_rolled_back_alone() {
+    let _serial = serial();
+    let f = Fleet::new();
+    let v1 = bundle(&f.tp, "v1", &[]);
+    bundle(&f.tp, "v5slow", &[("hash_latency_ms", "150")]);
+    f.start_on(&v1);
+    let bal = f.balancer();
+    let load = Load::start(&f.tp, &bal.url());
+    std::thread::sleep(Duration::from_millis(500));
+    let run = f.deploy("v5slow", None);
+    let load = load.finish();
+    run.expect(3);
+    let judged = run.of("fleet.wave.judged");
+    assert_eq!(judged.len(), 1, "only the canary wave ran");
+    let j = &judged[0]["judgment"];
+    assert_eq!(j["verdict"], "violation", "{j}");
+    assert_eq!(j["canary_rate"], 0.0, "the slow release fails nothing: {j}");
+    let lat = &j["latency"];
+    assert_eq!(lat["verdict"], "violation", "{lat}");
+    assert!(
+        lat["cliffs_delta"].as_f64().unwrap() >= lat["limit"].as_f64().unwrap(),
+        "{lat}"
+    );
+    assert!(
+        lat["p_value"].as_f64().unwrap() < lat["alpha"].as_f64().unwrap(),
+        "{lat}"
+    );
+    assert!(lat["canary_samples"].as_f64().unwrap() >= 10.0, "{lat}");
+    assert!(lat["canary_median_ms"].as_f64().unwrap() >= 150.0, "{lat}");
+    if std::env::var_os("FLEET_TEST_SHOW").is_some() {
+        eprintln!("{}", serde_json::to_string_pretty(&judged[0]).unwrap());
+    }
+    let back: Vec<&str> = run
+        .of("fleet.instance.rolled_back")
+        .iter()
+        .map(|e| e["instance"].as_str().unwrap())
+        .collect();
+    assert_eq!(back, vec!["a"], "only the canary is rolled back");
+    assert_eq!(f.serving(), vec![release_id(&v1); 4]);
     assert_no_failed_request(load, &bal);
 }
 

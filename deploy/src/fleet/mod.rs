@@ -43,7 +43,7 @@ use gates_core::{Emitter, Exit, Level, ToolError};
 use serde_json::json;
 
 use crate::{crash_point, DeployOptions, TOOL};
-use canary::{Counts, Judgment, Verdict};
+use canary::{Counts, Histogram, Judgment, Reading, Verdict};
 use instance::Member;
 use journal::{FleetJournal, FleetStep};
 
@@ -437,9 +437,9 @@ fn bake(
     fleet: &Fleet,
     em: &Emitter,
 ) -> Judgment {
-    let read_all = |ms: &[Member]| -> Result<Vec<Counts>, String> {
+    let read_all = |ms: &[Member]| -> Result<Vec<Reading>, String> {
         ms.iter()
-            .map(|m| canary::read_counts(&m.env).map_err(|e| format!("{}: {e}", m.name())))
+            .map(|m| canary::read(&m.env).map_err(|e| format!("{}: {e}", m.name())))
             .collect()
     };
     let start = (read_all(moved), read_all(unmoved));
@@ -451,20 +451,12 @@ fn bake(
         return health_violation(bad);
     }
     let end = (read_all(moved), read_all(unmoved));
-    let sum = |a: Result<Vec<Counts>, String>,
-               b: Result<Vec<Counts>, String>|
-     -> Result<Counts, String> {
-        Ok(a?
-            .into_iter()
-            .zip(b?)
-            .fold(Counts::default(), |acc, (s, e)| acc.plus(e.since(s))))
-    };
-    let canary_side = sum(start.0, end.0);
-    let baseline_side = sum(start.1, end.1);
+    let canary_side = growth(start.0, end.0);
+    let baseline_side = growth(start.1, end.1);
     if unmoved.is_empty() {
         return Judgment {
             verdict: Verdict::Pass,
-            canary: canary_side.unwrap_or_default(),
+            canary: canary_side.map(|s| s.0).unwrap_or_default(),
             baseline: Counts::default(),
             canary_rate: 0.0,
             baseline_rate: 0.0,
@@ -472,10 +464,12 @@ fn bake(
             reason:
                 "the whole fleet runs the release and stayed healthy (no baseline left to compare)"
                     .into(),
+            latency: None,
         };
     }
     match (canary_side, baseline_side) {
-        (Ok(c), Ok(b)) => canary::judge(c, b, &fleet.canary),
+        (Ok((c, ch)), Ok((b, bh))) => canary::judge(c, b, &fleet.canary)
+            .with_latency(canary::judge_latency(&ch, &bh, &fleet.canary)),
         (Err(e), _) | (_, Err(e)) => Judgment {
             verdict: Verdict::Inconclusive,
             canary: Counts::default(),
@@ -484,8 +478,24 @@ fn bake(
             baseline_rate: 0.0,
             z: None,
             reason: format!("metrics could not be read: {e}"),
+            latency: None,
         },
     }
+}
+
+/// A side's growth over the bake: counters and hash-time histogram, pooled
+/// over its instances.
+fn growth(
+    start: Result<Vec<Reading>, String>,
+    end: Result<Vec<Reading>, String>,
+) -> Result<(Counts, Histogram), String> {
+    let mut hist = Histogram::default();
+    let mut counts = Counts::default();
+    for (s, e) in start?.into_iter().zip(end?) {
+        counts = counts.plus(e.counts.since(s.counts));
+        hist.add_growth(&s.buckets, &e.buckets);
+    }
+    Ok((counts, hist))
 }
 
 /// The first moved instance that failed [`BAKE_HEALTH_FAILURES`] probes in a
@@ -521,6 +531,7 @@ fn health_violation((name, health): (String, String)) -> Judgment {
         canary_rate: 0.0,
         baseline_rate: 0.0,
         z: None,
+        latency: None,
         reason: format!("instance {name} failed {BAKE_HEALTH_FAILURES} health checks in a row during the bake ({health})"),
     }
 }
