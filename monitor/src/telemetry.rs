@@ -136,12 +136,7 @@ impl Row<'_> {
                 hash_time_ms: match self.hash_time_ms.as_deref() {
                     None => None,
                     Some("") => Some(Vec::new()),
-                    Some(s) => Some(
-                        s.split(';')
-                            .map(|x| x.trim().parse::<f64>())
-                            .collect::<Result<Vec<_>, _>>()
-                            .map_err(|e| anyhow!("hash_time_ms: {e}"))?,
-                    ),
+                    Some(s) => Some(parse_observations(s)?),
                 },
             }),
         };
@@ -153,12 +148,21 @@ impl Row<'_> {
     }
 }
 
+/// `le:count;...`, into a vector sized once (one allocation per row).
 fn parse_buckets(s: &str) -> anyhow::Result<Vec<Bucket>> {
-    s.split(';')
-        .map(|pair| {
+    let mut out = Vec::with_capacity(cells(s));
+    for pair in s.split(';') {
+        out.push({
             let (le, count) = pair
                 .split_once(':')
                 .ok_or_else(|| anyhow!("hash_time_buckets: {pair:?} is not le:count"))?;
+            if let (Some(le), Some(count)) = (
+                plain_decimal(le.as_bytes()).or((le == "inf").then_some(f64::INFINITY)),
+                plain_decimal(count.as_bytes()),
+            ) {
+                out.push(Bucket { le, count });
+                continue;
+            }
             let le = match le.trim() {
                 "inf" | "+Inf" | "+inf" | "Inf" => f64::INFINITY,
                 x => x
@@ -169,9 +173,72 @@ fn parse_buckets(s: &str) -> anyhow::Result<Vec<Bucket>> {
                 .trim()
                 .parse::<f64>()
                 .map_err(|e| anyhow!("hash_time_buckets: count {count:?}: {e}"))?;
-            Ok(Bucket { le, count })
-        })
-        .collect()
+            Bucket { le, count }
+        });
+    }
+    Ok(out)
+}
+
+/// The recorder's common spellings (`22`, `63.1`, `-0.5`) parsed straight
+/// from bytes; None for anything else (exponents, inf, NaN, spaces, more than
+/// 15 significant digits), which goes to Rust's own parser. The result is the
+/// correctly rounded value, as `str::parse` gives: an integer below 2^53 is
+/// exact, and one division of two exact doubles (mantissa / 10^k, k <= 22) is
+/// rounded once — the same fast path `str::parse` itself takes.
+fn plain_decimal(b: &[u8]) -> Option<f64> {
+    const POW10: [f64; 23] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+        1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+    ];
+    let (negative, digits) = match b.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, b),
+    };
+    let mut mantissa: u64 = 0;
+    let mut count = 0usize;
+    let mut fraction: Option<usize> = None;
+    for (i, &c) in digits.iter().enumerate() {
+        match c {
+            b'0'..=b'9' => {
+                mantissa = mantissa * 10 + u64::from(c - b'0');
+                count += 1;
+            }
+            b'.' if fraction.is_none() && i > 0 && i + 1 < digits.len() => {
+                fraction = Some(digits.len() - i - 1)
+            }
+            _ => return None,
+        }
+        if count > 15 {
+            return None;
+        }
+    }
+    if count == 0 {
+        return None;
+    }
+    let value = mantissa as f64 / POW10[fraction.unwrap_or(0)];
+    Some(if negative { -value } else { value })
+}
+
+/// How many `;`-separated cells a list holds.
+fn cells(s: &str) -> usize {
+    s.bytes().filter(|&b| b == b';').count() + 1
+}
+
+/// `a;b;c` raw observations (ms), into a vector sized once.
+fn parse_observations(s: &str) -> anyhow::Result<Vec<f64>> {
+    let mut out = Vec::with_capacity(cells(s));
+    for x in s.split(';') {
+        if let Some(v) = plain_decimal(x.as_bytes()) {
+            out.push(v);
+            continue;
+        }
+        out.push(
+            x.trim()
+                .parse::<f64>()
+                .map_err(|e| anyhow!("hash_time_ms: {e}"))?,
+        );
+    }
+    Ok(out)
 }
 
 /// Appends rows to a CSV recording, writing the header when the file is new.
@@ -251,7 +318,34 @@ pub fn read_samples(
     if first == Some(JSON_OBJECT_START) {
         return Ok(Box::new(read_jsonl(reader, name)));
     }
-    Ok(Box::new(read_csv(reader, name)?))
+    Ok(Box::new(in_background(read_csv(reader, name)?)))
+}
+
+/// Samples in one hand-over between the parsing thread and the evaluator:
+/// large enough that the channel costs nothing per sample, small enough that
+/// memory stays bounded (at most `BATCHES_IN_FLIGHT + 2` batches).
+const BATCH: usize = 1024;
+const BATCHES_IN_FLIGHT: usize = 4;
+
+/// Runs a parser on its own thread, so parsing the next rows overlaps with
+/// evaluating these ones (replay is parse-bound, evaluation is the rest).
+/// Order and errors are those of the parser; the thread stops when the
+/// parser ends or the reader is dropped.
+fn in_background<I>(parser: I) -> impl Iterator<Item = anyhow::Result<Sample>>
+where
+    I: Iterator<Item = anyhow::Result<Sample>> + Send + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<anyhow::Result<Sample>>>(BATCHES_IN_FLIGHT);
+    std::thread::spawn(move || {
+        let mut parser = parser.fuse();
+        loop {
+            let batch: Vec<_> = parser.by_ref().take(BATCH).collect();
+            if batch.is_empty() || tx.send(batch).is_err() {
+                return;
+            }
+        }
+    });
+    rx.into_iter().flatten()
 }
 
 fn read_jsonl<R: Read>(
@@ -273,51 +367,171 @@ fn read_jsonl<R: Read>(
     })
 }
 
-fn read_csv<R: Read + 'static>(
+fn read_csv<R: Read + Send + 'static>(
     reader: BufReader<R>,
     name: String,
 ) -> anyhow::Result<impl Iterator<Item = anyhow::Result<Sample>>> {
+    // csv's own buffer as large as the BufReader's: once the sniffed bytes are
+    // consumed, reads go straight to the file instead of through two copies.
     let mut rdr = csv::ReaderBuilder::new()
         .has_headers(true)
+        .buffer_capacity(1 << 20)
         .from_reader(reader);
     let headers = rdr
-        .headers()
+        .byte_headers()
         .with_context(|| format!("{name}: reading the header"))?
         .clone();
-    for required in ["t_ms", "health"] {
-        if !headers.iter().any(|h| h == required) {
+    let cols = Columns::new(&headers);
+    for (required, at) in [("t_ms", cols.t_ms), ("health", cols.health)] {
+        if at.is_none() {
             bail!(
                 "{name}: line 1: the header lacks the column {required:?} (expected {})",
                 HEADER.join(",")
             );
         }
     }
-    // One record buffer for the whole file; each row borrows from it.
-    let mut record = csv::StringRecord::new();
+    // One record buffer for the whole file; cells are parsed straight from
+    // its bytes (no per-row serde, no per-cell String).
+    let mut record = csv::ByteRecord::new();
     Ok(std::iter::from_fn(move || {
-        let read = rdr.read_record(&mut record).map_err(|e| {
+        let read = rdr.read_byte_record(&mut record).map_err(|e| {
             let line = e.position().map(|p| p.line()).unwrap_or(0);
             anyhow!("{name}: line {line}: {e}")
         });
         match read {
             Err(e) => Some(Err(e)),
             Ok(false) => None,
-            Ok(true) => Some(row_sample(&record, &headers, &name)),
+            Ok(true) => Some(row_sample(&record, &cols, &name)),
         }
     }))
 }
 
-fn row_sample(
-    record: &csv::StringRecord,
-    headers: &csv::StringRecord,
-    name: &str,
-) -> anyhow::Result<Sample> {
+/// Where each known column sits in the file's header (the first occurrence;
+/// unknown columns are ignored, missing ones read as empty).
+struct Columns {
+    t_ms: Option<usize>,
+    health: Option<usize>,
+    health_detail: Option<usize>,
+    metrics_error: Option<usize>,
+    /// requests_total … disk_percent, in Metrics' order.
+    figures: [Option<usize>; 8],
+    hash_time_buckets: Option<usize>,
+    hash_time_ms: Option<usize>,
+}
+
+impl Columns {
+    fn new(headers: &csv::ByteRecord) -> Columns {
+        let at = |name: &str| headers.iter().position(|h| h == name.as_bytes());
+        Columns {
+            t_ms: at("t_ms"),
+            health: at("health"),
+            health_detail: at("health_detail"),
+            metrics_error: at("metrics_error"),
+            figures: HEADER[4..12]
+                .iter()
+                .map(|n| at(n))
+                .collect::<Vec<_>>()
+                .try_into()
+                .expect("HEADER names eight figures between metrics_error and the histogram"),
+            hash_time_buckets: at("hash_time_buckets"),
+            hash_time_ms: at("hash_time_ms"),
+        }
+    }
+}
+
+/// A cell as text; empty (or absent) is None, as serde's Option reads it.
+fn text<'r>(
+    record: &'r csv::ByteRecord,
+    at: Option<usize>,
+    col: &str,
+) -> anyhow::Result<Option<&'r str>> {
+    match at.and_then(|i| record.get(i)) {
+        None | Some(b"") => Ok(None),
+        Some(b) => std::str::from_utf8(b)
+            .map(Some)
+            .map_err(|e| anyhow!("{col}: not UTF-8: {e}")),
+    }
+}
+
+/// A figure cell: empty is no data; otherwise Rust's own float grammar, the
+/// one serde used before, so every value is bit-identical.
+fn figure(record: &csv::ByteRecord, at: Option<usize>, col: &str) -> anyhow::Result<Option<f64>> {
+    if let Some(x) = at.and_then(|i| record.get(i)).and_then(plain_decimal) {
+        return Ok(Some(x));
+    }
+    match text(record, at, col)? {
+        None => Ok(None),
+        Some(s) => s
+            .parse::<f64>()
+            .map(Some)
+            .map_err(|e| anyhow!("field {col}: invalid float literal {s:?}: {e}")),
+    }
+}
+
+fn row_sample(record: &csv::ByteRecord, cols: &Columns, name: &str) -> anyhow::Result<Sample> {
     let line = record.position().map(|p| p.line()).unwrap_or(0);
-    let row: Row = record
-        .deserialize(Some(headers))
+    let t_ms = text(record, cols.t_ms, "t_ms")
+        .and_then(|s| {
+            let s = s.unwrap_or_default();
+            // csv's serde reader also took a 0x hexadecimal prefix.
+            match s.strip_prefix("0x") {
+                Some(hex) => i64::from_str_radix(hex, 16),
+                None => s.parse::<i64>(),
+            }
+            .map_err(|e| anyhow!("field t_ms: {s:?}: {e}"))
+        })
         .map_err(|e| anyhow!("{name}: line {line}: {e}"))?;
-    row.to_sample()
-        .map_err(|e| anyhow!("{name}: line {line} (sample at t_ms {}): {e}", row.t_ms))
+    row_sample_at(record, cols, t_ms)
+        .map_err(|e| anyhow!("{name}: line {line} (sample at t_ms {t_ms}): {e}"))
+}
+
+fn row_sample_at(record: &csv::ByteRecord, cols: &Columns, t_ms: i64) -> anyhow::Result<Sample> {
+    let detail = || -> anyhow::Result<String> {
+        Ok(text(record, cols.health_detail, "health_detail")?
+            .unwrap_or_default()
+            .to_string())
+    };
+    let health = match text(record, cols.health, "health")?.unwrap_or_default() {
+        "ok" => Health::Ok,
+        "not-ok" => Health::NotOk { detail: detail()? },
+        "error" => Health::Error { detail: detail()? },
+        other => bail!("health must be ok, not-ok or error, found {other:?}"),
+    };
+    let metrics = match text(record, cols.metrics_error, "metrics_error")? {
+        Some(e) => Err(e.to_string()),
+        None => {
+            let mut f = [None; 8];
+            for (slot, (at, col)) in f.iter_mut().zip(cols.figures.iter().zip(&HEADER[4..12])) {
+                *slot = figure(record, *at, col)?;
+            }
+            let [requests_total, hash_requests_total, extraction_failures_total, errors_total, low_confidence_queue, memory_percent, cpu_percent, disk_percent] =
+                f;
+            Ok(Metrics {
+                requests_total,
+                hash_requests_total,
+                extraction_failures_total,
+                errors_total,
+                low_confidence_queue,
+                memory_percent,
+                cpu_percent,
+                disk_percent,
+                hash_time_buckets: match text(record, cols.hash_time_buckets, "hash_time_buckets")?
+                {
+                    None => None,
+                    Some(s) => Some(parse_buckets(s)?),
+                },
+                hash_time_ms: match text(record, cols.hash_time_ms, "hash_time_ms")? {
+                    None => None,
+                    Some(s) => Some(parse_observations(s)?),
+                },
+            })
+        }
+    };
+    Ok(Sample {
+        t_ms,
+        health,
+        metrics,
+    })
 }
 
 /// Writes samples as CSV (used by tests and the benchmark generator).
