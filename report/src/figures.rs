@@ -745,6 +745,47 @@ fn watch_figures(watches: &[WatchRow]) -> Vec<Figure> {
 mod tests {
     use super::*;
 
+    fn row(by: Option<&str>, secs: Option<f64>) -> IncidentRow {
+        IncidentRow {
+            release: None,
+            result: "rolled-back".into(),
+            gate: None,
+            detected: None,
+            rollback_started: None,
+            resolved: None,
+            mttr_seconds: None,
+            rollback: None,
+            incident_record: None,
+            events: None,
+            note: None,
+            acknowledged_by: by.map(str::to_string),
+            acknowledged_at: None,
+            ack_seconds: secs,
+            escalation_level: None,
+        }
+    }
+
+    #[test]
+    fn ack_median_is_unavailable_not_zero_when_nothing_was_acked() {
+        let f = ack_figures(&[row(None, None), row(None, None)]);
+        assert_eq!(
+            (f[0].name, f[0].value),
+            ("incidents_unacknowledged", Some(2.0))
+        );
+        assert_eq!((f[1].name, f[1].value), ("ack_median_seconds", None));
+        assert!(f[1]
+            .why
+            .as_deref()
+            .is_some_and(|w| w.contains("acknowledged")));
+        let f = ack_figures(&[
+            row(Some("a"), Some(30.0)),
+            row(Some("b"), Some(10.0)),
+            row(None, None),
+        ]);
+        assert_eq!(f[0].value, Some(1.0));
+        assert_eq!(f[1].value, Some(20.0));
+    }
+
     fn ev(line: &str) -> WatchEvent {
         serde_json::from_str(line).expect("event")
     }

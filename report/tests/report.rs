@@ -212,6 +212,7 @@ fn figures_match_the_history_the_tools_recorded() {
         table.contains(&format!("acked by alice at {}", ack.at)),
         "{table}"
     );
+    eprintln!("report.incident: {row}\n{table}");
 
     let bad = named(&d2, "deploy.healthy")[0]["release"]
         .as_str()
@@ -721,6 +722,7 @@ fn an_empty_history_says_which_figures_cannot_be_derived() {
         "deployment_success_ratio",
         "mttr_mean_seconds",
         "false_positive_ratio",
+        "ack_median_seconds",
     ] {
         assert!(unavailable.contains(&f), "{f} unavailable: {unavailable:?}");
     }
