@@ -1035,3 +1035,90 @@ fn a_rerun_over_the_same_events_does_not_escalate_again() {
     assert_eq!(p.state()["level"], 2);
     assert_eq!(p.ledger("escalation").len(), 1);
 }
+
+/// The escalation's notices that reached the Slack stand-in.
+fn escalation_notices(hook: &Receiver) -> usize {
+    hook.requests()
+        .iter()
+        .filter(|q| q.body_text().contains("Escalated to level 2"))
+        .count()
+}
+
+#[test]
+fn a_kill_between_saving_an_escalation_and_sending_it_loses_no_notice_and_sends_it_once() {
+    let hook = Receiver::start(vec![Reply::text(200, "ok")]);
+    let url = hook.url_with("/services/T0/B0/x");
+    let slack = [("SLACK_WEBHOOK_URL", url.as_str())];
+    let crash = [
+        ("SLACK_WEBHOOK_URL", url.as_str()),
+        ("DHASH_TEST_CRASH_AT", "notify-escalation-saved"),
+    ];
+    let warn = |p: &Project, i: i64, vars: &[(&str, &str)]| {
+        let msg = format!("queue high #{i}");
+        let args = ["--env", "staging", "--level", "warning", "--message", &msg];
+        p.run(&args, T0 + i * MIN, vars, None)
+    };
+    let p = Project::new();
+    warn(&p, 0, &slack).ok();
+    warn(&p, 5, &slack).ok();
+    // The 3rd warning escalates; the process dies after the save, before the send.
+    let r = warn(&p, 10, &crash);
+    assert_ne!(r.code, 0, "the crash point killed it: {}", r.stdout);
+    assert_eq!(escalation_notices(&hook), 0, "killed before the send");
+    let s = p.state();
+    assert_eq!(s["level"], 2);
+    assert_eq!(s["outbox"].as_array().map(Vec::len), Some(1), "{s}");
+    assert_eq!(s["outbox"][0]["raise"]["rule"], "warnings");
+
+    // The next run (here the timer's `notify escalate`) sends it, once.
+    let r = p
+        .run(
+            &["escalate", "--env", "staging"],
+            T0 + 11 * MIN,
+            &slack,
+            None,
+        )
+        .ok();
+    assert_eq!(escalation_notices(&hook), 1, "{}", r.stdout);
+    let raised = r.events("escalation.raised");
+    assert_eq!(raised.len(), 1, "{}", r.stdout);
+    assert_eq!(raised[0]["recovered"], true);
+    assert_eq!(raised[0]["level_number"], 2);
+    assert!(p.state().get("outbox").is_none(), "marked sent");
+    // A second run (and an ack) sends nothing more.
+    p.run(
+        &["escalate", "--env", "staging"],
+        T0 + 12 * MIN,
+        &slack,
+        None,
+    )
+    .ok();
+    p.run(
+        &["ack", "--env", "staging", "--by", "alice"],
+        T0 + 13 * MIN,
+        &slack,
+        None,
+    )
+    .ok();
+    assert_eq!(escalation_notices(&hook), 1);
+    assert_eq!(p.state()["level"], 1, "the ack brought it back");
+
+    // Without a kill, the raising run sends its notice once and a later run
+    // has nothing left to send.
+    let q = Project::new();
+    for i in [0, 5] {
+        warn(&q, i, &slack).ok();
+    }
+    let before = escalation_notices(&hook);
+    let r = warn(&q, 10, &slack).ok();
+    assert_eq!(r.events("escalation.raised")[0]["recovered"], false);
+    q.run(
+        &["escalate", "--env", "staging"],
+        T0 + 11 * MIN,
+        &slack,
+        None,
+    )
+    .ok();
+    assert_eq!(escalation_notices(&hook) - before, 1);
+    assert!(q.state().get("outbox").is_none());
+}

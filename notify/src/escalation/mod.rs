@@ -14,6 +14,12 @@
 //!   checks them first, and `notify escalate --env E` does only that, for
 //!   cron or the shipped systemd timer.
 //! - An auto-rollback notification reaches every configured channel.
+//! - Nothing lost: an escalation is saved with its notice unsent (the
+//!   state's outbox, [`state::Pending`]) in the same write that raises the
+//!   level, and marked sent under the lock once it is delivered or in the
+//!   fallback file. A run killed in between (crash point
+//!   `notify-escalation-saved`) leaves it to the next notify, `notify
+//!   escalate` or `notify ack`, which sends it first, once.
 //!
 //! The clock is [`crate::clock`] (`DHASH_NOW` for drills and tests).
 
@@ -107,8 +113,9 @@ pub fn after_alert(env: &EnvConfig, n: &Notification, title: &str, em: &Emitter)
             incident.as_deref(),
             id.as_deref(),
         )
+        .map(|raise| s.enqueue(raise))
     }) {
-        Ok(Some(raise)) => raised(env, &raise, em),
+        Ok(Some(pending)) => deliver(env, &pending, false, em),
         Ok(None) => {}
         Err(e) => em.human(&format!("escalation state not updated: {e:#}")),
     }
@@ -131,17 +138,52 @@ pub fn try_check_deadlines(env: &EnvConfig, em: &Emitter) -> anyhow::Result<Vec<
     if !env.escalation.configured {
         return Ok(Vec::new());
     }
+    flush_outbox(env, em)?;
     let now = clock::now_secs();
-    let raises = state::update(env, |s| rules::due(&env.escalation, s, now))?;
-    for r in &raises {
-        raised(env, r, em);
+    let pending = state::update(env, |s| {
+        let raises = rules::due(&env.escalation, s, now);
+        raises.into_iter().map(|r| s.enqueue(r)).collect::<Vec<_>>()
+    })?;
+    for p in &pending {
+        deliver(env, p, false, em);
     }
-    Ok(raises)
+    Ok(pending.into_iter().map(|p| p.raise).collect())
+}
+
+/// Sends every notice an earlier run saved but never sent (it was killed
+/// between the save and the send; see [`state::Pending`]); returns how many.
+pub fn flush_outbox(env: &EnvConfig, em: &Emitter) -> anyhow::Result<usize> {
+    if !env.escalation.configured || state::read(env)?.outbox.is_empty() {
+        return Ok(0);
+    }
+    let orphans = state::update(env, state::State::claim_orphans)?;
+    for p in &orphans {
+        deliver(env, p, true, em);
+    }
+    Ok(orphans.len())
+}
+
+/// An escalation saved with its notice unsent: announce and send it, then
+/// mark it sent under the lock. `recovered`: an earlier run saved it and
+/// died before sending.
+fn deliver(env: &EnvConfig, p: &state::Pending, recovered: bool, em: &Emitter) {
+    // A kill here is what the outbox is for: the next run sends it.
+    gates_core::crash::crash_point("notify-escalation-saved");
+    raised(env, &p.raise, p.id, recovered, em);
+    if let Err(e) = state::update(env, |s| s.sent(p.id)) {
+        em.human(&format!(
+            "escalation notice {} sent but not marked sent (a later run may send it again): {e:#}",
+            p.id
+        ));
+    }
 }
 
 /// An escalation: the event, the ledger record, the incident record's line
 /// and the notification to the new level's channels.
-fn raised(env: &EnvConfig, r: &Raise, em: &Emitter) {
+/// `notice` is its outbox id, in the event and the ledger record, so a
+/// record repeated by a recovery (a kill after the ledger append, before
+/// the send) is known as the same escalation; `recovered` says so.
+fn raised(env: &EnvConfig, r: &Raise, notice: u64, recovered: bool, em: &Emitter) {
     let level = env.escalation.level(r.to);
     let why = match r.rule {
         Rule::Warnings => format!(
@@ -171,7 +213,8 @@ fn raised(env: &EnvConfig, r: &Raise, em: &Emitter) {
     );
     let fields = json!({"level_number": r.to, "from": r.from, "level_name": level.name,
         "contacts": level.contacts, "channels": level.channels, "rule": r.rule.as_str(),
-        "alerts": r.alerts, "counted": r.counted, "incident": r.incident, "due_at": clock::rfc3339(r.at)});
+        "alerts": r.alerts, "counted": r.counted, "incident": r.incident, "due_at": clock::rfc3339(r.at),
+        "notice": notice, "recovered": recovered});
     em.emit(
         "escalation.raised",
         Level::Critical,
@@ -409,6 +452,10 @@ pub fn ack(
     resolve: bool,
     em: &Emitter,
 ) -> Result<Acked, AckError> {
+    // A notice an earlier run left unsent goes out first, ack or not.
+    if let Err(e) = flush_outbox(env, em) {
+        em.human(&format!("unsent escalation notices not sent: {e:#}"));
+    }
     let at = clock::rfc3339(clock::now_secs());
     let acked = state::update(env, |s| -> Result<Acked, AckError> {
         let id = match incident {

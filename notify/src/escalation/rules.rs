@@ -12,7 +12,8 @@ use gates_core::Level;
 use super::state::{AlertSeen, IncidentState, State};
 
 /// Which rule raised the level.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Rule {
     Warnings,
     Criticals,
@@ -29,8 +30,9 @@ impl Rule {
     }
 }
 
-/// One escalation to act on: tell level `to`.
-#[derive(Debug, Clone, PartialEq)]
+/// One escalation to act on: tell level `to` (kept in the state's outbox
+/// until its notice is sent).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Raise {
     pub from: u32,
     pub to: u32,

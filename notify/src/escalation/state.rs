@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 use gates_core::config::EnvConfig;
 use gates_core::Level;
 
+use super::rules::Raise;
+
 pub const STATE_FILE: &str = "escalation.json";
 
 /// One alert notify handled (titles are redacted before they get here).
@@ -95,6 +97,71 @@ pub struct State {
     pub history: Vec<Escalated>,
     #[serde(default)]
     pub incidents: BTreeMap<String, IncidentState>,
+    /// Escalations whose notice is not yet sent (see [`Pending`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outbox: Vec<Pending>,
+    /// The id the next outbox entry gets.
+    #[serde(default)]
+    pub next_notice: u64,
+}
+
+/// The outbox: an escalation is saved together with its notice, unsent, in
+/// the same atomic write that raises the level, so a kill -9 between that
+/// write and the send cannot lose the notice. After the send (delivered, or
+/// in the fallback file) the entry is removed under the lock: that is
+/// "marked sent". Every later notify, `notify escalate` and `notify ack`
+/// first sends what is left.
+///
+/// Act once: `claimed_by` is the pid sending it. The raising process claims
+/// its notice in the write that saves it, and a later run takes over only a
+/// notice whose claimant is gone, so in the normal path the notice is sent
+/// exactly once. A crash after the send and before the mark can repeat it
+/// (at least once, never lost).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pending {
+    pub id: u64,
+    pub raise: Raise,
+    #[serde(default)]
+    pub claimed_by: Option<u32>,
+}
+
+impl State {
+    /// Saves `raise` in the outbox, claimed by this process.
+    pub fn enqueue(&mut self, raise: Raise) -> Pending {
+        self.next_notice += 1;
+        let p = Pending {
+            id: self.next_notice,
+            raise,
+            claimed_by: Some(std::process::id()),
+        };
+        self.outbox.push(p.clone());
+        p
+    }
+
+    /// Claims for this process every unsent notice whose claimant is gone.
+    pub fn claim_orphans(&mut self) -> Vec<Pending> {
+        let me = std::process::id();
+        let mut out = Vec::new();
+        for p in self.outbox.iter_mut() {
+            if p.claimed_by.is_some_and(alive) {
+                continue;
+            }
+            p.claimed_by = Some(me);
+            out.push(p.clone());
+        }
+        out
+    }
+
+    /// Marks the notice `id` sent.
+    pub fn sent(&mut self, id: u64) {
+        self.outbox.retain(|p| p.id != id);
+    }
+}
+
+/// Whether a process `pid` runs (its `/proc` entry; without `/proc`, none
+/// is taken for alive: a notice may then be sent twice, never lost).
+fn alive(pid: u32) -> bool {
+    Path::new("/proc/self").exists() && Path::new(&format!("/proc/{pid}")).exists()
 }
 
 impl State {
@@ -166,4 +233,41 @@ fn lock(p: &Path) -> anyhow::Result<std::fs::File> {
     file.lock()
         .with_context(|| format!("locking {}", lock_path.display()))?;
     Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::rules::Rule;
+    use super::*;
+
+    fn raise() -> Raise {
+        Raise {
+            from: 1,
+            to: 2,
+            rule: Rule::Warnings,
+            alerts: vec!["a".into()],
+            counted: 1,
+            incident: None,
+            at: 0.0,
+        }
+    }
+
+    #[test]
+    fn a_live_claimant_keeps_its_notice_and_a_gone_one_hands_it_over() {
+        let mut s = State::default();
+        let mine = s.enqueue(raise());
+        // Claimed by this (live) process: no other run takes it.
+        assert!(s.claim_orphans().is_empty());
+        s.outbox[0].claimed_by = Some(u32::MAX);
+        let taken = s.claim_orphans();
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].claimed_by, Some(std::process::id()));
+        // Round trip: the outbox survives the file.
+        let back: State = serde_json::from_slice(&serde_json::to_vec(&s).expect("json"))
+            .expect("state reads back");
+        assert_eq!(back.outbox, s.outbox);
+        s.sent(mine.id);
+        assert!(s.outbox.is_empty());
+        assert_eq!(s.enqueue(raise()).id, mine.id + 1);
+    }
 }
