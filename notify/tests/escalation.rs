@@ -1083,6 +1083,7 @@ fn a_kill_between_saving_an_escalation_and_sending_it_loses_no_notice_and_sends_
     let raised = r.events("escalation.raised");
     assert_eq!(raised.len(), 1, "{}", r.stdout);
     assert_eq!(raised[0]["recovered"], true);
+    assert_eq!(r.events("escalation.checked")[0]["recovered"], 1);
     assert_eq!(raised[0]["level_number"], 2);
     assert!(p.state().get("outbox").is_none(), "marked sent");
     // A second run (and an ack) sends nothing more.

@@ -9,7 +9,7 @@ use gates_core::exit::{Exit, ToolError};
 use gates_core::project::Project;
 use gates_core::{Emitter, Level};
 
-use super::{ack, state, try_check_deadlines, AckError, Acked};
+use super::{ack, flush_outbox, state, try_check_deadlines, AckError, Acked};
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum EscalationCommand {
@@ -107,6 +107,13 @@ pub fn run(cmd: EscalationCommand) -> anyhow::Result<Exit> {
             let env = project.env(&env_name(&a.env))?;
             let em = Emitter::stdout("notify", &env.name, a.verbose);
             gates_core::event::pump_stdin(&em, |_| {});
+            // Notices an earlier run saved and never sent go first (the outbox).
+            let recovered = flush_outbox(env, &em).map_err(|e| {
+                ToolError::new(
+                    Exit::Failed,
+                    e.context("unsent escalation notices not sent"),
+                )
+            })?;
             let raised = try_check_deadlines(env, &em)
                 .map_err(|e| ToolError::new(Exit::Failed, e.context("deadlines not checked")))?;
             let open = state::read(env)
@@ -116,10 +123,15 @@ pub fn run(cmd: EscalationCommand) -> anyhow::Result<Exit> {
                 "escalation.checked",
                 Level::Info,
                 format!(
-                    "{} escalation(s) raised; {open} incident(s) awaiting acknowledgement",
-                    raised.len()
+                    "{} escalation(s) raised{}; {open} incident(s) awaiting acknowledgement",
+                    raised.len(),
+                    if recovered > 0 {
+                        format!("; {recovered} unsent notice(s) of an earlier run sent")
+                    } else {
+                        String::new()
+                    }
                 ),
-                json!({"raised": raised.len(), "open_incidents": open,
+                json!({"raised": raised.len(), "recovered": recovered, "open_incidents": open,
                        "state": state::path(env).display().to_string()}),
             );
             Ok(Exit::Ok)
