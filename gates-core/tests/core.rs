@@ -547,7 +547,10 @@ fn shipped_topology_has_local_staging_and_production() {
     assert_eq!(s.metrics_url, "http://127.0.0.1:3001/metrics");
     assert_eq!(s.monitor.duration, Duration::from_secs(1800));
     let e = t.env("qa").expect_err("unknown");
-    assert!(e.message.contains("known: fleet, production, staging"), "{e}");
+    assert!(
+        e.message.contains("known: fleet, production, staging"),
+        "{e}"
+    );
     assert!(t
         .check_placeholders("production")
         .expect("no placeholders")
