@@ -104,38 +104,54 @@ impl Journal {
     /// The journal an interrupted deploy left behind, if any. An unreadable
     /// one is reported as an error (it never is, being written atomically).
     pub fn load(env: &EnvConfig) -> anyhow::Result<Option<Journal>> {
-        let path = Self::path(env);
-        match fs::read_to_string(&path) {
-            Ok(text) => {
-                Ok(Some(serde_json::from_str(&text).with_context(|| {
-                    format!("{}: invalid JSON", path.display())
-                })?))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(anyhow::anyhow!("reading {}: {e}", path.display())),
-        }
+        read_journal(&Self::path(env))
     }
 
     /// Records `step` (atomically) before it runs.
     pub fn step(&mut self, env: &EnvConfig, step: Step) -> anyhow::Result<()> {
         self.step = step;
         self.updated_at = now();
-        write_atomic(
-            &Self::path(env),
-            format!("{}\n", serde_json::to_string_pretty(self)?).as_bytes(),
-        )
+        write_journal(&Self::path(env), self)
     }
 
     pub fn remove(env: &EnvConfig) -> anyhow::Result<()> {
-        let path = Self::path(env);
-        match fs::remove_file(&path) {
-            Ok(()) => {
-                gates_core::fsutil::fsync_dir(&env.install_root).ok();
-                Ok(())
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(anyhow::anyhow!("removing {}: {e}", path.display())),
+        remove_journal(&Self::path(env), &env.install_root)
+    }
+}
+
+/// A journal file an interrupted change left behind, if any (the deploy's
+/// and the fleet's). An unreadable one is an error: it is written atomically.
+pub(crate) fn read_journal<T: serde::de::DeserializeOwned>(
+    path: &Path,
+) -> anyhow::Result<Option<T>> {
+    match fs::read_to_string(path) {
+        Ok(text) => {
+            Ok(Some(serde_json::from_str(&text).with_context(|| {
+                format!("{}: invalid JSON", path.display())
+            })?))
         }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(anyhow::anyhow!("reading {}: {e}", path.display())),
+    }
+}
+
+/// Writes a journal atomically, before the change it names.
+pub(crate) fn write_journal<T: serde::Serialize>(path: &Path, journal: &T) -> anyhow::Result<()> {
+    write_atomic(
+        path,
+        format!("{}\n", serde_json::to_string_pretty(journal)?).as_bytes(),
+    )
+}
+
+/// Removes a finished journal; its directory is synced so the removal holds.
+pub(crate) fn remove_journal(path: &Path, dir: &Path) -> anyhow::Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => {
+            gates_core::fsutil::fsync_dir(dir).ok();
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(anyhow::anyhow!("removing {}: {e}", path.display())),
     }
 }
 

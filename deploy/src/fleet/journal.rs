@@ -11,7 +11,6 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use gates_core::config::EnvConfig;
-use gates_core::fsutil::write_atomic;
 use serde::{Deserialize, Serialize};
 
 pub const FLEET_JOURNAL: &str = "fleet.journal.json";
@@ -53,16 +52,7 @@ impl FleetJournal {
     }
 
     pub fn load(env: &EnvConfig) -> anyhow::Result<Option<FleetJournal>> {
-        let path = Self::path(env);
-        match fs::read_to_string(&path) {
-            Ok(text) => {
-                Ok(Some(serde_json::from_str(&text).with_context(|| {
-                    format!("{}: invalid JSON", path.display())
-                })?))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(anyhow::anyhow!("reading {}: {e}", path.display())),
-        }
+        crate::state::read_journal(&Self::path(env))
     }
 
     /// Writes the journal (atomically) before the change it names.
@@ -71,21 +61,10 @@ impl FleetJournal {
         self.updated_at = gates_core::event::now_rfc3339();
         fs::create_dir_all(&env.install_root)
             .with_context(|| format!("creating {}", env.install_root.display()))?;
-        write_atomic(
-            &Self::path(env),
-            format!("{}\n", serde_json::to_string_pretty(self)?).as_bytes(),
-        )
+        crate::state::write_journal(&Self::path(env), self)
     }
 
     pub fn remove(env: &EnvConfig) -> anyhow::Result<()> {
-        let path = Self::path(env);
-        match fs::remove_file(&path) {
-            Ok(()) => {
-                gates_core::fsutil::fsync_dir(&env.install_root).ok();
-                Ok(())
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(anyhow::anyhow!("removing {}: {e}", path.display())),
-        }
+        crate::state::remove_journal(&Self::path(env), &env.install_root)
     }
 }
