@@ -139,6 +139,25 @@ pub struct Lookup<'a> {
     pub find_sendmail: &'a dyn Fn(&str) -> Result<PathBuf, String>,
 }
 
+/// An on-call API's key and endpoint (PagerDuty, Opsgenie): the key from
+/// `key_var`, hidden by its value (the names carry no secret marker), and
+/// the endpoint from `url_var` or `default_url`, which must be http(s).
+fn keyed_config(
+    env: &Lookup<'_>,
+    (key_var, url_var, default_url): (&str, &str, &str),
+    target: impl FnOnce(String, String) -> Target,
+) -> Config {
+    let Some(key) = (env.var)(key_var) else {
+        return Config::Missing(format!("{key_var} is not set"));
+    };
+    gates_core::redact::add_secret(&key);
+    let url = (env.var)(url_var).unwrap_or_else(|| default_url.to_string());
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        return Config::Invalid(format!("{url_var} is not an http(s) URL"));
+    }
+    Config::Ready(target(key, url))
+}
+
 /// One channel: its settings, its payload, and what its answer means. The
 /// retry loop is not here: every integration goes through [`crate::deliver::run`].
 pub trait Integration: Sync {

@@ -32,15 +32,8 @@ impl Integration for Opsgenie {
     }
 
     fn configure(&self, env: &Lookup<'_>) -> Config {
-        let Some(key) = (env.var)("OPSGENIE_API_KEY") else {
-            return Config::Missing("OPSGENIE_API_KEY is not set".into());
-        };
-        gates_core::redact::add_secret(&key);
-        let url = (env.var)("OPSGENIE_API_URL").unwrap_or_else(|| DEFAULT_URL.to_string());
-        if !(url.starts_with("https://") || url.starts_with("http://")) {
-            return Config::Invalid("OPSGENIE_API_URL is not an http(s) URL".into());
-        }
-        Config::Ready(Target::Keyed {
+        let vars = ("OPSGENIE_API_KEY", "OPSGENIE_API_URL", DEFAULT_URL);
+        super::keyed_config(env, vars, |key, url| Target::Keyed {
             url: url.trim_end_matches('/').to_string(),
             key,
         })

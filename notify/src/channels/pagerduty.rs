@@ -63,16 +63,8 @@ impl Integration for PagerDuty {
     }
 
     fn configure(&self, env: &Lookup<'_>) -> Config {
-        let Some(key) = (env.var)("PAGERDUTY_ROUTING_KEY") else {
-            return Config::Missing("PAGERDUTY_ROUTING_KEY is not set".into());
-        };
-        // The name carries no secret marker: hide the key by its value.
-        gates_core::redact::add_secret(&key);
-        let url = (env.var)("PAGERDUTY_EVENTS_URL").unwrap_or_else(|| DEFAULT_URL.to_string());
-        if !(url.starts_with("https://") || url.starts_with("http://")) {
-            return Config::Invalid("PAGERDUTY_EVENTS_URL is not an http(s) URL".into());
-        }
-        Config::Ready(Target::Keyed { url, key })
+        let vars = ("PAGERDUTY_ROUTING_KEY", "PAGERDUTY_EVENTS_URL", DEFAULT_URL);
+        super::keyed_config(env, vars, |key, url| Target::Keyed { url, key })
     }
 
     fn payload(&self, r: &Rendered, dedup_key: Option<&str>) -> Value {
