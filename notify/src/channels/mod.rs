@@ -286,6 +286,34 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn on_call_keys_and_endpoints_are_checked() {
+        let missing = vars(&[("PAGERDUTY_EVENTS_URL", "https://events.example")]);
+        assert_eq!(
+            configure_with(Channel::PagerDuty, &missing),
+            Config::Missing("PAGERDUTY_ROUTING_KEY is not set".into())
+        );
+        let bad = vars(&[
+            ("OPSGENIE_API_KEY", "og-key-123"),
+            ("OPSGENIE_API_URL", "ftp://api.example"),
+        ]);
+        assert_eq!(
+            configure_with(Channel::Opsgenie, &bad),
+            Config::Invalid("OPSGENIE_API_URL is not an http(s) URL".into())
+        );
+        let good = vars(&[
+            ("OPSGENIE_API_KEY", "og-key-123"),
+            ("OPSGENIE_API_URL", "https://api.eu.example/"),
+        ]);
+        assert_eq!(
+            configure_with(Channel::Opsgenie, &good),
+            Config::Ready(Target::Keyed {
+                url: "https://api.eu.example".into(),
+                key: "og-key-123".into()
+            })
+        );
+    }
+
+    #[test]
     fn secrets_only_from_named_variables() {
         let v = vars(&[("SLACK_WEBHOOK_URL", "https://hooks.example/x")]);
         assert_eq!(
