@@ -610,6 +610,13 @@ pub struct Evaluator {
     max_window_ms: i64,
     /// Per gate: the baseline a baseline-relative gate compares with.
     baselines: Vec<Option<Arc<Baseline>>>,
+    /// The last sample's decisions, one per gate, kept so that
+    /// [`Evaluator::observe_in_place`] reuses them (and their gate names).
+    decisions: Vec<Decision>,
+    /// Rows that left the window, kept for their bucket vectors' memory.
+    spare_buckets: Vec<Vec<Bucket>>,
+    /// A percentile's bucket increases, reused from one decision to the next.
+    scratch: Vec<Bucket>,
 }
 
 impl Evaluator {
@@ -626,6 +633,9 @@ impl Evaluator {
             last_health_detail: String::new(),
             max_window_ms,
             baselines: Vec::new(),
+            decisions: Vec::new(),
+            spare_buckets: Vec::new(),
+            scratch: Vec::new(),
         }
     }
 
@@ -672,11 +682,20 @@ impl Evaluator {
             Figure::NoData(why) => Outcome::no_data(Reason::Figure(why.clone())),
             Figure::Error(why) => Outcome::error(Reason::Figure(why.clone())),
         };
-        Some(self.finish(i, &g, outcome, t_ms))
+        let mut d = self.finish(i, &g, outcome, t_ms);
+        d.gate = g.name;
+        Some(d)
     }
 
     /// Takes one sample (in time order) and returns one decision per gate.
     pub fn observe(&mut self, sample: &Sample) -> Vec<Decision> {
+        self.observe_in_place(sample).to_vec()
+    }
+
+    /// As [`Evaluator::observe`], but the decisions are lent from a buffer
+    /// the evaluator reuses: a replay of millions of samples then allocates
+    /// no vector and no gate name per sample.
+    pub fn observe_in_place(&mut self, sample: &Sample) -> &[Decision] {
         match &sample.health {
             Health::Ok => self.health_failures = 0,
             Health::NotOk { detail } | Health::Error { detail } => {
@@ -690,13 +709,24 @@ impl Evaluator {
         // The specs are moved out while deciding so each gate can be read
         // while the evaluator's state is updated, without cloning them.
         let gates = std::mem::take(&mut self.gates);
-        let decisions = gates
-            .iter()
-            .enumerate()
-            .map(|(i, g)| self.decide(i, g, sample))
-            .collect();
+        let mut decisions = std::mem::take(&mut self.decisions);
+        for (i, g) in gates.iter().enumerate() {
+            let mut d = self.decide(i, g, sample);
+            match decisions.get_mut(i) {
+                // The gate's name moves over from its previous decision.
+                Some(prev) => {
+                    d.gate = std::mem::take(&mut prev.gate);
+                    *prev = d;
+                }
+                None => {
+                    d.gate = g.name.clone();
+                    decisions.push(d);
+                }
+            }
+        }
         self.gates = gates;
-        decisions
+        self.decisions = decisions;
+        &self.decisions
     }
 
     fn push_row(&mut self, t_ms: i64, m: &Metrics) {
@@ -709,12 +739,13 @@ impl Evaluator {
             .as_ref()
             .filter(|b| !b.is_empty())
             .map(|b| {
-                let les: Vec<f64> = b.iter().map(|x| x.le).collect();
-                let same_layout = matches!(&self.bucket_state, Some((l, _)) if *l == les);
+                let same_layout = matches!(&self.bucket_state,
+                    Some((l, _)) if l.len() == b.len() && l.iter().zip(b).all(|(le, x)| *le == x.le));
                 if !same_layout {
                     // A new bucket layout cannot be subtracted from the old one:
                     // windows restart from here.
                     self.bucket_epoch += 1;
+                    let les = b.iter().map(|x| x.le).collect();
                     self.bucket_state = Some((les, vec![Corrected::default(); b.len()]));
                 }
                 let (_, state) = self
@@ -724,20 +755,18 @@ impl Evaluator {
                     (Some(prev), Some(now)) => now.count < prev,
                     _ => false,
                 };
-                let corrected = b
-                    .iter()
-                    .zip(state.iter_mut())
-                    .map(|(x, c)| {
-                        if total_went_down {
-                            // A histogram resets as a whole: count every bucket from zero.
-                            c.last_raw = Some(0.0);
-                        }
-                        Bucket {
-                            le: x.le,
-                            count: c.push(x.count),
-                        }
-                    })
-                    .collect();
+                let mut corrected = self.spare_buckets.pop().unwrap_or_default();
+                corrected.clear();
+                corrected.extend(b.iter().zip(state.iter_mut()).map(|(x, c)| {
+                    if total_went_down {
+                        // A histogram resets as a whole: count every bucket from zero.
+                        c.last_raw = Some(0.0);
+                    }
+                    Bucket {
+                        le: x.le,
+                        count: c.push(x.count),
+                    }
+                }));
                 (self.bucket_epoch, corrected)
             });
         self.rows.push_back(Row {
@@ -749,7 +778,13 @@ impl Evaluator {
         // Keep exactly one row at or before the oldest cutoff any gate needs.
         let cutoff = t_ms - self.max_window_ms;
         while self.rows.len() >= 2 && self.rows[1].t_ms <= cutoff {
-            self.rows.pop_front();
+            if let Some(Row {
+                buckets: Some((_, spare)),
+                ..
+            }) = self.rows.pop_front()
+            {
+                self.spare_buckets.push(spare);
+            }
         }
     }
 
@@ -778,7 +813,12 @@ impl Evaluator {
                 Err(e) => Outcome::error(Reason::MetricsProbeFailed(e.clone())),
                 Ok(m) => match g.kind {
                     GateKind::Ratio => self.ratio(g, sample.t_ms),
-                    GateKind::Percentile => self.percentile(g, sample.t_ms),
+                    GateKind::Percentile => {
+                        let mut scratch = std::mem::take(&mut self.scratch);
+                        let o = self.percentile(g, sample.t_ms, &mut scratch);
+                        self.scratch = scratch;
+                        o
+                    }
                     GateKind::Instant => instant(g, m),
                     GateKind::Sustained => self.sustained(i, g, m, sample.t_ms),
                     GateKind::Consecutive => unreachable_consecutive(),
@@ -984,7 +1024,8 @@ impl Evaluator {
             }
         };
         Decision {
-            gate: g.name.clone(),
+            // Named by the caller: observe_in_place reuses the name it has.
+            gate: String::new(),
             status,
             value: o.value,
             threshold: g.threshold,
@@ -1077,7 +1118,8 @@ impl Evaluator {
         )
     }
 
-    fn percentile(&self, g: &GateSpec, now_ms: i64) -> Outcome {
+    /// `deltas` is scratch space for the window's bucket increases.
+    fn percentile(&self, g: &GateSpec, now_ms: i64, deltas: &mut Vec<Bucket>) -> Outcome {
         let Some(now) = self.rows.back().filter(|r| r.t_ms == now_ms) else {
             return Outcome::error(Reason::NoMetricsThisPoll);
         };
@@ -1109,16 +1151,13 @@ impl Evaluator {
             if e0 != epoch {
                 return Outcome::new(Status::Pending, None, Reason::HistogramLayoutChanged);
             }
-            let deltas: Vec<Bucket> = b1
-                .iter()
-                .zip(b0)
-                .map(|(a, b)| Bucket {
-                    le: a.le,
-                    count: a.count - b.count,
-                })
-                .collect();
+            deltas.clear();
+            deltas.extend(b1.iter().zip(b0).map(|(a, b)| Bucket {
+                le: a.le,
+                count: a.count - b.count,
+            }));
             let total = deltas.last().map_or(0.0, |b| b.count);
-            return outcome(histogram_quantile(q, &deltas), total, true);
+            return outcome(histogram_quantile(q, deltas), total, true);
         }
         // No histogram: raw observations of every row after the anchor.
         let mut obs: Vec<f64> = Vec::new();

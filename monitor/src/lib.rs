@@ -333,7 +333,12 @@ pub fn gates_summary(gates: &[GateSpec]) -> serde_json::Value {
 /// Per-gate counts of each status, the last status and the worst value.
 #[derive(Debug, Default, Clone)]
 pub struct Summary {
-    per_gate: std::collections::BTreeMap<String, GateTally>,
+    /// In the order the gates were first seen.
+    per_gate: Vec<(String, GateTally)>,
+    /// Where the next decision's gate is expected: decisions come in the
+    /// same gate order every sample, so a replay's millions of decisions
+    /// each cost one name comparison, not a search.
+    next: usize,
     pub samples: u64,
 }
 
@@ -353,14 +358,20 @@ struct GateTally {
 impl Summary {
     pub fn add(&mut self, d: &Decision) {
         use gates_core::gates::Status::*;
-        // Looked up before inserting: a replay adds millions of decisions,
-        // and cloning the name for each would dominate.
-        if !self.per_gate.contains_key(&d.gate) {
-            self.per_gate.insert(d.gate.clone(), GateTally::default());
-        }
-        let Some(t) = self.per_gate.get_mut(&d.gate) else {
-            return;
+        let expected = self
+            .per_gate
+            .get(self.next)
+            .is_some_and(|(n, _)| *n == d.gate);
+        let at = if expected {
+            self.next
+        } else if let Some(at) = self.per_gate.iter().position(|(n, _)| *n == d.gate) {
+            at
+        } else {
+            self.per_gate.push((d.gate.clone(), GateTally::default()));
+            self.per_gate.len() - 1
         };
+        self.next = (at + 1) % self.per_gate.len();
+        let t = &mut self.per_gate[at].1;
         match d.status {
             Ok => t.ok += 1,
             Pending => t.pending += 1,
@@ -381,7 +392,10 @@ impl Summary {
     }
 
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::to_value(&self.per_gate).unwrap_or_default()
+        // Keyed by gate name in name order, as readers of the summary expect.
+        let by_name: std::collections::BTreeMap<&str, &GateTally> =
+            self.per_gate.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        serde_json::to_value(by_name).unwrap_or_default()
     }
 
     /// The gates that never produced a decision (never `ok`, never
@@ -391,7 +405,7 @@ impl Summary {
         gates
             .iter()
             .filter_map(|g| {
-                let t = self.per_gate.get(&g.name);
+                let t = self.per_gate.iter().find(|(n, _)| *n == g.name).map(|(_, t)| t);
                 if t.is_some_and(|t| t.ok + t.violated > 0) {
                     return None;
                 }

@@ -51,14 +51,14 @@ pub fn run(
         }
         prev_t = sample.t_ms;
         summary.samples += 1;
-        let decisions = ev.observe(&sample);
+        let decisions = ev.observe_in_place(&sample);
         if let Some(out) = csv_out.as_mut() {
-            out.row(sample.t_ms, &decisions)?;
+            out.row(sample.t_ms, decisions)?;
         }
-        for (i, d) in decisions.into_iter().enumerate() {
-            summary.add(&d);
+        for (i, d) in decisions.iter().enumerate() {
+            summary.add(d);
             if shown.show(i, d.status) {
-                emit_decision(em, &d);
+                emit_decision(em, d);
             }
         }
     }

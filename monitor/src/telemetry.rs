@@ -157,7 +157,7 @@ fn parse_buckets(s: &str) -> anyhow::Result<Vec<Bucket>> {
                 .split_once(':')
                 .ok_or_else(|| anyhow!("hash_time_buckets: {pair:?} is not le:count"))?;
             if let (Some(le), Some(count)) = (
-                plain_decimal(le.as_bytes()).or((le == "inf").then_some(f64::INFINITY)),
+                plain_decimal(le.as_bytes()).or_else(|| (le == "inf").then_some(f64::INFINITY)),
                 plain_decimal(count.as_bytes()),
             ) {
                 out.push(Bucket { le, count });
