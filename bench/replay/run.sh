@@ -4,11 +4,12 @@
 # and a lazy, multi-threaded polars one -- on 72 h of 1-second telemetry and
 # on a 10-million-sample file, in one run. All three must agree on every
 # decision. Prints times and peak memory side by side, and the ratios.
-#   bench/replay/run.sh [SAMPLES_LARGE]   (default 10000000)
+#   [RUNS=3] bench/replay/run.sh [SAMPLES_LARGE]   (default 10000000)
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
 large=${1:-10000000}
+runs=${RUNS:-3}
 work=$(mktemp -d "${TMPDIR:-/tmp}/dhash-replay-bench.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
@@ -25,10 +26,19 @@ for spec in "72h:259200" "large:$large"; do
   echo "== $name: generating $n samples (1 s apart)" >&2
   "$bin/examples/gen_telemetry" "$n" 1000 42 "$csv"
   ls -l "$csv" >&2
-  # Timed runs: decisions evaluated, summary printed (no per-decision output).
-  python3 "$here/../measure.py" "rust:$name" -- "$bin/monitor_dhash" --env production --replay "$csv" --decisions summary 2>>"$results" >/dev/null
-  python3 "$here/../measure.py" "pandas:$name" -- python3 "$here/pandas_gates.py" "$csv" 2>>"$results"
-  python3 "$here/../measure.py" "polars:$name" -- python3 "$here/polars_gates.py" "$csv" 2>>"$results"
+  # Each timed run starts with the file written out and in the page cache:
+  # otherwise the first tool pays for the generator's writeback and the one
+  # after pandas (17 GB at 10 M samples) for the cache pandas evicted. The
+  # three tools take turns, $runs rounds, and each is given by its median:
+  # this shared 2-core machine varies by up to 2x from one minute to the next.
+  sync
+  warm() { cat "$csv" >/dev/null; }
+  for _ in $(seq "$runs"); do
+    # Timed runs: decisions evaluated, summary printed (no per-decision output).
+    warm; python3 "$here/../measure.py" "rust:$name" -- "$bin/monitor_dhash" --env production --replay "$csv" --decisions summary 2>>"$results" >/dev/null
+    warm; python3 "$here/../measure.py" "pandas:$name" -- python3 "$here/pandas_gates.py" "$csv" 2>>"$results"
+    warm; python3 "$here/../measure.py" "polars:$name" -- python3 "$here/polars_gates.py" "$csv" 2>>"$results"
+  done
   # Agreement: every decision of rust against each baseline (so all three agree).
   "$bin/monitor_dhash" --env production --replay "$csv" --decisions summary --decisions-csv "$work/$name.rust.csv" >/dev/null
   echo "-- $name: pandas vs rust" >&2
@@ -38,16 +48,25 @@ for spec in "72h:259200" "large:$large"; do
 done
 
 python3 - "$results" <<'PY'
-import json, sys
+import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-by = {r["label"]: r for r in rows}
-print(f"{'samples':<8}{'rust s':>9}{'pandas s':>10}{'polars s':>10}{'rust MB':>9}{'pandas MB':>11}{'polars MB':>11}"
+def runs(label):
+    return [r for r in rows if r["label"] == label]
+def median(label, key):
+    xs = [r[key] for r in runs(label)]
+    return statistics.median(xs) if xs else None
+print("median of each tool's runs (min-max in brackets)")
+print(f"{'samples':<8}{'rust s':>18}{'pandas s':>24}{'polars s':>21}{'rust MB':>9}{'pandas MB':>11}{'polars MB':>11}"
       f"{'vs pandas':>11}{'vs polars':>11}")
 for name in ("72h", "large"):
-    r, p, q = (by.get(f"{tool}:{name}") for tool in ("rust", "pandas", "polars"))
-    if not (r and p and q):
+    tools = ("rust", "pandas", "polars")
+    secs = [median(f"{t}:{name}", "seconds") for t in tools]
+    mb = [median(f"{t}:{name}", "peak_rss_mb") for t in tools]
+    if None in secs:
         continue
-    print(f"{name:<8}{r['seconds']:>9.2f}{p['seconds']:>10.2f}{q['seconds']:>10.2f}"
-          f"{r['peak_rss_mb']:>9.1f}{p['peak_rss_mb']:>11.1f}{q['peak_rss_mb']:>11.1f}"
-          f"{p['seconds'] / r['seconds']:>10.1f}x{q['seconds'] / r['seconds']:>10.1f}x")
+    spread = [f"{s:.2f} [{min(r['seconds'] for r in runs(f'{t}:{name}')):.2f}-"
+              f"{max(r['seconds'] for r in runs(f'{t}:{name}')):.2f}]" for t, s in zip(tools, secs)]
+    print(f"{name:<8}{spread[0]:>18}{spread[1]:>24}{spread[2]:>21}"
+          f"{mb[0]:>9.1f}{mb[1]:>11.1f}{mb[2]:>11.1f}"
+          f"{secs[1] / secs[0]:>10.1f}x{secs[2] / secs[0]:>10.1f}x")
 PY
