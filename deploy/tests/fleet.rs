@@ -209,6 +209,15 @@ impl Fleet {
             .collect()
     }
 
+    /// Gives the fleet environment these quality gates in the project's
+    /// gates file (the copy of the repository's, which has none for it).
+    fn set_gates(&self, gates: Value) {
+        let path = self.tp.root().join(gates_core::project::GATES_FILE);
+        let mut doc: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+        doc["environments"]["fleet"] = json!({ "quality_gates": gates });
+        fs::write(&path, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+    }
+
     fn balancer(&self) -> Balancer {
         Balancer::start(
             self.envs
@@ -548,6 +557,10 @@ fn a_good_release_goes_through_every_wave_with_no_failed_request() {
     );
     assert_eq!(run.of("fleet.completed").len(), 1);
     assert!(!f.tp.root().join(".dhash/fleet/fleet.journal.json").exists());
+    // The repository's gates file has no section for the fleet: said once,
+    // and the judgments carry no gates.
+    assert_eq!(run.of("fleet.gates.missing").len(), 1);
+    assert!(judged[0]["judgment"].get("gates").is_none());
     assert_no_failed_request(load, &bal);
 }
 
@@ -766,4 +779,302 @@ fn a_rollout_killed_while_rolling_back_finishes_the_rollback_on_rerun() {
     assert_eq!(f.serving(), vec![release_id(&v1); 4]);
     assert!(!journal.exists());
     assert_no_failed_request(load, &bal);
+}
+
+// ------------------------------------------------------------ quality gates
+
+/// The seed's auto-rollback gates with windows every test bake covers,
+/// and an alert gate.
+fn short_gates() -> Value {
+    json!({
+        "health_failures": {"threshold": 2, "window_minutes": "5m", "action": "auto-rollback"},
+        "extraction_failure_rate": {"threshold": 5, "window_minutes": "500ms", "action": "auto-rollback"},
+        "p95_hash_time": {"threshold": 2000, "window_minutes": "500ms", "action": "auto-rollback"},
+        "low_confidence_queue": {"threshold": 1000, "window_minutes": 0, "action": "auto-rollback"},
+        "error_rate": {"threshold": 3, "window_minutes": "500ms", "action": "alert"}
+    })
+}
+
+/// v1 on every instance, then `tag` rolled out under load through the balancer.
+fn rollout_under_load(f: &Fleet, tag: &str, faults: &[(&str, &str)]) -> (PathBuf, PathBuf, Run) {
+    let v1 = bundle(&f.tp, "v1", &[]);
+    let new = bundle(&f.tp, tag, faults);
+    f.start_on(&v1);
+    let bal = f.balancer();
+    let load = Load::start(&f.tp, &bal.url());
+    std::thread::sleep(Duration::from_millis(500));
+    let run = f.deploy(tag, None);
+    let load = load.finish();
+    assert_no_failed_request(load, &bal);
+    (v1, new, run)
+}
+
+/// `(gate, instance)` of a wave judgment's `judged` or `not_judged` list.
+fn gate_list<'a>(judged: &'a Value, list: &str) -> Vec<(&'a str, &'a str, &'a str)> {
+    judged["judgment"]["gates"][list]
+        .as_array()
+        .unwrap_or_else(|| panic!("no judgment.gates.{list}: {judged}"))
+        .iter()
+        .map(|r| {
+            (
+                r["gate"].as_str().unwrap(),
+                r["instance"].as_str().unwrap(),
+                r["status"].as_str().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn every_wave_judges_the_quality_gates_on_each_moved_instance() {
+    let _serial = serial();
+    let f = Fleet::new();
+    f.set_gates(short_gates());
+    // A last bake of 1 s rather than 0.5 s: each instance then serves ~10
+    // requests inside the rate windows, so none is left with no data.
+    f.tp.edit_topology(|t| {
+        t["environments"]["fleet"]["rollout"]["waves"][2]["bake"] = json!("1s");
+    });
+    let (_, v2, run) = rollout_under_load(&f, "v2", &[]);
+    run.expect(0);
+    assert!(
+        run.of("fleet.gate.outlasts_bake").is_empty(),
+        "{}",
+        run.stdout
+    );
+    assert!(run.of("fleet.gates.missing").is_empty());
+    assert!(run.of("fleet.gate.violated").is_empty(), "{}", run.stdout);
+    let judged = run.of("fleet.wave.judged");
+    assert_eq!(judged.len(), 3);
+    let gates = [
+        "error_rate",
+        "extraction_failure_rate",
+        "health_failures",
+        "low_confidence_queue",
+        "p95_hash_time",
+    ];
+    for (w, moved) in [(0, 1), (1, 2), (2, 4)] {
+        let j = judged[w];
+        assert_eq!(j["judgment"]["verdict"], "pass", "{j}");
+        assert!(gate_list(j, "not_judged").is_empty(), "wave {}: {j}", w + 1);
+        let mut ok = gate_list(j, "judged");
+        ok.sort();
+        let mut want: Vec<(&str, &str, &str)> = gates
+            .iter()
+            .flat_map(|g| NAMES[..moved].iter().map(move |n| (*g, *n, "ok")))
+            .collect();
+        want.sort();
+        assert_eq!(
+            ok,
+            want,
+            "wave {}: every gate judged ok on every moved instance",
+            w + 1
+        );
+        assert!(
+            j["msg"].as_str().unwrap().contains("quality gates:"),
+            "{}",
+            j["msg"]
+        );
+    }
+    // The canary's extraction-failure figure was measured over real traffic.
+    let efr = judged[0]["judgment"]["gates"]["judged"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["gate"] == "extraction_failure_rate")
+        .unwrap();
+    assert_eq!(efr["value"], 0.0, "{efr}");
+    assert_eq!(efr["threshold"], 5.0, "{efr}");
+    assert_eq!(f.serving(), vec![release_id(&v2); 4]);
+    if std::env::var_os("FLEET_TEST_SHOW").is_some() {
+        eprintln!("{}", serde_json::to_string_pretty(judged[0]).unwrap());
+    }
+}
+
+#[test]
+fn an_auto_rollback_gate_violated_on_the_canary_fails_its_wave_and_rolls_back_only_it() {
+    let _serial = serial();
+    let f = Fleet::new();
+    f.set_gates(short_gates());
+    // 1500 items in the low-confidence queue at start: no request fails
+    // and none is slower, so only the queue gate can see it.
+    let v1 = bundle(&f.tp, "v1", &[]);
+    let bad = bundle(&f.tp, "v6flood", &[("low_confidence_flood", "1500")]);
+    f.start_on(&v1);
+    let before = f.pids();
+    let bal = f.balancer();
+    let load = Load::start(&f.tp, &bal.url());
+    std::thread::sleep(Duration::from_millis(500));
+    let run = f.deploy("v6flood", None);
+    // The gate ends the bake at its first poll: keep the load on a little
+    // longer, so the fleet is seen serving after the rollback too.
+    std::thread::sleep(Duration::from_millis(1500));
+    let load = load.finish();
+    run.expect(3);
+    let judged = run.of("fleet.wave.judged");
+    assert_eq!(judged.len(), 1, "only the canary wave ran");
+    let j = &judged[0]["judgment"];
+    assert_eq!(j["verdict"], "violation", "{j}");
+    let reason = j["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("quality gate low_confidence_queue (auto-rollback) violated on instance a: low_confidence_queue ")
+            && reason.contains("above the threshold 1000 items"),
+        "{reason}"
+    );
+    let hit = j["gates"]["judged"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["gate"] == "low_confidence_queue")
+        .unwrap();
+    assert_eq!(
+        (&hit["instance"], &hit["status"]),
+        (&json!("a"), &json!("violated"))
+    );
+    assert!(hit["value"].as_f64().unwrap() >= 1500.0, "{hit}");
+    let violated = run.of("fleet.gate.violated");
+    assert_eq!(violated.len(), 1, "{}", run.stdout);
+    assert_eq!(violated[0]["level"], "critical");
+    assert_eq!(
+        (
+            &violated[0]["gate"],
+            &violated[0]["instance"],
+            &violated[0]["threshold"]
+        ),
+        (&json!("low_confidence_queue"), &json!("a"), &json!(1000.0))
+    );
+    let failed = run.of("fleet.wave.failed");
+    assert!(failed[0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("low_confidence_queue"));
+    let back: Vec<&str> = run
+        .of("fleet.instance.rolled_back")
+        .iter()
+        .map(|e| e["instance"].as_str().unwrap())
+        .collect();
+    assert_eq!(back, vec!["a"], "only the canary is rolled back");
+    assert_eq!(f.serving(), vec![release_id(&v1); 4]);
+    let after = f.pids();
+    let bad_id = release_id(&bad);
+    for (i, env) in f.envs.iter().enumerate().skip(1) {
+        assert_eq!(after[i], before[i], "instance {} was restarted", NAMES[i]);
+        assert!(
+            !env.releases_dir().join(&bad_id).exists(),
+            "instance {} received the bad release",
+            NAMES[i]
+        );
+    }
+    assert_no_failed_request(load, &bal);
+    if std::env::var_os("FLEET_TEST_SHOW").is_some() {
+        eprintln!("{}", serde_json::to_string_pretty(judged[0]).unwrap());
+    }
+}
+
+#[test]
+fn a_gate_longer_than_the_bake_is_warned_before_anything_changes_and_never_passed() {
+    let _serial = serial();
+    let f = Fleet::new();
+    // The seed's production windows: 10 and 15 minutes, against bakes of
+    // seconds. Two waves keep the test short.
+    f.set_gates(json!({
+        "health_failures": {"threshold": 2, "window_minutes": 5, "action": "auto-rollback"},
+        "extraction_failure_rate": {"threshold": 5, "window_minutes": 10, "action": "auto-rollback"},
+        "p95_hash_time": {"threshold": 2000, "window_minutes": 15, "action": "auto-rollback"},
+        "low_confidence_queue": {"threshold": 1000, "window_minutes": 0, "action": "auto-rollback"},
+        "error_rate": {"threshold": 3, "window_minutes": 5, "action": "alert"}
+    }));
+    f.tp.edit_topology(|t| {
+        t["environments"]["fleet"]["rollout"]["waves"] =
+            json!([{"instances": 1, "bake": "2s"}, {"percent": 100, "bake": "500ms"}]);
+    });
+    let (_, v2, run) = rollout_under_load(&f, "v2", &[]);
+    run.expect(0);
+    let warned = run.of("fleet.gate.outlasts_bake");
+    let mut names: Vec<&str> = warned.iter().map(|e| e["gate"].as_str().unwrap()).collect();
+    names.sort();
+    // Auto-rollback gates only; the health and instant gates need no window.
+    assert_eq!(
+        names,
+        vec!["extraction_failure_rate", "p95_hash_time"],
+        "{}",
+        run.stdout
+    );
+    for e in &warned {
+        assert_eq!(e["level"], "warning");
+        assert_eq!(e["waves"], json!([1, 2]), "{e}");
+        assert_eq!(e["bakes_secs"], json!([2.0, 0.5]), "{e}");
+    }
+    // Warned before anything changed: ahead of the first drain.
+    let pos = |name: &str| run.events.iter().position(|e| e["event"] == name).unwrap();
+    assert!(pos("fleet.gate.outlasts_bake") < pos("fleet.instance.drained"));
+    let judged = run.of("fleet.wave.judged");
+    assert_eq!(judged.len(), 2);
+    for (j, moved) in judged.iter().zip([1usize, 4]) {
+        let not = gate_list(j, "not_judged");
+        let ok = gate_list(j, "judged");
+        for gate in ["extraction_failure_rate", "p95_hash_time", "error_rate"] {
+            let on: Vec<_> = not.iter().filter(|r| r.0 == gate).collect();
+            assert_eq!(
+                on.len(),
+                moved,
+                "{gate} not judged on each moved instance: {j}"
+            );
+            assert!(on.iter().all(|r| r.2 == "pending"), "{j}");
+            assert!(
+                !ok.iter().any(|r| r.0 == gate),
+                "{gate} counted as judged: {j}"
+            );
+        }
+        for gate in ["health_failures", "low_confidence_queue"] {
+            assert_eq!(
+                ok.iter().filter(|r| r.0 == gate && r.2 == "ok").count(),
+                moved,
+                "{j}"
+            );
+        }
+        let why = j["judgment"]["gates"]["not_judged"][0]["reason"]
+            .as_str()
+            .unwrap();
+        assert!(why.contains("window is longer than this wave's"), "{why}");
+        let msg = j["msg"].as_str().unwrap();
+        assert!(
+            msg.contains("not judged: error_rate, extraction_failure_rate, p95_hash_time"),
+            "{msg}"
+        );
+    }
+    assert_eq!(f.serving(), vec![release_id(&v2); 4]);
+}
+
+#[test]
+fn a_gates_file_that_does_not_load_refuses_the_rollout_before_anything_changes() {
+    let _serial = serial();
+    let f = Fleet::new();
+    // A rate is a percent: 500 is a typing mistake the bakes cannot judge by.
+    f.set_gates(json!({
+        "extraction_failure_rate": {"threshold": 500, "window_minutes": "500ms", "action": "auto-rollback"}
+    }));
+    let v1 = bundle(&f.tp, "v1", &[]);
+    for env in &f.envs {
+        testkit::install_bundle(env, &v1).unwrap();
+    }
+    bundle(&f.tp, "v2", &[]);
+    let run = f.deploy("v2", None);
+    run.expect(2);
+    assert!(
+        run.stderr
+            .contains("environments.fleet.quality_gates.extraction_failure_rate.threshold")
+            && run.stderr.contains("nothing was changed"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.of("fleet.started").is_empty());
+    let v1id = release_id(&v1);
+    for env in &f.envs {
+        assert_eq!(
+            gates_core::install::current_release_id(env).as_deref(),
+            Some(v1id.as_str())
+        );
+    }
+    assert!(!f.tp.root().join(".dhash/fleet/fleet.journal.json").exists());
 }

@@ -240,6 +240,10 @@ pub struct Judgment {
     /// The latency comparison (absent when there was no baseline to compare).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency: Option<LatencyJudgment>,
+    /// The quality gates judged on the moved instances during the bake
+    /// (absent when the environment has none), see [`super::gates`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gates: Option<super::gates::GateReport>,
 }
 
 impl Judgment {
@@ -274,6 +278,7 @@ pub fn judge(canary: Counts, baseline: Counts, policy: &CanaryPolicy) -> Judgmen
         z: None,
         reason: String::new(),
         latency: None,
+        gates: None,
     };
     let min = policy.min_requests as f64;
     if canary.requests < min || baseline.requests < min {

@@ -2,30 +2,37 @@
 //! (`rollout.waves`). Each wave moves its instances one by one (drain,
 //! single-instance deploy: install, migrate (the shared schema, once: later
 //! instances find nothing pending), switch, restart, health, undrain), then
-//! bakes: the moved instances must stay healthy and, while the fleet is
-//! mixed, must not fail more than the unmoved ones over the same minutes
-//! ([`canary`]). A failed wave rolls back only the moved instances, newest
-//! first; the others are never touched. Every step is journalled
-//! ([`journal`]) under the fleet lock.
+//! bakes: the moved instances must stay healthy, must hold the
+//! environment's quality gates, each instance on its own figures ([`gates`]:
+//! an auto-rollback gate violated on any of them fails the wave; a gate whose
+//! window outlasts the bake is warned about before anything changes and
+//! listed `not_judged`, never passed), and, while the fleet is mixed, must
+//! not fail more than the unmoved ones over the same minutes ([`canary`]). A
+//! failed wave rolls back only the moved instances, newest first; the others
+//! are never touched. Every step is journalled ([`journal`]) under the fleet
+//! lock.
 //!
 //! A plan whose pending migrations are not marked compatible with both
 //! releases ([`COMPAT_MARKER`] in the `.up.sql`) is refused before anything
 //! changes: the old release keeps serving on the unmoved instances against
 //! the new schema.
 //!
-//! Exit codes: 0 all waves passed; 3 a wave's canary comparison or health
-//! broke and the moved instances were rolled back; 1 an instance's deploy
-//! failed or the comparison was inconclusive (rolled back likewise); 4 a
-//! rollback failed; 2 the plan was refused; 75 locked.
+//! Exit codes: 0 all waves passed; 3 a wave's canary comparison, health or
+//! an auto-rollback quality gate broke and the moved instances were rolled
+//! back; 1 an instance's deploy failed or the comparison was inconclusive
+//! (rolled back likewise); 4 a rollback failed; 2 the plan was refused (or
+//! the gates file does not load); 75 locked.
 //!
 //! Events (each carries `instance` when it is about one): `fleet.started`,
+//! `fleet.gates.missing`, `fleet.gate.outlasts_bake`,
 //! `fleet.instance.drained`, the single-instance `deploy.*`/`service.*`/
-//! `migrate.*` events, `fleet.instance.moved`, `fleet.wave.judged`,
-//! `fleet.wave.passed`, `fleet.wave.failed`, `fleet.instance.rolled_back`,
-//! `fleet.rolled_back`, `fleet.completed`, `fleet.interrupted`,
-//! `fleet.instance.undrain_failed`.
+//! `migrate.*` events, `fleet.instance.moved`, `fleet.gate.violated`,
+//! `fleet.wave.judged`, `fleet.wave.passed`, `fleet.wave.failed`,
+//! `fleet.instance.rolled_back`, `fleet.rolled_back`, `fleet.completed`,
+//! `fleet.interrupted`, `fleet.instance.undrain_failed`.
 
 pub mod canary;
+pub mod gates;
 pub mod instance;
 pub mod journal;
 
@@ -38,12 +45,13 @@ use dhash_migrate::release::Bundle;
 use gates_core::config::fleet::{Fleet, Wave};
 use gates_core::config::EnvConfig;
 use gates_core::project::Project;
-use gates_core::sample::Health;
+use gates_core::sample::{Health, Sample};
 use gates_core::{Emitter, Exit, Level, ToolError};
 use serde_json::json;
 
 use crate::{crash_point, DeployOptions, TOOL};
 use canary::{Counts, Histogram, Judgment, Reading, Verdict};
+use gates::{BakeGates, BakeWatch};
 use instance::Member;
 use journal::{FleetJournal, FleetStep};
 
@@ -98,6 +106,8 @@ pub fn run_fleet(
             em,
         ));
     }
+    // Before anything changes: a gates file that does not load refuses.
+    let bake_gates = gates::load(project, env)?;
     let targets = fleet.targets();
     em.emit(
         "fleet.started",
@@ -109,8 +119,12 @@ pub fn run_fleet(
             targets.len()
         ),
         json!({"release": b.manifest.id, "tag": b.manifest.tag, "waves": targets,
-               "instances": members.iter().map(|m| m.name()).collect::<Vec<_>>()}),
+               "instances": members.iter().map(|m| m.name()).collect::<Vec<_>>(),
+               "gates": bake_gates.probe.iter().chain(&bake_gates.prometheus)
+                   .map(|g| &g.name).collect::<Vec<_>>(),
+               "gates_file": bake_gates.file}),
     );
+    gates::announce(&bake_gates, env, fleet, j.wave, em);
     for (w, &target) in targets.iter().enumerate().skip(j.wave) {
         j.wave = w;
         if let Some(exit) = move_wave(
@@ -119,7 +133,7 @@ pub fn run_fleet(
             return Ok(exit);
         }
         crash_point(em, &format!("fleet-wave-{}-moved", w + 1));
-        if let Some(exit) = judge_wave(env, fleet, &members, &mut j, target, em)? {
+        if let Some(exit) = judge_wave(env, fleet, &members, &mut j, target, &bake_gates, em)? {
             return Ok(exit);
         }
         crash_point(em, &format!("fleet-wave-{}-passed", w + 1));
@@ -147,13 +161,19 @@ fn judge_wave(
     members: &[Member],
     j: &mut FleetJournal,
     target: usize,
+    bake_gates: &BakeGates,
     em: &Emitter,
 ) -> anyhow::Result<Option<Exit>> {
     let w = j.wave;
     j.step = FleetStep::Baking;
     j.save(env)?;
     let unmoved = &members[target..];
-    let judgment = bake(&members[..target], unmoved, &fleet.waves[w], fleet, em);
+    let wave = Bake {
+        number: w + 1,
+        spec: &fleet.waves[w],
+        gates: (!bake_gates.is_empty()).then_some(bake_gates),
+    };
+    let judgment = bake(&members[..target], unmoved, &wave, fleet, em);
     em.emit(
         "fleet.wave.judged",
         level_of(judgment.verdict),
@@ -427,13 +447,23 @@ fn roll_back(
     exit
 }
 
-/// The wave's bake: the moved instances are probed for health every
-/// second; at the end, while the fleet is mixed, moved and unmoved are
-/// compared over the same period. A full fleet only needs its health.
+/// The wave being baked: its number (1-based), its plan and the gates its
+/// bake judges (`None`: the environment has none).
+struct Bake<'a> {
+    number: usize,
+    spec: &'a Wave,
+    gates: Option<&'a BakeGates>,
+}
+
+/// The wave's bake: the moved instances are polled every second, for
+/// health and (when the environment has gates) the quality gates on each
+/// one's own figures; at the end, while the fleet is mixed, moved and
+/// unmoved are compared over the same period. A full fleet only needs its
+/// health and gates.
 fn bake(
     moved: &[Member],
     unmoved: &[Member],
-    wave: &Wave,
+    wave: &Bake,
     fleet: &Fleet,
     em: &Emitter,
 ) -> Judgment {
@@ -445,12 +475,47 @@ fn bake(
     let start = (read_all(moved), read_all(unmoved));
     em.human(&format!(
         "baking for {}",
-        gates_core::duration::human(wave.bake)
+        gates_core::duration::human(wave.spec.bake)
     ));
-    if let Some(bad) = watch_health(moved, wave.bake) {
-        return health_violation(bad);
+    let mut watch = wave.gates.map(|g| {
+        let names = moved.iter().map(|m| m.name().to_string()).collect();
+        BakeWatch::new(g, names, wave.number, wave.spec.bake)
+    });
+    let broke = watch_bake(moved, wave.spec.bake, watch.as_mut(), em);
+    let report = watch.as_ref().map(BakeWatch::report);
+    let completed = broke.is_none();
+    let mut j = match broke {
+        Some(Broke::Health(bad)) => health_violation(bad),
+        Some(Broke::Gate(reason)) => Judgment {
+            verdict: Verdict::Violation,
+            canary: Counts::default(),
+            baseline: Counts::default(),
+            canary_rate: 0.0,
+            baseline_rate: 0.0,
+            z: None,
+            reason,
+            latency: None,
+            gates: None,
+        },
+        None => compare(start, (read_all(moved), read_all(unmoved)), unmoved, fleet),
+    };
+    if let Some(r) = report {
+        if completed {
+            j.reason = format!("{}; {}", j.reason, r.summary());
+        }
+        j.gates = Some(r);
     }
-    let end = (read_all(moved), read_all(unmoved));
+    j
+}
+
+/// Moved against unmoved growth over the bake (or, with the whole fleet
+/// moved, a pass: its health held).
+fn compare(
+    start: (Result<Vec<Reading>, String>, Result<Vec<Reading>, String>),
+    end: (Result<Vec<Reading>, String>, Result<Vec<Reading>, String>),
+    unmoved: &[Member],
+    fleet: &Fleet,
+) -> Judgment {
     let canary_side = growth(start.0, end.0);
     let baseline_side = growth(start.1, end.1);
     if unmoved.is_empty() {
@@ -465,6 +530,7 @@ fn bake(
                 "the whole fleet runs the release and stayed healthy (no baseline left to compare)"
                     .into(),
             latency: None,
+            gates: None,
         };
     }
     match (canary_side, baseline_side) {
@@ -479,6 +545,7 @@ fn bake(
             z: None,
             reason: format!("metrics could not be read: {e}"),
             latency: None,
+            gates: None,
         },
     }
 }
@@ -498,21 +565,80 @@ fn growth(
     Ok((counts, hist))
 }
 
-/// The first moved instance that failed [`BAKE_HEALTH_FAILURES`] probes in a
-/// row during `bake`, with the last answer.
-fn watch_health(moved: &[Member], bake: Duration) -> Option<(String, String)> {
-    let until = Instant::now() + bake;
+/// What ended a bake early.
+enum Broke {
+    /// A moved instance failed [`BAKE_HEALTH_FAILURES`] probes in a row:
+    /// its name and the last answer.
+    Health((String, String)),
+    /// An auto-rollback gate was violated on a moved instance.
+    Gate(String),
+}
+
+/// One poll of a moved instance: health, and its metrics when gates read them.
+fn poll(m: &Member, with_metrics: bool) -> Sample {
+    if with_metrics {
+        return gates_core::probe::poll(&m.env);
+    }
+    Sample {
+        t_ms: gates_core::probe::now_ms(),
+        health: gates_core::probe::probe_health(&m.env.health_url, m.env.monitor.probe_timeout),
+        metrics: Err("not read: no gate needs it".into()),
+    }
+}
+
+/// Polls the moved instances every second (side by side) for `bake`, the
+/// last poll at its end; each poll goes to the instance's gates. Stops at
+/// the first health run or auto-rollback gate that breaks.
+fn watch_bake(
+    moved: &[Member],
+    bake: Duration,
+    mut watch: Option<&mut BakeWatch>,
+    em: &Emitter,
+) -> Option<Broke> {
+    let started = Instant::now();
+    let until = started + bake;
+    let t0_ms = gates_core::probe::now_ms();
     let mut misses = vec![0u32; moved.len()];
+    let with_metrics = watch.is_some();
     loop {
-        for (i, m) in moved.iter().enumerate() {
-            match gates_core::probe::probe_health(&m.env.health_url, m.env.monitor.probe_timeout) {
-                Health::Ok => misses[i] = 0,
-                h => {
-                    misses[i] += 1;
-                    if misses[i] >= BAKE_HEALTH_FAILURES {
-                        return Some((m.name().to_string(), h.label().to_string()));
-                    }
+        // Every sample of a poll round is stamped from the monotonic clock:
+        // the last round is a whole bake after the first, so a window as
+        // long as the bake is covered (wall-clock stamps taken in each
+        // probe thread could come out a millisecond short).
+        let tick_ms = t0_ms + i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX / 2);
+        let mut samples: Vec<Sample> = std::thread::scope(|s| {
+            let polls: Vec<_> = moved
+                .iter()
+                .map(|m| s.spawn(move || poll(m, with_metrics)))
+                .collect();
+            polls
+                .into_iter()
+                .map(|p| {
+                    p.join().unwrap_or_else(|_| Sample {
+                        t_ms: gates_core::probe::now_ms(),
+                        health: Health::Error {
+                            detail: "the probe panicked".into(),
+                        },
+                        metrics: Err("the probe panicked".into()),
+                    })
+                })
+                .collect()
+        });
+        for sample in &mut samples {
+            sample.t_ms = tick_ms;
+        }
+        for (i, (m, sample)) in moved.iter().zip(&samples).enumerate() {
+            if sample.health.is_ok() {
+                misses[i] = 0;
+            } else {
+                misses[i] += 1;
+                if misses[i] >= BAKE_HEALTH_FAILURES {
+                    let last = sample.health.label().to_string();
+                    return Some(Broke::Health((m.name().to_string(), last)));
                 }
+            }
+            if let Some(v) = watch.as_deref_mut().and_then(|w| w.observe(i, sample, em)) {
+                return Some(Broke::Gate(v.reason));
             }
         }
         let left = until.saturating_duration_since(Instant::now());
@@ -532,6 +658,7 @@ fn health_violation((name, health): (String, String)) -> Judgment {
         baseline_rate: 0.0,
         z: None,
         latency: None,
+        gates: None,
         reason: format!("instance {name} failed {BAKE_HEALTH_FAILURES} health checks in a row during the bake ({health})"),
     }
 }
