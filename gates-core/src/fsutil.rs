@@ -37,6 +37,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let tmp = temp_path_for(path);
     let result = (|| -> anyhow::Result<()> {
         let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        // A rewrite keeps the file's mode: a 0600 file must not come back
+        // with the umask's 0644.
+        if let Ok(meta) = fs::metadata(path) {
+            f.set_permissions(meta.permissions())
+                .with_context(|| format!("setting the mode of {}", tmp.display()))?;
+        }
         f.write_all(bytes)
             .with_context(|| format!("writing {}", tmp.display()))?;
         f.sync_all()
