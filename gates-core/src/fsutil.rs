@@ -60,18 +60,38 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 
 /// Appends one line with a single `write` on an `O_APPEND` handle, so
 /// concurrent writers to one file never interleave partial lines.
+/// If the file ends in a torn line (a crash or a full disk mid-append), a
+/// newline goes first in the same write, so the new record stays a line of
+/// its own instead of being glued onto the torn one and lost with it.
 pub fn append_line(path: &Path, line: &str, sync: bool) -> anyhow::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let mut buf = String::with_capacity(line.len() + 1);
-    buf.push_str(line.trim_end_matches('\n'));
-    buf.push('\n');
     let mut f = OpenOptions::new()
         .create(true)
+        .read(true)
         .append(true)
         .open(path)
         .with_context(|| format!("opening {}", path.display()))?;
+    let len = f
+        .metadata()
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    let mut torn = false;
+    if len > 0 {
+        let mut last = [0u8; 1];
+        f.seek(SeekFrom::Start(len - 1))
+            .and_then(|_| f.read_exact(&mut last))
+            .with_context(|| format!("reading the end of {}", path.display()))?;
+        torn = last[0] != b'\n';
+    }
+    let mut buf = String::with_capacity(line.len() + 2);
+    if torn {
+        buf.push('\n');
+    }
+    buf.push_str(line.trim_end_matches('\n'));
+    buf.push('\n');
     f.write_all(buf.as_bytes())
         .with_context(|| format!("appending to {}", path.display()))?;
     if sync {
@@ -357,6 +377,19 @@ mod tests {
         assert_eq!(
             fs::read_to_string(&p).expect("read"),
             "{\"a\":1}\n{\"a\":2}\n"
+        );
+    }
+
+    #[test]
+    fn append_after_a_torn_line_starts_a_new_line() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = d.path().join("l.jsonl");
+        fs::write(&p, "{\"a\":1}\n{\"a\":\"to").expect("torn");
+        append_line(&p, "{\"a\":2}", false).expect("append");
+        append_line(&p, "{\"a\":3}", false).expect("append");
+        assert_eq!(
+            fs::read_to_string(&p).expect("read"),
+            "{\"a\":1}\n{\"a\":\"to\n{\"a\":2}\n{\"a\":3}\n"
         );
     }
 

@@ -93,9 +93,13 @@ mod tests {
         l.append("rollback", serde_json::json!({"result": "completed"}))
             .expect("append2");
         let (recs, bad) = l.read().expect("read");
-        // The torn fragment and the next record share a line: that line is lost, counted.
+        // The torn fragment is skipped and counted; the record appended after
+        // it starts a line of its own, so it is kept.
         assert_eq!(bad, 1);
-        assert_eq!(recs.len(), 1);
+        assert_eq!(recs.len(), 2);
         assert_eq!(l.records("deploy").expect("deploys").len(), 1);
+        let rollbacks = l.records("rollback").expect("rollbacks");
+        assert_eq!(rollbacks.len(), 1);
+        assert_eq!(rollbacks[0]["result"], "completed");
     }
 }
