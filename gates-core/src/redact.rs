@@ -27,10 +27,18 @@ pub const SECRET_VARS: &[&str] = &[
     "SMTP_PASSWORD",
     "EMAIL_USER",
     "SMTP_USER",
+    "PAGERDUTY_ROUTING_KEY",
 ];
 
 /// Name fragments that mark any other variable as secret.
-const SECRET_NAME_PARTS: &[&str] = &["WEBHOOK", "PASSWORD", "TOKEN", "SECRET", "API_KEY"];
+const SECRET_NAME_PARTS: &[&str] = &[
+    "WEBHOOK",
+    "PASSWORD",
+    "TOKEN",
+    "SECRET",
+    "API_KEY",
+    "ROUTING_KEY",
+];
 
 /// Values shorter than this are not redacted: replacing "1" or "yes" everywhere
 /// would garble output without protecting anything.
@@ -330,6 +338,18 @@ mod tests {
         assert_eq!(red.redact("token tok-123456789 x"), "token [REDACTED] x");
         assert!(is_secret_var("slack_webhook_url"));
         assert!(!is_secret_var("EMAIL_TO"));
+    }
+
+    #[test]
+    fn pagerduty_routing_key_is_a_secret_from_the_start() {
+        // Hidden from process start, not only once the PagerDuty channel
+        // registers it: `notify ack` writes events before that.
+        let red = r(&[("PAGERDUTY_ROUTING_KEY", "PDKEYsecret0123456789abcdef")]);
+        assert_eq!(
+            red.redact("w1 key PDKEYsecret0123456789abcdef"),
+            "w1 key [REDACTED]"
+        );
+        assert!(is_secret_var("OTHER_ROUTING_KEY"));
     }
 
     #[test]

@@ -1123,3 +1123,47 @@ fn a_kill_between_saving_an_escalation_and_sending_it_loses_no_notice_and_sends_
     assert_eq!(escalation_notices(&hook) - before, 1);
     assert!(q.state().get("outbox").is_none());
 }
+
+#[test]
+fn the_pagerduty_routing_key_is_hidden_even_before_the_channel_is_used() {
+    let p = Project::new();
+    let vars = [
+        ("PAGERDUTY_ROUTING_KEY", ROUTING_KEY),
+        ("PAGERDUTY_EVENTS_URL", "http://127.0.0.1:9/v2/enqueue"),
+    ];
+    let mut out = String::new();
+    let msg = format!("w1 key {ROUTING_KEY}");
+    let r = p
+        .run(
+            &["--env", "staging", "--level", "warning", "--message", &msg],
+            T0,
+            &vars,
+            None,
+        )
+        .ok();
+    out.push_str(&r.stdout);
+    out.push_str(&r.stderr);
+    let r = p.run(
+        &[
+            "ack",
+            "--env",
+            "staging",
+            "--by",
+            "alice",
+            "--note",
+            ROUTING_KEY,
+            "--resolve",
+        ],
+        T0 + MIN,
+        &vars,
+        None,
+    );
+    out.push_str(&r.stdout);
+    out.push_str(&r.stderr);
+    assert!(out.contains("[REDACTED]"), "{out}");
+    assert!(!out.contains(ROUTING_KEY), "{out}");
+    for f in walk(p.root()) {
+        let text = String::from_utf8_lossy(&std::fs::read(&f).unwrap()).to_string();
+        assert!(!text.contains(ROUTING_KEY), "{} holds the key", f.display());
+    }
+}
