@@ -5,16 +5,64 @@
 //! after the last Summary line); the file is rewritten atomically and the
 //! value redacted.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+
+use gates_core::config::EnvConfig;
 
 pub const ACKNOWLEDGED: &str = "Acknowledged";
 pub const ESCALATION: &str = "Escalation";
 pub const TRACKER: &str = "Tracker";
 
-/// Sets `- **label:** value` in the record's Summary.
-pub fn set_line(path: &Path, label: &str, value: &str) -> anyhow::Result<()> {
+/// The record `path` names, if it is one of `env`'s incident records: a
+/// regular file (not a symlink) named `incident_<env>_*.md` directly in the
+/// environment's log_dir. Anything else is refused with the reason: the
+/// path comes from stdin events and from escalation.json, and notify
+/// rewrites the file and copies it to the tracker, so it must never be an
+/// arbitrary file.
+pub fn check_record(env: &EnvConfig, path: &Path) -> Result<PathBuf, String> {
+    let expected = format!(
+        "a regular incident_{}_*.md file in {}",
+        env.name,
+        env.log_dir.display()
+    );
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let prefix = format!("incident_{}_", env.name);
+    let named = name
+        .strip_prefix(&prefix)
+        .and_then(|rest| rest.strip_suffix(".md"))
+        .is_some_and(|mid| !mid.is_empty());
+    if !named {
+        return Err(format!("{} is not {expected}", path.display()));
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_file() => {}
+        Ok(_) => return Err(format!("{} is not {expected}", path.display())),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    }
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or_else(|| Path::new("."));
+    let inside = match (dir.canonicalize(), env.log_dir.canonicalize()) {
+        (Ok(d), Ok(l)) => (d == l).then_some(l),
+        _ => None,
+    };
+    match inside {
+        Some(log_dir) => Ok(log_dir.join(name)),
+        None => Err(format!("{} is not {expected}", path.display())),
+    }
+}
+
+/// Sets `- **label:** value` in the record's Summary; refuses a file that
+/// is not one of `env`'s incident records ([`check_record`]).
+pub fn set_line(env: &EnvConfig, path: &Path, label: &str, value: &str) -> anyhow::Result<()> {
+    let path = check_record(env, path).map_err(anyhow::Error::msg)?;
+    let path = path.as_path();
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let value = gates_core::redact::global().redact(value.replace('\n', " ").trim());

@@ -1167,3 +1167,57 @@ fn the_pagerduty_routing_key_is_hidden_even_before_the_channel_is_used() {
         assert!(!text.contains(ROUTING_KEY), "{} holds the key", f.display());
     }
 }
+
+#[test]
+fn only_an_incident_record_of_the_environment_is_put_on_the_clock_and_rewritten() {
+    use std::os::unix::fs::PermissionsExt;
+    let p = Project::new();
+    let victim = p.root().join("victim.conf");
+    std::fs::write(&victim, "important_setting = 1\n").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let logs = p.root().join("monitor_logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let link = logs.join("incident_staging_20270115T070000000Z.md");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    let other_env = p.incident("incident_production_20270115T070000000Z");
+    let outside = p.root().join("incident_staging_20270115T060000000Z.md");
+    std::fs::write(&outside, INCIDENT).unwrap();
+    for bad in [victim.clone(), link, other_env, outside.clone()] {
+        let r = p.report_incident(&bad, T0, &[]);
+        assert!(r.events("escalation.opened").is_empty(), "{}", r.stdout);
+        assert_eq!(r.events("incident.rejected").len(), 1, "{}", r.stdout);
+    }
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "important_setting = 1\n"
+    );
+    assert_eq!(std::fs::read_to_string(&outside).unwrap(), INCIDENT);
+    assert!(p.state()["incidents"]
+        .as_object()
+        .is_none_or(|m| m.is_empty()));
+
+    // A damaged escalation.json naming another file: escalating does not rewrite it.
+    let mut s = p.state();
+    s["incidents"] = json!({"x": {"id": "x", "path": victim.display().to_string(),
+        "opened_at": "2027-01-15T08:00:00.000Z", "level": 1, "deadline": 0, "key": "k"}});
+    std::fs::write(
+        p.root().join(".dhash/staging/escalation.json"),
+        s.to_string(),
+    )
+    .unwrap();
+    p.escalate(T0);
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "important_setting = 1\n"
+    );
+
+    // A real record keeps its mode when notify writes its lines.
+    let good = p.incident("incident_staging_20270115T080000000Z");
+    std::fs::set_permissions(&good, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let r = p.report_incident(&good, T0, &[]);
+    assert_eq!(r.events("escalation.opened").len(), 1, "{}", r.stdout);
+    let text = std::fs::read_to_string(&good).unwrap();
+    assert!(text.contains("- **Acknowledged:** [not yet"), "{text}");
+    let mode = std::fs::metadata(&good).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+}

@@ -279,7 +279,7 @@ fn incident_key(env: &EnvConfig, id: &str) -> Option<String> {
 
 /// An incident record's line, rewritten under the state's lock.
 fn set_line(env: &EnvConfig, record: &Path, label: &str, text: &str) -> anyhow::Result<()> {
-    state::locked(env, || incident_file::set_line(record, label, text))?
+    state::locked(env, || incident_file::set_line(env, record, label, text))?
 }
 
 /// The incident record's Escalation line, from the state.
@@ -290,7 +290,7 @@ fn note_incident_level(env: &EnvConfig, id: &str, em: &Emitter) {
         let Some(inc) = state::read(env)?.incidents.get(id).cloned() else {
             return Ok(());
         };
-        incident_file::set_line(&inc.path, ESCALATION, &level_line(env, &inc))
+        incident_file::set_line(env, &inc.path, ESCALATION, &level_line(env, &inc))
     });
     if let Err(e) = written.and_then(|r| r) {
         em.human(&format!("cannot update the incident record: {e:#}"));
@@ -321,6 +321,21 @@ pub fn incident_opened(env: &EnvConfig, record: &Path, em: &Emitter) {
     if !env.escalation.configured {
         return;
     }
+    // The path comes from an event on stdin: only a real incident record
+    // of this environment is put on the clock, rewritten and tracked.
+    let record = match incident_file::check_record(env, record) {
+        Ok(p) => p,
+        Err(why) => {
+            em.emit(
+                "incident.rejected",
+                Level::Warning,
+                format!("not an incident record, ignored: {why}"),
+                json!({"path": record.display().to_string(), "reason": why}),
+            );
+            return;
+        }
+    };
+    let record = record.as_path();
     let id = record
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
