@@ -264,6 +264,7 @@ fn esc(s: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
+        .replace('\'', "&#39;")
 }
 
 fn figure_html(chart: &str, extra: &str, caption: &str, svg: &str) -> String {

@@ -492,10 +492,14 @@ fn draw_marks(c: &mut Chart<'_, '_>, marks: &Marks, top: f64) -> anyhow::Result<
     Ok(())
 }
 
+/// Escapes text for element content and for double- or single-quoted
+/// attribute values (gate names and releases come from files anyone can write).
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
 }
 
 /// The page for the watch whose events are in `events_path` (as the
@@ -548,7 +552,7 @@ pub fn page_acked(
         .rev()
         .find(|e| e.event == "monitor.completed")
         .and_then(|e| e.str("result"))
-        .unwrap_or("unknown");
+        .map_or_else(|| "unknown".to_string(), esc);
     let mttr = crate::mttr_of(&times)
         .map(|s| format!("{s:.1} s"))
         .unwrap_or_else(|| "n/a".to_string());
