@@ -161,7 +161,27 @@ pub fn table(report: &Report) -> String {
         };
         let _ = writeln!(s, "  {name:<48} {}", value_text(f));
     }
-    s
+    printable(&s)
+}
+
+/// Control characters (other than the line breaks the table is made of) and
+/// bidirectional overrides, which a ledger string may carry and a terminal
+/// would obey (retitle, clear the screen, reorder text), written out as Rust
+/// escapes (`\u{1b}`) so the operator sees them instead.
+fn printable(text: &str) -> String {
+    let hostile = |c: char| {
+        (c.is_control() && c != '\n')
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if hostile(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Figures as CSV: `figure,labels,value,unit,why`.

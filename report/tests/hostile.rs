@@ -78,3 +78,34 @@ fn a_hostile_gate_name_cannot_add_attributes_to_the_window_page() {
         "the gate name kept, escaped: {html}"
     );
 }
+
+/// `minutes_ago` minutes before now, as the tools write times.
+fn recent(minutes_ago: i64) -> String {
+    (chrono::Utc::now() - chrono::Duration::minutes(minutes_ago))
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
+}
+
+#[test]
+fn terminal_escapes_in_the_ledger_are_shown_not_obeyed_by_the_table() {
+    let tp = TestProject::new();
+    let evil = "v2\u{1b}]0;pwned\u{7}\u{1b}[2J\u{202e}";
+    let deploy = json!({"ts": recent(60), "kind": "deploy", "result": "healthy", "release": evil});
+    let rollback = json!({"ts": recent(30), "kind": "rollback", "result": "completed",
+                          "from": evil, "release": "v1", "reason": "manual"});
+    write_ledger(&tp, &format!("{deploy}\n{rollback}\n"));
+    let table = report(&tp, &["--env", ENV, "--table"]);
+    let events_out = report(&tp, &["--env", ENV]);
+    for (out, text) in [(&table, &table.stdout), (&events_out, &events_out.stderr)] {
+        assert_eq!(out.status.code(), Some(0), "{}", describe(out));
+        let text = String::from_utf8_lossy(text);
+        assert!(
+            !text.contains(['\u{1b}', '\u{7}', '\u{202e}']),
+            "raw escapes reach the terminal: {text:?}"
+        );
+        assert!(
+            text.contains(r"v2\u{1b}]0;pwned\u{7}\u{1b}[2J\u{202e}"),
+            "the release still shown, escaped: {text}"
+        );
+    }
+}
