@@ -776,7 +776,7 @@ impl Evaluator {
             observations: m.hash_time_ms.clone(),
         });
         // Keep exactly one row at or before the oldest cutoff any gate needs.
-        let cutoff = t_ms - self.max_window_ms;
+        let cutoff = t_ms.saturating_sub(self.max_window_ms);
         while self.rows.len() >= 2 && self.rows[1].t_ms <= cutoff {
             if let Some(Row {
                 buckets: Some((_, spare)),
@@ -790,7 +790,7 @@ impl Evaluator {
 
     /// The newest row at least `window` older than `now`.
     fn anchor(&self, now_ms: i64, window: Duration) -> Option<&Row> {
-        let cutoff = now_ms - window_ms(window);
+        let cutoff = now_ms.saturating_sub(window_ms(window));
         let n = self.rows.partition_point(|r| r.t_ms <= cutoff);
         if n == 0 {
             None
@@ -802,7 +802,7 @@ impl Evaluator {
     fn covered_secs(&self, now_ms: i64) -> f64 {
         self.rows
             .front()
-            .map(|r| (now_ms - r.t_ms) as f64 / 1000.0)
+            .map(|r| now_ms.saturating_sub(r.t_ms) as f64 / 1000.0)
             .unwrap_or(0.0)
     }
 
@@ -1193,7 +1193,7 @@ impl Evaluator {
             return Outcome::new(Status::Ok, Some(value), reason);
         }
         let since = *self.states[i].breach_since_ms.get_or_insert(now_ms);
-        let lasted_secs = (now_ms - since) as f64 / 1000.0;
+        let lasted_secs = now_ms.saturating_sub(since) as f64 / 1000.0;
         let needed_secs = g.window.as_secs_f64();
         let status = if lasted_secs >= needed_secs {
             Status::Violated

@@ -54,10 +54,13 @@ pub fn parse_sweep(s: &str) -> Result<SweepArg, String> {
     if step <= 0.0 || to < from {
         return Err(bad("STEP must be > 0 and FROM <= TO"));
     }
-    let n = ((to - from) / step + 1e-9).floor() as usize + 1;
-    if n > MAX_VALUES {
-        return Err(bad(&format!("{n} values; at most {MAX_VALUES}")));
+    // Counted as a float first: a tiny STEP gives more values than a usize
+    // holds, and the cast would saturate (or wrap) past the limit check.
+    let count = ((to - from) / step + 1e-9).floor() + 1.0;
+    if !count.is_finite() || count > MAX_VALUES as f64 {
+        return Err(bad(&format!("{count:.0} values; at most {MAX_VALUES}")));
     }
+    let n = count as usize;
     // Computed from the index, so 0.1 steps do not accumulate error.
     let values = (0..n).map(|i| round9(from + step * i as f64)).collect();
     Ok(SweepArg {
@@ -366,6 +369,11 @@ mod tests {
             "x.threshold=a..2/1",
         ] {
             assert!(parse_sweep(bad).is_err(), "{bad}");
+        }
+        // A step so small the count overflows a usize is refused, not wrapped.
+        for tiny in ["x.threshold=1..2/1e-300", "x.threshold=0..1e300/1e-300"] {
+            let err = parse_sweep(tiny).expect_err(tiny);
+            assert!(err.contains("at most 1000"), "{err}");
         }
     }
 

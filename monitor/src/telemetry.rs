@@ -141,10 +141,23 @@ impl Row<'_> {
             }),
         };
         Ok(Sample {
-            t_ms: self.t_ms,
+            t_ms: checked_t_ms(self.t_ms)?,
             health,
             metrics,
         })
+    }
+}
+
+/// The latest instant a JavaScript `Date` can hold (ms since the epoch).
+const MAX_T_MS: i64 = 8_640_000_000_000_000;
+
+/// A sample's time must be a real instant: before the epoch or beyond any
+/// clock is a damaged row, and windows would overflow subtracting from it.
+fn checked_t_ms(t_ms: i64) -> anyhow::Result<i64> {
+    if (0..=MAX_T_MS).contains(&t_ms) {
+        Ok(t_ms)
+    } else {
+        bail!("t_ms {t_ms} is not an instant (ms since 1970, at most {MAX_T_MS})")
     }
 }
 
@@ -167,12 +180,18 @@ fn parse_buckets(s: &str) -> anyhow::Result<Vec<Bucket>> {
                 "inf" | "+Inf" | "+inf" | "Inf" => f64::INFINITY,
                 x => x
                     .parse::<f64>()
-                    .map_err(|e| anyhow!("hash_time_buckets: le {x:?}: {e}"))?,
+                    .ok()
+                    .filter(|v| !v.is_nan())
+                    .ok_or_else(|| anyhow!("hash_time_buckets: le {x:?} is not a number"))?,
             };
             let count = count
                 .trim()
                 .parse::<f64>()
-                .map_err(|e| anyhow!("hash_time_buckets: count {count:?}: {e}"))?;
+                .ok()
+                .filter(|v| v.is_finite())
+                .ok_or_else(|| {
+                    anyhow!("hash_time_buckets: count {count:?} is not a finite number")
+                })?;
             Bucket { le, count }
         });
     }
@@ -381,7 +400,7 @@ fn read_csv<R: Read + Send + 'static>(
         .byte_headers()
         .with_context(|| format!("{name}: reading the header"))?
         .clone();
-    let cols = Columns::new(&headers);
+    let cols = Columns::new(&headers).map_err(|e| anyhow!("{name}: line 1: {e}"))?;
     for (required, at) in [("t_ms", cols.t_ms), ("health", cols.health)] {
         if at.is_none() {
             bail!(
@@ -420,9 +439,17 @@ struct Columns {
 }
 
 impl Columns {
-    fn new(headers: &csv::ByteRecord) -> Columns {
+    /// Refuses a header that names a known column twice: which of the two
+    /// cells holds the figure would be a guess.
+    fn new(headers: &csv::ByteRecord) -> anyhow::Result<Columns> {
+        if let Some(twice) = HEADER
+            .iter()
+            .find(|n| headers.iter().filter(|h| *h == n.as_bytes()).count() > 1)
+        {
+            bail!("the header names the column {twice:?} twice");
+        }
         let at = |name: &str| headers.iter().position(|h| h == name.as_bytes());
-        Columns {
+        Ok(Columns {
             t_ms: at("t_ms"),
             health: at("health"),
             health_detail: at("health_detail"),
@@ -435,7 +462,7 @@ impl Columns {
                 .expect("HEADER names eight figures between metrics_error and the histogram"),
             hash_time_buckets: at("hash_time_buckets"),
             hash_time_ms: at("hash_time_ms"),
-        }
+        })
     }
 }
 
@@ -454,7 +481,9 @@ fn text<'r>(
 }
 
 /// A figure cell: empty is no data; otherwise Rust's own float grammar, the
-/// one serde used before, so every value is bit-identical.
+/// one serde used before, so every value is bit-identical. NaN and infinities
+/// are no data too, as the live probe reads them from `/metrics`: a replay
+/// must not pass a window the live watch could not judge.
 fn figure(record: &csv::ByteRecord, at: Option<usize>, col: &str) -> anyhow::Result<Option<f64>> {
     if let Some(x) = at.and_then(|i| record.get(i)).and_then(plain_decimal) {
         return Ok(Some(x));
@@ -463,7 +492,7 @@ fn figure(record: &csv::ByteRecord, at: Option<usize>, col: &str) -> anyhow::Res
         None => Ok(None),
         Some(s) => s
             .parse::<f64>()
-            .map(Some)
+            .map(|v| v.is_finite().then_some(v))
             .map_err(|e| anyhow!("field {col}: invalid float literal {s:?}: {e}")),
     }
 }
@@ -479,6 +508,7 @@ fn row_sample(record: &csv::ByteRecord, cols: &Columns, name: &str) -> anyhow::R
                 None => s.parse::<i64>(),
             }
             .map_err(|e| anyhow!("field t_ms: {s:?}: {e}"))
+            .and_then(checked_t_ms)
         })
         .map_err(|e| anyhow!("{name}: line {line}: {e}"))?;
     row_sample_at(record, cols, t_ms)
@@ -629,6 +659,58 @@ mod tests {
 mod props {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn non_finite_figures_are_no_data_as_the_live_probe_reads_them() {
+        let h = HEADER.join(",");
+        let got = read_all(format!("{h}\n1000,ok,,,10,10,0,0,NaN,inf,-inf,1,,\n").as_bytes());
+        let m = got[0]
+            .as_ref()
+            .expect("a sample")
+            .metrics
+            .clone()
+            .expect("metrics");
+        assert_eq!(
+            (
+                m.low_confidence_queue,
+                m.memory_percent,
+                m.cpu_percent,
+                m.disk_percent
+            ),
+            (None, None, None, Some(1.0))
+        );
+        // A histogram count that is not a finite number is a damaged row.
+        let got = read_all(format!("{h}\n1000,ok,,,1,1,0,0,0,1,1,1,5:NaN;inf:1,\n").as_bytes());
+        let err = got[0].as_ref().expect_err("NaN count");
+        assert!(
+            err.contains("line 2") && err.contains("not a finite number"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_time_that_is_no_instant_is_refused_by_line() {
+        let h = HEADER.join(",");
+        for t in ["-9223372036854775808", "-1", "9223372036854775807"] {
+            let got = read_all(format!("{h}\n{t},ok,,,1,1,0,0,0,1,1,1,100:1;inf:2,\n").as_bytes());
+            let err = got[0].as_ref().expect_err(t);
+            assert!(
+                err.contains("line 2") && err.contains("is not an instant"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_header_naming_a_column_twice_is_refused() {
+        let h = format!("{},low_confidence_queue", HEADER.join(","));
+        let got = read_all(format!("{h}\n1000,ok,,,1,1,0,0,5,1,1,1,,,1500\n").as_bytes());
+        let err = got[0].as_ref().expect_err("duplicate column");
+        assert!(
+            err.contains("line 1") && err.contains("\"low_confidence_queue\" twice"),
+            "{err}"
+        );
+    }
 
     fn read_all(bytes: &[u8]) -> Vec<Result<Sample, String>> {
         let dir = tempfile::tempdir().expect("tempdir");
