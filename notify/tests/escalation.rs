@@ -1221,3 +1221,39 @@ fn only_an_incident_record_of_the_environment_is_put_on_the_clock_and_rewritten(
     let mode = std::fs::metadata(&good).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
 }
+
+#[test]
+fn a_damaged_level_neither_panics_nor_escalates_downwards() {
+    for level in [u64::from(u32::MAX), 5] {
+        let p = Project::new();
+        let state = p.root().join(".dhash/staging/escalation.json");
+        std::fs::create_dir_all(state.parent().unwrap()).unwrap();
+        std::fs::write(&state, json!({"version": 1, "level": level}).to_string()).unwrap();
+        let mut raised = Vec::new();
+        for i in 0..3 {
+            let r = p.alert("warning", &format!("w{i}"), T0 + i * MIN);
+            assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+            raised.extend(r.events("escalation.raised").into_iter().cloned());
+        }
+        assert_eq!(raised.len(), 1, "level {level}: {raised:?}");
+        let (from, to) = (
+            raised[0]["from"].as_u64().unwrap(),
+            raised[0]["level_number"].as_u64().unwrap(),
+        );
+        assert!(from <= to && to <= 3, "level {level}: {from} -> {to}");
+    }
+}
+
+#[test]
+fn a_state_that_is_not_an_object_fails_notify_escalate() {
+    for text in ["[]", "[5]", "5", "null"] {
+        let p = Project::new();
+        let state = p.root().join(".dhash/staging/escalation.json");
+        std::fs::create_dir_all(state.parent().unwrap()).unwrap();
+        std::fs::write(&state, text).unwrap();
+        let r = p.run(&["escalate", "--env", "staging"], T0, &[], None);
+        assert_eq!(r.code, 1, "{text}\n{}\n{}", r.stdout, r.stderr);
+        assert!(r.stderr.contains("move it aside"), "{}", r.stderr);
+        assert_eq!(std::fs::read_to_string(&state).unwrap(), text);
+    }
+}

@@ -109,8 +109,11 @@ pub fn on_alert(
         Rule::Warnings => state.warnings_counted_until = Some(now),
         _ => state.criticals_counted_until = Some(now),
     }
-    let from = state.level();
-    state.level = (from + 1).min(policy.top());
+    // A damaged or hand-edited state (a level past the top, after the levels
+    // list was shortened, or u32::MAX) never escalates downwards or overflows.
+    let top = policy.top().max(1);
+    let from = state.level().min(top);
+    state.level = from.saturating_add(1).min(top);
     Some(Raise {
         from,
         to: state.level,

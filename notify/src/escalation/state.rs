@@ -180,14 +180,24 @@ pub fn read(env: &EnvConfig) -> anyhow::Result<State> {
 }
 
 fn load(p: &Path) -> anyhow::Result<State> {
+    let invalid = || {
+        format!(
+            "{} is not valid escalation state (to recover: move it aside; the ledger keeps \
+             every escalation and acknowledgement, and notify starts again at level 1)",
+            p.display()
+        )
+    };
     match std::fs::read(p) {
-        Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
-            format!(
-                "{} is not valid escalation state (to recover: move it aside; the ledger keeps \
-                 every escalation and acknowledgement, and notify starts again at level 1)",
-                p.display()
-            )
-        }),
+        Ok(bytes) => {
+            // An object only: serde would read the struct from a JSON array
+            // (`[]`, `[5]`) and silently forget every incident.
+            let v: serde_json::Value = serde_json::from_slice(&bytes).with_context(invalid)?;
+            if !v.is_object() {
+                return Err(anyhow::anyhow!("the state is not a JSON object"))
+                    .with_context(invalid);
+            }
+            serde_json::from_value(v).with_context(invalid)
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
         Err(e) => Err(anyhow::anyhow!("reading {}: {e}", p.display())),
     }
