@@ -1257,3 +1257,102 @@ fn a_state_that_is_not_an_object_fails_notify_escalate() {
         assert_eq!(std::fs::read_to_string(&state).unwrap(), text);
     }
 }
+
+#[test]
+fn a_resolve_after_another_ack_keeps_the_first_ack_and_records_the_resolution() {
+    let p = Project::new();
+    let id = "incident_staging_20270115T080000000Z";
+    let rec = p.incident(id);
+    p.report_incident(&rec, T0, &[]);
+    let ack = |args: &[&str], at: i64| {
+        let mut a = vec!["ack", "--env", "staging"];
+        a.extend_from_slice(args);
+        p.run(&a, at, &[], None).ok()
+    };
+    ack(&["--by", "alice", "--note", "first on it"], T0 + MIN);
+    let r = ack(
+        &[
+            "--incident",
+            id,
+            "--by",
+            "mallory",
+            "--note",
+            "late",
+            "--resolve",
+        ],
+        T0 + 2 * MIN,
+    );
+    assert!(
+        r.events("escalation.acknowledged").is_empty(),
+        "{}",
+        r.stdout
+    );
+    let resolved = r.events("escalation.resolved");
+    assert_eq!(resolved.len(), 1, "{}", r.stdout);
+    assert_eq!(
+        (
+            resolved[0]["by"].as_str(),
+            resolved[0]["acknowledged_by"].as_str()
+        ),
+        (Some("mallory"), Some("alice"))
+    );
+    let text = std::fs::read_to_string(&rec).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("- **Acknowledged:**"))
+        .unwrap();
+    assert!(
+        line.contains("by alice at 2027-01-15T08:01:00.000Z — first on it")
+            && line.contains("resolved by mallory at 2027-01-15T08:02:00.000Z — late"),
+        "{line}"
+    );
+    assert_eq!(p.ledger("acknowledgement").len(), 1);
+    assert_eq!(p.ledger("resolution").len(), 1);
+    let inc = &p.state()["incidents"][id];
+    assert_eq!(
+        (inc["acked_by"].as_str(), inc["resolved"].as_bool()),
+        (Some("alice"), Some(true))
+    );
+    // Resolving again changes nothing.
+    let r = ack(&["--by", "bob", "--resolve"], T0 + 3 * MIN);
+    assert!(
+        r.stderr.contains("already acknowledged by alice"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(p.ledger("resolution").len(), 1);
+}
+
+#[test]
+fn a_second_ack_without_incident_says_who_has_the_newest_incident() {
+    let p = Project::new();
+    let rec = p.incident("incident_staging_20270115T080000000Z");
+    p.report_incident(&rec, T0, &[]);
+    let ack = |by: &str, at: i64| {
+        p.run(&["ack", "--env", "staging", "--by", by], at, &[], None)
+            .ok()
+    };
+    ack("alice", T0 + MIN);
+    let r = ack("bob", T0 + 2 * MIN);
+    assert!(
+        r.events("escalation.acknowledged").is_empty(),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stderr
+            .contains("incident_staging_20270115T080000000Z was already acknowledged by alice"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(p.ledger("acknowledgement").len(), 1);
+
+    // Escalated alerts (no incident open) are still acknowledged by a plain ack.
+    for i in 0..3 {
+        p.alert("warning", &format!("queue high #{i}"), T0 + (3 + i) * MIN);
+    }
+    assert_eq!(p.state()["level"], 2);
+    let r = ack("carol", T0 + 7 * MIN);
+    assert_eq!(r.events("escalation.acknowledged").len(), 1, "{}", r.stdout);
+    assert_eq!(p.state()["level"], 1);
+}

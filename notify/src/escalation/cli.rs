@@ -86,6 +86,13 @@ pub fn run(cmd: EscalationCommand) -> anyhow::Result<Exit> {
                 &em,
             ) {
                 Ok(Acked::Incident(i)) => em.human(&format!("{} acknowledged by {}", i.id, a.by)),
+                Ok(Acked::Resolved(i)) => em.human(&format!(
+                    "{} resolved by {}; acknowledged by {} at {}",
+                    i.id,
+                    a.by,
+                    i.acked_by.as_deref().unwrap_or("?"),
+                    i.acked_at.as_deref().unwrap_or("?")
+                )),
                 Ok(Acked::Already(i)) => em.human(&format!(
                     "{} was already acknowledged by {} at {}{}; nothing changed",
                     i.id,

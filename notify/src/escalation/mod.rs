@@ -42,6 +42,8 @@ pub use rules::{Raise, Rule};
 /// Ledger record kinds.
 pub const LEDGER_ESCALATION: &str = "escalation";
 pub const LEDGER_ACK: &str = "acknowledgement";
+/// An incident acknowledged earlier, resolved by a later `ack --resolve`.
+pub const LEDGER_RESOLUTION: &str = "resolution";
 
 /// Whether a notification is about an automatic rollback (the monitor's
 /// rollback notifications, an upstream rollback event of the monitor, a
@@ -441,6 +443,9 @@ pub enum Acked {
     /// first acknowledgement stands, so the record, the ledger and the
     /// on-call tools keep who saw it first and when.
     Already(Box<state::IncidentState>),
+    /// Acknowledged earlier and now resolved (`ack --resolve`): the first
+    /// acknowledgement stands, the resolution is recorded on its own.
+    Resolved(Box<state::IncidentState>),
     /// No open incident: the environment's alerts (its level back to 1).
     Alerts {
         level_was: u32,
@@ -473,16 +478,31 @@ pub fn ack(
     }
     let at = clock::rfc3339(clock::now_secs());
     let acked = state::update(env, |s| -> Result<Acked, AckError> {
+        let newest = |pick: &dyn Fn(&state::IncidentState) -> bool| {
+            s.incidents
+                .values()
+                .filter(|i| pick(i))
+                .max_by(|a, b| a.opened_at.cmp(&b.opened_at))
+                .map(|i| i.id.clone())
+        };
         let id = match incident {
             Some(i) => Some(i.to_string()),
-            None => s
-                .incidents
-                .values()
-                .filter(|i| i.open())
-                .max_by(|a, b| a.opened_at.cmp(&b.opened_at))
-                .map(|i| i.id.clone()),
+            // The newest open incident; with --resolve, else the newest
+            // one still unresolved.
+            None => newest(&|i| i.open())
+                .or_else(|| resolve.then(|| newest(&|i| !i.resolved)).flatten()),
         };
         let Some(id) = id else {
+            // Nothing open and the alerts not escalated: a repeated ack of the
+            // newest incident (a second on-call, a retry) says who has it,
+            // instead of recording an alerts ack that changes nothing.
+            if s.level() <= 1 {
+                if let Some(last) = newest(&|_| true) {
+                    if let Some(inc) = s.incidents.get(&last) {
+                        return Ok(Acked::Already(Box::new(inc.clone())));
+                    }
+                }
+            }
             let level_was = s.level();
             s.level = 1;
             return Ok(Acked::Alerts { level_was });
@@ -502,7 +522,9 @@ pub fn ack(
         if inc.acked_by.is_some() {
             // Resolving an acknowledged incident keeps who acknowledged it.
             inc.resolved = true;
-            return Ok(Acked::Incident(Box::new(inc.clone())));
+            inc.resolved_by = Some(by.to_string());
+            inc.resolved_at = Some(at.clone());
+            return Ok(Acked::Resolved(Box::new(inc.clone())));
         }
         inc.acked_by = Some(by.to_string());
         inc.acked_at = Some(at.clone());
@@ -527,8 +549,11 @@ fn announce_ack(
     resolve: bool,
     em: &Emitter,
 ) {
+    if let Acked::Resolved(inc) = acked {
+        return announce_resolution(env, inc, by, note, at, em);
+    }
     let (incident, msg) = match acked {
-        Acked::Incident(i) | Acked::Already(i) => (
+        Acked::Incident(i) | Acked::Already(i) | Acked::Resolved(i) => (
             Some(i),
             format!(
                 "incident {} acknowledged by {by} at {at}{}",
@@ -570,6 +595,65 @@ fn announce_ack(
     }
     note_incident_level(env, &inc.id, em);
     let action = if resolve { "resolve" } else { "acknowledge" };
+    tell_on_call(env, inc, action, by, msg, em);
+}
+
+/// An incident acknowledged earlier, resolved now by `by`: the first
+/// acknowledgement stays in the record, the event and the ledger; the
+/// resolution is its own event (`escalation.resolved`) and ledger record.
+fn announce_resolution(
+    env: &EnvConfig,
+    inc: &state::IncidentState,
+    by: &str,
+    note: Option<&str>,
+    at: &str,
+    em: &Emitter,
+) {
+    let first = inc.acked_by.as_deref().unwrap_or("?");
+    let first_at = inc.acked_at.as_deref().unwrap_or("?");
+    let msg = format!(
+        "incident {} resolved by {by} at {at} (acknowledged by {first} at {first_at})",
+        inc.id
+    );
+    let fields = json!({"by": by, "at": at, "note": note, "incident": inc.id,
+        "acknowledged_by": first, "acknowledged_at": first_at, "level_number": inc.level});
+    em.emit(
+        "escalation.resolved",
+        Level::Info,
+        msg.clone(),
+        fields.clone(),
+    );
+    let mut rec = fields;
+    rec["env"] = json!(env.name);
+    if let Err(e) = env.ledger().append(LEDGER_RESOLUTION, rec) {
+        em.human(&format!(
+            "cannot append the resolution to the ledger: {e:#}"
+        ));
+    }
+    let line = format!(
+        "by {first} at {first_at}{}; resolved by {by} at {at}{}",
+        inc.note
+            .as_deref()
+            .map(|n| format!(" — {n}"))
+            .unwrap_or_default(),
+        note.map(|n| format!(" — {n}")).unwrap_or_default(),
+    );
+    if let Err(e) = set_line(env, &inc.path, ACKNOWLEDGED, &line) {
+        em.human(&format!("cannot update the incident record: {e:#}"));
+    }
+    note_incident_level(env, &inc.id, em);
+    tell_on_call(env, inc, "resolve", first, msg, em);
+}
+
+/// PagerDuty's and Opsgenie's acknowledge or resolve of an incident.
+fn tell_on_call(
+    env: &EnvConfig,
+    inc: &state::IncidentState,
+    action: &str,
+    by: &str,
+    msg: String,
+    em: &Emitter,
+) {
     let n = Notification::new(
         Level::Info,
         format!("Incident {} {action}d: dhash {}", inc.id, env.name),

@@ -195,6 +195,8 @@ pub fn open_incident(
             acked_at: None,
             note: None,
             resolved: false,
+            resolved_by: None,
+            resolved_at: None,
             tracker_url: None,
             tracker_error: None,
         },

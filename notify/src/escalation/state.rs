@@ -65,6 +65,11 @@ pub struct IncidentState {
     pub note: Option<String>,
     #[serde(default)]
     pub resolved: bool,
+    /// Who resolved it, when not the one who acknowledged it first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_at: Option<String>,
     #[serde(default)]
     pub tracker_url: Option<String>,
     #[serde(default)]
