@@ -200,6 +200,8 @@ pub struct Report {
     pub rollbacks: Vec<RollbackRow>,
     pub incidents: Vec<IncidentRow>,
     pub figures: Vec<Figure>,
+    /// The ledger's torn last line that was skipped (see `history::LedgerRead`).
+    pub ledger_torn_line: Option<usize>,
 }
 
 /// Where the report finds the files the ledger names.
@@ -208,6 +210,7 @@ pub struct Inputs<'a> {
     pub records: &'a [Record],
     pub log_dir: &'a Path,
     pub period: Period,
+    pub torn_line: Option<usize>,
 }
 
 pub fn build(inp: &Inputs<'_>) -> Report {
@@ -221,6 +224,12 @@ pub fn build(inp: &Inputs<'_>) -> Report {
     figures.extend(false_positive_figures(&rollbacks));
     figures.extend(gate_figures(inp.records, inp.period));
     figures.extend(watch_figures(&watches));
+    figures.push(Figure::new(
+        "ledger_torn_lines",
+        "lines",
+        "Torn last ledger lines (a write cut short) the report skipped: 0 or 1.",
+        f64::from(u8::from(inp.torn_line.is_some())),
+    ));
     Report {
         env: inp.env.to_string(),
         since: rfc3339(inp.period.since),
@@ -230,6 +239,7 @@ pub fn build(inp: &Inputs<'_>) -> Report {
         rollbacks,
         incidents,
         figures,
+        ledger_torn_line: inp.torn_line,
     }
 }
 

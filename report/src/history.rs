@@ -5,7 +5,11 @@
 //! The ledger is read strictly: a line that is not a JSON record is an error
 //! naming the file and line, because a report that silently drops a deploy
 //! or a rollback would give wrong rates (gates-core's `Ledger::read` skips
-//! torn lines, which suits the tools but not an audit).
+//! torn lines, which suits the tools but not an audit). The one exception is
+//! an unreadable last line with no newline after it: the append of a writer
+//! killed mid-line, which never held a whole record. It is skipped and
+//! reported ([`LedgerRead::torn_line`]), so that one crash does not stop
+//! every report (and the Prometheus textfile) until someone edits the ledger.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -59,24 +63,44 @@ pub fn ts_of_ms(ms: i64) -> Option<DateTime<Utc>> {
 /// Every record of the ledger at `path`, in order. A missing ledger is an
 /// empty history (an environment nothing was done to yet).
 pub fn read_ledger(path: &Path) -> anyhow::Result<Vec<Record>> {
+    Ok(read_ledger_noting(path)?.records)
+}
+
+/// The ledger's records and the number of a torn last line that was skipped.
+#[derive(Debug, Default)]
+pub struct LedgerRead {
+    pub records: Vec<Record>,
+    /// The 1-based number of an unreadable last line without a trailing
+    /// newline (a write cut short), skipped.
+    pub torn_line: Option<usize>,
+}
+
+/// [`read_ledger`], also saying which torn last line it skipped.
+pub fn read_ledger_noting(path: &Path) -> anyhow::Result<LedgerRead> {
     let text = match fs::read_to_string(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(LedgerRead::default()),
         Err(e) => return Err(anyhow!("cannot read the ledger {}: {e}", path.display())),
     };
-    let mut out = Vec::new();
+    let unterminated = !text.is_empty() && !text.ends_with('\n');
+    let count = text.lines().count();
+    let mut out = LedgerRead::default();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        out.push(parse_line(line).with_context(|| {
-            format!(
-                "ledger {} line {}: unreadable record (fix or remove the line; the report \
-                 will not guess what it held)",
-                path.display(),
-                i + 1
-            )
-        })?);
+        match parse_line(line) {
+            Ok(r) => out.records.push(r),
+            Err(_) if unterminated && i + 1 == count => out.torn_line = Some(i + 1),
+            Err(e) => {
+                return Err(e.context(format!(
+                    "ledger {} line {}: unreadable record (fix or remove the line; the report \
+                     will not guess what it held)",
+                    path.display(),
+                    i + 1
+                )))
+            }
+        }
     }
     Ok(out)
 }

@@ -98,12 +98,13 @@ pub fn mttr_of(times: &IncidentTimes) -> Option<f64> {
 
 /// Reads the environment's history and computes the report for `period`.
 pub fn report(env: &EnvConfig, period: Period) -> anyhow::Result<Report> {
-    let records = history::read_ledger(&env.ledger_path())?;
+    let ledger = history::read_ledger_noting(&env.ledger_path())?;
     Ok(figures::build(&figures::Inputs {
         env: &env.name,
-        records: &records,
+        records: &ledger.records,
         log_dir: &env.log_dir,
         period,
+        torn_line: ledger.torn_line,
     }))
 }
 

@@ -18,6 +18,14 @@ pub fn emit(report: &Report, em: &Emitter) {
         format!("{} from {} to {}", report.env, report.since, report.until),
         json!({"since": report.since, "until": report.until}),
     );
+    if let Some(line) = report.ledger_torn_line {
+        em.emit(
+            "report.ledger-torn",
+            Level::Warning,
+            torn_text(line),
+            json!({"line": line}),
+        );
+    }
     for d in &report.deploys {
         let msg = format!(
             "{} {}",
@@ -64,6 +72,13 @@ pub fn emit(report: &Report, em: &Emitter) {
     }
 }
 
+fn torn_text(line: usize) -> String {
+    format!(
+        "ledger line {line} is torn (no newline after it: a write cut short) and was skipped; \
+         the rest of the ledger was read"
+    )
+}
+
 fn to_value<T: serde::Serialize>(v: &T) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }
@@ -97,6 +112,9 @@ pub fn table(report: &Report) -> String {
         "dhash report: {} from {} to {}",
         report.env, report.since, report.until
     );
+    if let Some(line) = report.ledger_torn_line {
+        let _ = writeln!(s, "warning: {}", torn_text(line));
+    }
     let _ = writeln!(s, "\nDeployments");
     for d in &report.deploys {
         let _ = writeln!(

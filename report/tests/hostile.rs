@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Output;
 
 use serde_json::json;
-use testkit::TestProject;
+use testkit::{events, TestProject};
 
 const REPORT: &str = env!("CARGO_BIN_EXE_report_dhash");
 const ENV: &str = "staging";
@@ -108,4 +108,67 @@ fn terminal_escapes_in_the_ledger_are_shown_not_obeyed_by_the_table() {
             "the release still shown, escaped: {text}"
         );
     }
+}
+
+#[test]
+fn a_torn_last_ledger_line_is_skipped_with_a_warning_but_damage_before_it_is_refused() {
+    let tp = TestProject::new();
+    let deploy = json!({"ts": recent(60), "kind": "deploy", "result": "healthy", "release": "r1"});
+    let rollback = json!({"ts": recent(30), "kind": "rollback", "result": "completed",
+                          "from": "r1", "release": "r0", "reason": "manual"});
+    // A writer killed mid-append: no newline after the cut.
+    let torn = r#"{"ts":"2026-12-02T09:00:00.0"#;
+    write_ledger(&tp, &format!("{deploy}\n{rollback}\n{torn}"));
+    let textfile = tp.root().join("dhash.prom");
+    let out = report(
+        &tp,
+        &[
+            "--env",
+            ENV,
+            "--prometheus-textfile",
+            textfile.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let evs = events(&out.stdout);
+    let warned: Vec<_> = evs
+        .iter()
+        .filter(|e| e["event"] == "report.ledger-torn")
+        .collect();
+    assert_eq!(warned.len(), 1, "{}", describe(&out));
+    assert_eq!(warned[0]["level"], "warning");
+    assert_eq!(warned[0]["line"], 3);
+    let figure = |name: &str| {
+        evs.iter()
+            .find(|e| e["event"] == "report.figure" && e["name"] == name)
+            .map(|e| e["value"].clone())
+    };
+    assert_eq!(
+        figure("deployments"),
+        Some(json!(1.0)),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(figure("ledger_torn_lines"), Some(json!(1.0)));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ledger line 3 is torn"));
+    let prom = std::fs::read_to_string(&textfile).unwrap();
+    assert!(
+        prom.contains("dhash_ledger_torn_lines{env=\"staging\"} 1"),
+        "{prom}"
+    );
+
+    // The same cut with a record after it is damage in the middle: refused.
+    write_ledger(&tp, &format!("{deploy}\n{torn}\n{rollback}\n"));
+    let out = report(&tp, &["--env", ENV]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ledger.jsonl line 2") && err.contains("unreadable"),
+        "{err}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "no partial report: {}",
+        describe(&out)
+    );
 }
