@@ -12,13 +12,17 @@ pub struct Settings {
     pub policy: InconclusivePolicy,
 }
 
-use anyhow::bail;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
 use clap::ValueEnum;
 use gates_core::config::EnvConfig;
+use gates_core::lock::{EnvLock, LockBusy};
 use gates_core::project::Project;
+use gates_core::watch::WatchInfo;
 use gates_core::{Emitter, Exit};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// Ledger kinds: a watch asking for a judgment, and a judgment given.
 pub const REQUEST: &str = "judgment-request";
@@ -98,6 +102,93 @@ pub fn open_request(env: &EnvConfig, now_ms: i64) -> Option<Request> {
     Some(last)
 }
 
+/// The request a restarted watch of `release` takes up for `gate` instead of
+/// asking again: the environment's newest request, when it is of that release
+/// and gate, no watch window completed after it, and it is answered or still
+/// open. (One nobody could answer before its deadline is asked again.)
+pub fn adoptable(
+    env: &EnvConfig,
+    release: Option<&str>,
+    gate: &str,
+    now_ms: i64,
+) -> Option<Request> {
+    let (recs, _) = env.ledger().read().ok()?;
+    let mut newest: Option<Request> = None;
+    for r in recs {
+        match r.get("kind").and_then(Value::as_str) {
+            Some(REQUEST) => newest = serde_json::from_value(r).ok(),
+            Some(crate::ledger::MONITOR)
+                if r.get("state").and_then(Value::as_str)
+                    == Some(crate::ledger::WindowState::Completed.as_str()) =>
+            {
+                newest = None;
+            }
+            _ => {}
+        }
+    }
+    let req = newest?;
+    if req.release.as_deref() != release || req.gate.as_deref() != Some(gate) {
+        return None;
+    }
+    (req.deadline_ms > now_ms || judgment_for(env, &req.ts).is_some()).then_some(req)
+}
+
+/// The lock file (under the install root) that serializes judgments.
+pub const JUDGE_LOCK: &str = "judge.lock";
+
+/// Serializes the judgments of an environment: each `judge` call, and a
+/// watch recording its deadline's default, checks for a judgment and records
+/// one under it, so exactly one call per request is recorded and believed.
+fn judgment_lock(env: &EnvConfig) -> anyhow::Result<EnvLock> {
+    let path = env.install_root.join(JUDGE_LOCK);
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        match EnvLock::acquire(&path, &env.name, crate::TOOL) {
+            Ok(l) => return Ok(l),
+            Err(e) if e.downcast_ref::<LockBusy>().is_some() && Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Err(e).context("taking the judgment lock"),
+        }
+    }
+}
+
+/// At the deadline: records the policy's default for `req`, unless a
+/// judgment came first, which is returned instead (it is the one that counts).
+pub fn record_default(
+    env: &EnvConfig,
+    req: &Request,
+    call: &str,
+    reason: &str,
+) -> anyhow::Result<Option<Judgment>> {
+    let _lock = judgment_lock(env)?;
+    if let Some(j) = judgment_for(env, &req.ts) {
+        return Ok(Some(j));
+    }
+    record(env, req, call, reason, "deadline")?;
+    Ok(None)
+}
+
+/// The live watch that acts on a judgment of `req`: the watch holding the
+/// environment's watch lock, when it is the one that asked or a restart of
+/// it on the same release (which takes the request up, see [`adoptable`]).
+fn waiting_watch(env: &EnvConfig, req: &Request) -> anyhow::Result<Option<WatchInfo>> {
+    let Some(info) = gates_core::watch::active(env)? else {
+        return Ok(None);
+    };
+    let same = Some(info.pid) == req.pid || (req.release.is_some() && info.release == req.release);
+    Ok(same.then_some(info))
+}
+
+/// A `--by` or `--reason` must say something: a judgment by nobody, or for
+/// no reason, could not be asked about later.
+fn non_blank(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(s.to_string())
+}
+
 /// Records a judgment (or the deadline's default) for a request.
 pub fn record(
     env: &EnvConfig,
@@ -130,23 +221,37 @@ pub struct JudgeArgs {
     #[arg(long)]
     pub rollback: bool,
     /// Why (recorded in the ledger with who judged).
-    #[arg(long)]
+    #[arg(long, value_parser = non_blank)]
     pub reason: String,
     /// Who judges (default: $USER).
-    #[arg(long)]
+    #[arg(long, value_parser = non_blank)]
     pub by: Option<String>,
 }
 
 /// Records the judgment for the environment's open request; the waiting
-/// watch acts on it at its next poll. No open request: exit 1, saying so.
+/// watch acts on it at its next poll. No open request, or the watch that
+/// asked is gone: exit 1, saying so.
 pub fn run_judge(a: &JudgeArgs) -> anyhow::Result<Exit> {
     let project = Project::discover()?;
     let env = project.env(&a.env)?;
     let em = Emitter::stdout(crate::TOOL, &env.name, false);
+    // Check and record under one lock: of two racing calls, the second sees
+    // the first's judgment and is refused instead of told it counts.
+    let _lock = judgment_lock(env)?;
     let now = chrono::Utc::now().timestamp_millis();
     let Some(req) = open_request(env, now) else {
         bail!(
             "no watch of {} is waiting for a judgment (none asked, it was already judged, or its deadline passed)",
+            env.name
+        );
+    };
+    let gate = req.gate.as_deref().unwrap_or("the inconclusive gate");
+    let Some(watcher) = waiting_watch(env, &req)? else {
+        bail!(
+            "the watch that asked for a judgment of {gate} on {} (pid {}) is no longer running, so nothing would act on it; \
+             restart the watch (monitor_dhash --env {}): it takes the request up again, or asks again if its deadline passed",
+            env.name,
+            req.pid.map_or("?".into(), |p| p.to_string()),
             env.name
         );
     };
@@ -160,12 +265,11 @@ pub fn run_judge(a: &JudgeArgs) -> anyhow::Result<Exit> {
     em.info(
         "judgment.recorded",
         format!(
-            "{by} judged {} of {}: {} ({}); the watch (pid {}) acts on it at its next poll",
-            req.gate.as_deref().unwrap_or("the inconclusive gate"),
+            "{by} judged {gate} of {}: {} ({}); the watch (pid {}) acts on it at its next poll",
             req.release.as_deref().unwrap_or("the watched release"),
             call.as_str(),
             a.reason,
-            req.pid.map_or("?".into(), |p| p.to_string())
+            watcher.pid
         ),
         rec,
     );

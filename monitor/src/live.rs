@@ -1660,6 +1660,26 @@ impl Watch<'_> {
     /// Asks: a ledger request, an event, a log line and a notification
     /// naming the command that answers.
     fn request_judgment(&mut self, d: &Decision) {
+        // A restart of a watch that asked takes its request up: a judgment
+        // given meanwhile is acted on, and nobody is asked twice.
+        if let Some(req) = judge::adoptable(self.env, self.release.as_deref(), &d.gate, now_ms()) {
+            let msg = format!(
+                "{} is inconclusive: taking up the judgment requested at {} by the earlier watch (pid {}) instead of asking again",
+                d.gate,
+                req.ts,
+                req.pid.map_or("?".into(), |p| p.to_string())
+            );
+            self.em.emit(
+                "judgment.adopted",
+                Level::Info,
+                msg.clone(),
+                json!({"gate": d.gate, "release": self.release, "request_ts": req.ts,
+                       "deadline_ms": req.deadline_ms, "pid": req.pid}),
+            );
+            self.log.line(&format!("Judgment request taken up: {msg}"));
+            self.ask = Some((req, d.clone()));
+            return;
+        }
         let policy = self.judgment.policy;
         let deadline_ms =
             now_ms() + i64::try_from(policy.deadline.as_millis()).unwrap_or(i64::MAX / 2);
@@ -1714,26 +1734,31 @@ impl Watch<'_> {
     /// The judgment given, or the default once the deadline passed.
     fn poll_judgment(&mut self) -> Option<Outcome> {
         let (req, cause) = self.ask.clone()?;
+        let received = |j: judge::Judgment| {
+            let call = match j.call.as_deref() {
+                Some("rollback") => judge::Call::Rollback,
+                _ => judge::Call::Promote,
+            };
+            (
+                call,
+                j.by.unwrap_or_default(),
+                j.reason.unwrap_or_default(),
+                "judgment.received",
+            )
+        };
         let (call, by, reason, event) = match judge::judgment_for(self.env, &req.ts) {
-            Some(j) => {
-                let call = match j.call.as_deref() {
-                    Some("rollback") => judge::Call::Rollback,
-                    _ => judge::Call::Promote,
-                };
-                (
-                    call,
-                    j.by.unwrap_or_default(),
-                    j.reason.unwrap_or_default(),
-                    "judgment.received",
-                )
-            }
-            None if now_ms() >= req.deadline_ms => {
+            Some(j) => received(j),
+            None if now_ms() >= req.deadline_ms => 'default: {
                 let default = self.judgment.policy.default;
                 let reason = "no judgment before the deadline: the policy's default";
                 let call_str = default.as_str();
-                if let Err(e) = judge::record(self.env, &req, call_str, reason, "deadline") {
-                    self.em
-                        .human(&format!("cannot record the default in the ledger: {e:#}"));
+                // Under the judgment lock: a `judge` that got in first counts.
+                match judge::record_default(self.env, &req, call_str, reason) {
+                    Ok(Some(j)) => break 'default received(j),
+                    Ok(None) => {}
+                    Err(e) => self
+                        .em
+                        .human(&format!("cannot record the default in the ledger: {e:#}")),
                 }
                 let call = match default {
                     OnInconclusive::Rollback => judge::Call::Rollback,

@@ -523,3 +523,203 @@ fn wait_for(file: &Path, needle: &str, n: usize) {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// `judge` believes only a live watch, and only once: with no live watch of
+/// the request (pid gone, watch lock free) it is refused (exit 1); of racing
+/// calls exactly one is recorded and told it counts; an empty `--by` or
+/// `--reason` is refused (exit 2); and a torn last ledger line does not
+/// swallow the judgment recorded after it. The waiting watch is this test
+/// process, holding the real watch lock and publishing its record.
+#[test]
+fn judge_needs_the_live_watch_that_asked_and_counts_once() {
+    let tp = TestProject::new();
+    let env_name = tp.env_name();
+    let env = tp.env(env_name);
+    let ledger = env.ledger_path();
+    let request = |pid: u32| {
+        let deadline = chrono::Utc::now().timestamp_millis() + 600_000;
+        let line = json!({"ts": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "kind": "judgment-request", "env": env_name, "release": "v2-test",
+            "gate": "p50_hash_time", "deadline_ms": deadline, "pid": pid, "default": "keep"});
+        gates_core::fsutil::append_line(&ledger, &line.to_string(), false).unwrap();
+    };
+    let judge = |call: &str, reason: &str, by: &str| {
+        monitor(&tp, &["judge", "--env", env_name, call])
+            .args(["--reason", reason, "--by", by])
+            .output()
+            .unwrap()
+    };
+    let judgments = || {
+        std::fs::read_to_string(&ledger)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("\"kind\":\"judgment\""))
+            .map(|l| serde_json::from_str::<Value>(l).expect("a judgment on a line of its own"))
+            .collect::<Vec<_>>()
+    };
+
+    // The watch that asked is gone (kill -9: no watch lock held).
+    request(999_999);
+    let out = judge("--rollback", "p50 doubled", "alice");
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no longer running"),
+        "{}",
+        describe(&out)
+    );
+    assert!(judgments().is_empty());
+
+    // Empty who or why.
+    for (reason, by) in [("", "alice"), ("why", " ")] {
+        let out = judge("--promote", reason, by);
+        assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    }
+
+    // A live watch (this process) asks; the ledger ends in a torn line.
+    let gates_core::watch::Claim::Acquired(guard) = gates_core::watch::claim(&env).unwrap() else {
+        panic!("the watch lock is free");
+    };
+    let now = chrono::Utc::now().to_rfc3339();
+    guard
+        .publish(&gates_core::watch::WatchInfo {
+            pid: std::process::id(),
+            env: env_name.to_string(),
+            release: Some("v2-test".into()),
+            started_at: now.clone(),
+            window_end: now,
+            log: tp.root().join("watch.log"),
+            events: tp.root().join("watch.events"),
+            detached: false,
+        })
+        .unwrap();
+    request(std::process::id());
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&ledger)
+        .unwrap();
+    std::io::Write::write_all(
+        &mut f,
+        b"{\"ts\":\"2026-12-02T11:50:01.000Z\",\"kind\":\"monitor\",\"env\":\"stag",
+    )
+    .unwrap();
+    drop(f);
+
+    // Racing calls: one counts, the others are refused.
+    let racers: Vec<_> = (0..6)
+        .map(|k| {
+            let call = if k == 0 { "--rollback" } else { "--promote" };
+            monitor(&tp, &["judge", "--env", env_name, call])
+                .args(["--reason", &format!("r{k}"), "--by", &format!("u{k}")])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs: Vec<Output> = racers
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let codes: Vec<_> = outs.iter().map(|o| o.status.code()).collect();
+    assert_eq!(
+        codes.iter().filter(|c| **c == Some(0)).count(),
+        1,
+        "{codes:?}"
+    );
+    assert_eq!(
+        codes.iter().filter(|c| **c == Some(1)).count(),
+        5,
+        "{codes:?}"
+    );
+    let winner = outs.iter().find(|o| o.status.success()).unwrap();
+    let js = judgments();
+    assert_eq!(js.len(), 1, "{js:?}");
+    let said = events(&winner.stdout);
+    assert_eq!(
+        (&said[0]["event"], &said[0]["by"]),
+        (&json!("judgment.recorded"), &js[0]["by"]),
+        "{}",
+        describe(winner)
+    );
+    drop(guard);
+}
+
+/// A watch that asked is interrupted: `judge` is refused while no watch is
+/// alive; the restarted watch of the same release takes the request up
+/// (`judgment.adopted`, no second request), the judgment given to it then
+/// counts, and the watch passes.
+#[test]
+fn a_restarted_watch_takes_up_the_request() {
+    let tp = TestProject::new();
+    let env = tp.env_name();
+    let v1 = tp.bundle("v1", &[("hash_latency_ms", "400")]);
+    tp.install_and_start(env, &v1);
+    let rule: Value = serde_json::from_str(RULE).unwrap();
+    let policy = json!({"inconclusive": {"policy": "ask", "deadline": "60s", "default": "keep"}});
+    let cfg = gates(&tp, "ask.json", env, Some(rule), policy);
+    let ledger = tp.env(env).ledger_path();
+    let _load = load(&tp, env, 40);
+    let spawn = || {
+        monitor(&tp, &["--env", env, "--duration", "3"])
+            .args(["--baseline-release", "none", "--config"])
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let judge = || {
+        monitor(&tp, &["judge", "--env", env, "--promote"])
+            .args(["--reason", "median as before", "--by", "alice"])
+            .output()
+            .unwrap()
+    };
+
+    let first = spawn();
+    wait_for(&ledger, "\"kind\":\"judgment-request\"", 1);
+    let killed = Command::new("kill")
+        .args(["-INT", &first.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = first.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let refused = judge();
+    assert_eq!(refused.status.code(), Some(1), "{}", describe(&refused));
+
+    let second = spawn();
+    let t0 = std::time::Instant::now();
+    let judged = loop {
+        let o = judge();
+        if o.status.success() || t0.elapsed().as_secs() > 20 {
+            break o;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(judged.status.code(), Some(0), "{}", describe(&judged));
+    let out = second.wait_with_output().unwrap();
+    let evs = events(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(of(&evs, "judgment.adopted").len(), 1, "{}", describe(&out));
+    assert!(
+        of(&evs, "judgment.requested").is_empty(),
+        "{}",
+        describe(&out)
+    );
+    let got = of(&evs, "judgment.received");
+    assert_eq!(
+        (got.len(), &got[0]["call"], &got[0]["by"]),
+        (1, &json!("promote"), &json!("alice")),
+        "{}",
+        describe(&out)
+    );
+    let text = std::fs::read_to_string(&ledger).unwrap();
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.contains("\"kind\":\"judgment-request\""))
+            .count(),
+        1,
+        "{text}"
+    );
+}
