@@ -1356,3 +1356,62 @@ fn a_second_ack_without_incident_says_who_has_the_newest_incident() {
     assert_eq!(r.events("escalation.acknowledged").len(), 1, "{}", r.stdout);
     assert_eq!(p.state()["level"], 1);
 }
+
+#[test]
+fn a_kill_during_the_on_call_ack_leaves_it_to_the_next_run() {
+    let pd = Receiver::start(vec![Reply::json(
+        202,
+        r#"{"status":"success","message":"Event processed"}"#,
+    )]);
+    let pd_url = pd.url_with("/v2/enqueue");
+    let vars = [
+        ("PAGERDUTY_ROUTING_KEY", ROUTING_KEY),
+        ("PAGERDUTY_EVENTS_URL", pd_url.as_str()),
+    ];
+    let mut crash = vars.to_vec();
+    crash.push(("DHASH_TEST_CRASH_AT", "notify-ack-saved"));
+    let acks = || {
+        pd.requests()
+            .iter()
+            .filter(|q| q.json()["event_action"] == "acknowledge")
+            .count()
+    };
+    let p = Project::new();
+    let rec = p.incident("incident_staging_20270115T080000000Z");
+    p.report_incident(&rec, T0, &vars);
+    let r = p.run(
+        &["ack", "--env", "staging", "--by", "alice"],
+        T0 + MIN,
+        &crash,
+        None,
+    );
+    assert_ne!(r.code, 0, "the crash point killed it: {}", r.stdout);
+    assert_eq!(acks(), 0, "killed before the call");
+    let s = p.state();
+    assert_eq!(s["oncall_outbox"].as_array().map(Vec::len), Some(1), "{s}");
+
+    // The timer's next `notify escalate` tells PagerDuty, once.
+    let r = p
+        .run(&["escalate", "--env", "staging"], T0 + 2 * MIN, &vars, None)
+        .ok();
+    assert_eq!(
+        r.events("escalation.oncall-recovered").len(),
+        1,
+        "{}",
+        r.stdout
+    );
+    assert_eq!(acks(), 1);
+    let ack = pd
+        .requests()
+        .into_iter()
+        .find(|q| q.json()["event_action"] == "acknowledge")
+        .unwrap();
+    assert_eq!(
+        ack.json()["dedup_key"],
+        "dhash/staging/incident_staging_20270115T080000000Z"
+    );
+    assert!(p.state().get("oncall_outbox").is_none(), "marked sent");
+    p.run(&["escalate", "--env", "staging"], T0 + 3 * MIN, &vars, None)
+        .ok();
+    assert_eq!(acks(), 1);
+}

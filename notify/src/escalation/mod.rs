@@ -155,14 +155,21 @@ pub fn try_check_deadlines(env: &EnvConfig, em: &Emitter) -> anyhow::Result<Vec<
 /// Sends every notice an earlier run saved but never sent (it was killed
 /// between the save and the send; see [`state::Pending`]); returns how many.
 pub fn flush_outbox(env: &EnvConfig, em: &Emitter) -> anyhow::Result<usize> {
-    if !env.escalation.configured || state::read(env)?.outbox.is_empty() {
+    if !env.escalation.configured {
         return Ok(0);
     }
-    let orphans = state::update(env, state::State::claim_orphans)?;
+    let s = state::read(env)?;
+    if s.outbox.is_empty() && s.oncall_outbox.is_empty() {
+        return Ok(0);
+    }
+    let (orphans, oncall) = state::update(env, |s| (s.claim_orphans(), s.claim_oncall_orphans()))?;
     for p in &orphans {
         deliver(env, p, true, em);
     }
-    Ok(orphans.len())
+    for o in &oncall {
+        send_oncall(env, o, true, em);
+    }
+    Ok(orphans.len() + oncall.len())
 }
 
 /// An escalation saved with its notice unsent: announce and send it, then
@@ -477,7 +484,7 @@ pub fn ack(
         em.human(&format!("unsent escalation notices not sent: {e:#}"));
     }
     let at = clock::rfc3339(clock::now_secs());
-    let acked = state::update(env, |s| -> Result<Acked, AckError> {
+    let decide = |s: &mut state::State| -> Result<Acked, AckError> {
         let newest = |pick: &dyn Fn(&state::IncidentState) -> bool| {
             s.incidents
                 .values()
@@ -531,12 +538,104 @@ pub fn ack(
         inc.note = note.map(str::to_string);
         inc.resolved |= resolve;
         Ok(Acked::Incident(Box::new(inc.clone())))
+    };
+    let tools = oncall_tools();
+    let (acked, notice) = state::update(env, |s| -> Result<_, AckError> {
+        let acked = decide(s)?;
+        // The on-call tools' acknowledge or resolve is saved in this same
+        // write, so a kill during the call cannot lose it (the outbox).
+        let notice = match &acked {
+            _ if tools.is_empty() => None,
+            Acked::Incident(i) => {
+                let action = if resolve { "resolve" } else { "acknowledge" };
+                Some(s.enqueue_oncall(i, action, by, &ack_message(&i.id, by, &at, resolve)))
+            }
+            Acked::Resolved(i) => Some(s.enqueue_oncall(
+                i,
+                "resolve",
+                i.acked_by.as_deref().unwrap_or(by),
+                &resolution_message(i, by, &at),
+            )),
+            Acked::Already(_) | Acked::Alerts { .. } => None,
+        };
+        Ok((acked, notice))
     })??;
     if matches!(acked, Acked::Already(_)) {
         return Ok(acked);
     }
     announce_ack(env, &acked, by, note, &at, resolve, em);
+    if let Some(n) = notice {
+        send_oncall(env, &n, false, em);
+    }
     Ok(acked)
+}
+
+fn ack_message(id: &str, by: &str, at: &str, resolve: bool) -> String {
+    format!(
+        "incident {id} acknowledged by {by} at {at}{}",
+        if resolve { " and resolved" } else { "" }
+    )
+}
+
+fn resolution_message(inc: &state::IncidentState, by: &str, at: &str) -> String {
+    format!(
+        "incident {} resolved by {by} at {at} (acknowledged by {} at {})",
+        inc.id,
+        inc.acked_by.as_deref().unwrap_or("?"),
+        inc.acked_at.as_deref().unwrap_or("?")
+    )
+}
+
+/// The on-call tools that are set up (PagerDuty, Opsgenie): elsewhere an
+/// ack is not news.
+fn oncall_tools() -> Vec<Channel> {
+    [Channel::PagerDuty, Channel::Opsgenie]
+        .into_iter()
+        .filter(|c| {
+            matches!(
+                crate::channels::configure(*c),
+                crate::channels::Config::Ready(_)
+            )
+        })
+        .collect()
+}
+
+/// Tells the on-call tools an acknowledge or resolve saved in the outbox,
+/// then marks it sent under the lock. `recovered`: an earlier run saved it
+/// and died before sending.
+fn send_oncall(env: &EnvConfig, o: &state::OnCallNotice, recovered: bool, em: &Emitter) {
+    // A kill here is what the on-call outbox is for: the next run sends it.
+    gates_core::crash::crash_point("notify-ack-saved");
+    if recovered {
+        em.emit(
+            "escalation.oncall-recovered",
+            Level::Info,
+            format!(
+                "the {} of incident {} (unsent by an earlier run) goes to the on-call tools now",
+                o.action, o.incident
+            ),
+            json!({"incident": o.incident, "action": o.action, "by": o.by, "notice": o.id}),
+        );
+    }
+    let n = Notification::new(
+        Level::Info,
+        format!("Incident {} {}d: dhash {}", o.incident, o.action, env.name),
+        o.message.clone(),
+    )
+    .field("incident", o.incident.clone())
+    .field("incident_key", o.key.clone())
+    .field("pagerduty_action", o.action.clone())
+    .field("acknowledged_by", o.by.clone());
+    let tools = oncall_tools();
+    if !tools.is_empty() {
+        send_to(env, &n, tools, em);
+    }
+    if let Err(e) = state::update(env, |s| s.oncall_sent(o.id)) {
+        em.human(&format!(
+            "on-call {} of {} sent but not marked sent (a later run may send it again): {e:#}",
+            o.action, o.incident
+        ));
+    }
 }
 
 /// The ack's event, ledger record, incident line, and the on-call tools told.
@@ -553,14 +652,9 @@ fn announce_ack(
         return announce_resolution(env, inc, by, note, at, em);
     }
     let (incident, msg) = match acked {
-        Acked::Incident(i) | Acked::Already(i) | Acked::Resolved(i) => (
-            Some(i),
-            format!(
-                "incident {} acknowledged by {by} at {at}{}",
-                i.id,
-                if resolve { " and resolved" } else { "" }
-            ),
-        ),
+        Acked::Incident(i) | Acked::Already(i) | Acked::Resolved(i) => {
+            (Some(i), ack_message(&i.id, by, at, resolve))
+        }
         Acked::Alerts { level_was } => (
             None,
             format!(
@@ -594,8 +688,6 @@ fn announce_ack(
         em.human(&format!("cannot update the incident record: {e:#}"));
     }
     note_incident_level(env, &inc.id, em);
-    let action = if resolve { "resolve" } else { "acknowledge" };
-    tell_on_call(env, inc, action, by, msg, em);
 }
 
 /// An incident acknowledged earlier, resolved now by `by`: the first
@@ -611,10 +703,7 @@ fn announce_resolution(
 ) {
     let first = inc.acked_by.as_deref().unwrap_or("?");
     let first_at = inc.acked_at.as_deref().unwrap_or("?");
-    let msg = format!(
-        "incident {} resolved by {by} at {at} (acknowledged by {first} at {first_at})",
-        inc.id
-    );
+    let msg = resolution_message(inc, by, at);
     let fields = json!({"by": by, "at": at, "note": note, "incident": inc.id,
         "acknowledged_by": first, "acknowledged_at": first_at, "level_number": inc.level});
     em.emit(
@@ -642,38 +731,4 @@ fn announce_resolution(
         em.human(&format!("cannot update the incident record: {e:#}"));
     }
     note_incident_level(env, &inc.id, em);
-    tell_on_call(env, inc, "resolve", first, msg, em);
-}
-
-/// PagerDuty's and Opsgenie's acknowledge or resolve of an incident.
-fn tell_on_call(
-    env: &EnvConfig,
-    inc: &state::IncidentState,
-    action: &str,
-    by: &str,
-    msg: String,
-    em: &Emitter,
-) {
-    let n = Notification::new(
-        Level::Info,
-        format!("Incident {} {action}d: dhash {}", inc.id, env.name),
-        msg,
-    )
-    .field("incident", inc.id.clone())
-    .field("incident_key", inc.key.clone())
-    .field("pagerduty_action", action)
-    .field("acknowledged_by", by);
-    // Only the on-call tools that are set up: elsewhere an ack is not news.
-    let tools: Vec<Channel> = [Channel::PagerDuty, Channel::Opsgenie]
-        .into_iter()
-        .filter(|c| {
-            matches!(
-                crate::channels::configure(*c),
-                crate::channels::Config::Ready(_)
-            )
-        })
-        .collect();
-    if !tools.is_empty() {
-        send_to(env, &n, tools, em);
-    }
 }

@@ -108,6 +108,31 @@ pub struct State {
     /// The id the next outbox entry gets.
     #[serde(default)]
     pub next_notice: u64,
+    /// Acknowledgements and resolutions not yet told to PagerDuty and
+    /// Opsgenie (see [`OnCallNotice`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub oncall_outbox: Vec<OnCallNotice>,
+}
+
+/// An on-call acknowledge or resolve, saved in the same write that marks
+/// the incident acknowledged (or resolved) and removed once sent: a kill
+/// -9 during the call to PagerDuty or Opsgenie leaves it to the next
+/// notify, `notify escalate` or `notify ack`, which sends it (at least
+/// once), so the on-call tool does not go on paging. Claimed as
+/// [`Pending`] is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OnCallNotice {
+    pub id: u64,
+    pub incident: String,
+    /// The key PagerDuty and Opsgenie know the incident by.
+    pub key: String,
+    /// `acknowledge` or `resolve`.
+    pub action: String,
+    /// Who acknowledged the incident.
+    pub by: String,
+    pub message: String,
+    #[serde(default)]
+    pub claimed_by: Option<u32>,
 }
 
 /// The outbox: an escalation is saved together with its notice, unsent, in
@@ -160,6 +185,47 @@ impl State {
     /// Marks the notice `id` sent.
     pub fn sent(&mut self, id: u64) {
         self.outbox.retain(|p| p.id != id);
+    }
+
+    /// Saves an on-call acknowledge or resolve, claimed by this process.
+    pub fn enqueue_oncall(
+        &mut self,
+        incident: &IncidentState,
+        action: &str,
+        by: &str,
+        message: &str,
+    ) -> OnCallNotice {
+        self.next_notice += 1;
+        let n = OnCallNotice {
+            id: self.next_notice,
+            incident: incident.id.clone(),
+            key: incident.key.clone(),
+            action: action.to_string(),
+            by: by.to_string(),
+            message: message.to_string(),
+            claimed_by: Some(std::process::id()),
+        };
+        self.oncall_outbox.push(n.clone());
+        n
+    }
+
+    /// Claims for this process every unsent on-call notice whose claimant is gone.
+    pub fn claim_oncall_orphans(&mut self) -> Vec<OnCallNotice> {
+        let me = std::process::id();
+        let mut out = Vec::new();
+        for n in self.oncall_outbox.iter_mut() {
+            if n.claimed_by.is_some_and(alive) {
+                continue;
+            }
+            n.claimed_by = Some(me);
+            out.push(n.clone());
+        }
+        out
+    }
+
+    /// Marks the on-call notice `id` sent.
+    pub fn oncall_sent(&mut self, id: u64) {
+        self.oncall_outbox.retain(|n| n.id != id);
     }
 }
 
