@@ -177,6 +177,12 @@ pub fn mark(
     reason: Option<&str>,
     em: &Emitter,
 ) -> anyhow::Result<()> {
+    // As rollback_dhash --mark-unnecessary: a reason given must say something.
+    if reason.is_some_and(|r| r.trim().is_empty()) {
+        return Err(usage_error(
+            "--reason is empty: say why (it is recorded), or leave --reason out",
+        ));
+    }
     let id = find_rollback(env, rollback)?;
     let fields =
         json!({"env": env.name, "rollback_ts": id, "verdict": verdict.as_str(), "reason": reason});

@@ -172,3 +172,36 @@ fn a_torn_last_ledger_line_is_skipped_with_a_warning_but_damage_before_it_is_ref
         describe(&out)
     );
 }
+
+#[test]
+fn mark_refuses_an_empty_reason_as_rollback_dhash_does() {
+    let tp = TestProject::new();
+    let rollback = json!({"ts": recent(30), "kind": "rollback", "result": "completed",
+                          "from": "r1", "release": "r0", "reason": "quality gate g violated: x"});
+    write_ledger(&tp, &format!("{rollback}\n"));
+    let id = rollback["ts"].as_str().unwrap();
+    for blank in ["", "  "] {
+        let out = report(
+            &tp,
+            &[
+                "mark",
+                "--env",
+                ENV,
+                "--rollback",
+                id,
+                "--unnecessary",
+                "--reason",
+                blank,
+            ],
+        );
+        assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--reason is empty"));
+    }
+    let out = report(
+        &tp,
+        &["mark", "--env", ENV, "--rollback", id, "--unnecessary"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let ledger = std::fs::read_to_string(tp.env(ENV).ledger_path()).unwrap();
+    assert_eq!(ledger.matches("rollback-review").count(), 1, "{ledger}");
+}

@@ -4,6 +4,8 @@
 //! `{env, rollback_ts, verdict, reason}`), so the reports and
 //! `monitor_dhash --sweep` read one thing.
 
+use std::path::Path;
+
 use anyhow::{anyhow, Context};
 use chrono::{DateTime, NaiveDateTime, Utc};
 use gates_core::config::EnvConfig;
@@ -14,46 +16,90 @@ use serde_json::json;
 /// The ledger kind of a verdict on a rollback.
 pub const REVIEW: &str = "rollback-review";
 
-/// The rollback records (completed or failed) of the environment: their times.
-fn rollback_ids(env: &EnvConfig) -> anyhow::Result<Vec<String>> {
+/// A rollback record (completed or failed) of the environment.
+struct Rollback {
+    ts: String,
+    auto: bool,
+}
+
+/// The rollback records (completed or failed) of the environment.
+fn rollbacks(env: &EnvConfig) -> anyhow::Result<Vec<Rollback>> {
     let recs = env.ledger().records("rollback")?;
     Ok(recs
         .iter()
         .filter(|r| matches!(r["result"].as_str(), Some("completed" | "failed")))
-        .filter_map(|r| r["ts"].as_str().map(str::to_string))
+        .filter_map(|r| {
+            Some(Rollback {
+                ts: r["ts"].as_str()?.to_string(),
+                auto: is_auto(r["reason"].as_str()),
+            })
+        })
         .collect())
 }
 
+/// A rollback that acted on a gate: the monitor's reason ("quality gate X
+/// violated/inconclusive…") or `--on-violation`'s ("X violated: …"), as
+/// report_dhash tells auto from manual rollbacks.
+fn is_auto(reason: Option<&str>) -> bool {
+    reason.is_some_and(|r| r.contains(" violated: ") || r.starts_with("quality gate "))
+}
+
+/// How long before its record's stamp an incident's rollback may have been
+/// recorded, when the record's "Rollback initiated" line cannot be read. The
+/// monitor records the rollback, writes the watch page, then the incident
+/// record: seconds apart.
+const INCIDENT_REACH: chrono::Duration = chrono::Duration::minutes(10);
+
 /// The rollback `wanted` names: its time (or a unique prefix of it, as
 /// `report_dhash` lists it), or its incident record
-/// (`incident_<env>_<stamp>.md`, path or name): the last rollback recorded
-/// before the incident's stamp.
+/// (`incident_<env>_<stamp>.md`, path or name): the automatic rollback the
+/// incident's watch recorded, between the record's "Rollback initiated" time
+/// (else [`INCIDENT_REACH`] before its stamp) and its stamp.
 pub fn find_rollback(env: &EnvConfig, wanted: &str) -> anyhow::Result<String> {
-    let ids = rollback_ids(env)?;
+    let all = rollbacks(env)?;
     let list = || {
-        if ids.is_empty() {
+        if all.is_empty() {
             "none".to_string()
         } else {
-            ids.join(", ")
+            all.iter()
+                .map(|r| format!("{} ({})", r.ts, if r.auto { "auto" } else { "manual" }))
+                .collect::<Vec<_>>()
+                .join(", ")
         }
     };
-    if let Some(stamp) = incident_stamp(wanted) {
-        return ids
+    if let Some(incident) = incident_name(wanted) {
+        if incident.env != env.name {
+            return Err(usage_error(format!(
+                "incident {wanted} is of environment {:?}, not {}; give --env {}",
+                incident.env, env.name, incident.env
+            )));
+        }
+        let from = initiated(env, wanted).unwrap_or(incident.stamp - INCIDENT_REACH);
+        let until = incident.stamp + chrono::Duration::seconds(5);
+        return all
             .iter()
-            .rfind(|id| parse(id).is_some_and(|t| t <= stamp + chrono::Duration::seconds(5)))
-            .cloned()
+            .filter(|r| r.auto)
+            .rfind(|r| parse(&r.ts).is_some_and(|t| from <= t && t <= until))
+            .map(|r| r.ts.clone())
             .ok_or_else(|| {
                 usage_error(format!(
-                    "no rollback of {} is recorded before incident {wanted}; the rollbacks are: {}",
+                    "no automatic rollback of {} is recorded for incident {wanted} (between {} and {}); \
+                     the rollbacks are: {}; give the rollback's time instead",
                     env.name,
+                    from.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    until.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                     list()
                 ))
             });
     }
-    if ids.iter().any(|id| id == wanted) {
+    if all.iter().any(|r| r.ts == wanted) {
         return Ok(wanted.to_string());
     }
-    let matching: Vec<&String> = ids.iter().filter(|id| id.starts_with(wanted)).collect();
+    let matching: Vec<&String> = all
+        .iter()
+        .map(|r| &r.ts)
+        .filter(|id| id.starts_with(wanted))
+        .collect();
     match matching.as_slice() {
         [one] => Ok((*one).clone()),
         [] => Err(usage_error(format!(
@@ -75,22 +121,41 @@ fn parse(ts: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
-/// `…/incident_staging_20261202T080612226Z.md` → its time.
-fn incident_stamp(s: &str) -> Option<DateTime<Utc>> {
-    let name = std::path::Path::new(s).file_name()?.to_str()?;
-    let stem = name
-        .strip_prefix("incident_")?
-        .strip_suffix(".md")
-        .unwrap_or(name);
-    let stamp = stem.rsplit('_').next()?.strip_suffix('Z')?;
+/// The environment and time an incident record's name gives.
+struct IncidentName {
+    env: String,
+    stamp: DateTime<Utc>,
+}
+
+/// `…/incident_staging_20261202T080612226Z.md` → staging and its time.
+fn incident_name(s: &str) -> Option<IncidentName> {
+    let name = Path::new(s).file_name()?.to_str()?;
+    let stem = name.strip_prefix("incident_")?;
+    let stem = stem.strip_suffix(".md").unwrap_or(stem);
+    let (env, stamp) = stem.rsplit_once('_')?;
+    let stamp = stamp.strip_suffix('Z')?;
     let fmt = if stamp.len() > 15 {
         "%Y%m%dT%H%M%S%3f"
     } else {
         "%Y%m%dT%H%M%S"
     };
-    NaiveDateTime::parse_from_str(stamp, fmt)
+    let stamp = NaiveDateTime::parse_from_str(stamp, fmt).ok()?.and_utc();
+    Some(IncidentName {
+        env: env.to_string(),
+        stamp,
+    })
+}
+
+/// The "Rollback initiated" time of the incident record, read from `wanted`
+/// as given or from the monitor's log folder; None if neither can be read.
+fn initiated(env: &EnvConfig, wanted: &str) -> Option<DateTime<Utc>> {
+    let given = Path::new(wanted);
+    let text = std::fs::read_to_string(given)
         .ok()
-        .map(|t| t.and_utc())
+        .or_else(|| std::fs::read_to_string(env.log_dir.join(given.file_name()?)).ok())?;
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("- Rollback initiated: "))
+        .and_then(|t| parse(t.trim()))
 }
 
 /// Records the verdict and says so (`rollback.marked`).
@@ -100,6 +165,11 @@ pub fn mark_unnecessary(
     reason: &str,
     em: &Emitter,
 ) -> anyhow::Result<()> {
+    if reason.trim().is_empty() {
+        return Err(usage_error(
+            "--reason is empty: say why the rollback was unnecessary (it is recorded)",
+        ));
+    }
     let id = find_rollback(env, wanted)?;
     let fields = json!({"env": env.name, "rollback_ts": id, "verdict": "unnecessary", "reason": reason,
                         "marked_with": wanted});
@@ -118,12 +188,12 @@ pub fn mark_unnecessary(
 #[cfg(test)]
 mod tests {
     #[test]
-    fn incident_names_give_their_time() {
-        let t = super::incident_stamp("/x/monitor_logs/incident_staging_20261202T080612226Z.md");
+    fn incident_names_give_their_env_and_time() {
+        let i = super::incident_name("/x/monitor_logs/incident_eu_west_20261202T080612226Z.md");
         assert_eq!(
-            t.map(|t| t.to_rfc3339()),
-            Some("2026-12-02T08:06:12.226+00:00".into())
+            i.map(|i| (i.env, i.stamp.to_rfc3339())),
+            Some(("eu_west".into(), "2026-12-02T08:06:12.226+00:00".into()))
         );
-        assert_eq!(super::incident_stamp("2026-12-02T08:06"), None);
+        assert!(super::incident_name("2026-12-02T08:06").is_none());
     }
 }
