@@ -1415,3 +1415,55 @@ fn a_kill_during_the_on_call_ack_leaves_it_to_the_next_run() {
         .ok();
     assert_eq!(acks(), 1);
 }
+
+#[test]
+fn a_notice_claimed_by_a_reused_pid_is_still_sent() {
+    let p = Project::new();
+    for i in 0..2 {
+        p.alert("warning", &format!("queue high #{i}"), T0 + i * MIN);
+    }
+    let crash = [("DHASH_TEST_CRASH_AT", "notify-escalation-saved")];
+    let args = [
+        "--env",
+        "staging",
+        "--level",
+        "warning",
+        "--message",
+        "queue high #2",
+    ];
+    let r = p.run(&args, T0 + 2 * MIN, &crash, None);
+    assert_ne!(r.code, 0, "the crash point killed it: {}", r.stdout);
+    // After the crash its pid went to another process: this test's own,
+    // which runs (the crashed notify's start time is kept beside the pid).
+    let mut s = p.state();
+    s["outbox"][0]["claimed_by"] = json!(std::process::id());
+    std::fs::write(
+        p.root().join(".dhash/staging/escalation.json"),
+        s.to_string(),
+    )
+    .unwrap();
+    let r = p.escalate(T0 + 3 * MIN);
+    let raised = r.events("escalation.raised");
+    assert_eq!(raised.len(), 1, "{}", r.stdout);
+    assert_eq!(raised[0]["recovered"], true);
+    assert!(p.state().get("outbox").is_none(), "marked sent");
+
+    // Claimed by a process that does run (this test, with its own start
+    // time): left to it, and said.
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let start: u64 = stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .parse()
+        .unwrap();
+    s["outbox"][0]["claimed_start"] = json!(start);
+    std::fs::write(
+        p.root().join(".dhash/staging/escalation.json"),
+        s.to_string(),
+    )
+    .unwrap();
+    let r = p.escalate(T0 + 4 * MIN);
+    assert!(r.events("escalation.raised").is_empty(), "{}", r.stdout);
+    assert_eq!(r.events("escalation.checked")[0]["held"], 1, "{}", r.stdout);
+}

@@ -123,22 +123,32 @@ pub fn run(cmd: EscalationCommand) -> anyhow::Result<Exit> {
             })?;
             let raised = try_check_deadlines(env, &em)
                 .map_err(|e| ToolError::new(Exit::Failed, e.context("deadlines not checked")))?;
-            let open = state::read(env)
-                .map(|s| s.incidents.values().filter(|i| i.open()).count())
-                .unwrap_or(0);
+            let (open, held) = state::read(env)
+                .map(|s| {
+                    (
+                        s.incidents.values().filter(|i| i.open()).count(),
+                        s.held_elsewhere(),
+                    )
+                })
+                .unwrap_or((0, 0));
             em.emit(
                 "escalation.checked",
                 Level::Info,
                 format!(
-                    "{} escalation(s) raised{}; {open} incident(s) awaiting acknowledgement",
+                    "{} escalation(s) raised{}{}; {open} incident(s) awaiting acknowledgement",
                     raised.len(),
                     if recovered > 0 {
                         format!("; {recovered} unsent notice(s) of an earlier run sent")
                     } else {
                         String::new()
+                    },
+                    if held > 0 {
+                        format!("; {held} unsent notice(s) held by another running notify")
+                    } else {
+                        String::new()
                     }
                 ),
-                json!({"raised": raised.len(), "recovered": recovered, "open_incidents": open,
+                json!({"raised": raised.len(), "recovered": recovered, "open_incidents": open, "held": held,
                        "state": state::path(env).display().to_string()}),
             );
             Ok(Exit::Ok)

@@ -133,6 +133,8 @@ pub struct OnCallNotice {
     pub message: String,
     #[serde(default)]
     pub claimed_by: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_start: Option<u64>,
 }
 
 /// The outbox: an escalation is saved together with its notice, unsent, in
@@ -153,6 +155,10 @@ pub struct Pending {
     pub raise: Raise,
     #[serde(default)]
     pub claimed_by: Option<u32>,
+    /// The claimant's start time (see [`start_time`]): a pid reused by
+    /// another process after a crash is not taken for the claimant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_start: Option<u64>,
 }
 
 impl State {
@@ -163,6 +169,7 @@ impl State {
             id: self.next_notice,
             raise,
             claimed_by: Some(std::process::id()),
+            claimed_start: my_start(),
         };
         self.outbox.push(p.clone());
         p
@@ -173,13 +180,32 @@ impl State {
         let me = std::process::id();
         let mut out = Vec::new();
         for p in self.outbox.iter_mut() {
-            if p.claimed_by.is_some_and(alive) {
+            if p.claimed_by.is_some_and(|pid| alive(pid, p.claimed_start)) {
                 continue;
             }
             p.claimed_by = Some(me);
+            p.claimed_start = my_start();
             out.push(p.clone());
         }
         out
+    }
+
+    /// Unsent notices (escalations and on-call acks) claimed by another
+    /// process that still runs: being sent by it, or stuck in it.
+    pub fn held_elsewhere(&self) -> usize {
+        let me = std::process::id();
+        let held = |pid: Option<u32>, start: Option<u64>| {
+            pid.is_some_and(|pid| pid != me && alive(pid, start))
+        };
+        self.outbox
+            .iter()
+            .filter(|p| held(p.claimed_by, p.claimed_start))
+            .count()
+            + self
+                .oncall_outbox
+                .iter()
+                .filter(|n| held(n.claimed_by, n.claimed_start))
+                .count()
     }
 
     /// Marks the notice `id` sent.
@@ -204,6 +230,7 @@ impl State {
             by: by.to_string(),
             message: message.to_string(),
             claimed_by: Some(std::process::id()),
+            claimed_start: my_start(),
         };
         self.oncall_outbox.push(n.clone());
         n
@@ -214,10 +241,11 @@ impl State {
         let me = std::process::id();
         let mut out = Vec::new();
         for n in self.oncall_outbox.iter_mut() {
-            if n.claimed_by.is_some_and(alive) {
+            if n.claimed_by.is_some_and(|pid| alive(pid, n.claimed_start)) {
                 continue;
             }
             n.claimed_by = Some(me);
+            n.claimed_start = my_start();
             out.push(n.clone());
         }
         out
@@ -229,10 +257,32 @@ impl State {
     }
 }
 
-/// Whether a process `pid` runs (its `/proc` entry; without `/proc`, none
-/// is taken for alive: a notice may then be sent twice, never lost).
-fn alive(pid: u32) -> bool {
-    Path::new("/proc/self").exists() && Path::new(&format!("/proc/{pid}")).exists()
+/// Whether the process `pid` that started at `start` runs (its `/proc`
+/// entry, and the same start time: after a crash the pid may belong to
+/// another process, common in containers; without `/proc`, none is taken
+/// for alive: a notice may then be sent twice, never lost). A claim saved
+/// without a start time (an older notify) goes by the pid alone.
+fn alive(pid: u32, start: Option<u64>) -> bool {
+    if !(Path::new("/proc/self").exists() && Path::new(&format!("/proc/{pid}")).exists()) {
+        return false;
+    }
+    match start {
+        Some(s) => start_time(pid) == Some(s),
+        None => true,
+    }
+}
+
+/// When process `pid` started: field 22 of `/proc/<pid>/stat` (clock ticks
+/// since boot). Read after the last `)`, since the command name may hold
+/// spaces and parentheses.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn my_start() -> Option<u64> {
+    start_time(std::process::id())
 }
 
 impl State {
@@ -342,6 +392,10 @@ mod tests {
         s.outbox[0].claimed_by = Some(u32::MAX);
         let taken = s.claim_orphans();
         assert_eq!(taken.len(), 1);
+        // This pid, but another start: a reused pid, not the claimant.
+        assert!(s.outbox[0].claimed_start.is_some());
+        s.outbox[0].claimed_start = s.outbox[0].claimed_start.map(|t| t + 1);
+        assert_eq!(s.claim_orphans().len(), 1);
         assert_eq!(taken[0].claimed_by, Some(std::process::id()));
         // Round trip: the outbox survives the file.
         let back: State = serde_json::from_slice(&serde_json::to_vec(&s).expect("json"))
