@@ -200,8 +200,8 @@ pub struct Report {
     pub rollbacks: Vec<RollbackRow>,
     pub incidents: Vec<IncidentRow>,
     pub figures: Vec<Figure>,
-    /// The ledger's torn last line that was skipped (see `history::LedgerRead`).
-    pub ledger_torn_line: Option<usize>,
+    /// The ledger's torn lines that were skipped (see `history::LedgerRead`).
+    pub ledger_torn_lines: Vec<usize>,
 }
 
 /// Where the report finds the files the ledger names.
@@ -210,7 +210,7 @@ pub struct Inputs<'a> {
     pub records: &'a [Record],
     pub log_dir: &'a Path,
     pub period: Period,
-    pub torn_line: Option<usize>,
+    pub torn_lines: &'a [usize],
 }
 
 pub fn build(inp: &Inputs<'_>) -> Report {
@@ -227,8 +227,8 @@ pub fn build(inp: &Inputs<'_>) -> Report {
     figures.push(Figure::new(
         "ledger_torn_lines",
         "lines",
-        "Torn last ledger lines (a write cut short) the report skipped: 0 or 1.",
-        f64::from(u8::from(inp.torn_line.is_some())),
+        "Torn ledger lines (writes cut short) the report skipped.",
+        inp.torn_lines.len() as f64,
     ));
     Report {
         env: inp.env.to_string(),
@@ -239,7 +239,7 @@ pub fn build(inp: &Inputs<'_>) -> Report {
         rollbacks,
         incidents,
         figures,
-        ledger_torn_line: inp.torn_line,
+        ledger_torn_lines: inp.torn_lines.to_vec(),
     }
 }
 

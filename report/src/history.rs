@@ -6,10 +6,14 @@
 //! naming the file and line, because a report that silently drops a deploy
 //! or a rollback would give wrong rates (gates-core's `Ledger::read` skips
 //! torn lines, which suits the tools but not an audit). The one exception is
-//! an unreadable last line with no newline after it: the append of a writer
-//! killed mid-line, which never held a whole record. It is skipped and
-//! reported ([`LedgerRead::torn_line`]), so that one crash does not stop
+//! a torn line: the append of a writer killed mid-line, which never held a
+//! whole record. It is a JSON object cut short (or an unreadable last line
+//! with no newline after it); since an append after it starts a new line
+//! (`gates_core::fsutil::append_line`), it may sit anywhere. It is skipped
+//! and reported ([`LedgerRead::torn_lines`]), so that one crash does not stop
 //! every report (and the Prometheus textfile) until someone edits the ledger.
+//! Any other damage (a line glued onto another, a record that is not JSON)
+//! is still refused.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -66,16 +70,15 @@ pub fn read_ledger(path: &Path) -> anyhow::Result<Vec<Record>> {
     Ok(read_ledger_noting(path)?.records)
 }
 
-/// The ledger's records and the number of a torn last line that was skipped.
+/// The ledger's records and the numbers of the torn lines that were skipped.
 #[derive(Debug, Default)]
 pub struct LedgerRead {
     pub records: Vec<Record>,
-    /// The 1-based number of an unreadable last line without a trailing
-    /// newline (a write cut short), skipped.
-    pub torn_line: Option<usize>,
+    /// The 1-based numbers of the torn lines (writes cut short), skipped.
+    pub torn_lines: Vec<usize>,
 }
 
-/// [`read_ledger`], also saying which torn last line it skipped.
+/// [`read_ledger`], also saying which torn lines it skipped.
 pub fn read_ledger_noting(path: &Path) -> anyhow::Result<LedgerRead> {
     let text = match fs::read_to_string(path) {
         Ok(t) => t,
@@ -91,7 +94,9 @@ pub fn read_ledger_noting(path: &Path) -> anyhow::Result<LedgerRead> {
         }
         match parse_line(line) {
             Ok(r) => out.records.push(r),
-            Err(_) if unterminated && i + 1 == count => out.torn_line = Some(i + 1),
+            Err(_) if (unterminated && i + 1 == count) || cut_short(line) => {
+                out.torn_lines.push(i + 1)
+            }
             Err(e) => {
                 return Err(e.context(format!(
                     "ledger {} line {}: unreadable record (fix or remove the line; the report \
@@ -103,6 +108,14 @@ pub fn read_ledger_noting(path: &Path) -> anyhow::Result<LedgerRead> {
         }
     }
     Ok(out)
+}
+
+/// A JSON object that ends before it closes: what a writer killed mid-line
+/// leaves (not a line glued onto another, which is a syntax error).
+fn cut_short(line: &str) -> bool {
+    line.trim_start().starts_with('{')
+        && matches!(serde_json::from_str::<Value>(line),
+            Err(e) if e.classify() == serde_json::error::Category::Eof)
 }
 
 fn parse_line(line: &str) -> anyhow::Result<Record> {

@@ -104,7 +104,7 @@ pub fn report(env: &EnvConfig, period: Period) -> anyhow::Result<Report> {
         records: &ledger.records,
         log_dir: &env.log_dir,
         period,
-        torn_line: ledger.torn_line,
+        torn_lines: &ledger.torn_lines,
     }))
 }
 

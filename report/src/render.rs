@@ -18,7 +18,7 @@ pub fn emit(report: &Report, em: &Emitter) {
         format!("{} from {} to {}", report.env, report.since, report.until),
         json!({"since": report.since, "until": report.until}),
     );
-    if let Some(line) = report.ledger_torn_line {
+    for &line in &report.ledger_torn_lines {
         em.emit(
             "report.ledger-torn",
             Level::Warning,
@@ -74,7 +74,7 @@ pub fn emit(report: &Report, em: &Emitter) {
 
 fn torn_text(line: usize) -> String {
     format!(
-        "ledger line {line} is torn (no newline after it: a write cut short) and was skipped; \
+        "ledger line {line} is torn (a write cut short) and was skipped; \
          the rest of the ledger was read"
     )
 }
@@ -112,7 +112,7 @@ pub fn table(report: &Report) -> String {
         "dhash report: {} from {} to {}",
         report.env, report.since, report.until
     );
-    if let Some(line) = report.ledger_torn_line {
+    for &line in &report.ledger_torn_lines {
         let _ = writeln!(s, "warning: {}", torn_text(line));
     }
     let _ = writeln!(s, "\nDeployments");

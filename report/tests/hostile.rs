@@ -157,8 +157,29 @@ fn a_torn_last_ledger_line_is_skipped_with_a_warning_but_damage_before_it_is_ref
         "{prom}"
     );
 
-    // The same cut with a record after it is damage in the middle: refused.
+    // The next append after a cut starts a new line (fsutil::append_line),
+    // so a torn line may sit in the middle: still a cut, still skipped.
     write_ledger(&tp, &format!("{deploy}\n{torn}\n{rollback}\n"));
+    let out = report(&tp, &["--env", ENV]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let evs = events(&out.stdout);
+    let torn_at: Vec<_> = evs
+        .iter()
+        .filter(|e| e["event"] == "report.ledger-torn")
+        .map(|e| e["line"].clone())
+        .collect();
+    assert_eq!(torn_at, [json!(2)], "{}", describe(&out));
+    assert_eq!(
+        evs.iter()
+            .filter(|e| e["event"] == "report.rollback")
+            .count(),
+        1,
+        "the record after the cut is read: {}",
+        describe(&out)
+    );
+
+    // A record glued onto a cut (what appends did before) is damage: refused.
+    write_ledger(&tp, &format!("{deploy}\n{torn}{rollback}\n"));
     let out = report(&tp, &["--env", ENV]);
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     let err = String::from_utf8_lossy(&out.stderr);

@@ -690,7 +690,8 @@ fn an_unreadable_ledger_line_is_an_error_naming_file_and_line() {
     let good = json!({"ts": "2026-11-01T00:00:00.000Z", "kind": "deploy", "result": "healthy", "release": "r1"});
     std::fs::write(
         env.ledger_path(),
-        format!("{good}\n{{\"ts\":\"2026-11-01T0\n"),
+        // A record glued onto a cut (not a cut alone, which is skipped).
+        format!("{good}\n{{\"ts\":\"2026-11-01T0{good}\n"),
     )
     .unwrap();
     let out = report(&tp, &["--env", ENV]);
