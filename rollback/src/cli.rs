@@ -53,7 +53,8 @@ pub struct Args {
     pub reason: Option<String>,
     /// Record that an automatic rollback was unnecessary (a false positive), changing nothing
     /// else: INCIDENT is its incident record (monitor_logs/incident_<env>_<stamp>.md) or the
-    /// rollback's time as report_dhash lists it (or a unique prefix). Needs --reason.
+    /// rollback's time as report_dhash lists it (or a unique prefix). An incident record names
+    /// only its own environment's automatic rollback. Needs a non-empty --reason.
     /// report_dhash and monitor_dhash --sweep read the verdict.
     #[arg(long, value_name = "INCIDENT", requires = "reason",
           conflicts_with_all = ["backup", "force", "skip_validation", "dry_run", "on_violation"])]
