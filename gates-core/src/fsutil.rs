@@ -58,8 +58,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     result
 }
 
-/// Appends one line with a single `write` on an `O_APPEND` handle, so
-/// concurrent writers to one file never interleave partial lines.
+/// Appends one line with a single `write` on an `O_APPEND` handle, under
+/// an exclusive lock on the file, so concurrent writers to one file never
+/// interleave partial lines.
 /// If the file ends in a torn line (a crash or a full disk mid-append), a
 /// newline goes first in the same write, so the new record stays a line of
 /// its own instead of being glued onto the torn one and lost with it.
@@ -74,6 +75,11 @@ pub fn append_line(path: &Path, line: &str, sync: bool) -> anyhow::Result<()> {
         .append(true)
         .open(path)
         .with_context(|| format!("opening {}", path.display()))?;
+    // The end is read and written under an exclusive lock on the file: a
+    // buffered write grows the size page by page, so without it another
+    // writer's half-copied line would look torn and get a newline it lacks.
+    f.lock()
+        .with_context(|| format!("locking {}", path.display()))?;
     let len = f
         .metadata()
         .with_context(|| format!("reading {}", path.display()))?
@@ -378,6 +384,29 @@ mod tests {
             fs::read_to_string(&p).expect("read"),
             "{\"a\":1}\n{\"a\":2}\n"
         );
+    }
+
+    #[test]
+    fn concurrent_appends_stay_whole_lines_with_no_blank_ones() {
+        // Long lines span pages: the torn-line check must not mistake another
+        // writer's half-copied line for a torn one.
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = d.path().join("c.log");
+        let filler = "x".repeat(3000);
+        std::thread::scope(|s| {
+            for t in 0..6 {
+                let (p, filler) = (&p, &filler);
+                s.spawn(move || {
+                    for i in 0..150 {
+                        append_line(p, &format!("{t}:{i}:{filler}"), false).expect("append");
+                    }
+                });
+            }
+        });
+        let text = fs::read_to_string(&p).expect("read");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 6 * 150, "blank or glued lines");
+        assert!(lines.iter().all(|l| l.ends_with(&filler) && l.split(':').count() == 3));
     }
 
     #[test]
