@@ -42,17 +42,20 @@ impl Ledger {
     /// All records in order. A line that does not parse (a torn write from a
     /// crash mid-append) is skipped and counted, never fatal.
     pub fn read(&self) -> anyhow::Result<(Vec<Value>, usize)> {
-        let text = match fs::read_to_string(&self.path) {
-            Ok(t) => t,
+        let bytes = match fs::read(&self.path) {
+            Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
             Err(e) => return Err(anyhow::anyhow!("reading {}: {e}", self.path.display())),
         };
         let mut out = Vec::new();
         let mut bad = 0;
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            match serde_json::from_str::<Value>(line) {
-                Ok(v @ Value::Object(_)) => out.push(v),
-                _ => bad += 1,
+        for (_, line) in lines(&bytes) {
+            match line {
+                RawLine::Text(t) => match serde_json::from_str::<Value>(t) {
+                    Ok(v @ Value::Object(_)) => out.push(v),
+                    _ => bad += 1,
+                },
+                RawLine::CutInCharacter | RawLine::NotUtf8 => bad += 1,
             }
         }
         Ok((out, bad))
@@ -69,9 +72,68 @@ impl Ledger {
     }
 }
 
+/// One line of a JSON-lines file as read back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawLine<'a> {
+    Text(&'a str),
+    /// Valid UTF-8 up to a character cut short at its end: a write cut
+    /// inside a multi-byte character (free text such as a reason is written
+    /// raw), i.e. a torn line.
+    CutInCharacter,
+    /// Invalid UTF-8 before its end: damage, not a cut.
+    NotUtf8,
+}
+
+/// The non-blank lines of `bytes` with their 1-based numbers, each decoded
+/// on its own: one torn line never makes the rest of the file unreadable.
+pub fn lines(bytes: &[u8]) -> impl Iterator<Item = (usize, RawLine<'_>)> {
+    bytes
+        .split(|&b| b == b'\n')
+        .enumerate()
+        .map(|(i, raw)| {
+            let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+            let line = match std::str::from_utf8(raw) {
+                Ok(t) => RawLine::Text(t),
+                Err(e) if e.error_len().is_none() => RawLine::CutInCharacter,
+                Err(_) => RawLine::NotUtf8,
+            };
+            (i + 1, line)
+        })
+        .filter(|(_, l)| !matches!(l, RawLine::Text(t) if t.trim().is_empty()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_line_cut_inside_a_character_is_torn_and_the_rest_is_read() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let l = Ledger::new(d.path().join("ledger.jsonl"));
+        l.append("judgment", serde_json::json!({"reason": "p50 doubl\u{e9}"}))
+            .expect("append");
+        let cut = "{\"kind\":\"judgment\",\"reason\":\"doubl\u{e9}\"}";
+        let cut = &cut.as_bytes()[..cut.find('\u{e9}').expect("é") + 1];
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(l.path())
+            .expect("open");
+        std::io::Write::write_all(&mut f, cut).expect("torn append");
+        l.append("deploy", serde_json::json!({"release": "r2"}))
+            .expect("append after the cut");
+        let (recs, bad) = l.read().expect("the ledger stays readable");
+        assert_eq!((recs.len(), bad), (2, 1));
+        assert_eq!(recs[1]["release"], "r2");
+        let bytes = fs::read(l.path()).expect("read");
+        let kinds: Vec<_> = lines(&bytes)
+            .map(|(n, l)| (n, matches!(l, RawLine::Text(_))))
+            .collect();
+        assert_eq!(kinds, [(1, true), (2, false), (3, true)]);
+        assert_eq!(
+            lines(b"{\"a\":\"\xff\"}\n").next().map(|x| x.1),
+            Some(RawLine::NotUtf8)
+        );
+    }
 
     #[test]
     fn append_read_and_skip_torn_line() {

@@ -80,29 +80,31 @@ pub struct LedgerRead {
 
 /// [`read_ledger`], also saying which torn lines it skipped.
 pub fn read_ledger_noting(path: &Path) -> anyhow::Result<LedgerRead> {
-    let text = match fs::read_to_string(path) {
-        Ok(t) => t,
+    use gates_core::ledger::RawLine;
+    // Bytes, decoded line by line: a write cut inside a multi-byte character
+    // must not make the whole ledger unreadable.
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(LedgerRead::default()),
         Err(e) => return Err(anyhow!("cannot read the ledger {}: {e}", path.display())),
     };
-    let unterminated = !text.is_empty() && !text.ends_with('\n');
-    let count = text.lines().count();
+    let unterminated = !bytes.is_empty() && !bytes.ends_with(b"\n");
+    let last = bytes.split(|&b| b == b'\n').count();
     let mut out = LedgerRead::default();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        match parse_line(line) {
+    for (n, line) in gates_core::ledger::lines(&bytes) {
+        let parsed = match line {
+            RawLine::Text(t) => parse_line(t).map_err(|e| (e, cut_short(t))),
+            RawLine::CutInCharacter => Err((anyhow!("a line cut inside a character"), true)),
+            RawLine::NotUtf8 => Err((anyhow!("not UTF-8"), false)),
+        };
+        match parsed {
             Ok(r) => out.records.push(r),
-            Err(_) if (unterminated && i + 1 == count) || cut_short(line) => {
-                out.torn_lines.push(i + 1)
-            }
-            Err(e) => {
+            Err((_, cut)) if cut || (unterminated && n == last) => out.torn_lines.push(n),
+            Err((e, _)) => {
                 return Err(e.context(format!(
-                    "ledger {} line {}: unreadable record (fix or remove the line; the report \
+                    "ledger {} line {n}: unreadable record (fix or remove the line; the report \
                      will not guess what it held)",
-                    path.display(),
-                    i + 1
+                    path.display()
                 )))
             }
         }

@@ -178,6 +178,33 @@ fn a_torn_last_ledger_line_is_skipped_with_a_warning_but_damage_before_it_is_ref
         describe(&out)
     );
 
+    // A write cut inside a multi-byte character (free text is written raw)
+    // leaves bytes that are not UTF-8: still a torn line, not an unreadable
+    // ledger.
+    let env = tp.env(ENV);
+    let reason = r#"{"ts":"2026-12-02T09:00:00.000Z","kind":"judgment","reason":"doublé"#;
+    let mut bytes = format!("{deploy}\n").into_bytes();
+    bytes.extend_from_slice(&reason.as_bytes()[..reason.len() - 1]);
+    bytes.extend_from_slice(format!("\n{rollback}\n").as_bytes());
+    std::fs::write(env.ledger_path(), bytes).unwrap();
+    let out = report(&tp, &["--env", ENV]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let evs = events(&out.stdout);
+    assert!(
+        evs.iter()
+            .any(|e| e["event"] == "report.ledger-torn" && e["line"] == 2),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(
+        evs.iter()
+            .filter(|e| e["event"] == "report.rollback")
+            .count(),
+        1,
+        "{}",
+        describe(&out)
+    );
+
     // A record glued onto a cut (what appends did before) is damage: refused.
     write_ledger(&tp, &format!("{deploy}\n{torn}{rollback}\n"));
     let out = report(&tp, &["--env", ENV]);
