@@ -603,7 +603,13 @@ impl Outcome {
 fn next_poll(env: &EnvConfig, window: &Window, sched_ms: i64, t: i64) -> i64 {
     let elapsed = Duration::from_millis(u64::try_from(t - window.start_ms).unwrap_or(0));
     let interval = i64::try_from(env.monitor.interval_at(elapsed).as_millis()).unwrap_or(i64::MAX);
-    sched_ms.saturating_add(interval).max(t).min(window.end_ms)
+    let next = sched_ms.saturating_add(interval).max(t);
+    // Past the window's end (a watch waiting for a judgment) the cadence
+    // goes on: clamping to the end would be a time already passed, a busy loop.
+    match t < window.end_ms {
+        true => next.min(window.end_ms),
+        false => next,
+    }
 }
 
 fn sleep_until(t_ms: i64, stop: &AtomicBool) {

@@ -723,3 +723,32 @@ fn a_restarted_watch_takes_up_the_request() {
         "{text}"
     );
 }
+
+/// A watch whose window ends while it waits for a judgment keeps its cadence
+/// (1 s here) until the deadline: it does not poll in a tight loop (attacker2
+/// G2 saw ~195 probes a second). 3 s of window and a 6 s deadline make about
+/// 10 samples; a busy loop makes thousands.
+#[test]
+fn a_watch_waiting_past_its_window_keeps_its_cadence() {
+    let tp = TestProject::new();
+    let env = tp.env_name();
+    let v1 = tp.bundle("v1", &[("hash_latency_ms", "400")]);
+    tp.install_and_start(env, &v1);
+    let rule: Value = serde_json::from_str(RULE).unwrap();
+    let policy = json!({"inconclusive": {"policy": "ask", "deadline": "6s", "default": "keep"}});
+    let cfg = gates(&tp, "ask.json", env, Some(rule), policy);
+    let out = watch(&tp, env, &cfg, 3, &["--baseline-release", "none"]);
+    let evs = events(&out.stdout);
+    assert_eq!(out.status.code(), Some(5), "{}", describe(&out));
+    assert_eq!(
+        of(&evs, "judgment.defaulted").len(),
+        1,
+        "{}",
+        describe(&out)
+    );
+    let samples = of(&evs, "monitor.sample").len();
+    assert!(
+        (4..=30).contains(&samples),
+        "{samples} samples in a 3 s window and a 6 s deadline"
+    );
+}
