@@ -66,6 +66,9 @@ pub struct Request {
     pub gate: Option<String>,
     pub deadline_ms: i64,
     pub pid: Option<u32>,
+    /// The start of the window of the watch that asked (absent in requests
+    /// of older versions: those are never taken up by another watch).
+    pub window_start_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -104,12 +107,16 @@ pub fn open_request(env: &EnvConfig, now_ms: i64) -> Option<Request> {
 
 /// The request a restarted watch of `release` takes up for `gate` instead of
 /// asking again: the environment's newest request, when it is of that release
-/// and gate, no watch window completed after it, and it is answered or still
-/// open. (One nobody could answer before its deadline is asked again.)
+/// and gate, asked in the window the watch continues (`window_start_ms`: a
+/// new window, `--fresh` or after a redeploy, never acts on a judgment of an
+/// earlier one), no window completed and no deploy or rollback came after
+/// it, and it is answered or still open. (One nobody could answer before
+/// its deadline is asked again.)
 pub fn adoptable(
     env: &EnvConfig,
     release: Option<&str>,
     gate: &str,
+    window_start_ms: i64,
     now_ms: i64,
 ) -> Option<Request> {
     let (recs, _) = env.ledger().read().ok()?;
@@ -123,11 +130,15 @@ pub fn adoptable(
             {
                 newest = None;
             }
+            Some("deploy" | "rollback") => newest = None,
             _ => {}
         }
     }
     let req = newest?;
-    if req.release.as_deref() != release || req.gate.as_deref() != Some(gate) {
+    if req.release.as_deref() != release
+        || req.gate.as_deref() != Some(gate)
+        || req.window_start_ms != Some(window_start_ms)
+    {
         return None;
     }
     (req.deadline_ms > now_ms || judgment_for(env, &req.ts).is_some()).then_some(req)
@@ -169,15 +180,33 @@ pub fn record_default(
     Ok(None)
 }
 
+/// Who would act on a judgment of a request.
+enum Waiter {
+    /// The watch that asked: it acts at its next poll.
+    Asker(WatchInfo),
+    /// A restart continuing the asker's window: it takes the request up
+    /// when the gate is inconclusive again (see [`adoptable`]).
+    Restart(WatchInfo),
+    /// A watch of another window (or none) runs: nothing would act on it.
+    Nobody(Option<WatchInfo>),
+}
+
 /// The live watch that acts on a judgment of `req`: the watch holding the
 /// environment's watch lock, when it is the one that asked or a restart of
-/// it on the same release (which takes the request up, see [`adoptable`]).
-fn waiting_watch(env: &EnvConfig, req: &Request) -> anyhow::Result<Option<WatchInfo>> {
+/// it continuing the same window of the same release. A watch of a new
+/// window never takes the request up, so it does not count.
+fn waiting_watch(env: &EnvConfig, req: &Request) -> anyhow::Result<Waiter> {
     let Some(info) = gates_core::watch::active(env)? else {
-        return Ok(None);
+        return Ok(Waiter::Nobody(None));
     };
-    let same = Some(info.pid) == req.pid || (req.release.is_some() && info.release == req.release);
-    Ok(same.then_some(info))
+    if Some(info.pid) == req.pid {
+        return Ok(Waiter::Asker(info));
+    }
+    let same_window = req.window_start_ms.map(crate::ts_of) == Some(info.started_at.clone());
+    if req.release.is_some() && info.release == req.release && same_window {
+        return Ok(Waiter::Restart(info));
+    }
+    Ok(Waiter::Nobody(Some(info)))
 }
 
 /// A `--by` or `--reason` must say something: a judgment by nobody, or for
@@ -246,14 +275,27 @@ pub fn run_judge(a: &JudgeArgs) -> anyhow::Result<Exit> {
         );
     };
     let gate = req.gate.as_deref().unwrap_or("the inconclusive gate");
-    let Some(watcher) = waiting_watch(env, &req)? else {
-        bail!(
-            "the watch that asked for a judgment of {gate} on {} (pid {}) is no longer running, so nothing would act on it; \
+    let asker = req.pid.map_or("?".into(), |p| p.to_string());
+    let when = match waiting_watch(env, &req)? {
+        Waiter::Asker(w) => format!("the watch (pid {}) acts on it at its next poll", w.pid),
+        Waiter::Restart(w) => format!(
+            "the restarted watch (pid {}) of the same window acts on it once {gate} is inconclusive again (it takes the request up)",
+            w.pid
+        ),
+        Waiter::Nobody(None) => bail!(
+            "the watch that asked for a judgment of {gate} on {} (pid {asker}) is no longer running, so nothing would act on it; \
              restart the watch (monitor_dhash --env {}): it takes the request up again, or asks again if its deadline passed",
             env.name,
-            req.pid.map_or("?".into(), |p| p.to_string()),
             env.name
-        );
+        ),
+        Waiter::Nobody(Some(w)) => bail!(
+            "the watch that asked for a judgment of {gate} on {} (pid {asker}) is no longer running, and the watch running now \
+             (pid {}, of {}, started {}) watches another window and never acts on that request, so nothing would act on it",
+            env.name,
+            w.pid,
+            w.release.as_deref().unwrap_or("no release"),
+            w.started_at
+        ),
     };
     let call = if a.rollback {
         Call::Rollback
@@ -265,11 +307,10 @@ pub fn run_judge(a: &JudgeArgs) -> anyhow::Result<Exit> {
     em.info(
         "judgment.recorded",
         format!(
-            "{by} judged {gate} of {}: {} ({}); the watch (pid {}) acts on it at its next poll",
+            "{by} judged {gate} of {}: {} ({}); {when}",
             req.release.as_deref().unwrap_or("the watched release"),
             call.as_str(),
             a.reason,
-            watcher.pid
         ),
         rec,
     );

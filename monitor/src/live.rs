@@ -113,6 +113,9 @@ struct Watch<'a> {
     settled: Option<judge::Settled>,
     /// The reason a judged rollback records instead of "violated".
     rollback_reason: Option<String>,
+    /// The start of the window watched: a request is tied to it, so only a
+    /// restart continuing this window takes it up (never a new window).
+    window_start_ms: Option<i64>,
 }
 
 /// The watch page after a rollback: its stamp (shared with the incident
@@ -672,6 +675,7 @@ impl<'a> Watch<'a> {
             ask: None,
             settled: None,
             rollback_reason: None,
+            window_start_ms: None,
         }
     }
 }
@@ -705,6 +709,7 @@ impl Watch<'_> {
         }
         let mut recorder = Recorder::open(&window.recording)?;
         let span = (window.start_ms, window.end_ms);
+        self.window_start_ms = Some(window.start_ms);
         let info = watch_info(
             self.env,
             &self.release,
@@ -1668,7 +1673,10 @@ impl Watch<'_> {
     fn request_judgment(&mut self, d: &Decision) {
         // A restart of a watch that asked takes its request up: a judgment
         // given meanwhile is acted on, and nobody is asked twice.
-        if let Some(req) = judge::adoptable(self.env, self.release.as_deref(), &d.gate, now_ms()) {
+        let adopt = self.window_start_ms.and_then(|w| {
+            judge::adoptable(self.env, self.release.as_deref(), &d.gate, w, now_ms())
+        });
+        if let Some(req) = adopt {
             let msg = format!(
                 "{} is inconclusive: taking up the judgment requested at {} by the earlier watch (pid {}) instead of asking again",
                 d.gate,
@@ -1691,6 +1699,7 @@ impl Watch<'_> {
             now_ms() + i64::try_from(policy.deadline.as_millis()).unwrap_or(i64::MAX / 2);
         let fields = json!({"env": self.env.name, "release": self.release, "gate": d.gate,
             "deadline_ms": deadline_ms, "deadline": ts_of(deadline_ms), "pid": std::process::id(),
+            "window_start_ms": self.window_start_ms,
             "default": policy.default.as_str(), "reason": d.reason.to_string()});
         let rec = match self.env.ledger().append(judge::REQUEST, fields.clone()) {
             Ok(r) => r,

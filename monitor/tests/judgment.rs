@@ -752,3 +752,154 @@ fn a_watch_waiting_past_its_window_keeps_its_cadence() {
         "{samples} samples in a 3 s window and a 6 s deadline"
     );
 }
+
+/// A rollback judgment given to a watch that then died (kill -9, no
+/// completed window) is not acted on by a NEW window of the same release
+/// (`--fresh`, as after a redeploy): that watch asks again (attacker2 G1).
+/// The first watch is stopped (SIGSTOP) while judged, so it cannot act first.
+#[test]
+fn a_new_window_never_adopts_a_judgment_of_an_earlier_one() {
+    let tp = TestProject::new();
+    let env = tp.env_name();
+    let v1 = tp.bundle("v1", &[("hash_latency_ms", "400")]);
+    tp.install_and_start(env, &v1);
+    let rule: Value = serde_json::from_str(RULE).unwrap();
+    let ask = |name: &str, deadline: &str| {
+        let policy =
+            json!({"inconclusive": {"policy": "ask", "deadline": deadline, "default": "keep"}});
+        gates(&tp, name, env, Some(rule.clone()), policy)
+    };
+    let ledger = tp.env(env).ledger_path();
+    let _load = load(&tp, env, 40);
+    let first = monitor(&tp, &["--env", env, "--duration", "30", "--dry-run"])
+        .args(["--baseline-release", "none", "--config"])
+        .arg(ask("ask-long.json", "60s"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&ledger, "\"kind\":\"judgment-request\"", 1);
+    let pid = first.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let judged = monitor(&tp, &["judge", "--env", env, "--rollback"])
+        .args(["--reason", "p50 doubled", "--by", "alice"])
+        .output()
+        .unwrap();
+    assert_eq!(judged.status.code(), Some(0), "{}", describe(&judged));
+    let mut first = first;
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    let out = monitor(
+        &tp,
+        &["--env", env, "--fresh", "--duration", "3", "--dry-run"],
+    )
+    .args(["--baseline-release", "none", "--config"])
+    .arg(ask("ask-short.json", "2s"))
+    .stdin(Stdio::null())
+    .output()
+    .unwrap();
+    let evs = events(&out.stdout);
+    assert!(
+        of(&evs, "judgment.adopted").is_empty(),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        of(&evs, "judgment.received").is_empty(),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(
+        of(&evs, "judgment.requested").len(),
+        1,
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(
+        of(&evs, "judgment.defaulted").len(),
+        1,
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(out.status.code(), Some(5), "{}", describe(&out));
+}
+
+/// `judge` counts a running watch only when it asked, or continues the
+/// window that asked (attacker2 G7): a request left by a dead watch while a
+/// watch of another window of the same release runs is refused (exit 1);
+/// a restart of the same window is told when it acts. The running watch is
+/// this test process, holding the real watch lock.
+#[test]
+fn judge_refuses_a_request_of_another_window() {
+    let tp = TestProject::new();
+    let env_name = tp.env_name();
+    let env = tp.env(env_name);
+    let ledger = env.ledger_path();
+    let ts = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .unwrap()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    };
+    let now = chrono::Utc::now().timestamp_millis();
+    let old_window = now - 3_600_000;
+    let line = json!({"ts": ts(now), "kind": "judgment-request", "env": env_name,
+        "release": "v2-test", "gate": "p50_hash_time", "deadline_ms": now + 600_000,
+        "pid": 999_999, "default": "keep", "window_start_ms": old_window});
+    gates_core::fsutil::append_line(&ledger, &line.to_string(), false).unwrap();
+    let gates_core::watch::Claim::Acquired(guard) = gates_core::watch::claim(&env).unwrap() else {
+        panic!("the watch lock is free");
+    };
+    let publish = |start: i64| {
+        guard
+            .publish(&gates_core::watch::WatchInfo {
+                pid: std::process::id(),
+                env: env_name.to_string(),
+                release: Some("v2-test".into()),
+                started_at: ts(start),
+                window_end: ts(start + 600_000),
+                log: tp.root().join("watch.log"),
+                events: tp.root().join("watch.events"),
+                detached: false,
+            })
+            .unwrap();
+    };
+    let judge = || {
+        monitor(&tp, &["judge", "--env", env_name, "--rollback"])
+            .args(["--reason", "p50 doubled", "--by", "alice"])
+            .output()
+            .unwrap()
+    };
+
+    // A new window of the same release runs: nothing would act on it.
+    publish(now);
+    let out = judge();
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("another window"),
+        "{}",
+        describe(&out)
+    );
+    let text = std::fs::read_to_string(&ledger).unwrap();
+    assert!(!text.contains("\"kind\":\"judgment\""), "{text}");
+
+    // A restart continuing the window that asked: recorded, and told when.
+    publish(old_window);
+    let out = judge();
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let said = events(&out.stdout);
+    assert!(
+        said[0]["msg"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("restarted watch"),
+        "{}",
+        describe(&out)
+    );
+    drop(guard);
+}
