@@ -160,6 +160,7 @@ enum Role {
 fn claim_or_attach(
     env: &EnvConfig,
     release: Option<&str>,
+    args: &Args,
     em: &Emitter,
     tee: &Tee,
 ) -> anyhow::Result<Role> {
@@ -175,6 +176,7 @@ fn claim_or_attach(
             Claim::Held(Some(info)) if info.release.as_deref() == release => {
                 tee.set_echo(false);
                 tee.no_file();
+                say_what_is_followed(env, &info, args, em);
                 return Ok(Role::Attached(attach::follow(env, &info, em)?));
             }
             Claim::Held(Some(_)) if dhash_rollback::pending(env).ok().flatten().is_some() => {
@@ -195,6 +197,75 @@ fn claim_or_attach(
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Before attaching: says when the followed watch is a dry run (nothing is
+/// rolled back, by it or by this command) and which of this command's
+/// settings it ignores (`--duration`, `--config`, `--dry-run`), read from
+/// the followed watch's `started` ledger record.
+fn say_what_is_followed(env: &EnvConfig, info: &WatchInfo, args: &Args, em: &Emitter) {
+    // The watcher publishes watch.json just before it records `started`:
+    // give that record a moment to land.
+    let until = Instant::now() + Duration::from_secs(3);
+    let started = loop {
+        let found = env
+            .ledger()
+            .records(ledger::MONITOR)
+            .unwrap_or_default()
+            .into_iter()
+            .rev()
+            .find(|r| {
+                r["pid"] == json!(info.pid) && r["state"] == json!(WindowState::Started.as_str())
+            });
+        if found.is_some() || Instant::now() >= until {
+            break found;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let followed_dry = started.as_ref().and_then(|r| r["dry_run"].as_bool());
+    let followed_ms = started.as_ref().and_then(|r| r["duration_ms"].as_i64());
+    let mut notes = Vec::new();
+    if followed_dry == Some(true) {
+        notes.push(format!(
+            "the watch followed (pid {}) is a DRY RUN: nothing is rolled back, by it or by this command",
+            info.pid
+        ));
+    }
+    if let Some(d) = args.duration {
+        let asked_ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        if followed_ms != Some(asked_ms) {
+            notes.push(format!(
+                "this command's --duration {} is ignored: the followed window ends at {}",
+                gates_core::duration::human(d),
+                info.window_end
+            ));
+        }
+    }
+    if let Some(c) = &args.config {
+        notes.push(format!(
+            "this command's --config {} is ignored: the followed watch judges with its own gates",
+            c.display()
+        ));
+    }
+    if args.dry_run && followed_dry == Some(false) {
+        notes.push(
+            "this command's --dry-run is ignored: the followed watch is not a dry run and rolls back on a violation"
+                .into(),
+        );
+    }
+    if notes.is_empty() {
+        return;
+    }
+    let msg = format!("warning: {}", notes.join("; "));
+    em.human(&msg);
+    em.emit(
+        "monitor.attach-differs",
+        Level::Warning,
+        msg,
+        json!({"pid": info.pid, "followed_dry_run": followed_dry, "followed_duration_ms": followed_ms,
+               "duration_ms": args.duration.map(|d| d.as_millis() as u64), "dry_run": args.dry_run,
+               "config": args.config.as_ref().map(|c| c.display().to_string())}),
+    );
 }
 
 /// Ends the running watch of a release that is no longer current.
@@ -466,7 +537,7 @@ pub fn run(
             return Ok(report_not_current(env, em, &asked, current))
         }
     };
-    let guard = match claim_or_attach(env, release.as_deref(), em, tee)? {
+    let guard = match claim_or_attach(env, release.as_deref(), args, em, tee)? {
         Role::Watcher(g) => g,
         Role::Attached(exit) => return Ok(exit),
     };

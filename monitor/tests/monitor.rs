@@ -1373,3 +1373,49 @@ fn a_gates_profile_sets_the_watch_duration_and_cadence() {
         describe(&out)
     );
 }
+
+/// A monitor attaching to a `--dry-run` watch says that it is a dry run
+/// (nothing is rolled back, by it or by the attached command) and that its
+/// own `--duration` is ignored (attacker2 G6); it ends with the watch's result.
+#[test]
+fn attaching_to_a_dry_run_watch_says_so() {
+    let tp = TestProject::new();
+    let env = tp.env_name();
+    let v1 = tp.install_and_start(env, &tp.bundle("v1", &[]));
+    let gates = fast_gates(&tp, env, "alert", json!({}));
+    let _l = load(&tp, env, 20);
+    let dry = watch(&tp, env, &gates, "6", &["--release", &v1, "--dry-run"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_watch(&tp, env, Some(dry.id()));
+    let attached = monitor(&tp, &["--env", env, "--release", &v1, "--duration", "60m"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let attached = wait_bounded(attached, Duration::from_secs(40));
+    let watcher = wait_bounded(dry, Duration::from_secs(40));
+    assert_eq!(
+        attached.status.code(),
+        watcher.status.code(),
+        "{}",
+        describe(&attached)
+    );
+    let evs = events(&attached.stdout);
+    assert_eq!(
+        find(&evs, "monitor.attached").len(),
+        1,
+        "{}",
+        describe(&attached)
+    );
+    let differs = find(&evs, "monitor.attach-differs");
+    assert_eq!(differs.len(), 1, "{}", describe(&attached));
+    assert_eq!(differs[0]["followed_dry_run"], true);
+    let stderr = String::from_utf8_lossy(&attached.stderr);
+    assert!(
+        stderr.contains("DRY RUN") && stderr.contains("--duration 1h is ignored"),
+        "{stderr}"
+    );
+}
