@@ -49,7 +49,7 @@ case "$profile" in
   *) echo "install.sh: --profile must be release or debug, not '$profile'" >&2; exit 2 ;;
 esac
 
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(CDPATH= cd -- "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 out="${CARGO_TARGET_DIR:-$root/target}/$profile"
 tools=(backup_dhash deploy_dhash migrate_dhash rollback_dhash monitor_dhash notify
   deploy-notify smoke_tests validate_logging report_dhash dhash-service check_performance)
@@ -63,8 +63,12 @@ for t in "${tools[@]}" dhash-dist; do
   [ -x "$out/$t" ] || { echo "install.sh: $out/$t is not built (run without --no-build)" >&2; exit 1; }
 done
 
-mkdir -p "$prefix"
-prefix=$(cd "$prefix" && pwd)
+case "$prefix" in
+  *$'\n'*) echo "install.sh: --prefix must not contain a newline" >&2; exit 2 ;;
+esac
+mkdir -p "$prefix" || { echo "install.sh: cannot create the prefix $prefix (choose a writable --prefix)" >&2; exit 1; }
+# CDPATH unset: with it, cd may pick another folder of that name and print it.
+prefix=$(CDPATH= cd -- "$prefix" && pwd)
 share="$prefix/share"
 
 install -d "$prefix/bin"

@@ -52,7 +52,7 @@ while [ $# -gt 0 ]; do
 done
 [ -n "$env_name" ] || { echo "quick-deploy: --env is required" >&2; usage >&2; exit 2; }
 
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(CDPATH= cd -- "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 export DHASH_ROOT="${DHASH_ROOT:-$root}"
 profile="${DHASH_PROFILE:-release}"
 bin="${CARGO_TARGET_DIR:-$root/target}/$profile"

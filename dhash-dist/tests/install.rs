@@ -280,22 +280,17 @@ impl Checkout {
         log.lines().count()
     }
 
-    /// Marks a file edited just after the last build: its modification
-    /// time one millisecond past the stamp run-tool took before that build.
-    /// (The kernel stamps files with a coarse clock, so "now" could equal it.)
-    fn edit_after_last_build(&self, rel: &str) {
-        let stamp = self.root.path().join("target/debug/.run-tool-built");
-        let built = fs::metadata(&stamp)
-            .and_then(|m| m.modified())
-            .expect("stamp exists");
-        let file = fs::File::options()
-            .write(true)
-            .open(self.root.path().join(rel))
-            .expect("file to edit");
-        file.set_modified(built + std::time::Duration::from_millis(1))
-            .expect("set mtime");
-        // The next stamp must be taken on a later tick of that clock.
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    /// Edits a file's contents and gives it the modification time `mtime`
+    /// (None: now), as an editor, `cp -p` or `tar` would.
+    fn edit(&self, rel: &str, mtime: Option<std::time::SystemTime>) {
+        let path = self.root.path().join(rel);
+        let mut body = fs::read(&path).expect("file to edit");
+        body.extend_from_slice(b"// edited\n");
+        fs::write(&path, body).expect("edit");
+        if let Some(t) = mtime {
+            let file = fs::File::options().write(true).open(&path).expect("file");
+            file.set_modified(t).expect("set mtime");
+        }
     }
 }
 
@@ -305,15 +300,94 @@ fn chmod_x(p: &Path) {
 }
 
 #[test]
-fn run_tool_builds_only_when_a_source_is_newer_than_the_last_build() {
+fn run_tool_builds_only_when_the_sources_changed() {
     let c = Checkout::new();
     assert_eq!(c.run(), 1, "first run builds");
     assert_eq!(c.run(), 1, "an unchanged checkout runs no cargo");
-    c.edit_after_last_build("tests/tests/e2e.rs");
+    c.edit("tests/tests/e2e.rs", None);
     assert_eq!(c.run(), 1, "the end-to-end tests build no tool");
-    c.edit_after_last_build("backup/src/lib.rs");
+    c.edit("backup/src/lib.rs", None);
     assert_eq!(c.run(), 2, "an edited source builds");
     assert_eq!(c.run(), 2, "built once, current again");
-    c.edit_after_last_build("Cargo.lock");
+    c.edit("Cargo.lock", None);
     assert_eq!(c.run(), 3, "a changed Cargo.lock builds");
+    // Contents count, not times: a file restored with an older time (cp -p,
+    // tar) and a stamp from a clock that was ahead both still build.
+    let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_577_836_800);
+    c.edit("backup/src/lib.rs", Some(old));
+    assert_eq!(c.run(), 4, "an edit with an older time builds");
+    let stamp = c.root.path().join("target/debug/.run-tool-built");
+    let ahead = std::time::SystemTime::now() + std::time::Duration::from_secs(86_400);
+    fs::File::options()
+        .write(true)
+        .open(&stamp)
+        .and_then(|f| f.set_modified(ahead))
+        .expect("stamp a day ahead");
+    c.edit("backup/src/lib.rs", None);
+    assert_eq!(c.run(), 5, "a stamp from the future does not hide an edit");
+    // DHASH_NO_BUILD=1 runs what is there, and says it is not current.
+    c.edit("backup/src/lib.rs", None);
+    let out = Command::new("bash")
+        .arg(c.root.path().join("scripts/lib/run-tool"))
+        .args(["backup_dhash", "--list"])
+        .env("PATH", &c.path)
+        .env("DHASH_PROFILE", "debug")
+        .env("DHASH_NO_BUILD", "1")
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("DHASH_ROOT")
+        .output()
+        .expect("run-tool runs");
+    ok(&out, "run-tool with DHASH_NO_BUILD=1");
+    assert!(
+        text(&out.stderr).contains("not built from the current sources"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(c.run(), 6, "and the next ordinary run builds");
+}
+
+#[test]
+fn a_relative_prefix_is_the_callers_folder_even_with_cdpath_set() {
+    for t in TOOLS {
+        testkit::bin_path(t);
+    }
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let (cwd, elsewhere) = (tmp.path().join("cwd"), tmp.path().join("elsewhere"));
+    fs::create_dir_all(elsewhere.join("pfx")).expect("a same-named folder on CDPATH");
+    fs::create_dir_all(&cwd).expect("cwd");
+    let out = Command::new("bash")
+        .arg(testkit::workspace_root().join("install.sh"))
+        .args(["--profile", "debug", "--no-build", "--prefix", "pfx"])
+        .current_dir(&cwd)
+        .env("CDPATH", &elsewhere)
+        .env("CARGO_TARGET_DIR", testkit::target_dir())
+        .output()
+        .expect("bash runs install.sh");
+    ok(&out, "install.sh --prefix pfx with CDPATH set");
+    assert!(
+        cwd.join("pfx/bin/backup_dhash").is_file(),
+        "{}",
+        text(&out.stderr)
+    );
+    let stray: Vec<_> = fs::read_dir(&elsewhere)
+        .expect("elsewhere")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(stray, ["pfx"], "nothing installed beside CDPATH's folder");
+    assert_eq!(
+        fs::read_dir(elsewhere.join("pfx")).expect("pfx").count(),
+        0,
+        "CDPATH's pfx left empty"
+    );
+    // A prefix with a newline in it is refused before anything is written.
+    let out = Command::new("bash")
+        .arg(testkit::workspace_root().join("install.sh"))
+        .args(["--profile", "debug", "--no-build", "--prefix", "a\nb"])
+        .current_dir(&cwd)
+        .env("CARGO_TARGET_DIR", testkit::target_dir())
+        .output()
+        .expect("bash runs install.sh");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(!cwd.join("a\nb").exists());
 }
