@@ -406,7 +406,9 @@ mod tests {
         let text = fs::read_to_string(&p).expect("read");
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 6 * 150, "blank or glued lines");
-        assert!(lines.iter().all(|l| l.ends_with(&filler) && l.split(':').count() == 3));
+        assert!(lines
+            .iter()
+            .all(|l| l.ends_with(&filler) && l.split(':').count() == 3));
     }
 
     #[test]
