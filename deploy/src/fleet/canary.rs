@@ -247,6 +247,22 @@ pub struct Judgment {
 }
 
 impl Judgment {
+    /// A verdict reached without comparing the two sides (a health or gate
+    /// violation, metrics that could not be read, no baseline left).
+    pub fn without_comparison(verdict: Verdict, reason: String) -> Judgment {
+        Judgment {
+            verdict,
+            canary: Counts::default(),
+            baseline: Counts::default(),
+            canary_rate: 0.0,
+            baseline_rate: 0.0,
+            z: None,
+            reason,
+            latency: None,
+            gates: None,
+        }
+    }
+
     /// Adds the latency comparison: the verdict becomes the worse of the two
     /// (violation over inconclusive over pass), the reason names both.
     pub fn with_latency(mut self, l: LatencyJudgment) -> Judgment {

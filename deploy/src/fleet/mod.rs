@@ -486,17 +486,7 @@ fn bake(
     let completed = broke.is_none();
     let mut j = match broke {
         Some(Broke::Health(bad)) => health_violation(bad),
-        Some(Broke::Gate(reason)) => Judgment {
-            verdict: Verdict::Violation,
-            canary: Counts::default(),
-            baseline: Counts::default(),
-            canary_rate: 0.0,
-            baseline_rate: 0.0,
-            z: None,
-            reason,
-            latency: None,
-            gates: None,
-        },
+        Some(Broke::Gate(reason)) => Judgment::without_comparison(Verdict::Violation, reason),
         None => compare(start, (read_all(moved), read_all(unmoved)), unmoved, fleet),
     };
     if let Some(r) = report {
@@ -520,33 +510,21 @@ fn compare(
     let baseline_side = growth(start.1, end.1);
     if unmoved.is_empty() {
         return Judgment {
-            verdict: Verdict::Pass,
             canary: canary_side.map(|s| s.0).unwrap_or_default(),
-            baseline: Counts::default(),
-            canary_rate: 0.0,
-            baseline_rate: 0.0,
-            z: None,
-            reason:
+            ..Judgment::without_comparison(
+                Verdict::Pass,
                 "the whole fleet runs the release and stayed healthy (no baseline left to compare)"
                     .into(),
-            latency: None,
-            gates: None,
+            )
         };
     }
     match (canary_side, baseline_side) {
         (Ok((c, ch)), Ok((b, bh))) => canary::judge(c, b, &fleet.canary)
             .with_latency(canary::judge_latency(&ch, &bh, &fleet.canary)),
-        (Err(e), _) | (_, Err(e)) => Judgment {
-            verdict: Verdict::Inconclusive,
-            canary: Counts::default(),
-            baseline: Counts::default(),
-            canary_rate: 0.0,
-            baseline_rate: 0.0,
-            z: None,
-            reason: format!("metrics could not be read: {e}"),
-            latency: None,
-            gates: None,
-        },
+        (Err(e), _) | (_, Err(e)) => Judgment::without_comparison(
+            Verdict::Inconclusive,
+            format!("metrics could not be read: {e}"),
+        ),
     }
 }
 
@@ -650,17 +628,10 @@ fn watch_bake(
 }
 
 fn health_violation((name, health): (String, String)) -> Judgment {
-    Judgment {
-        verdict: Verdict::Violation,
-        canary: Counts::default(),
-        baseline: Counts::default(),
-        canary_rate: 0.0,
-        baseline_rate: 0.0,
-        z: None,
-        latency: None,
-        gates: None,
-        reason: format!("instance {name} failed {BAKE_HEALTH_FAILURES} health checks in a row during the bake ({health})"),
-    }
+    Judgment::without_comparison(
+        Verdict::Violation,
+        format!("instance {name} failed {BAKE_HEALTH_FAILURES} health checks in a row during the bake ({health})"),
+    )
 }
 
 /// Refuses (exit 2, nothing changed) a rollout whose pending migrations
