@@ -131,10 +131,8 @@ pub struct OnCallNotice {
     /// Who acknowledged the incident.
     pub by: String,
     pub message: String,
-    #[serde(default)]
-    pub claimed_by: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub claimed_start: Option<u64>,
+    #[serde(flatten)]
+    pub claim: Claim,
 }
 
 /// The outbox: an escalation is saved together with its notice, unsent, in
@@ -153,12 +151,53 @@ pub struct OnCallNotice {
 pub struct Pending {
     pub id: u64,
     pub raise: Raise,
+    #[serde(flatten)]
+    pub claim: Claim,
+}
+
+/// Which process took an unsent notice on itself to send it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Claim {
     #[serde(default)]
     pub claimed_by: Option<u32>,
     /// The claimant's start time (see [`start_time`]): a pid reused by
     /// another process after a crash is not taken for the claimant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claimed_start: Option<u64>,
+}
+
+impl Claim {
+    fn mine() -> Claim {
+        Claim {
+            claimed_by: Some(std::process::id()),
+            claimed_start: my_start(),
+        }
+    }
+
+    /// Held by a running process (this one or another).
+    fn live(&self) -> bool {
+        self.claimed_by
+            .is_some_and(|pid| alive(pid, self.claimed_start))
+    }
+
+    fn held_elsewhere(&self) -> bool {
+        self.claimed_by != Some(std::process::id()) && self.live()
+    }
+}
+
+/// Claims for this process every item of an outbox whose claimant is gone,
+/// and returns those items (to send).
+fn claim_orphans_of<T: Clone>(items: &mut [T], claim: impl Fn(&mut T) -> &mut Claim) -> Vec<T> {
+    let mut out = Vec::new();
+    for item in items.iter_mut() {
+        let c = claim(item);
+        if c.live() {
+            continue;
+        }
+        *c = Claim::mine();
+        out.push(item.clone());
+    }
+    out
 }
 
 impl State {
@@ -168,8 +207,7 @@ impl State {
         let p = Pending {
             id: self.next_notice,
             raise,
-            claimed_by: Some(std::process::id()),
-            claimed_start: my_start(),
+            claim: Claim::mine(),
         };
         self.outbox.push(p.clone());
         p
@@ -177,34 +215,20 @@ impl State {
 
     /// Claims for this process every unsent notice whose claimant is gone.
     pub fn claim_orphans(&mut self) -> Vec<Pending> {
-        let me = std::process::id();
-        let mut out = Vec::new();
-        for p in self.outbox.iter_mut() {
-            if p.claimed_by.is_some_and(|pid| alive(pid, p.claimed_start)) {
-                continue;
-            }
-            p.claimed_by = Some(me);
-            p.claimed_start = my_start();
-            out.push(p.clone());
-        }
-        out
+        claim_orphans_of(&mut self.outbox, |p| &mut p.claim)
     }
 
     /// Unsent notices (escalations and on-call acks) claimed by another
     /// process that still runs: being sent by it, or stuck in it.
     pub fn held_elsewhere(&self) -> usize {
-        let me = std::process::id();
-        let held = |pid: Option<u32>, start: Option<u64>| {
-            pid.is_some_and(|pid| pid != me && alive(pid, start))
-        };
         self.outbox
             .iter()
-            .filter(|p| held(p.claimed_by, p.claimed_start))
+            .filter(|p| p.claim.held_elsewhere())
             .count()
             + self
                 .oncall_outbox
                 .iter()
-                .filter(|n| held(n.claimed_by, n.claimed_start))
+                .filter(|n| n.claim.held_elsewhere())
                 .count()
     }
 
@@ -229,8 +253,7 @@ impl State {
             action: action.to_string(),
             by: by.to_string(),
             message: message.to_string(),
-            claimed_by: Some(std::process::id()),
-            claimed_start: my_start(),
+            claim: Claim::mine(),
         };
         self.oncall_outbox.push(n.clone());
         n
@@ -238,17 +261,7 @@ impl State {
 
     /// Claims for this process every unsent on-call notice whose claimant is gone.
     pub fn claim_oncall_orphans(&mut self) -> Vec<OnCallNotice> {
-        let me = std::process::id();
-        let mut out = Vec::new();
-        for n in self.oncall_outbox.iter_mut() {
-            if n.claimed_by.is_some_and(|pid| alive(pid, n.claimed_start)) {
-                continue;
-            }
-            n.claimed_by = Some(me);
-            n.claimed_start = my_start();
-            out.push(n.clone());
-        }
-        out
+        claim_orphans_of(&mut self.oncall_outbox, |n| &mut n.claim)
     }
 
     /// Marks the on-call notice `id` sent.
@@ -389,14 +402,14 @@ mod tests {
         let mine = s.enqueue(raise());
         // Claimed by this (live) process: no other run takes it.
         assert!(s.claim_orphans().is_empty());
-        s.outbox[0].claimed_by = Some(u32::MAX);
+        s.outbox[0].claim.claimed_by = Some(u32::MAX);
         let taken = s.claim_orphans();
         assert_eq!(taken.len(), 1);
         // This pid, but another start: a reused pid, not the claimant.
-        assert!(s.outbox[0].claimed_start.is_some());
-        s.outbox[0].claimed_start = s.outbox[0].claimed_start.map(|t| t + 1);
+        assert!(s.outbox[0].claim.claimed_start.is_some());
+        s.outbox[0].claim.claimed_start = s.outbox[0].claim.claimed_start.map(|t| t + 1);
         assert_eq!(s.claim_orphans().len(), 1);
-        assert_eq!(taken[0].claimed_by, Some(std::process::id()));
+        assert_eq!(taken[0].claim.claimed_by, Some(std::process::id()));
         // Round trip: the outbox survives the file.
         let back: State = serde_json::from_slice(&serde_json::to_vec(&s).expect("json"))
             .expect("state reads back");
