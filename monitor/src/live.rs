@@ -680,9 +680,10 @@ fn next_poll(env: &EnvConfig, window: &Window, sched_ms: i64, t: i64) -> i64 {
     let next = sched_ms.saturating_add(interval).max(t);
     // Past the window's end (a watch waiting for a judgment) the cadence
     // goes on: clamping to the end would be a time already passed, a busy loop.
-    match t < window.end_ms {
-        true => next.min(window.end_ms),
-        false => next,
+    if t < window.end_ms {
+        next.min(window.end_ms)
+    } else {
+        next
     }
 }
 

@@ -13,14 +13,7 @@ use testkit::TestProject;
 
 const MONITOR: &str = env!("CARGO_BIN_EXE_monitor_dhash");
 
-fn describe(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use testkit::describe;
 
 /// Waits (bounded) for a child; kills it and fails the test on timeout.
 fn wait_bounded(child: Child, limit: Duration) -> Output {

@@ -81,14 +81,7 @@ fn watch(tp: &TestProject, env: &str, cfg: &Path, secs: u32, extra: &[&str]) -> 
     .expect("monitor_dhash runs")
 }
 
-fn describe(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use testkit::describe;
 
 fn of<'a>(evs: &'a [Value], name: &str) -> Vec<&'a Value> {
     evs.iter().filter(|e| e["event"] == name).collect()

@@ -159,14 +159,7 @@ fn find<'a>(evs: &'a [Value], name: &str) -> Vec<&'a Value> {
     evs.iter().filter(|e| e["event"] == name).collect()
 }
 
-fn describe(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use testkit::describe;
 
 /// Issue 15: after a rollback the watch page (HTML with SVG charts) lies
 /// next to the incident record, with its stamp; the record, the

@@ -107,14 +107,7 @@ fn watch(tp: &TestProject, env: &str, gates: &Path, secs: &str, extra: &[&str]) 
         .unwrap()
 }
 
-fn describe(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use testkit::describe;
 
 fn gate_events<'a>(evs: &'a [Value], gate: &str) -> Vec<&'a Value> {
     evs.iter()

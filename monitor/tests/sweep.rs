@@ -16,14 +16,7 @@ const MONITOR: &str = env!("CARGO_BIN_EXE_monitor_dhash");
 const LIVE: f64 = 1000.0;
 const SWEEP: &str = "low_confidence_queue.threshold=250..2000/250";
 
-fn describe(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use testkit::describe;
 
 fn of<'a>(evs: &'a [Value], name: &str) -> Vec<&'a Value> {
     evs.iter().filter(|e| e["event"] == name).collect()

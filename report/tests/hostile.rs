@@ -18,14 +18,7 @@ fn report(tp: &TestProject, args: &[&str]) -> Output {
     tp.cmd_path(Path::new(REPORT)).args(args).output().unwrap()
 }
 
-fn describe(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use testkit::describe;
 
 /// Writes `lines` as the environment's ledger, exactly (no newline added).
 fn write_ledger(tp: &TestProject, text: &str) {

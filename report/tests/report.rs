@@ -20,14 +20,7 @@ fn report(tp: &TestProject, args: &[&str]) -> Output {
     tp.cmd_path(Path::new(REPORT)).args(args).output().unwrap()
 }
 
-fn describe(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use testkit::describe;
 
 /// One auto-rollback gate with no window: the flood trips it on the first
 /// sample; and an alert gate with a 2 s window, pending until it is covered
